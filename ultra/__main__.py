@@ -1,0 +1,3 @@
+from ultra.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""Canonical model names: the one normalization function, driven by tables.
+
+Results reach the log under route names (`DeepSeek-V3-0324-2`, `qwen2.5-72b-instruct-key1`),
+case variants (`deepseek-v3-0324`) and team aliases. All of them fold into one canonical
+name here, and only here. A suffix is stripped only when what remains is a known model,
+so `grok-3` and `qwen2.5-7b-instruct` stay themselves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from ultra.sim.models import SIM_SKILLS
+
+KNOWN_MODELS: tuple[str, ...] = (
+    # open-source on the multi-key OpenAI-compatible provider
+    "qwen2.5-72b-instruct",
+    "qwen2.5-32b-instruct",
+    "qwen2.5-14b-instruct",
+    "qwen2.5-7b-instruct",
+    "qwen2.5-3b-instruct",
+    # open-source on Azure, several deployments each
+    "DeepSeek-V3-0324",
+    "DeepSeek-R1-0528",
+    "Llama-3.3-70B-Instruct",
+    # closed-source on the multi-key provider
+    "o3-0416-global",
+    "gemini-2.5-flash-06-17",
+    "kimi-k2",
+    # closed-source on Azure
+    "gpt-4o-mini",
+    "gpt-5-mini",
+    # others seen in results
+    "grok-3",
+    "gpt-4o",
+    *SIM_SKILLS,
+)
+
+# Route suffixes that name an instance of a model rather than a model.
+INSTANCE_SUFFIXES: tuple[re.Pattern[str], ...] = (
+    re.compile(r"^(?P<base>.+)-key\d+$"),  # virtual per-key instance
+    re.compile(r"^(?P<base>.+)-\d{1,2}$"),  # physical deployment: X-2, X-3
+)
+
+_BY_LOWER: dict[str, str] = {m.lower(): m for m in KNOWN_MODELS}
+
+
+def _known(name: str) -> str | None:
+    return _BY_LOWER.get(name.lower())
+
+
+def canonical_model(name: str, aliases: Mapping[str, str] | None = None) -> str:
+    """The canonical name of `name`: aliases first, then case, then instance suffixes."""
+    aliases = aliases or {}
+    seen: set[str] = set()
+    current = name.strip()
+    while current not in seen:  # aliases may chain; a cycle stops where it repeats
+        seen.add(current)
+        current = aliases.get(current, current)
+        known = _known(current)
+        if known is None:
+            for rule in INSTANCE_SUFFIXES:
+                m = rule.match(current)
+                if m and (base := _known(m.group("base"))) is not None:
+                    known = base
+                    break
+        current = known or current
+    return current

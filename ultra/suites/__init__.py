@@ -1,0 +1,163 @@
+"""Benchmark suites: what one test is, behind one small interface.
+
+A suite turns a cell of the test matrix into a task, takes that task with a `ChatModel`
+(messages and tools in, one response out) and scores it into a `TestResult`. The
+collection machinery (planning, shards, HTTP, the event log) is the same for every suite.
+
+Registering your own suite: expose an object that satisfies `Suite` and name it in your
+package's entry points::
+
+    [project.entry-points."ultra.suites"]
+    mysuite = "mypackage.bench:SUITE"
+
+or call `register(SUITE)` before running. `ultra run --suite mysuite` then plans, runs and
+stores its tests exactly like the built-in `workflow` suite.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+from ultra.errors import UserError
+from ultra.events import Outcome, Usage
+
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    arguments: str = "{}"  # JSON text, as the OpenAI API sends it
+
+
+class ChatResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """One assistant turn, already normalized from the wire format."""
+
+    content: str | None = None
+    tool_calls: list[ToolCall] = []
+    reasoning_content: str | None = None
+    finish_reason: str | None = None
+    usage: Usage = Usage()
+
+    @property
+    def text(self) -> str:
+        """What the model said; reasoning models may leave `content` empty."""
+        return self.content or self.reasoning_content or ""
+
+
+class ChatModel(Protocol):
+    """Messages (OpenAI chat format) and tools (OpenAI function schema) in, one turn out.
+
+    Implementations raise `ModelUnavailable` when a request could not be served after their
+    retries (the test becomes `test.errored`), and `ContextLengthExceeded` when the
+    provider refuses the conversation as too long (the model took the test and failed).
+    """
+
+    async def complete(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> ChatResponse: ...
+
+
+class ModelUnavailable(Exception):
+    def __init__(self, reason: str, message: str = "", retries: int = 0) -> None:
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason
+        self.message = message
+        self.retries = retries
+
+
+class ContextLengthExceeded(Exception):
+    pass
+
+
+class TestSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One planned test: a cell of the matrix plus the instance index."""
+
+    __test__ = False
+
+    test_key: str
+    suite: str
+    model: str  # canonical model name
+    prompt_type: str
+    tool_success_rate: float
+    difficulty: str
+    task_type: str
+    index: int  # instance number within its cell, 0-based
+    task_id: str
+
+
+class TestResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The score of one test the model took (becomes a `test.completed` event)."""
+
+    __test__ = False
+
+    outcome: Outcome
+    workflow_score: float = 0.0
+    phase2_score: float = 0.0
+    quality_score: float = 0.0
+    final_score: float = 0.0
+    turns: int = 0
+    tool_calls: int = 0
+    tool_coverage: float = 0.0
+    required_tools: int = 0
+    error_category: str | None = None
+    assisted_turns: int = 0
+
+
+@runtime_checkable
+class Suite(Protocol):
+    name: str
+    task_types: tuple[str, ...]
+    difficulties: tuple[str, ...]
+    prompt_types: tuple[str, ...]  # every prompt type the suite knows, flawed ones included
+
+    def task_id(self, task_type: str, difficulty: str, index: int) -> str:
+        """The task that instance `index` of a cell takes (deterministic)."""
+        ...
+
+    async def run(self, spec: TestSpec, model: ChatModel, *, max_turns: int = 10) -> TestResult:
+        """Take one test with `model` and score it. Tool results are simulated locally."""
+        ...
+
+    def simulated_reply(
+        self, skill: float, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> dict[str, Any] | None:
+        """The loopback simulator's answer (an OpenAI assistant message) for a conversation
+        of this suite, by a deterministic policy of the given skill; None if the
+        conversation is not one of this suite's."""
+        ...
+
+
+_REGISTRY: dict[str, Suite] = {}
+
+
+def register(suite: Suite) -> Suite:
+    _REGISTRY[suite.name] = suite
+    return suite
+
+
+def _load_entry_points() -> None:
+    for ep in entry_points(group="ultra.suites"):
+        if ep.name not in _REGISTRY:
+            register(ep.load())
+
+
+def get_suite(name: str) -> Suite:
+    if name not in _REGISTRY:
+        if name == "workflow":
+            from ultra.suites.workflow import SUITE  # built in, even without installed metadata
+
+            register(SUITE)
+        else:
+            _load_entry_points()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(all_suites())) or "none"
+        raise UserError(f"unknown suite {name!r} (known: {known})")
+    return _REGISTRY[name]
+
+
+def all_suites() -> dict[str, Suite]:
+    get_suite("workflow")
+    _load_entry_points()
+    return dict(_REGISTRY)
