@@ -51,5 +51,8 @@ def main() -> None:
 
 # ---- collection commands (run, plan, config, sim) -------------------------------------
 
+# SIM-COMMANDS-BEGIN
+# SIM-COMMANDS-END
+
 # COLLECTION-COMMANDS-BEGIN
 # COLLECTION-COMMANDS-END
