@@ -39,7 +39,8 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        print(f"ultra: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # one line per problem
+            print(f"ultra: error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -52,7 +53,217 @@ def main() -> None:
 # ---- collection commands (run, plan, config, sim) -------------------------------------
 
 # SIM-COMMANDS-BEGIN
+@sim_app.command("serve")
+def sim_serve(
+    config: Annotated[Optional[Path], typer.Option("--config", help="Simulator config (TOML, SimConfig fields).")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port; 0 picks a free one [default: 0].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the fault/latency RNG.")] = None,
+    responder: Annotated[Optional[str], typer.Option(help="suites | echo | module:function.")] = None,
+    latency_ms: Annotated[Optional[float], typer.Option(help="Median latency (0: reply at once).")] = None,
+    latency_spread_ms: Annotated[Optional[float], typer.Option(help="Latency spread.")] = None,
+    latency_distribution: Annotated[Optional[str], typer.Option(help="lognormal | uniform.")] = None,
+    key_rps: Annotated[Optional[float], typer.Option(help="Rate limit per API key (req/s, 1 s window).")] = None,
+    deployment_rps: Annotated[Optional[float], typer.Option(help="Rate limit per Azure deployment.")] = None,
+    retry_after: Annotated[Optional[int], typer.Option(help="Retry-After seconds on 429.")] = None,
+    retry_after_http_date: Annotated[
+        Optional[bool], typer.Option("--retry-after-http-date/--retry-after-seconds", help="Retry-After form.")
+    ] = None,
+    storm_seconds: Annotated[Optional[float], typer.Option(help="429 storm for the first N seconds.")] = None,
+    storm_fraction: Annotated[Optional[float], typer.Option(help="Share of requests refused in a storm.")] = None,
+    fault_5xx: Annotated[Optional[float], typer.Option(help="P(500/502/503).")] = None,
+    fault_hang: Annotated[Optional[float], typer.Option(help="P(no reply for --hang-seconds).")] = None,
+    fault_malformed: Annotated[Optional[float], typer.Option(help="P(200 with invalid JSON).")] = None,
+    fault_empty_content: Annotated[Optional[float], typer.Option(help="P(empty message).")] = None,
+    fault_empty_choices: Annotated[Optional[float], typer.Option(help='P("choices": []).')] = None,
+    fault_context_length: Annotated[Optional[float], typer.Option(help="P(400 context_length_exceeded).")] = None,
+    hang_seconds: Annotated[Optional[float], typer.Option(help="How long a hang lasts [default: 3600].")] = None,
+) -> None:
+    """Serve the loopback LLM simulator until SIGINT/SIGTERM.
+
+    The first stdout line is `ultra-sim listening on http://HOST:PORT`.
+    """
+    options = {name: value for name, value in locals().items() if name != "config"}  # before imports
+    from ultra.sim.config import SimConfig, load_toml, with_overrides
+    from ultra.sim.server import run
+
+    base = load_toml(config) if config is not None else SimConfig()
+    raise typer.Exit(run(with_overrides(base, **options)))
 # SIM-COMMANDS-END
 
 # COLLECTION-COMMANDS-BEGIN
+ListOpt = Optional[list[str]]
+
+
+def _csv(values: list[str] | None) -> list[str] | None:
+    """Options take repeated values, comma-separated values, or both."""
+    if not values:
+        return None
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _rates(values: list[str] | None) -> list[float] | None:
+    items = _csv(values)
+    if items is None:
+        return None
+    rates = []
+    for item in items:
+        try:
+            rate = float(item)
+        except ValueError:
+            raise UserError(f"invalid tool success rate {item!r} (a number in [0, 1])") from None
+        if not 0.0 <= rate <= 1.0:
+            raise UserError(f"invalid tool success rate {item} (must be in [0, 1])")
+        rates.append(rate)
+    return rates
+
+
+def _selection(config, *, suite_name, tasks, models, prompt_types, difficulty, task_types,
+               rates, num_instances, max_turns):
+    from ultra.plan import Selection
+    from ultra.suites import get_suite
+
+    r = config.run
+    suite = get_suite(suite_name or r.suite, tasks)
+    prompts = _csv(prompt_types) or r.prompt_types
+    expanded: list[str] = []
+    for p in prompts:
+        if p == "all":
+            expanded += [t for t in suite.prompt_types if not t.startswith("flawed_")]
+        elif p == "all_with_flawed":
+            expanded += list(suite.prompt_types)
+        else:
+            expanded.append(p)
+    return Selection(
+        suite=suite_name or r.suite,
+        models=_csv(models) or r.models or list(config.models),
+        prompt_types=list(dict.fromkeys(expanded)),
+        difficulties=_csv(difficulty) or r.difficulties,
+        task_types=_csv(task_types) or r.task_types or list(suite.task_types),
+        tool_success_rates=_rates(rates) or r.tool_success_rates,
+        num_instances=num_instances if num_instances is not None else r.num_instances,
+        max_turns=max_turns if max_turns is not None else r.max_turns,
+    )
+
+
+def _tasks_path(config_path: Path, tasks: Optional[Path], config) -> str | None:
+    if tasks is not None:
+        return str(tasks)
+    if config.run.tasks:
+        return str((config_path.parent / config.run.tasks).resolve())
+    return None
+
+
+SuiteOpt = Annotated[Optional[str], typer.Option("--suite", help="Suite name or module:ATTR.")]
+TasksOpt = Annotated[Optional[Path], typer.Option("--tasks", help="Your own task library (JSON).")]
+ModelsOpt = Annotated[ListOpt, typer.Option("--models", help="Models (comma-separated).")]
+PromptOpt = Annotated[ListOpt, typer.Option(
+    "--prompt-types", help="Prompt types; `all` or `all_with_flawed` too.")]
+DifficultyOpt = Annotated[ListOpt, typer.Option("--difficulty", help="Difficulties.")]
+TaskTypesOpt = Annotated[ListOpt, typer.Option("--task-types", help="Task types.")]
+RateOpt = Annotated[ListOpt, typer.Option("--tool-success-rate", help="Tool success rates.")]
+InstancesOpt = Annotated[Optional[int], typer.Option("--num-instances", help="Tests per cell.")]
+TurnsOpt = Annotated[Optional[int], typer.Option("--max-turns", help="Turns per test.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@app.command()
+def plan(
+    config: ConfigOpt = None, db: DbOpt = DEFAULT_DB, suite: SuiteOpt = None,
+    tasks: TasksOpt = None, models: ModelsOpt = None, prompt_types: PromptOpt = None,
+    difficulty: DifficultyOpt = None, task_types: TaskTypesOpt = None,
+    tool_success_rate: RateOpt = None, num_instances: InstancesOpt = None,
+    max_turns: TurnsOpt = None, json_output: JsonOpt = False,
+) -> None:
+    """Print the shard table of a run; nothing runs."""
+    import msgspec
+
+    from ultra.config import load_config
+    from ultra.runner import plan_run
+
+    cfg, path = load_config(config)
+    tasks_path = _tasks_path(path, tasks, cfg)
+    sel = _selection(cfg, suite_name=suite, tasks=tasks_path, models=models,
+                     prompt_types=prompt_types, difficulty=difficulty, task_types=task_types,
+                     rates=tool_success_rate, num_instances=num_instances, max_turns=max_turns)
+    result = plan_run(cfg, sel, db, tasks_path)
+    rows = [
+        dict(shard=s.shard_id, model=s.model, instance=s.instance, provider=s.provider,
+             strategy=s.strategy, key_index=s.key_index, deployment=s.deployment,
+             workers=s.workers, qps=s.qps, tests=len(s.tests))
+        for s in result.shards
+    ]
+    if json_output:
+        print(msgspec.json.encode(dict(planned=result.planned,
+                                       skipped_completed=result.skipped_completed,
+                                       shards=rows)).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result.planned} tests in {len(rows)} shards "
+                        f"({result.skipped_completed} already completed)")
+    for col in ("shard", "strategy", "provider", "route", "workers", "qps", "tests"):
+        table.add_column(col, justify="left" if col in ("shard", "strategy", "provider", "route") else "right")
+    for r in rows:
+        route = f"key {r['key_index']}" if r["key_index"] is not None else (r["deployment"] or "-")
+        table.add_row(r["shard"], r["strategy"], r["provider"], route, str(r["workers"]),
+                      f"{r['qps']:g}", str(r["tests"]))
+    Console().print(table)
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None, db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT,
+    suite: SuiteOpt = None, tasks: TasksOpt = None, models: ModelsOpt = None,
+    prompt_types: PromptOpt = None, difficulty: DifficultyOpt = None,
+    task_types: TaskTypesOpt = None, tool_success_rate: RateOpt = None,
+    num_instances: InstancesOpt = None, max_turns: TurnsOpt = None,
+    processes: Annotated[Optional[int], typer.Option(
+        "--processes", help="Shard processes (default: CPU count).")] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Plan, run every shard, project. Tests already completed are skipped (resume)."""
+    import os
+
+    import msgspec
+
+    from ultra.config import digest, load_config
+    from ultra.runner import execute
+
+    cfg, path = load_config(config)
+    tasks_path = _tasks_path(path, tasks, cfg)
+    sel = _selection(cfg, suite_name=suite, tasks=tasks_path, models=models,
+                     prompt_types=prompt_types, difficulty=difficulty, task_types=task_types,
+                     rates=tool_success_rate, num_instances=num_instances, max_turns=max_turns)
+    if processes is not None and processes < 1:
+        raise UserError(f"invalid --processes {processes} (must be >= 1)")
+    result = execute(cfg, digest(cfg), sel, db=db, out=out,
+                     processes=processes or os.cpu_count() or 1, tasks=tasks_path,
+                     argv=sys.argv[1:], json_output=json_output)
+    if json_output:
+        print(msgspec.json.encode(result).decode())
+    else:
+        rate = f"{100 * result.succeeded / result.completed:.1f}%" if result.completed else "-"
+        print(f"run {result.run_id}: {result.completed} completed (success {rate}), "
+              f"{result.errored} errored, {result.skipped_completed} skipped as already "
+              f"completed{'; INTERRUPTED' if result.interrupted else ''}")
+        if result.crashed_processes:
+            print(f"{result.crashed_processes} shard process(es) died; run again to resume",
+                  file=sys.stderr)
+        print(f"events: {result.db}\nresults: {result.out}")
+    raise typer.Exit(result.exit_code)
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None) -> None:
+    """The effective config (presets applied), with every secret masked."""
+    import msgspec
+
+    from ultra.config import load_config, masked
+
+    cfg, path = load_config(config)
+    data = masked(cfg)
+    data["source"] = str(path)
+    print(msgspec.json.format(msgspec.json.encode(data), indent=2).decode())
 # COLLECTION-COMMANDS-END

@@ -143,7 +143,28 @@ def _load_entry_points() -> None:
             register(ep.load())
 
 
-def get_suite(name: str) -> Suite:
+def _import_suite(ref: str) -> Suite:
+    """`package.module:ATTR`: a suite that is importable but not registered (e.g. in tests)."""
+    import importlib
+
+    module, _, attr = ref.partition(":")
+    try:
+        suite = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"cannot load suite {ref!r}: {exc}") from None
+    return suite
+
+
+def get_suite(name: str, tasks: str | None = None) -> Suite:
+    """A suite by registered name or `module:ATTR`; `tasks` swaps in a team's task library."""
+    if tasks is not None:
+        if name != "workflow":
+            raise UserError(f"--tasks applies to the workflow suite, not {name!r}")
+        from ultra.suites.workflow import load_suite
+
+        return load_suite(tasks)
+    if ":" in name:
+        return _import_suite(name)
     if name not in _REGISTRY:
         if name == "workflow":
             from ultra.suites.workflow import SUITE  # built in, even without installed metadata

@@ -1,0 +1,71 @@
+"""Helpers for the collection tests: configs on a test-owned simulator, `ultra` as a real
+subprocess, events read back through `ultra events` (the public surface)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ultra(*args: str, env: dict[str, str] | None = None, timeout: float = 240,
+          cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ultra", *args], capture_output=True, text=True,
+        env=full_env, timeout=timeout, cwd=cwd or ROOT,
+    )
+
+
+def popen_ultra(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ultra", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=full_env, cwd=cwd or ROOT,
+    )
+
+
+def events(db: Path, *filters: str) -> list[dict]:
+    proc = ultra("events", "--db", str(db), *filters)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def sim_models_config(sim_url: str, *, models: str, run: str = "", extra: str = "") -> str:
+    """A config whose providers are the given (already running) simulator."""
+    return f"""
+[run]
+prompt_types = ["baseline", "optimal"]
+difficulties = ["easy"]
+tool_success_rates = [0.8]
+num_instances = 2
+{run}
+
+[providers.gw]
+kind = "sim"
+shape = "openai"
+keys = 3
+url = "{sim_url}"
+
+[providers.az]
+kind = "sim"
+shape = "azure"
+url = "{sim_url}"
+
+{models}
+{extra}
+"""
+
+
+def outcome_counts(evs: list[dict]) -> Counter:
+    """How many completed / errored events each test key has."""
+    c: Counter = Counter()
+    for e in evs:
+        if e["type"] in ("test.completed", "test.errored"):
+            c[(e["test_key"], e["type"])] += 1
+    return c

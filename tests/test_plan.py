@@ -1,0 +1,108 @@
+"""Planning is pure: matrix expansion, test keys, shard strategies, even splits, resume."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ultra.config import load_config
+from ultra.errors import UserError
+from ultra.plan import Selection, check_selection, make_plan, split_evenly
+from ultra.suites import TestResult
+
+
+class GridSuite:
+    """A minimal suite: enough for the planner, which never runs a test."""
+
+    name = "grid"
+    task_types = ("a", "b", "c")
+    difficulties = ("easy", "hard")
+    prompt_types = ("baseline", "optimal", "flawed_x")
+
+    def task_id(self, task_type: str, difficulty: str, index: int) -> str:
+        return f"{task_type}-{index % 4}"
+
+    async def run(self, spec, model, *, max_turns=10):  # pragma: no cover - not run here
+        return TestResult(outcome="failure", error_category="other")
+
+    def simulated_reply(self, skill, messages, tools):  # pragma: no cover
+        return None
+
+
+SUITE = GridSuite()
+
+
+def selection(models, **kw) -> Selection:
+    base = dict(suite="grid", models=models, prompt_types=["baseline", "optimal"],
+                difficulties=["easy", "hard"], task_types=["a", "b", "c"],
+                tool_success_rates=[0.8, 0.6], num_instances=3)
+    base.update(kw)
+    return Selection(**base)
+
+
+def test_presets_shard_by_strategy():
+    config, _ = load_config("presets")
+    plan = make_plan(config, SUITE, selection(list(config.models)), completed=set())
+    by_model = Counter(s.model for s in plan.shards)
+    assert by_model["qwen2.5-72b-instruct"] == 3  # per key
+    assert by_model["DeepSeek-V3-0324"] == 3  # per deployment
+    assert by_model["o3-0416-global"] == 1 and by_model["gpt-5-mini"] == 1
+    qwen = [s for s in plan.shards if s.model == "qwen2.5-72b-instruct"]
+    assert sorted(s.key_index for s in qwen) == [0, 1, 2]
+    assert sorted(s.route.key_env for s in qwen) == [
+        "ULTRA_GATEWAY_KEY0", "ULTRA_GATEWAY_KEY1", "ULTRA_GATEWAY_KEY2"]
+    assert all((s.workers, s.qps) == (2, 10) for s in qwen)
+    ds = [s for s in plan.shards if s.model == "DeepSeek-V3-0324"]
+    assert sorted(s.instance for s in ds) == ["DeepSeek-V3-0324", "DeepSeek-V3-0324-2", "DeepSeek-V3-0324-3"]
+    assert all(f"/openai/deployments/{s.deployment}/chat/completions?api-version=" in s.route.url for s in ds)
+    assert all(s.route.api_model is None for s in ds)  # Azure names the deployment in the URL
+    # 2 prompts x 2 difficulties x 3 task types x 2 rates x 3 instances per model
+    assert plan.planned == 13 * 72
+    assert len(plan.shards) == 5 * 3 + 3 * 3 + 5
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_tests=st.integers(0, 200), n_parts=st.integers(1, 7))
+def test_split_is_even_and_complete(n_tests, n_parts):
+    items = list(range(n_tests))
+    parts = split_evenly(items, n_parts)  # type: ignore[arg-type]
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+    assert sorted(x for p in parts for x in p) == items
+
+
+def test_test_keys_are_deterministic_and_unique():
+    config, _ = load_config("presets")
+    sel = selection(["gpt-4o-mini", "kimi-k2"])
+    a = make_plan(config, SUITE, sel, completed=set())
+    b = make_plan(config, SUITE, sel, completed=set())
+    keys_a = [t.test_key for s in a.shards for t in s.tests]
+    assert keys_a == [t.test_key for s in b.shards for t in s.tests]
+    assert len(set(keys_a)) == len(keys_a) == 2 * 72
+
+
+def test_resume_skips_completed_tests_only():
+    config, _ = load_config("presets")
+    sel = selection(["DeepSeek-R1-0528"])
+    full = make_plan(config, SUITE, sel, completed=set())
+    keys = [t.test_key for s in full.shards for t in s.tests]
+    done = set(keys[::3])
+    resumed = make_plan(config, SUITE, sel, completed=done)
+    left = [t.test_key for s in resumed.shards for t in s.tests]
+    assert resumed.skipped_completed == len(done)
+    assert sorted(left) == sorted(set(keys) - done)
+    sizes = [len(s.tests) for s in resumed.shards]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_selection_errors_name_the_bad_value():
+    config, _ = load_config("presets")
+    with pytest.raises(UserError, match="unknown model 'nope'"):
+        check_selection(config, SUITE, selection(["nope"]))
+    with pytest.raises(UserError, match="invalid tool success rate 1.5"):
+        check_selection(config, SUITE, selection(["kimi-k2"], tool_success_rates=[1.5]))
+    with pytest.raises(UserError, match="unknown prompt type"):
+        check_selection(config, SUITE, selection(["kimi-k2"], prompt_types=["weird"]))

@@ -1,0 +1,246 @@
+"""The one config model: providers, models, run defaults (TOML, decoded with msgspec).
+
+Secrets never live here: a provider names the *environment variables* that hold its API
+keys; they are read only when a shard opens its HTTP client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from ultra.errors import UserError
+from ultra.sim.config import SimConfig
+
+Strategy = Literal["per-key", "per-deployment", "single"]
+STRATEGIES: tuple[str, ...] = ("per-key", "per-deployment", "single")
+
+
+class ProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An API provider.
+
+    kind `openai`: OpenAI-compatible; one route per key (`api_key_envs`), optionally one
+    base URL per key (`base_urls`). kind `azure`: `endpoint`, `api_version`, `api_key_env`;
+    routes are the model's deployments. kind `sim`: the bundled loopback simulator, speaking
+    `shape` (`openai` with `keys` virtual keys, or `azure`); ultra starts it unless `url`
+    points at a running one.
+    """
+
+    kind: Literal["openai", "azure", "sim"]
+    base_url: str | None = None
+    api_key_envs: list[str] = []
+    base_urls: list[str] | None = None
+    endpoint: str | None = None
+    api_version: str = "2024-12-01-preview"
+    api_key_env: str | None = None
+    shape: Literal["openai", "azure"] = "openai"
+    keys: int = 1
+    url: str | None = None
+    route_prefix: str | None = None  # per-key route names: {route_prefix}-key{i}
+
+
+class ModelPreset(msgspec.Struct, kw_only=True, frozen=True):
+    strategy: Strategy
+    workers: int
+    qps: float
+
+
+# The four model classes of DESIGN.md and their shipped limits.
+MODEL_CLASSES: dict[str, ModelPreset] = {
+    "open-multikey": ModelPreset(strategy="per-key", workers=2, qps=10),
+    "open-azure": ModelPreset(strategy="per-deployment", workers=50, qps=100),
+    "closed-multikey": ModelPreset(strategy="single", workers=5, qps=10),
+    "closed-azure": ModelPreset(strategy="single", workers=50, qps=100),
+}
+
+
+class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    provider: str
+    model_class: str | None = msgspec.field(default=None, name="class")
+    strategy: str | None = None
+    workers: int | None = None
+    qps: float | None = None
+    request_timeout: float = 120.0  # seconds for one HTTP request
+    test_timeout: float = 900.0  # seconds for one whole test, retries included
+    max_retries: int = 5  # failed requests retried per test (429 waits are bounded by time)
+    deployments: list[str] | None = None  # azure: defaults to [name, name-2, name-3]
+    api_model: str | None = None  # the name sent in the request body; default: the model name
+
+
+class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    suite: str = "workflow"
+    tasks: str | None = None  # a team's own task library (JSON), relative to the config file
+    models: list[str] | None = None  # default: every configured model
+    prompt_types: list[str] = msgspec.field(default_factory=lambda: ["baseline"])
+    difficulties: list[str] = msgspec.field(default_factory=lambda: ["easy"])
+    task_types: list[str] | None = None  # default: all of the suite's
+    tool_success_rates: list[float] = msgspec.field(default_factory=lambda: [0.8])
+    num_instances: int = 1
+    max_turns: int = 10
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    providers: dict[str, ProviderConfig] = {}
+    models: dict[str, ModelConfig] = {}
+    run: RunConfig = msgspec.field(default_factory=RunConfig)
+    sim: SimConfig = msgspec.field(default_factory=SimConfig)  # the bundled simulator, when started
+
+
+class EffectiveModel(msgspec.Struct, kw_only=True, frozen=True):
+    """A model with its class preset and overrides resolved."""
+
+    name: str
+    provider: str
+    strategy: Strategy
+    workers: int
+    qps: float
+    request_timeout: float
+    test_timeout: float
+    max_retries: int
+    deployments: list[str]
+    api_model: str
+
+
+BUNDLED = ("demo", "presets")
+
+
+def _bundled_path(name: str) -> Path:
+    return Path(str(resources.files("ultra") / "configs" / f"{name}.toml"))
+
+
+def load_config(path: Path | str | None) -> tuple[Config, Path]:
+    """Read and validate a config; `None` means the bundled demo. Returns it and its path."""
+    if path is None or str(path) in BUNDLED:
+        source = _bundled_path(str(path or "demo"))
+    else:
+        source = Path(path)
+    try:
+        raw = source.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read config {source}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"malformed config {source}: {exc}") from None
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise UserError(f"invalid config {source}: {exc}") from None
+    problems = validate(config)
+    if problems:
+        raise UserError("\n".join(problems))
+    return config, source
+
+
+def digest(config: Config) -> str:
+    return hashlib.sha256(msgspec.json.encode(config)).hexdigest()[:16]
+
+
+def effective_model(config: Config, name: str) -> EffectiveModel:
+    m = config.models[name]
+    preset = MODEL_CLASSES.get(m.model_class or "")
+    strategy = m.strategy or (preset.strategy if preset else "single")
+    return EffectiveModel(
+        name=name,
+        provider=m.provider,
+        strategy=strategy,  # type: ignore[arg-type]  # checked by validate()
+        workers=m.workers if m.workers is not None else (preset.workers if preset else 5),
+        qps=m.qps if m.qps is not None else (preset.qps if preset else 10.0),
+        request_timeout=m.request_timeout,
+        test_timeout=m.test_timeout,
+        max_retries=m.max_retries,
+        deployments=m.deployments or [name, f"{name}-2", f"{name}-3"],
+        api_model=m.api_model or name,
+    )
+
+
+def validate(config: Config) -> list[str]:
+    """Every problem of a config, one line each (the environment is checked per run)."""
+    problems: list[str] = []
+    for pname, p in config.providers.items():
+        if p.kind == "openai":
+            if not p.base_url and not p.base_urls:
+                problems.append(f"provider {pname!r}: kind openai needs base_url")
+            if not p.api_key_envs:
+                problems.append(f"provider {pname!r}: kind openai needs api_key_envs")
+            if p.base_urls is not None and len(p.base_urls) != len(p.api_key_envs):
+                problems.append(f"provider {pname!r}: base_urls must give one URL per key")
+        elif p.kind == "azure":
+            if not p.endpoint:
+                problems.append(f"provider {pname!r}: kind azure needs endpoint")
+            if not p.api_key_env:
+                problems.append(f"provider {pname!r}: kind azure needs api_key_env")
+        elif p.kind == "sim" and p.keys < 1:
+            problems.append(f"provider {pname!r}: keys must be at least 1")
+    for mname, m in config.models.items():
+        if m.provider not in config.providers:
+            problems.append(f"model {mname!r}: unknown provider {m.provider!r}")
+        if m.model_class is not None and m.model_class not in MODEL_CLASSES:
+            problems.append(
+                f"model {mname!r}: unknown class {m.model_class!r} "
+                f"(known: {', '.join(MODEL_CLASSES)})"
+            )
+        if m.strategy is not None and m.strategy not in STRATEGIES:
+            problems.append(
+                f"model {mname!r}: unknown strategy {m.strategy!r} (known: {', '.join(STRATEGIES)})"
+            )
+        if m.qps is not None and not m.qps > 0:
+            problems.append(f"model {mname!r}: qps must be > 0 (got {m.qps})")
+        if m.workers is not None and m.workers < 1:
+            problems.append(f"model {mname!r}: workers must be >= 1 (got {m.workers})")
+        for field in ("request_timeout", "test_timeout"):
+            if not getattr(m, field) > 0:
+                problems.append(f"model {mname!r}: {field} must be > 0")
+        if m.max_retries < 0:
+            problems.append(f"model {mname!r}: max_retries must be >= 0")
+        if m.provider not in config.providers or (m.strategy or "single") not in STRATEGIES:
+            continue
+        eff = effective_model(config, mname)
+        kind = config.providers[m.provider].kind
+        shape = config.providers[m.provider].shape if kind == "sim" else kind
+        if eff.strategy == "per-key" and shape != "openai":
+            problems.append(f"model {mname!r}: strategy per-key needs an openai-shaped provider")
+        if eff.strategy == "per-deployment" and shape != "azure":
+            problems.append(f"model {mname!r}: strategy per-deployment needs an azure-shaped provider")
+    r = config.run
+    for rate in r.tool_success_rates:
+        if not 0.0 <= rate <= 1.0:
+            problems.append(f"run: invalid tool success rate {rate} (must be in [0, 1])")
+    if r.num_instances < 1:
+        problems.append("run: num_instances must be >= 1")
+    if r.max_turns < 1:
+        problems.append("run: max_turns must be >= 1")
+    return problems
+
+
+def missing_secrets(config: Config, models: list[str]) -> list[str]:
+    """Key variables that the selected models' providers need but the environment lacks."""
+    missing: list[str] = []
+    for provider in dict.fromkeys(config.models[m].provider for m in models):
+        p = config.providers[provider]
+        names = p.api_key_envs if p.kind == "openai" else [p.api_key_env] if p.kind == "azure" else []
+        for env in names:
+            if env and not os.environ.get(env):
+                missing.append(f"provider {provider!r}: environment variable {env} is not set")
+    return missing
+
+
+def masked(config: Config) -> dict:
+    """The effective config as plain data, with every key variable shown as set/unset only."""
+    out = msgspec.to_builtins(config)
+    for pname, p in config.providers.items():
+        envs = p.api_key_envs if p.kind == "openai" else [p.api_key_env] if p.api_key_env else []
+        if envs:
+            out["providers"][pname]["secrets"] = {
+                env: "<set>" if os.environ.get(env) else "<unset>" for env in envs
+            }
+    for mname in config.models:
+        eff = effective_model(config, mname)
+        out["models"][mname] = msgspec.to_builtins(eff)
+    return out

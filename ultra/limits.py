@@ -1,0 +1,68 @@
+"""Per-shard request pacing: a QPS limit that backs off on 429 and climbs back.
+
+A pacer with a burst of one: request slots are spaced `1/rate` apart, so no 1 s window
+holds more than `qps` + 1 starts however many workers wait. A 429 halves the rate
+(at most once per half second: a burst of 429s is one signal) and pauses the shard until
+`Retry-After`; once 429s stop for a cool-down, the rate climbs back by 25 % a second.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import trio
+
+DECREASE = 0.5
+INCREASE = 1.25
+COOLDOWN = 2.0  # seconds without a 429 before the rate climbs back
+MIN_FRACTION = 0.02  # never below 2 % of the limit: keep probing
+
+
+class RateLimiter:
+    def __init__(self, qps: float) -> None:
+        self.limit = float(qps)
+        self.rate = float(qps)
+        self._next = 0.0
+        self._paused_until = 0.0
+        self._last_429 = -1e9
+        self._last_change = -1e9
+        self.throttled = 0  # how many 429s this limiter has seen
+
+    async def acquire(self) -> None:
+        now = trio.current_time()
+        if self.rate < self.limit and now - self._last_429 >= COOLDOWN and now - self._last_change >= 1.0:
+            self.rate = min(self.limit, self.rate * INCREASE)
+            self._last_change = now
+        slot = max(now, self._next, self._paused_until)
+        self._next = slot + 1.0 / self.rate + 1e-6  # 1 µs: float sums must not squeeze a slot in
+        if slot > now:
+            await trio.sleep_until(slot)
+
+    def on_429(self, retry_after: float | None) -> None:
+        now = trio.current_time()
+        self.throttled += 1
+        self._last_429 = now
+        if now - self._last_change >= 0.5:
+            self.rate = max(self.limit * MIN_FRACTION, self.rate * DECREASE)
+            self._last_change = now
+        if retry_after:
+            self._paused_until = max(self._paused_until, now + retry_after)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -1,0 +1,181 @@
+"""Planning (pure): expand the test matrix, key every test, split each model's tests into
+shards by its strategy. Nothing here does I/O; the caller passes in what the log says
+is already completed."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import msgspec
+
+from ultra.config import Config, EffectiveModel, effective_model
+from ultra.errors import UserError
+from ultra.naming import canonical_model
+from ultra.suites import Suite, TestSpec
+
+SIM_API_VERSION = "2024-12-01-preview"
+
+
+class Selection(msgspec.Struct, kw_only=True, frozen=True):
+    """Which cells of the matrix to run (from the config's [run], overridden by flags)."""
+
+    suite: str
+    models: list[str]
+    prompt_types: list[str]
+    difficulties: list[str]
+    task_types: list[str]
+    tool_success_rates: list[float]
+    num_instances: int
+    max_turns: int = 10
+
+
+class Route(msgspec.Struct, kw_only=True, frozen=True):
+    """Where a shard's requests go. The secret itself is never here: only the name of the
+    environment variable that holds it (or, for the simulator, a non-secret literal)."""
+
+    url: str
+    shape: str  # "openai" or "azure": which auth header and whether the body names the model
+    api_model: str | None  # model name sent in the body (openai shape)
+    key_env: str | None = None
+    key_literal: str | None = None
+
+
+class Shard(msgspec.Struct, kw_only=True, frozen=True):
+    shard_id: str
+    model: str  # canonical
+    instance: str  # route name
+    provider: str
+    strategy: str
+    simulated: bool
+    key_index: int | None
+    deployment: str | None
+    workers: int
+    qps: float
+    request_timeout: float
+    test_timeout: float
+    max_retries: int
+    max_turns: int
+    route: Route
+    tests: list[TestSpec]
+
+
+class Plan(msgspec.Struct, kw_only=True, frozen=True):
+    shards: list[Shard]
+    planned: int
+    skipped_completed: int
+
+
+def rate_key(rate: float) -> str:
+    return str(round(rate, 4))
+
+
+def test_key(suite: str, model: str, prompt_type: str, rate: float, difficulty: str,
+             task_type: str, index: int, task_id: str) -> str:
+    """Deterministic identity of one test: same cell, instance and task -> same key."""
+    material = "|".join(
+        (suite, model, prompt_type, rate_key(rate), difficulty, task_type, str(index), task_id)
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:24]
+
+
+def check_selection(config: Config, suite: Suite, sel: Selection) -> None:
+    """Raise UserError on the first thing in a selection that names nothing real."""
+
+    def unknown(what: str, given: Iterable[str], known: Iterable[str]) -> None:
+        known = list(known)
+        for g in given:
+            if g not in known:
+                raise UserError(f"unknown {what} {g!r} (known: {', '.join(known)})")
+
+    unknown("model", sel.models, config.models)
+    unknown("prompt type", sel.prompt_types, suite.prompt_types)
+    unknown("difficulty", sel.difficulties, suite.difficulties)
+    unknown("task type", sel.task_types, suite.task_types)
+    for rate in sel.tool_success_rates:
+        if not 0.0 <= rate <= 1.0:
+            raise UserError(f"invalid tool success rate {rate} (must be in [0, 1])")
+    if sel.num_instances < 1:
+        raise UserError(f"invalid --num-instances {sel.num_instances} (must be >= 1)")
+
+
+def expand(suite: Suite, sel: Selection, model: str) -> list[TestSpec]:
+    """Every test of the selection for one (canonical) model, in a stable order."""
+    tests = []
+    for prompt_type in sel.prompt_types:
+        for rate in sel.tool_success_rates:
+            for difficulty in sel.difficulties:
+                for task_type in sel.task_types:
+                    for index in range(sel.num_instances):
+                        task_id = suite.task_id(task_type, difficulty, index)
+                        tests.append(TestSpec(
+                            test_key=test_key(suite.name, model, prompt_type, rate, difficulty,
+                                              task_type, index, task_id),
+                            suite=suite.name, model=model, prompt_type=prompt_type,
+                            tool_success_rate=rate, difficulty=difficulty,
+                            task_type=task_type, index=index, task_id=task_id,
+                        ))
+    return tests
+
+
+def _routes(config: Config, eff: EffectiveModel, sim_url: str) -> list[tuple[str, int | None, str | None, Route]]:
+    """(instance, key_index, deployment, route) for each route the strategy uses."""
+    p = config.providers[eff.provider]
+    shape = p.shape if p.kind == "sim" else p.kind
+    base = (p.url or sim_url) if p.kind == "sim" else None
+    prefix = p.route_prefix or eff.name
+    if shape == "openai":
+        if p.kind == "sim":
+            keys = [(None, f"sim-key-{i}", f"{base}/v1") for i in range(p.keys)]
+        else:
+            urls = p.base_urls or [p.base_url or ""] * len(p.api_key_envs)
+            keys = [(env, None, url) for env, url in zip(p.api_key_envs, urls)]
+        if eff.strategy != "per-key":
+            keys = keys[:1]
+        return [
+            (f"{prefix}-key{i}" if eff.strategy == "per-key" else eff.name,
+             i if eff.strategy == "per-key" else None, None,
+             Route(url=f"{url.rstrip('/')}/chat/completions", shape="openai",
+                   api_model=eff.api_model, key_env=env, key_literal=literal))
+            for i, (env, literal, url) in enumerate(keys)
+        ]
+    endpoint = base if p.kind == "sim" else (p.endpoint or "").rstrip("/")
+    version = SIM_API_VERSION if p.kind == "sim" else p.api_version
+    deployments = eff.deployments if eff.strategy == "per-deployment" else eff.deployments[:1]
+    return [
+        (dep, None, dep,
+         Route(url=f"{endpoint}/openai/deployments/{dep}/chat/completions?api-version={version}",
+               shape="azure", api_model=None,
+               key_env=None if p.kind == "sim" else p.api_key_env,
+               key_literal="sim-azure-key" if p.kind == "sim" else None))
+        for dep in deployments
+    ]
+
+
+def split_evenly(tests: list[TestSpec], n: int) -> list[list[TestSpec]]:
+    """n parts whose sizes differ by at most one (round robin keeps cells mixed)."""
+    return [tests[i::n] for i in range(n)]
+
+
+def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
+              sim_url: str = "http://127.0.0.1:0") -> Plan:
+    shards: list[Shard] = []
+    planned = skipped = 0
+    for name in sel.models:
+        eff = effective_model(config, name)
+        model = canonical_model(name)
+        all_tests = expand(suite, sel, model)
+        todo = [t for t in all_tests if t.test_key not in completed]
+        skipped += len(all_tests) - len(todo)
+        planned += len(todo)
+        routes = _routes(config, eff, sim_url)
+        for (instance, key_index, deployment, route), tests in zip(routes, split_evenly(todo, len(routes))):
+            shards.append(Shard(
+                shard_id=f"{model}@{instance}", model=model, instance=instance,
+                provider=eff.provider, strategy=eff.strategy,
+                simulated=config.providers[eff.provider].kind == "sim",
+                key_index=key_index, deployment=deployment, workers=eff.workers, qps=eff.qps,
+                request_timeout=eff.request_timeout, test_timeout=eff.test_timeout,
+                max_retries=eff.max_retries, max_turns=sel.max_turns, route=route, tests=tests,
+            ))
+    return Plan(shards=shards, planned=planned, skipped_completed=skipped)

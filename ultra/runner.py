@@ -1,0 +1,289 @@
+"""`ultra run`: plan, start shard processes, show progress, record the run, project.
+
+The parent plans and supervises; each child process runs several shards as trio tasks
+and owns one group-commit writer into the shared SQLite log. Children share nothing but
+the log and a queue of progress snapshots. Ctrl-C / SIGTERM: every child cancels its
+in-flight tests, commits what is pending, writes `shard.finished(interrupted)`; the parent
+then records `run.finished(interrupted)`, projects, and exits 130.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import trio
+
+from ultra.config import Config, missing_secrets
+from ultra.errors import UserError
+from ultra.events import Event, PlanSummary, RunFinished, RunStarted
+from ultra.plan import Plan, Selection, Shard, make_plan
+from ultra.progress import Display
+from ultra.shard import ShardProgress, run_shard
+from ultra.store import EventLog
+from ultra.suites import get_suite
+
+BATCH_EVENTS = 500  # group commit: a batch, or
+BATCH_SECONDS = 0.2  # this long after the first pending event, whichever first
+REPORT_SECONDS = 0.25
+EXIT_INTERRUPTED = 130
+
+
+class ChildJob(msgspec.Struct, kw_only=True):
+    run_id: str
+    db: str
+    suite: str
+    tasks: str | None
+    shards: list[Shard]
+
+
+# ---- inside a shard process -------------------------------------------------------------
+
+
+async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog) -> None:
+    """Group commit: append a batch when it is full or BATCH_SECONDS old."""
+    async with recv:
+        while True:
+            try:
+                batch: list[Event] = [await recv.receive()]
+            except trio.EndOfChannel:
+                return
+            closed = False
+            with trio.move_on_after(BATCH_SECONDS):
+                while len(batch) < BATCH_EVENTS:
+                    try:
+                        batch.append(await recv.receive())
+                    except trio.EndOfChannel:
+                        closed = True
+                        break
+            await trio.to_thread.run_sync(log.append, batch)
+            if closed:
+                return
+
+
+async def _cancel_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+async def _report_loop(progresses: list[ShardProgress], report: Callable[[list[tuple]], None]) -> None:
+    while True:
+        await trio.sleep(REPORT_SECONDS)
+        report([p.snapshot() for p in progresses])
+
+
+async def run_process(job: ChildJob, report: Callable[[list[tuple]], None]) -> None:
+    """Run a process's shards to the end (or to a signal), committing every event."""
+    suite = get_suite(job.suite, job.tasks)
+    progresses = [ShardProgress(s) for s in job.shards]
+    with EventLog.open(job.db) as log:
+        send, recv = trio.open_memory_channel[Event](math.inf)
+        async with trio.open_nursery() as outer:
+            outer.start_soon(write_events, recv, log)
+            async with trio.open_nursery() as aux:
+                async with send:
+                    async with trio.open_nursery() as work:
+                        aux.start_soon(_cancel_on_signal, work.cancel_scope)
+                        aux.start_soon(_report_loop, progresses, report)
+                        for shard, progress in zip(job.shards, progresses):
+                            work.start_soon(run_shard, shard, suite, job.run_id,
+                                            send.send_nowait, progress)
+                aux.cancel_scope.cancel()
+    report([p.snapshot() for p in progresses])
+
+
+def _child_main(payload: bytes, progress_queue: mp.Queue) -> None:
+    # The parent forwards Ctrl-C as SIGTERM; until trio takes over, ignore the terminal's own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    job = msgspec.msgpack.decode(payload, type=ChildJob)
+    try:
+        trio.run(run_process, job, progress_queue.put)
+    except UserError as exc:
+        print(f"ultra: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# ---- the parent ---------------------------------------------------------------------------
+
+
+def assign(shards: list[Shard], processes: int) -> list[list[Shard]]:
+    """Longest shards first onto the least-loaded process (balanced by planned tests)."""
+    groups: list[list[Shard]] = [[] for _ in range(max(1, processes))]
+    loads = [0] * len(groups)
+    for shard in sorted(shards, key=lambda s: -len(s.tests)):
+        i = loads.index(min(loads))
+        groups[i].append(shard)
+        loads[i] += len(shard.tests)
+    return [g for g in groups if g]
+
+
+class RunResult(msgspec.Struct, kw_only=True):
+    run_id: str
+    planned: int
+    skipped_completed: int
+    completed: int
+    errored: int
+    succeeded: int
+    interrupted: bool
+    crashed_processes: int
+    shards: list[dict]
+    db: str
+    out: str
+    exit_code: int
+
+
+def _uses_bundled_sim(config: Config, models: list[str]) -> bool:
+    return any(
+        config.providers[config.models[m].provider].kind == "sim"
+        and not config.providers[config.models[m].provider].url
+        for m in models
+    )
+
+
+@contextlib.contextmanager
+def _simulator(config: Config, models: list[str]):
+    """Start the bundled simulator when a selected sim provider has no url of its own."""
+    if not _uses_bundled_sim(config, models):
+        yield None
+        return
+    from ultra.sim.process import SimProcess
+
+    with SimProcess(config.sim) as sim:
+        yield sim.url
+
+
+def plan_run(config: Config, sel: Selection, db: Path, tasks: str | None,
+             sim_url: str | None = None) -> Plan:
+    suite = get_suite(sel.suite, tasks)
+    from ultra.plan import check_selection
+
+    check_selection(config, suite, sel)
+    completed: set[str] = set()
+    if db.exists():
+        with EventLog.open(db, create=False) as log:
+            completed = log.completed_test_keys()
+    return make_plan(config, suite, sel, completed, sim_url or "http://127.0.0.1:0")
+
+
+def execute(config: Config, config_digest: str, sel: Selection, *, db: Path, out: Path,
+            processes: int, tasks: str | None, argv: list[str], json_output: bool) -> RunResult:
+    missing = missing_secrets(config, sel.models)
+    if missing:
+        raise UserError("\n".join(missing))
+    # Validate the selection before anything starts.
+    plan_run(config, sel, db, tasks)
+    with EventLog.open(db) as log:
+        pass  # creates the log (and checks it is one) before any process starts
+    with _simulator(config, sel.models) as sim_url:
+        plan = plan_run(config, sel, db, tasks, sim_url)
+        run_id = uuid.uuid4().hex[:12]
+        with EventLog.open(db) as log:
+            log.append([RunStarted(
+                run_id=run_id, argv=argv, config_digest=config_digest,
+                plan=PlanSummary(tests=plan.planned, shards=len(plan.shards),
+                                 models=[canonical for canonical in dict.fromkeys(s.model for s in plan.shards)],
+                                 skipped_completed=plan.skipped_completed),
+            )])
+        snapshots, interrupted, crashed = _supervise(plan, run_id, sel, db, tasks, processes,
+                                                     show=not json_output)
+        completed = sum(s[2] for s in snapshots.values())
+        errored = sum(s[4] for s in snapshots.values())
+        with EventLog.open(db) as log:
+            log.append([RunFinished(run_id=run_id, completed=completed, errored=errored,
+                                    interrupted=interrupted)])
+    from ultra.projecting import project
+
+    project(db, out)
+    exit_code = EXIT_INTERRUPTED if interrupted else (1 if crashed else 0)
+    return RunResult(
+        run_id=run_id, planned=plan.planned, skipped_completed=plan.skipped_completed,
+        completed=completed, errored=errored,
+        succeeded=sum(s[3] for s in snapshots.values()), interrupted=interrupted,
+        crashed_processes=crashed,
+        shards=[_shard_row(s) for s in snapshots.values()],
+        db=str(db), out=str(out), exit_code=exit_code,
+    )
+
+
+def _shard_row(s: tuple) -> dict:
+    shard_id, planned, completed, succeeded, errored, requests, retries, throttled, elapsed, finished, interrupted = s
+    return dict(shard=shard_id, planned=planned, completed=completed, succeeded=succeeded,
+                errored=errored, requests=requests, retries=retries, throttled=throttled,
+                seconds=round(elapsed, 3), interrupted=interrupted or not finished)
+
+
+def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path, tasks: str | None,
+               processes: int, *, show: bool) -> tuple[dict[str, tuple], bool, int]:
+    """Start the shard processes and follow them to the end; forward Ctrl-C / SIGTERM."""
+    ctx = mp.get_context("spawn")
+    progress_queue: mp.Queue = ctx.Queue()
+    snapshots: dict[str, tuple] = {
+        s.shard_id: (s.shard_id, len(s.tests), 0, 0, 0, 0, 0, 0, 0.0, False, False)
+        for s in plan.shards
+    }
+    procs = []
+    for group in assign(plan.shards, processes):
+        job = ChildJob(run_id=run_id, db=str(db), suite=sel.suite, tasks=tasks, shards=group)
+        p = ctx.Process(target=_child_main, args=(msgspec.msgpack.encode(job), progress_queue),
+                        daemon=False)
+        p.start()
+        procs.append(p)
+
+    interrupted = False
+
+    def on_term(signum, frame):  # SIGTERM to the parent behaves as Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    display = Display(enabled=show)
+
+    def drain(timeout: float) -> None:
+        try:
+            while True:
+                for snap in progress_queue.get(timeout=timeout):
+                    snapshots[snap[0]] = snap
+                timeout = 0.0
+        except queue_mod.Empty:
+            pass
+
+    try:
+        with display:
+            try:
+                while any(p.is_alive() for p in procs):
+                    drain(REPORT_SECONDS)
+                    display.update(snapshots)
+            except KeyboardInterrupt:
+                interrupted = True
+                for p in procs:
+                    if p.is_alive():
+                        os.kill(p.pid, signal.SIGTERM)
+                deadline = time.monotonic() + 60
+                while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+                    with contextlib.suppress(KeyboardInterrupt):
+                        drain(REPORT_SECONDS)
+                        display.update(snapshots)
+                for p in procs:
+                    if p.is_alive():
+                        p.kill()
+            for p in procs:
+                p.join()
+            drain(0.0)
+            display.update(snapshots)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    crashed = sum(1 for p in procs if p.exitcode not in (0, None))
+    if interrupted:
+        crashed = 0  # children ended by our own signal are not crashes
+    return snapshots, interrupted, crashed

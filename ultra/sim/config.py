@@ -1,0 +1,183 @@
+"""The simulator's configuration: one msgspec Struct, from TOML, JSON or CLI options.
+
+Every section defaults to "off": a bare `SimConfig()` answers every request at once,
+with no limits and no faults, which is what a speed benchmark wants.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from ultra.errors import UserError
+
+
+class Latency(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """How long a reply takes. `median_ms == 0` means reply at once, without any sleep."""
+
+    distribution: Literal["lognormal", "uniform"] = "lognormal"
+    median_ms: float = 0.0
+    # lognormal: one sigma multiplies the median by (1 + spread/median);
+    # uniform: the delay is drawn from [median - spread, median + spread].
+    spread_ms: float = 0.0
+    max_ms: float = 60_000.0  # a lognormal tail must not turn into an accidental hang
+
+
+class Faults(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Probabilities (per accepted request) of each injected fault; they must sum to <= 1."""
+
+    server_error: float = 0.0  # 500, 502 or 503 with an OpenAI-style error body
+    hang: float = 0.0  # no reply for `hang_s` (or until the client goes away)
+    malformed: float = 0.0  # 200 with a body that is not JSON
+    empty_content: float = 0.0  # 200, one choice whose message has no content
+    empty_choices: float = 0.0  # 200 with "choices": []
+    context_length: float = 0.0  # 400, code context_length_exceeded
+    hang_s: float = 3600.0  # far longer than any sane client timeout
+
+    def total(self) -> float:
+        return (
+            self.server_error
+            + self.hang
+            + self.malformed
+            + self.empty_content
+            + self.empty_choices
+            + self.context_length
+        )
+
+
+class Limits(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Rate limits in requests per second over a sliding 1 s window (None = unlimited).
+
+    A request must pass both its key's and (on the Azure route) its deployment's limit.
+    Overrides name a key by its fingerprint (`key_fingerprint(key)`), never by the key,
+    and a deployment by its name.
+    """
+
+    key_rps: float | None = None
+    deployment_rps: float | None = None
+    key_overrides: dict[str, float] = {}
+    deployment_overrides: dict[str, float] = {}
+    retry_after_s: int = 1
+    retry_after_http_date: bool = False  # send Retry-After as an HTTP date instead
+
+
+class Storm(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A 429 storm: for the first `duration_s` after start (or /stats/reset), a `fraction`
+    of the requests (1.0 = all) are refused with 429, whatever the limits say."""
+
+    duration_s: float = 0.0
+    fraction: float = 1.0
+
+
+class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = pick a free port; the listening line says which
+    seed: int = 0
+    latency: Latency = Latency()
+    faults: Faults = Faults()
+    limits: Limits = Limits()
+    storm: Storm = Storm()
+    # Who writes the assistant message: "suites" (the registered suites' simulated
+    # policies, with a trivial fallback), "echo" (always the trivial reply), or an import
+    # path "package.module:function" with the signature of `replies.Responder`.
+    responder: str = "suites"
+
+
+def validate(config: SimConfig) -> SimConfig:
+    """Reject values that would make the simulator lie about what it was asked to do."""
+    problems: list[str] = []
+    f = config.faults
+    for name in ("server_error", "hang", "malformed", "empty_content", "empty_choices", "context_length"):
+        p = getattr(f, name)
+        if not 0.0 <= p <= 1.0:
+            problems.append(f"faults.{name} must lie in [0, 1], got {p}")
+    if f.total() > 1.0 + 1e-9:
+        problems.append(f"fault probabilities sum to {f.total():.3f} > 1")
+    lim = config.limits
+    rates = {"limits.key_rps": lim.key_rps, "limits.deployment_rps": lim.deployment_rps}
+    rates |= {f"limits.key_overrides[{k}]": v for k, v in lim.key_overrides.items()}
+    rates |= {f"limits.deployment_overrides[{k}]": v for k, v in lim.deployment_overrides.items()}
+    for name, rps in rates.items():
+        if rps is not None and rps <= 0:
+            problems.append(f"{name} must be > 0, got {rps}")
+    if lim.retry_after_s < 0:
+        problems.append(f"limits.retry_after_s must be >= 0, got {lim.retry_after_s}")
+    if not 0.0 <= config.storm.fraction <= 1.0:
+        problems.append(f"storm.fraction must lie in [0, 1], got {config.storm.fraction}")
+    if config.latency.median_ms < 0 or config.latency.spread_ms < 0:
+        problems.append("latency.median_ms and latency.spread_ms must be >= 0")
+    if not 0 <= config.port <= 65535:
+        problems.append(f"port must lie in [0, 65535], got {config.port}")
+    if problems:
+        raise UserError("; ".join(problems))
+    return config
+
+
+def load_toml(path: Path) -> SimConfig:
+    """A SimConfig from a TOML file; the keys are SimConfig's fields (sections for the
+    nested ones: `[latency]`, `[faults]`, `[limits]`, `[storm]`)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read sim config {path}: {exc.strerror}") from None
+    try:
+        return validate(msgspec.toml.decode(data, type=SimConfig))
+    except msgspec.ValidationError as exc:
+        raise UserError(f"invalid sim config {path}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise UserError(f"malformed sim config {path}: {exc}") from None
+
+
+def to_json(config: SimConfig) -> str:
+    return msgspec.json.encode(config).decode()
+
+
+def from_json(text: str) -> SimConfig:
+    try:
+        return validate(msgspec.json.decode(text, type=SimConfig))
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise UserError(f"invalid sim config: {exc}") from None
+
+
+# Command-line option -> (section, field) of SimConfig; None as a section means top level.
+OVERRIDABLE: dict[str, tuple[str | None, str]] = {
+    "host": (None, "host"),
+    "port": (None, "port"),
+    "seed": (None, "seed"),
+    "responder": (None, "responder"),
+    "latency_distribution": ("latency", "distribution"),
+    "latency_ms": ("latency", "median_ms"),
+    "latency_spread_ms": ("latency", "spread_ms"),
+    "key_rps": ("limits", "key_rps"),
+    "deployment_rps": ("limits", "deployment_rps"),
+    "retry_after": ("limits", "retry_after_s"),
+    "retry_after_http_date": ("limits", "retry_after_http_date"),
+    "storm_seconds": ("storm", "duration_s"),
+    "storm_fraction": ("storm", "fraction"),
+    "fault_5xx": ("faults", "server_error"),
+    "fault_hang": ("faults", "hang"),
+    "fault_malformed": ("faults", "malformed"),
+    "fault_empty_content": ("faults", "empty_content"),
+    "fault_empty_choices": ("faults", "empty_choices"),
+    "fault_context_length": ("faults", "context_length"),
+    "hang_seconds": ("faults", "hang_s"),
+}
+
+
+def with_overrides(config: SimConfig, **options: object) -> SimConfig:
+    """`config` with every option that is not None replacing its field (CLI over file)."""
+    top: dict[str, object] = {}
+    sections: dict[str, dict[str, object]] = {}
+    for option, value in options.items():
+        if value is None:
+            continue
+        section, field = OVERRIDABLE[option]
+        if section is None:
+            top[field] = value
+        else:
+            sections.setdefault(section, {})[field] = value
+    for section, fields in sections.items():
+        top[section] = msgspec.structs.replace(getattr(config, section), **fields)
+    return validate(msgspec.structs.replace(config, **top))
