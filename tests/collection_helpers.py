@@ -36,15 +36,14 @@ def events(db: Path, *filters: str) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
-def sim_models_config(sim_url: str, *, models: str, run: str = "", extra: str = "") -> str:
+def sim_models_config(sim_url: str, *, models: str, instances: int = 2) -> str:
     """A config whose providers are the given (already running) simulator."""
     return f"""
 [run]
 prompt_types = ["baseline", "optimal"]
 difficulties = ["easy"]
 tool_success_rates = [0.8]
-num_instances = 2
-{run}
+num_instances = {instances}
 
 [providers.gw]
 kind = "sim"
@@ -58,7 +57,6 @@ shape = "azure"
 url = "{sim_url}"
 
 {models}
-{extra}
 """
 
 

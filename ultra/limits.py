@@ -1,7 +1,7 @@
 """Per-shard request pacing: a QPS limit that backs off on 429 and climbs back.
 
-A pacer with a burst of one: request slots are spaced `1/rate` apart, so no 1 s window
-holds more than `qps` + 1 starts however many workers wait. A 429 halves the rate
+A pacer with a burst of one: request slots are spaced a little over `1/rate` apart, so no
+1 s window holds more than `qps` starts however many workers wait. A 429 halves the rate
 (at most once per half second: a burst of 429s is one signal) and pauses the shard until
 `Retry-After`; once 429s stop for a cool-down, the rate climbs back by 25 % a second.
 """
@@ -17,6 +17,9 @@ DECREASE = 0.5
 INCREASE = 1.25
 COOLDOWN = 2.0  # seconds without a 429 before the rate climbs back
 MIN_FRACTION = 0.02  # never below 2 % of the limit: keep probing
+# Slots are spaced (1 + margin)/rate apart, so `qps` + 1 starts span 1.03 s: requests that
+# the scheduler or the network delay by up to 30 ms still land within the provider's limit.
+WINDOW_MARGIN = 0.03
 
 
 class RateLimiter:
@@ -35,7 +38,7 @@ class RateLimiter:
             self.rate = min(self.limit, self.rate * INCREASE)
             self._last_change = now
         slot = max(now, self._next, self._paused_until)
-        self._next = slot + 1.0 / self.rate + 1e-6  # 1 µs: float sums must not squeeze a slot in
+        self._next = slot + (1.0 + WINDOW_MARGIN) / self.rate
         if slot > now:
             await trio.sleep_until(slot)
 

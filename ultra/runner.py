@@ -27,7 +27,8 @@ import trio
 from ultra.config import Config, missing_secrets
 from ultra.errors import UserError
 from ultra.events import Event, PlanSummary, RunFinished, RunStarted
-from ultra.plan import Plan, Selection, Shard, make_plan
+from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
+from ultra.projecting import project
 from ultra.progress import Display
 from ultra.shard import ShardProgress, run_shard
 from ultra.store import EventLog
@@ -166,9 +167,8 @@ def _simulator(config: Config, models: list[str]):
 
 def plan_run(config: Config, sel: Selection, db: Path, tasks: str | None,
              sim_url: str | None = None) -> Plan:
+    """Check the selection, read what the log already holds, and plan what is left."""
     suite = get_suite(sel.suite, tasks)
-    from ultra.plan import check_selection
-
     check_selection(config, suite, sel)
     completed: set[str] = set()
     if db.exists():
@@ -179,13 +179,11 @@ def plan_run(config: Config, sel: Selection, db: Path, tasks: str | None,
 
 def execute(config: Config, config_digest: str, sel: Selection, *, db: Path, out: Path,
             processes: int, tasks: str | None, argv: list[str], json_output: bool) -> RunResult:
+    check_selection(config, get_suite(sel.suite, tasks), sel)
     missing = missing_secrets(config, sel.models)
     if missing:
         raise UserError("\n".join(missing))
-    # Validate the selection before anything starts.
-    plan_run(config, sel, db, tasks)
-    with EventLog.open(db) as log:
-        pass  # creates the log (and checks it is one) before any process starts
+    EventLog.open(db).close()  # create the log, or refuse a file that is not one, up front
     with _simulator(config, sel.models) as sim_url:
         plan = plan_run(config, sel, db, tasks, sim_url)
         run_id = uuid.uuid4().hex[:12]
@@ -193,27 +191,24 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path, out
             log.append([RunStarted(
                 run_id=run_id, argv=argv, config_digest=config_digest,
                 plan=PlanSummary(tests=plan.planned, shards=len(plan.shards),
-                                 models=[canonical for canonical in dict.fromkeys(s.model for s in plan.shards)],
+                                 models=list(dict.fromkeys(s.model for s in plan.shards)),
                                  skipped_completed=plan.skipped_completed),
             )])
-        snapshots, interrupted, crashed = _supervise(plan, run_id, sel, db, tasks, processes,
-                                                     show=not json_output)
-        completed = sum(s[2] for s in snapshots.values())
-        errored = sum(s[4] for s in snapshots.values())
-        with EventLog.open(db) as log:
+            snapshots, interrupted, crashed = _supervise(
+                plan, run_id, sel, db, tasks, processes, show=not json_output)
+            completed = sum(s[2] for s in snapshots.values())
+            errored = sum(s[4] for s in snapshots.values())
             log.append([RunFinished(run_id=run_id, completed=completed, errored=errored,
                                     interrupted=interrupted)])
-    from ultra.projecting import project
-
     project(db, out)
-    exit_code = EXIT_INTERRUPTED if interrupted else (1 if crashed else 0)
     return RunResult(
         run_id=run_id, planned=plan.planned, skipped_completed=plan.skipped_completed,
         completed=completed, errored=errored,
         succeeded=sum(s[3] for s in snapshots.values()), interrupted=interrupted,
         crashed_processes=crashed,
         shards=[_shard_row(s) for s in snapshots.values()],
-        db=str(db), out=str(out), exit_code=exit_code,
+        db=str(db), out=str(out),
+        exit_code=EXIT_INTERRUPTED if interrupted else (1 if crashed else 0),
     )
 
 

@@ -32,7 +32,7 @@ class ShardProgress:
     """Live tallies of one shard (read by the progress reporter)."""
 
     __slots__ = ("shard_id", "planned", "completed", "succeeded", "errored", "counters",
-                 "started", "finished", "interrupted")
+                 "started", "ended", "finished", "interrupted")
 
     def __init__(self, shard: Shard) -> None:
         self.shard_id = shard.shard_id
@@ -42,13 +42,14 @@ class ShardProgress:
         self.errored = 0
         self.counters = ShardCounters()
         self.started = time.monotonic()
+        self.ended: float | None = None
         self.finished = False
         self.interrupted = False
 
     def snapshot(self) -> tuple:
         c = self.counters
         return (self.shard_id, self.planned, self.completed, self.succeeded, self.errored,
-                c.requests, c.retries, c.throttled, time.monotonic() - self.started,
+                c.requests, c.retries, c.throttled, (self.ended or time.monotonic()) - self.started,
                 self.finished, self.interrupted)
 
 
@@ -66,6 +67,7 @@ async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Eve
             await _run_tests(shard, suite, run_id, emit, progress)
         finished = True
     finally:
+        progress.ended = time.monotonic()
         progress.finished = True
         progress.interrupted = not finished
         emit(ShardFinished(

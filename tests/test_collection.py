@@ -1,0 +1,289 @@
+"""`ultra run` end to end over real loopback HTTP: routing, limits, 429 storms, faults,
+crashes, interrupts and secrets. Every run is a real `ultra` process against a real
+simulator process; what we check comes from the simulator's /stats and the event log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.collection_helpers import events, outcome_counts, popen_ultra, sim_models_config, ultra
+from ultra.sim.config import Faults, Latency, SimConfig, Storm
+from ultra.sim.process import SimProcess
+from ultra.sim.server import key_fingerprint
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "ultra.toml"
+    path.write_text(text)
+    return path
+
+
+def run_json(config: Path, tmp_path: Path, *extra: str, env=None, expect=0) -> dict:
+    proc = ultra("run", "--config", str(config), "--db", str(tmp_path / "events.db"),
+                 "--out", str(tmp_path / "master.json"), "--json", *extra, env=env)
+    assert proc.returncode == expect, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return json.loads(proc.stdout)
+
+
+def every_test_once(db: Path) -> tuple[int, int]:
+    """Each planned test of each run ends in exactly one completed or errored event."""
+    evs = events(db)
+    counts = outcome_counts(evs)
+    assert all(n == 1 for n in counts.values()), [k for k, n in counts.items() if n != 1][:5]
+    planned = sum(e["plan"]["tests"] for e in evs if e["type"] == "run.started")
+    finished = sum(counts.values())
+    return planned, finished
+
+
+def test_routing_and_limits(tmp_path):
+    sim_cfg = SimConfig(latency=Latency(distribution="uniform", median_ms=20, spread_ms=10))
+    with SimProcess(sim_cfg) as sim:
+        config = write(tmp_path, sim_models_config(sim.url, instances=4, models="""
+[models.sim-good]
+provider = "gw"
+strategy = "per-key"
+workers = 3
+qps = 15
+
+[models.sim-strong]
+provider = "az"
+strategy = "per-deployment"
+workers = 4
+qps = 20
+"""))
+        result = run_json(config, tmp_path, "--processes", "2")
+        stats = sim.stats()
+    assert result["errored"] == 0 and result["completed"] == result["planned"] == 80
+    shards = {s["shard"]: s for s in result["shards"]}
+    assert len(shards) == 6
+    for i in range(3):
+        route = stats["keys"][key_fingerprint(f"sim-key-{i}")]
+        shard = shards[f"sim-good@sim-good-key{i}"]
+        assert route["requests"] == shard["requests"] > 0  # this key carried exactly its shard
+        assert route["max_in_flight"] <= 3
+        assert 0.9 * 15 <= route["max_per_second"] <= 15 + 1
+    for dep in ("sim-strong", "sim-strong-2", "sim-strong-3"):
+        route = stats["deployments"][dep]
+        assert route["requests"] == shards[f"sim-strong@{dep}"]["requests"] > 0
+        assert route["max_in_flight"] <= 4
+        assert 0.9 * 20 <= route["max_per_second"] <= 20 + 1
+    planned, finished = every_test_once(tmp_path / "events.db")
+    assert planned == finished == 80
+    master = json.loads((tmp_path / "master.json").read_text())
+    assert set(master["models"]) == {"sim-good", "sim-strong"}  # instances fold into models
+
+
+def test_429_storm_slows_down_and_loses_nothing(tmp_path):
+    sim_cfg = SimConfig(latency=Latency(median_ms=5), storm=Storm(duration_s=2.0, fraction=1.0))
+    with SimProcess(sim_cfg) as sim:
+        config = write(tmp_path, sim_models_config(sim.url, models="""
+[models.sim-good]
+provider = "gw"
+strategy = "single"
+workers = 4
+qps = 20
+"""))
+        result = run_json(config, tmp_path, "--processes", "1")
+        stats = sim.stats()
+    assert result["errored"] == 0 and result["completed"] == result["planned"] == 20
+    assert result["shards"][0]["throttled"] > 0
+    assert stats["total"]["rate_limited"] == result["shards"][0]["throttled"]
+    every_test_once(tmp_path / "events.db")
+
+
+def test_thirty_percent_faults_every_test_ends_once(tmp_path):
+    faults = Faults(server_error=0.10, malformed=0.05, empty_content=0.04, empty_choices=0.03,
+                    hang=0.05, context_length=0.03)
+    sim_cfg = SimConfig(latency=Latency(median_ms=2), faults=faults, seed=7)
+    with SimProcess(sim_cfg) as sim:
+        config = write(tmp_path, sim_models_config(sim.url, instances=3, models="""
+[models.sim-strong]
+provider = "az"
+strategy = "per-deployment"
+workers = 6
+qps = 200
+request_timeout = 0.5
+test_timeout = 30
+max_retries = 2
+"""))
+        result = run_json(config, tmp_path, "--processes", "2")
+        stats = sim.stats()
+    assert stats["total"]["faults"] > 0
+    planned, finished = every_test_once(tmp_path / "events.db")
+    assert planned == finished == result["planned"] == 30
+    assert result["completed"] + result["errored"] == 30
+    # the log stays auditable
+    audit = ultra("audit", "--db", str(tmp_path / "events.db"), "--out", str(tmp_path / "master.json"))
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def _shard_worker_pids(parent: int) -> list[int]:
+    pids = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:
+                pids.append(int(child))
+    return pids
+
+
+def _wait_for_completed(db: Path, at_least: int, proc, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.exists():
+            done = [e for e in events(db, "--type", "test.completed")]
+            if len(done) >= at_least:
+                return
+        time.sleep(0.3)
+    raise AssertionError("run produced no results in time")
+
+
+SLOW_MODELS = """
+[models.sim-good]
+provider = "gw"
+strategy = "per-key"
+workers = 2
+qps = 10
+
+[models.sim-medium]
+provider = "az"
+strategy = "single"
+deployments = ["sim-medium"]
+workers = 2
+qps = 10
+"""
+
+
+def test_shard_process_killed_then_resumed_completes_each_test_once(tmp_path):
+    with SimProcess(SimConfig(latency=Latency(median_ms=40))) as sim:
+        config = write(tmp_path, sim_models_config(sim.url, instances=3, models=SLOW_MODELS))
+        db = tmp_path / "events.db"
+        proc = popen_ultra("run", "--config", str(config), "--db", str(db), "--out",
+                           str(tmp_path / "m.json"), "--processes", "2", "--json")
+        _wait_for_completed(db, 3, proc)
+        victims = _shard_worker_pids(proc.pid)
+        assert victims
+        os.kill(victims[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 1, err  # a crashed shard process is reported, not hidden
+        first = json.loads(out)
+        assert first["crashed_processes"] == 1
+        assert first["completed"] + first["errored"] < first["planned"]
+        second = run_json(config, tmp_path, "--processes", "2")
+    assert second["skipped_completed"] > 0
+    evs = events(db)
+    completed = Counter(e["test_key"] for e in evs if e["type"] == "test.completed")
+    total = next(e for e in evs if e["type"] == "run.started")["plan"]["tests"]
+    assert len(completed) == total == 60
+    assert set(completed.values()) == {1}
+
+
+def test_sigterm_interrupts_cleanly(tmp_path):
+    with SimProcess(SimConfig(latency=Latency(median_ms=40))) as sim:
+        config = write(tmp_path, sim_models_config(sim.url, instances=3, models=SLOW_MODELS))
+        db = tmp_path / "events.db"
+        proc = popen_ultra("run", "--config", str(config), "--db", str(db), "--out",
+                           str(tmp_path / "m.json"), "--processes", "2")
+        _wait_for_completed(db, 2, proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    evs = events(db)
+    finished = [e for e in evs if e["type"] == "shard.finished"]
+    started = [e for e in evs if e["type"] == "shard.started"]
+    assert len(finished) == len(started) == 4
+    assert any(e["interrupted"] for e in finished)
+    assert [e["interrupted"] for e in evs if e["type"] == "run.finished"] == [True]
+    counts = outcome_counts(evs)
+    assert counts and set(counts.values()) == {1}
+    assert (tmp_path / "m.json").exists()  # the run still ends by projecting
+
+
+def test_secrets_never_leave_the_environment(tmp_path):
+    secrets = {f"ULTRA_T_KEY{i}": f"sk-test-{uuid.uuid4().hex}" for i in range(2)}
+    secrets["ULTRA_T_AZURE"] = f"az-{uuid.uuid4().hex}"
+    with SimProcess(SimConfig(latency=Latency(median_ms=2))) as sim:
+        config = write(tmp_path, f"""
+[run]
+prompt_types = ["baseline"]
+num_instances = 2
+
+[providers.gw]
+kind = "openai"
+base_url = "{sim.url}/v1"
+api_key_envs = ["ULTRA_T_KEY0", "ULTRA_T_KEY1"]
+
+[providers.az]
+kind = "azure"
+endpoint = "{sim.url}"
+api_key_env = "ULTRA_T_AZURE"
+
+[models.sim-good]
+provider = "gw"
+class = "open-multikey"
+
+[models.sim-strong]
+provider = "az"
+class = "open-azure"
+workers = 4
+qps = 50
+""")
+        missing = ultra("run", "--config", str(config), "--db", str(tmp_path / "x.db"))
+        assert missing.returncode == 2
+        assert "ULTRA_T_KEY0 is not set" in missing.stderr and "Traceback" not in missing.stderr
+        proc = ultra("run", "--config", str(config), "--db", str(tmp_path / "events.db"),
+                     "--out", str(tmp_path / "master.json"), env=secrets)
+        shown = ultra("config", "show", "--config", str(config), env=secrets)
+        dumped = ultra("events", "--db", str(tmp_path / "events.db"))
+        stats = sim.stats()
+    assert proc.returncode == 0, proc.stderr
+    for i in range(2):  # each key shard really used its own key
+        assert stats["keys"][key_fingerprint(secrets[f"ULTRA_T_KEY{i}"])]["requests"] > 0
+    assert stats["keys"][key_fingerprint(secrets["ULTRA_T_AZURE"])]["requests"] > 0
+    haystacks = [proc.stdout, proc.stderr, shown.stdout, dumped.stdout, json.dumps(stats)]
+    haystacks += [p.read_bytes().decode("latin-1") for p in tmp_path.iterdir() if p.is_file()]
+    for secret in secrets.values():
+        assert not any(secret in h for h in haystacks)
+    assert "<set>" in shown.stdout
+
+
+def test_embedded_demo_runs_from_nothing(tmp_path):
+    proc = ultra("run", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["completed"] + result["errored"] == result["planned"] > 0
+    master = json.loads((tmp_path / "ultra-data" / "master_database.json").read_text())
+    assert set(master["models"]) == {"sim-good", "sim-strong", "sim-medium", "sim-weak"}
+    strategies = {e["strategy"] for e in events(tmp_path / "ultra-data" / "events.db", "--type", "shard.started")}
+    assert strategies == {"per-key", "per-deployment", "single"}
+    assert all(e["simulated"] for e in events(tmp_path / "ultra-data" / "events.db", "--type", "test.completed"))
+    again = ultra("plan", "--json", cwd=tmp_path)
+    assert again.returncode == 0
+    assert json.loads(again.stdout)["skipped_completed"] == result["completed"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "nope"], "unknown model 'nope'"),
+    (["--tool-success-rate", "1.5"], "invalid tool success rate 1.5"),
+    (["--tool-success-rate", "abc"], "invalid tool success rate 'abc'"),
+    (["--prompt-types", "weird"], "unknown prompt type 'weird'"),
+    (["--num-instances", "0"], "invalid --num-instances 0"),
+    (["--processes", "0"], "invalid --processes 0"),
+    (["--config", "/nonexistent.toml"], "cannot read config"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    proc = ultra("run", "--db", str(tmp_path / "e.db"), *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "e.db").exists()  # nothing ran, nothing was written
