@@ -47,6 +47,118 @@ def main() -> None:
 # ---- storage commands (event log, projection, audit) ----------------------------------
 
 # STORAGE-COMMANDS-BEGIN
+RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Replay the whole log from seq 0.")]
+
+
+@app.command("project")
+def project_command(
+    db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT, rebuild: RebuildOpt = False
+) -> None:
+    """Bring master_database.json up to date with the event log (incrementally)."""
+    from ultra.projecting import project
+
+    r = project(db, out, rebuild=rebuild)
+    skipped = r.skipped_unknown + r.undecodable
+    note = f"; {skipped} events skipped (run `ultra audit`)" if skipped else ""
+    how = "rebuilt" if r.rebuilt else "updated"
+    typer.echo(f"{how} {r.out}: {r.events_folded} events folded, up to seq {r.last_seq}{note}")
+
+
+def _since(value: str) -> str:
+    """An ISO 8601 time as the log's `recorded_at` form, so strings compare in time order."""
+    import datetime as dt
+
+    try:
+        t = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise UserError(f"--since {value!r}: not an ISO 8601 date or time (e.g. 2025-07-01T12:00Z)") from None
+    if t.tzinfo is not None:
+        t = t.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@app.command("events")
+def events_command(
+    db: DbOpt = DEFAULT_DB,
+    types: Annotated[
+        Optional[list[str]], typer.Option("--type", help="Only this event type (repeatable).")
+    ] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Only this model (any alias or instance name).")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", help="Only this run id.")] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="Only events recorded at or after this UTC time.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many events.")] = None,
+) -> None:
+    """Print events as JSON lines (the event plus its "seq"); `ultra import` reads them back."""
+    from ultra.events import EVENT_TYPES
+    from ultra.store import EventLog
+
+    for t in types or ():
+        if t not in EVENT_TYPES:
+            raise UserError(f"--type {t!r}: unknown event type (known: {', '.join(sorted(EVENT_TYPES))})")
+    if limit is not None and limit < 0:
+        raise UserError(f"--limit {limit}: must be 0 or more")
+    since_key = _since(since) if since is not None else None
+    with EventLog.open(db, create=False) as log:
+        want = None
+        if model is not None:
+            repairs = log.repairs()
+            want, canonical = repairs.canonical(model), repairs.canonical
+        printed = 0
+        out = sys.stdout
+        try:
+            for seq, _type, row_model, payload in log.raw(types=types, run_id=run, since=since_key):
+                if limit is not None and printed >= limit:
+                    break
+                if want is not None and (row_model is None or canonical(row_model) != want):
+                    continue
+                out.write(f'{payload[:-1]},"seq":{seq}}}\n')
+                printed += 1
+            out.flush()
+        except BrokenPipeError:  # `ultra events | head`: the reader has all it wants
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+@app.command("import")
+def import_command(
+    file: Annotated[Path, typer.Argument(help="JSON lines as `ultra events` prints them; - for stdin.")],
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Append events from JSON lines, idempotently (merges logs); all of the file or none."""
+    from ultra.store import EventLog
+
+    with EventLog.open(db, create=True) as log:
+        if str(file) == "-":
+            r = log.append_raw(sys.stdin.buffer, source="stdin")
+        else:
+            try:
+                fh = file.open("rb")
+            except OSError as exc:
+                raise UserError(f"{file}: cannot read ({exc.strerror})") from None
+            with fh:
+                try:
+                    r = log.append_raw(fh, source=str(file))
+                except OSError as exc:
+                    raise UserError(f"{file}: cannot read ({exc.strerror})") from None
+    unknown = f", {r.unknown_types} of unknown types kept as they are" if r.unknown_types else ""
+    typer.echo(f"imported {r.stored} new events of {r.read} read into {db}{unknown}")
+
+
+@app.command("audit")
+def audit_command(db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT) -> None:
+    """Check the log and master_database.json; exit 1 with a list of findings."""
+    from ultra.audit import audit
+
+    report = audit(db, out)
+    for line in report.notes:
+        typer.echo(f"note: {line}")
+    for line in report.findings:
+        typer.echo(f"finding: {line}")
+    if report.findings:
+        typer.echo(f"audit: {len(report.findings)} findings")
+        raise typer.Exit(1)
+    typer.echo("audit: clean")
 # STORAGE-COMMANDS-END
 
 
@@ -56,8 +168,8 @@ def main() -> None:
 @sim_app.command("serve")
 def sim_serve(
     config: Annotated[Optional[Path], typer.Option("--config", help="Simulator config (TOML, SimConfig fields).")] = None,
-    host: Annotated[Optional[str], typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port; 0 picks a free one [default: 0].")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port; 0 picks a free one (default 0).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the fault/latency RNG.")] = None,
     responder: Annotated[Optional[str], typer.Option(help="suites | echo | module:function.")] = None,
     latency_ms: Annotated[Optional[float], typer.Option(help="Median latency (0: reply at once).")] = None,
@@ -77,7 +189,7 @@ def sim_serve(
     fault_empty_content: Annotated[Optional[float], typer.Option(help="P(empty message).")] = None,
     fault_empty_choices: Annotated[Optional[float], typer.Option(help='P("choices": []).')] = None,
     fault_context_length: Annotated[Optional[float], typer.Option(help="P(400 context_length_exceeded).")] = None,
-    hang_seconds: Annotated[Optional[float], typer.Option(help="How long a hang lasts [default: 3600].")] = None,
+    hang_seconds: Annotated[Optional[float], typer.Option(help="How long a hang lasts (default 3600).")] = None,
 ) -> None:
     """Serve the loopback LLM simulator until SIGINT/SIGTERM.
 

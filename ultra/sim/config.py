@@ -106,6 +106,8 @@ def validate(config: SimConfig) -> SimConfig:
         problems.append(f"limits.retry_after_s must be >= 0, got {lim.retry_after_s}")
     if not 0.0 <= config.storm.fraction <= 1.0:
         problems.append(f"storm.fraction must lie in [0, 1], got {config.storm.fraction}")
+    if config.latency.distribution not in ("lognormal", "uniform"):
+        problems.append(f"latency.distribution must be lognormal or uniform, got {config.latency.distribution!r}")
     if config.latency.median_ms < 0 or config.latency.spread_ms < 0:
         problems.append("latency.median_ms and latency.spread_ms must be >= 0")
     if not 0 <= config.port <= 65535:

@@ -1,0 +1,496 @@
+"""The loopback LLM simulator: a lean keep-alive HTTP/1.1 server on trio + h11.
+
+Routes (both shapes ultra's client speaks):
+
+- `POST /v1/chat/completions`, `POST /chat/completions`: OpenAI-compatible, `Authorization:
+  Bearer <key>`, the model in the body.
+- `POST /openai/deployments/{deployment}/chat/completions?api-version=...`: Azure, `api-key`
+  header; the deployment (`sim-strong-2`) names its model through `canonical_model`.
+- `GET /stats`, `POST /stats/reset`, `GET /health`.
+
+One trio task per connection; per request the work is: parse (h11), decode the body
+(msgspec), a few dict lookups for accounting and limits, the responder, encode, one
+`send_all`. Nothing is logged per request, and never a key: keys are known to /stats
+only by `key_fingerprint`.
+
+`GET /stats` answers::
+
+    {"uptime_s", "since_reset_s",
+     "total": {counters},
+     "keys": {key_fingerprint(key): {counters}},
+     "deployments": {deployment: {counters}},        # Azure route only
+     "models": {canonical model: {counters}},
+     "status": {"200": n, "429": n, ...}}            # chat replies by HTTP status
+
+with counters `requests, accepted, rate_limited, faults, rejected, in_flight,
+max_in_flight, max_per_second` (see `accounting.COUNTER_FIELDS`).
+
+Run it with `ultra sim serve`, `python -m ultra.sim.server`, `SimProcess` (a child
+process, for tests and the demo) or `serve()` inside a trio nursery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.utils
+import hashlib
+import http
+import math
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+from urllib.parse import unquote
+
+import h11
+import msgspec
+import trio
+
+from ultra.errors import UserError
+from ultra.naming import canonical_model
+from ultra.sim.accounting import RouteStats, SlidingWindow, Stats
+from ultra.sim.config import SimConfig, from_json, validate
+from ultra.sim.process import SimProcess
+from ultra.sim.replies import (
+    MALFORMED_BODY,
+    Responder,
+    completion_body,
+    empty_choices_body,
+    error_body,
+    load_responder,
+    model_skill,
+    prompt_tokens,
+    responder_failure,
+)
+
+__all__ = ["SimConfig", "SimProcess", "key_fingerprint", "serve", "run", "LISTENING_PREFIX"]
+
+LISTENING_PREFIX = "ultra-sim listening on "
+
+
+def key_fingerprint(key: str) -> str:
+    """How /stats names an API key: enough to tell keys apart, useless to an attacker."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class ChatRequest(msgspec.Struct):
+    model: str = ""
+    messages: list[dict[str, Any]] = []
+    tools: list[dict[str, Any]] | None = None
+
+
+_decode_chat = msgspec.json.Decoder(ChatRequest).decode
+_encode = msgspec.json.encode
+
+_CHAT_PATHS = frozenset({b"/v1/chat/completions", b"/chat/completions"})
+_AZURE_PREFIX = b"/openai/deployments/"
+_AZURE_SUFFIX = b"/chat/completions"
+_JSON = (b"content-type", b"application/json")
+_REASONS = {int(code): code.phrase.encode() for code in http.HTTPStatus}
+_HANG = -1  # pseudo status: do not answer at all
+_FAULT_KINDS = ("server_error", "hang", "malformed", "empty_content", "empty_choices", "context_length")
+
+_RATE_LIMITED = error_body(
+    "Rate limit reached for requests. Please retry after the time in Retry-After.", "requests", "rate_limit_exceeded"
+)
+_CONTEXT_LENGTH = error_body(
+    "This model's maximum context length is 8192 tokens. However, your messages resulted in more tokens. "
+    "Please reduce the length of the messages.",
+    "invalid_request_error",
+    "context_length_exceeded",
+    "messages",
+)
+_SERVER_ERRORS = {
+    500: error_body("The server had an error while processing your request.", "server_error", "internal_error"),
+    502: error_body("Bad gateway.", "server_error", "bad_gateway"),
+    503: error_body("The engine is currently overloaded, please try again later.", "server_error", "overloaded"),
+}
+_NO_KEY = error_body(
+    "You didn't provide an API key (Authorization: Bearer <key>, or api-key for Azure).",
+    "invalid_request_error",
+    "invalid_api_key",
+)
+_NO_API_VERSION = error_body("The api-version query parameter is required.", "invalid_request_error", "missing_api_version")
+
+
+class Simulator:
+    """The state of one server: config, RNG, limits and accounting. Lives in one trio run."""
+
+    def __init__(self, config: SimConfig, responder: Responder) -> None:
+        self.config = validate(config)
+        self.responder = responder
+        self.rng = random.Random(config.seed)
+        now = trio.current_time()
+        self.stats = Stats(now)
+        self.storm_until = now + config.storm.duration_s
+        self._key_windows: dict[str, SlidingWindow | None] = {}
+        self._deployment_windows: dict[str, SlidingWindow | None] = {}
+        self._fingerprints: dict[str, str] = {}
+        self._skills: dict[str, float | None] = {}
+        self._next_id = 0
+        # Cumulative fault probabilities, so one uniform draw picks at most one fault.
+        cumulative, table = 0.0, []
+        for kind in _FAULT_KINDS:
+            p = getattr(config.faults, kind)
+            if p > 0:
+                cumulative += p
+                table.append((cumulative, kind))
+        self._fault_table: list[tuple[float, str]] = table
+        self._latency_on = config.latency.median_ms > 0
+
+    # -- lookups, cached: the same few keys and models arrive thousands of times ----------
+
+    def _fingerprint(self, key: str) -> str:
+        fp = self._fingerprints.get(key)
+        if fp is None:
+            if len(self._fingerprints) > 10_000:
+                self._fingerprints.clear()
+            fp = self._fingerprints[key] = key_fingerprint(key)
+        return fp
+
+    def _skill(self, model: str) -> float | None:
+        try:
+            return self._skills[model]
+        except KeyError:
+            if len(self._skills) > 10_000:
+                self._skills.clear()
+            skill = self._skills[model] = model_skill(model)
+            return skill
+
+    def _window(self, table: dict[str, SlidingWindow | None], name: str, default: float | None, overrides: dict[str, float]) -> SlidingWindow | None:
+        try:
+            return table[name]
+        except KeyError:
+            rps = overrides.get(name, default)
+            window = table[name] = SlidingWindow(rps) if rps is not None else None
+            return window
+
+    def reset(self) -> None:
+        now = trio.current_time()
+        self.stats.reset(now)
+        self.storm_until = now + self.config.storm.duration_s
+        self._key_windows.clear()
+        self._deployment_windows.clear()
+
+    # -- the chat routes -----------------------------------------------------------------
+
+    def _retry_after(self) -> bytes:
+        limits = self.config.limits
+        if limits.retry_after_http_date:
+            return email.utils.formatdate(time.time() + limits.retry_after_s, usegmt=True).encode()
+        return str(limits.retry_after_s).encode()
+
+    async def chat(
+        self, req: h11.Request, path: bytes, query: bytes, body: bytes, counters: list[RouteStats]
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Answer one chat request: (status, body, extra headers); `_HANG` means no answer.
+
+        Appends the counters it charged to `counters`, so the caller can take the request
+        out of flight once the reply is sent.
+        """
+        stats = self.stats
+        deployment: str | None = None
+        if path[:20] == _AZURE_PREFIX:
+            deployment = unquote(path[20 : -len(_AZURE_SUFFIX)].decode("latin-1"))
+        key: str | None = None
+        for name, value in req.headers:
+            if name == b"authorization":
+                if value[:7].lower() == b"bearer ":
+                    key = value[7:].strip().decode("latin-1") or None
+            elif name == b"api-key" and deployment is not None:
+                key = value.strip().decode("latin-1") or None
+        try:
+            chat = _decode_chat(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            chat = None
+        model = deployment if deployment is not None else (chat.model if chat is not None else "")
+        skill = self._skill(model) if model else None
+
+        now = trio.current_time()
+        stats.total.arrive(now)
+        counters.append(stats.total)
+        fp = None
+        if key is not None:
+            fp = self._fingerprint(key)
+            c = stats.keys.get(fp)
+            if c is None:
+                c = stats.keys[fp] = RouteStats()
+            c.arrive(now)
+            counters.append(c)
+        if skill is not None:
+            if deployment is not None:
+                c = stats.deployments.get(deployment)
+                if c is None:
+                    c = stats.deployments[deployment] = RouteStats()
+                c.arrive(now)
+                counters.append(c)
+            name = canonical_model(model)
+            c = stats.models.get(name)
+            if c is None:
+                c = stats.models[name] = RouteStats()
+            c.arrive(now)
+            counters.append(c)
+
+        # -- refusals before admission -----------------------------------------------------
+        if chat is None:
+            return self._reject(counters, 400, error_body("The body is not a valid chat request.", "invalid_request_error"))
+        if key is None:
+            return self._reject(counters, 401, _NO_KEY)
+        if deployment is not None and b"api-version=" not in query:
+            return self._reject(counters, 400, _NO_API_VERSION)
+        if skill is None:
+            if deployment is not None:
+                msg = f"The API deployment {deployment} does not exist."
+                return self._reject(counters, 404, error_body(msg, "invalid_request_error", "DeploymentNotFound"))
+            msg = f"The model {model} does not exist or you do not have access to it."
+            return self._reject(counters, 404, error_body(msg, "invalid_request_error", "model_not_found"))
+
+        # -- storm, then rate limits -------------------------------------------------------
+        if now < self.storm_until:
+            fraction = self.config.storm.fraction
+            if fraction >= 1.0 or self.rng.random() < fraction:
+                return self._rate_limited(counters)
+        limits = self.config.limits
+        key_window = self._window(self._key_windows, fp, limits.key_rps, limits.key_overrides)  # type: ignore[arg-type]
+        dep_window = (
+            self._window(self._deployment_windows, deployment, limits.deployment_rps, limits.deployment_overrides)
+            if deployment is not None
+            else None
+        )
+        if (key_window is not None and key_window.is_full(now)) or (dep_window is not None and dep_window.is_full(now)):
+            return self._rate_limited(counters)
+        if key_window is not None:
+            key_window.take(now)
+        if dep_window is not None:
+            dep_window.take(now)
+        for c in counters:
+            c.accepted += 1
+
+        # -- faults, latency, the reply ----------------------------------------------------
+        fault = None
+        if self._fault_table:
+            u = self.rng.random()
+            for threshold, kind in self._fault_table:
+                if u < threshold:
+                    fault = kind
+                    break
+            if fault is not None:
+                for c in counters:
+                    c.faults += 1
+        if self._latency_on and fault != "hang":
+            await trio.sleep(self._latency_s())
+
+        # Azure answers with the model behind the deployment, OpenAI with the name asked for.
+        reply_model = canonical_model(model) if deployment is not None else model
+        self._next_id += 1
+        completion_id = f"chatcmpl-sim{self._next_id}"
+        created = int(time.time())
+        if fault is None or fault == "empty_content":
+            try:
+                message = self.responder(model, skill, chat.messages, chat.tools)
+            except Exception as exc:  # a responder bug is a visible 500, not a dead server
+                return 500, responder_failure(exc), []
+            return 200, completion_body(
+                completion_id=completion_id,
+                created=created,
+                model=reply_model,
+                message=message,
+                prompt_toks=prompt_tokens(chat.messages),
+                empty_content=fault == "empty_content",
+            ), []
+        if fault == "server_error":
+            status = self.rng.choice((500, 502, 503))
+            return status, _SERVER_ERRORS[status], []
+        if fault == "hang":
+            return _HANG, b"", []
+        if fault == "malformed":
+            return 200, MALFORMED_BODY, []
+        if fault == "empty_choices":
+            return 200, empty_choices_body(completion_id=completion_id, created=created, model=reply_model), []
+        return 400, _CONTEXT_LENGTH, []  # context_length
+
+    def _reject(self, counters: list[RouteStats], status: int, body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        for c in counters:
+            c.rejected += 1
+        return status, body, []
+
+    def _rate_limited(self, counters: list[RouteStats]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        for c in counters:
+            c.rate_limited += 1
+        return 429, _RATE_LIMITED, [(b"retry-after", self._retry_after())]
+
+    def _latency_s(self) -> float:
+        lat = self.config.latency
+        median, spread = lat.median_ms, lat.spread_ms
+        if spread <= 0:
+            ms = median
+        elif lat.distribution == "uniform":
+            ms = self.rng.uniform(max(0.0, median - spread), median + spread)
+        else:
+            ms = self.rng.lognormvariate(math.log(median), math.log1p(spread / median))
+        return min(ms, lat.max_ms) / 1000.0
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def connection(self, stream: trio.SocketStream) -> None:
+        """Serve one keep-alive connection until the client closes it (or we must)."""
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                req: h11.Request | None = None
+                chunks: list[bytes] = []
+                while True:
+                    event = conn.next_event()
+                    kind = type(event)
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(await stream.receive_some(65536))
+                    elif kind is h11.Data:
+                        chunks.append(event.data)  # type: ignore[union-attr]
+                    elif kind is h11.Request:
+                        req = event  # type: ignore[assignment]
+                    elif kind is h11.EndOfMessage:
+                        break
+                    else:  # ConnectionClosed or PAUSED: the client is done with us
+                        return
+                assert req is not None
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                path, _, query = req.target.partition(b"?")
+                if req.method == b"POST" and (
+                    path in _CHAT_PATHS or (path[:20] == _AZURE_PREFIX and path.endswith(_AZURE_SUFFIX))
+                ):
+                    counters: list[RouteStats] = []
+                    try:
+                        status, payload, extra = await self.chat(req, path, query, body, counters)
+                        if status == _HANG:
+                            await self._hang(stream, conn)
+                            return
+                        codes = self.stats.status  # chat replies only, not /stats itself
+                        codes[status] = codes.get(status, 0) + 1
+                        await self._send(stream, conn, status, payload, extra)
+                    finally:
+                        for c in counters:
+                            c.in_flight -= 1
+                else:
+                    status, payload = self._control(req.method, path)
+                    await self._send(stream, conn, status, payload, [])
+                if conn.our_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                try:
+                    await self._send(stream, conn, 400, error_body("Malformed HTTP request.", "invalid_request_error"), [])
+                except Exception:
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass  # the client went away mid-exchange: nothing to answer
+        except Exception as exc:  # a bug here must cost one connection, not the server
+            traceback.print_exception(exc, file=sys.stderr)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _send(
+        self, stream: trio.SocketStream, conn: h11.Connection, status: int, body: bytes, extra: list[tuple[bytes, bytes]]
+    ) -> None:
+        headers = [_JSON, (b"content-length", str(len(body)).encode()), *extra]
+        data = conn.send(h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b"")))
+        data += conn.send(h11.Data(data=body))  # type: ignore[operator]
+        data += conn.send(h11.EndOfMessage())  # type: ignore[operator]
+        await stream.send_all(data)
+
+    async def _hang(self, stream: trio.SocketStream, conn: h11.Connection) -> None:
+        """Say nothing for `hang_s`, but stop as soon as the client gives up (EOF), so a
+        hung request never outlives the client that waits for it."""
+        with trio.move_on_after(self.config.faults.hang_s):
+            while await stream.receive_some(65536):
+                pass  # a client may send more on this connection; we ignore it
+
+    def _control(self, method: bytes, path: bytes) -> tuple[int, bytes]:
+        if path == b"/health" and method == b"GET":
+            return 200, b'{"status":"ok"}'
+        if path == b"/stats" and method == b"GET":
+            return 200, _encode(self.stats.as_dict(trio.current_time()))
+        if path == b"/stats/reset" and method == b"POST":
+            self.reset()
+            return 200, b'{"reset":true}'
+        if path in (b"/health", b"/stats", b"/stats/reset") or path in _CHAT_PATHS:
+            return 405, error_body("Method not allowed.", "invalid_request_error")
+        return 404, error_body(f"No route {path.decode('latin-1')}.", "invalid_request_error", "not_found")
+
+
+async def serve(
+    config: SimConfig,
+    *,
+    responder: Responder | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled; reports the bound port through `task_status`.
+
+    `port = await nursery.start(serve, config)`; `responder` overrides `config.responder`.
+    """
+    listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await _serve_on(listeners, config, responder)
+
+
+async def _serve_on(listeners: list[trio.SocketListener], config: SimConfig, responder: Responder | None) -> None:
+    sim = Simulator(config, responder if responder is not None else load_responder(config.responder))
+    await trio.serve_listeners(sim.connection, listeners)
+
+
+async def _watch_stdin(cancel_scope: trio.CancelScope) -> None:
+    """Stop when our parent's end of stdin closes: a SimProcess whose parent died
+    (even by SIGKILL) must not leave an orphan server behind."""
+    stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    async with stream:
+        while await stream.receive_some(4096):
+            pass
+    cancel_scope.cancel()
+
+
+async def _main(config: SimConfig, watch_stdin: bool) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # Bind before the nursery opens, so a taken port is a plain OSError, not a group.
+        listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+        port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_serve_on, listeners, config, None)
+            print(f"{LISTENING_PREFIX}http://{config.host}:{port}", flush=True)
+            if watch_stdin:
+                nursery.start_soon(_watch_stdin, nursery.cancel_scope)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+def run(config: SimConfig, *, watch_stdin: bool = False) -> int:
+    """Serve in the foreground until SIGINT/SIGTERM; the exit code (0: clean stop)."""
+    validate(config)
+    load_responder(config.responder)  # fail with one clear line before binding, not later
+    try:
+        trio.run(_main, config, watch_stdin)
+    except OSError as exc:  # typically: the port is taken
+        raise UserError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ultra.sim.server --config-json '{...}'`: what SimProcess runs (no typer,
+    so the child starts fast)."""
+    parser = argparse.ArgumentParser(prog="python -m ultra.sim.server")
+    parser.add_argument("--config-json", default="{}", help="a SimConfig as JSON")
+    parser.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
+    args = parser.parse_args(argv)
+    try:
+        return run(from_json(args.config_json), watch_stdin=args.watch_stdin)
+    except UserError as exc:
+        print(f"ultra-sim: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
