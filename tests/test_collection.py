@@ -287,3 +287,26 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not (tmp_path / "e.db").exists()  # nothing ran, nothing was written
+
+
+def test_a_second_suite_runs_through_the_same_collection(tmp_path):
+    """A team's own suite (tests/tiny_suite.py) planned, run, stored and projected by ultra."""
+    with SimProcess(SimConfig(responder="tests.tiny_suite:sim_responder")) as sim:
+        config = write(tmp_path, sim_models_config(sim.url, instances=5, models="""
+[models.sim-strong]
+provider = "gw"
+strategy = "per-key"
+workers = 2
+qps = 100
+"""))
+        result = run_json(config, tmp_path, "--suite", "tests.tiny_suite:SUITE",
+                          "--prompt-types", "plain", "--difficulty", "easy,hard",
+                          "--task-types", "addition")
+    assert result["completed"] == result["planned"] == 10 and result["errored"] == 0
+    evs = events(tmp_path / "events.db", "--type", "test.completed")
+    assert {e["suite"] for e in evs} == {"arith"}
+    per_key = Counter(e["instance"] for e in evs)  # spread evenly over the three key shards
+    assert sorted(per_key.items()) == [("sim-strong-key0", 4), ("sim-strong-key1", 3), ("sim-strong-key2", 3)]
+    master = json.loads((tmp_path / "master.json").read_text())
+    stats = master["models"]["sim-strong"]["by_prompt_type"]["plain"]["overall_stats"]
+    assert stats["total"] == 10 and stats["full_success"] >= 7  # skill 0.9

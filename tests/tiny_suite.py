@@ -62,3 +62,9 @@ class ArithSuite:
 
 
 SUITE = ArithSuite()
+
+
+def sim_responder(model: str, skill: float, messages: list[dict[str, Any]],
+                  tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The simulator's responder for this suite (`SimConfig(responder="tests.tiny_suite:sim_responder")`)."""
+    return SUITE.simulated_reply(skill, messages, tools) or {"role": "assistant", "content": "?"}

@@ -85,7 +85,7 @@ def run_executor(url: str, *, workers: int, qps: float, tests: int) -> tuple[flo
         t0 = time.perf_counter()
         trio.run(run_process, job, snapshots.append)
         elapsed = time.perf_counter() - t0
-    requests = sum(s[5] for s in snapshots[-1])
+    requests = sum(s.requests for s in snapshots[-1])
     return requests / elapsed, requests, elapsed
 
 

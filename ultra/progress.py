@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ultra.shard import ShardSnapshot
+
 
 def _eta(done: int, planned: int, elapsed: float) -> str:
     if done >= planned:
@@ -16,22 +18,19 @@ def _eta(done: int, planned: int, elapsed: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def shard_table(snapshots: dict[str, tuple]) -> Table:
+def shard_table(snapshots: dict[str, ShardSnapshot]) -> Table:
     table = Table(title="ultra run", expand=False)
     for col, justify in (("shard", "left"), ("done/total", "right"), ("success", "right"),
                          ("errored", "right"), ("req/s", "right"), ("retries", "right"),
                          ("429s", "right"), ("ETA", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for snap in sorted(snapshots.values()):
-        (shard_id, planned, completed, succeeded, errored, requests, retries, throttled,
-         elapsed, finished, interrupted) = snap
-        done = completed + errored
-        eta = "interrupted" if interrupted else _eta(done, planned, elapsed)
+    for s in sorted(snapshots.values(), key=lambda s: s.shard):
         table.add_row(
-            shard_id, f"{done}/{planned}",
-            f"{100 * succeeded / completed:.0f}%" if completed else "–",
-            str(errored), f"{requests / elapsed:.1f}" if elapsed > 0 else "–",
-            str(retries), str(throttled), eta,
+            s.shard, f"{s.done}/{s.planned}",
+            f"{100 * s.succeeded / s.completed:.0f}%" if s.completed else "–",
+            str(s.errored), f"{s.requests / s.seconds:.1f}" if s.seconds > 0 else "–",
+            str(s.retries), str(s.throttled),
+            "interrupted" if s.interrupted else _eta(s.done, s.planned, s.seconds),
         )
     return table
 
@@ -55,6 +54,6 @@ class Display:
         if self._live:
             self._live.__exit__(*exc)
 
-    def update(self, snapshots: dict[str, tuple]) -> None:
+    def update(self, snapshots: dict[str, ShardSnapshot]) -> None:
         if self._live:
             self._live.update(shard_table(snapshots))

@@ -30,7 +30,7 @@ from ultra.events import Event, PlanSummary, RunFinished, RunStarted
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
 from ultra.projecting import project
 from ultra.progress import Display
-from ultra.shard import ShardProgress, run_shard
+from ultra.shard import ShardProgress, ShardSnapshot, run_shard
 from ultra.store import EventLog
 from ultra.suites import get_suite
 
@@ -79,13 +79,14 @@ async def _cancel_on_signal(scope: trio.CancelScope) -> None:
             return
 
 
-async def _report_loop(progresses: list[ShardProgress], report: Callable[[list[tuple]], None]) -> None:
+async def _report_loop(progresses: list[ShardProgress],
+                       report: Callable[[list[ShardSnapshot]], None]) -> None:
     while True:
         await trio.sleep(REPORT_SECONDS)
         report([p.snapshot() for p in progresses])
 
 
-async def run_process(job: ChildJob, report: Callable[[list[tuple]], None]) -> None:
+async def run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], None]) -> None:
     """Run a process's shards to the end (or to a signal), committing every event."""
     suite = get_suite(job.suite, job.tasks)
     progresses = [ShardProgress(s) for s in job.shards]
@@ -139,7 +140,7 @@ class RunResult(msgspec.Struct, kw_only=True):
     succeeded: int
     interrupted: bool
     crashed_processes: int
-    shards: list[dict]
+    shards: list[ShardSnapshot]
     db: str
     out: str
     exit_code: int
@@ -196,38 +197,29 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path, out
             )])
             snapshots, interrupted, crashed = _supervise(
                 plan, run_id, sel, db, tasks, processes, show=not json_output)
-            completed = sum(s[2] for s in snapshots.values())
-            errored = sum(s[4] for s in snapshots.values())
+            completed = sum(s.completed for s in snapshots.values())
+            errored = sum(s.errored for s in snapshots.values())
             log.append([RunFinished(run_id=run_id, completed=completed, errored=errored,
                                     interrupted=interrupted)])
     project(db, out)
     return RunResult(
         run_id=run_id, planned=plan.planned, skipped_completed=plan.skipped_completed,
         completed=completed, errored=errored,
-        succeeded=sum(s[3] for s in snapshots.values()), interrupted=interrupted,
+        succeeded=sum(s.succeeded for s in snapshots.values()), interrupted=interrupted,
         crashed_processes=crashed,
-        shards=[_shard_row(s) for s in snapshots.values()],
+        shards=list(snapshots.values()),
         db=str(db), out=str(out),
         exit_code=EXIT_INTERRUPTED if interrupted else (1 if crashed else 0),
     )
 
 
-def _shard_row(s: tuple) -> dict:
-    shard_id, planned, completed, succeeded, errored, requests, retries, throttled, elapsed, finished, interrupted = s
-    return dict(shard=shard_id, planned=planned, completed=completed, succeeded=succeeded,
-                errored=errored, requests=requests, retries=retries, throttled=throttled,
-                seconds=round(elapsed, 3), interrupted=interrupted or not finished)
-
-
 def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path, tasks: str | None,
-               processes: int, *, show: bool) -> tuple[dict[str, tuple], bool, int]:
+               processes: int, *, show: bool) -> tuple[dict[str, ShardSnapshot], bool, int]:
     """Start the shard processes and follow them to the end; forward Ctrl-C / SIGTERM."""
     ctx = mp.get_context("spawn")
     progress_queue: mp.Queue = ctx.Queue()
-    snapshots: dict[str, tuple] = {
-        s.shard_id: (s.shard_id, len(s.tests), 0, 0, 0, 0, 0, 0, 0.0, False, False)
-        for s in plan.shards
-    }
+    snapshots = {s.shard_id: ShardSnapshot(shard=s.shard_id, planned=len(s.tests))
+                 for s in plan.shards}
     procs = []
     for group in assign(plan.shards, processes):
         job = ChildJob(run_id=run_id, db=str(db), suite=sel.suite, tasks=tasks, shards=group)
@@ -248,7 +240,7 @@ def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path, tasks: str | N
         try:
             while True:
                 for snap in progress_queue.get(timeout=timeout):
-                    snapshots[snap[0]] = snap
+                    snapshots[snap.shard] = snap
                 timeout = 0.0
         except queue_mod.Empty:
             pass

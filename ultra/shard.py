@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Callable
 
+import msgspec
 import trio
 
 from ultra.client import HttpChatModel, ShardCounters, open_client
@@ -26,6 +27,26 @@ from ultra.events import (
 from ultra.limits import RateLimiter
 from ultra.plan import Shard
 from ultra.suites import ModelUnavailable, Suite, TestSpec
+
+
+class ShardSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """One shard's tallies at a moment: what a shard process reports to the parent."""
+
+    shard: str
+    planned: int
+    completed: int = 0
+    succeeded: int = 0  # full or partial success
+    errored: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0  # 429s
+    seconds: float = 0.0
+    finished: bool = False
+    interrupted: bool = False
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.errored
 
 
 class ShardProgress:
@@ -46,11 +67,15 @@ class ShardProgress:
         self.finished = False
         self.interrupted = False
 
-    def snapshot(self) -> tuple:
+    def snapshot(self) -> ShardSnapshot:
         c = self.counters
-        return (self.shard_id, self.planned, self.completed, self.succeeded, self.errored,
-                c.requests, c.retries, c.throttled, (self.ended or time.monotonic()) - self.started,
-                self.finished, self.interrupted)
+        return ShardSnapshot(
+            shard=self.shard_id, planned=self.planned, completed=self.completed,
+            succeeded=self.succeeded, errored=self.errored, requests=c.requests,
+            retries=c.retries, throttled=c.throttled,
+            seconds=round((self.ended or time.monotonic()) - self.started, 3),
+            finished=self.finished, interrupted=self.interrupted,
+        )
 
 
 async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Event], None],

@@ -1,0 +1,459 @@
+"""master_database.json: a pure fold of the event stream, and its rendering.
+
+The fold state holds one accumulator of sums per leaf (model, prompt type, tool success
+rate, difficulty, task type), so memory grows with leaves, not events. Every level's
+`overall_stats` is computed from summed accumulators, never from averages of rates.
+
+The shell (`ultra.projecting`) feeds the fold `(seq, event, earlier)` items, where
+`earlier` holds the stored completions of the same test key with a smaller seq (usually
+none; found with an index probe), so duplicate completions count once without keeping a
+set of every key in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from projections.repairs import Repairs
+from ultra.events import ERROR_CATEGORIES, Event, TestCompleted, TestErrored
+
+FILE_SCHEMA_VERSION = 1
+STATE_VERSION = 1  # bump when Acc/FoldState change: saved states are then rebuilt
+DIGITS = 6  # every float in the file is rounded to this many decimals
+
+LeafKey = tuple[str, str, str, str, str]  # model, prompt key, rate key, difficulty, task type
+Item = tuple[int, Event, Sequence[TestCompleted]]
+
+_CATEGORY_INDEX = {c: i for i, c in enumerate(ERROR_CATEGORIES)}
+_OTHER = _CATEGORY_INDEX["other"]
+
+
+def rate_key(rate: float) -> str:
+    return str(round(rate, 4))
+
+
+class Acc(msgspec.Struct, array_like=True):
+    """Sums over the counted completions of one leaf (or, merged, of a subtree)."""
+
+    total: int = 0
+    full_success: int = 0
+    partial_success: int = 0
+    failure: int = 0
+    turns: int = 0
+    tool_calls: int = 0
+    with_assistance: int = 0
+    errors: list[int] = msgspec.field(default_factory=lambda: [0] * len(ERROR_CATEGORIES))
+    execution_time: float = 0.0
+    tool_coverage: float = 0.0
+    workflow_score: float = 0.0
+    phase2_score: float = 0.0
+    quality_score: float = 0.0
+    final_score: float = 0.0
+    last_test_time: str = ""
+    instances: list[str] = msgspec.field(default_factory=list)
+
+    def add(self, e: TestCompleted) -> None:
+        self.total += 1
+        outcome = e.outcome
+        if outcome == "full_success":
+            self.full_success += 1
+        elif outcome == "partial_success":
+            self.partial_success += 1
+        else:
+            self.failure += 1
+        self.turns += e.turns
+        self.tool_calls += e.tool_calls
+        if e.assisted_turns > 0:
+            self.with_assistance += 1
+        if e.error_category is not None:
+            # Unknown categories (a newer writer's) count as "other" so categories sum up.
+            self.errors[_CATEGORY_INDEX.get(e.error_category, _OTHER)] += 1
+        self.execution_time += e.execution_time
+        self.tool_coverage += e.tool_coverage
+        self.workflow_score += e.workflow_score
+        self.phase2_score += e.phase2_score
+        self.quality_score += e.quality_score
+        self.final_score += e.final_score
+        if e.recorded_at > self.last_test_time:
+            self.last_test_time = e.recorded_at
+        if e.instance not in self.instances:
+            self.instances.append(e.instance)
+            self.instances.sort()
+
+    def merge(self, o: Acc) -> None:
+        """Add another accumulator's sums (instances are a leaf-only detail)."""
+        self.total += o.total
+        self.full_success += o.full_success
+        self.partial_success += o.partial_success
+        self.failure += o.failure
+        self.turns += o.turns
+        self.tool_calls += o.tool_calls
+        self.with_assistance += o.with_assistance
+        self.errors = [a + b for a, b in zip(self.errors, o.errors)]
+        self.execution_time += o.execution_time
+        self.tool_coverage += o.tool_coverage
+        self.workflow_score += o.workflow_score
+        self.phase2_score += o.phase2_score
+        self.quality_score += o.quality_score
+        self.final_score += o.final_score
+        if o.last_test_time > self.last_test_time:
+            self.last_test_time = o.last_test_time
+
+
+class FoldState(msgspec.Struct):
+    """Everything the fold needs to continue from `last_seq`."""
+
+    version: int = STATE_VERSION
+    last_seq: int = 0
+    generated_at: str = ""  # recorded_at of the last folded event
+    duplicate_completions: int = 0
+    retracted_completions: int = 0
+    skipped_events: int = 0  # unknown types and undecodable rows
+    errored: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)  # model -> reason -> n
+    leaves: dict[LeafKey, Acc] = msgspec.field(default_factory=dict)
+
+
+class _LeafEntry(msgspec.Struct, array_like=True):
+    key: tuple[str, str, str, str, str]
+    acc: Acc
+
+
+class _SavedState(msgspec.Struct):
+    version: int
+    last_seq: int
+    generated_at: str
+    duplicate_completions: int
+    retracted_completions: int
+    skipped_events: int
+    errored: dict[str, dict[str, int]]
+    leaves: list[_LeafEntry]
+
+
+def dump_state(state: FoldState) -> bytes:
+    """JSON of the state; floats round-trip exactly, so a resumed fold sums identically."""
+    saved = _SavedState(
+        version=state.version,
+        last_seq=state.last_seq,
+        generated_at=state.generated_at,
+        duplicate_completions=state.duplicate_completions,
+        retracted_completions=state.retracted_completions,
+        skipped_events=state.skipped_events,
+        errored=state.errored,
+        leaves=[_LeafEntry(k, state.leaves[k]) for k in sorted(state.leaves)],
+    )
+    return msgspec.json.encode(saved)
+
+
+def load_state(data: bytes | str) -> FoldState:
+    saved = msgspec.json.decode(data, type=_SavedState)
+    return FoldState(
+        version=saved.version,
+        last_seq=saved.last_seq,
+        generated_at=saved.generated_at,
+        duplicate_completions=saved.duplicate_completions,
+        retracted_completions=saved.retracted_completions,
+        skipped_events=saved.skipped_events,
+        errored=saved.errored,
+        leaves={tuple(e.key): e.acc for e in saved.leaves},  # type: ignore[misc]
+    )
+
+
+# ---- the fold --------------------------------------------------------------------------
+
+
+def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
+    """Fold `items` (in seq order) into `state`, which it updates; returns items folded.
+
+    A completion counts unless a retraction removes it or an earlier, unretracted
+    completion of its test key is stored (duplicates count once). `test.errored` never
+    enters success statistics; it is counted per model and reason.
+    """
+    leaves = state.leaves
+    canonical = repairs.canonical
+    retracts = repairs.retracts if repairs.retractions else None
+    rate_keys: dict[float, str] = {}
+    n = 0
+    last = state.generated_at
+    for _seq, e, earlier in items:
+        n += 1
+        last = e.recorded_at
+        kind = type(e)
+        if kind is TestCompleted:
+            model = canonical(e.model)  # type: ignore[union-attr]
+            if retracts is not None and retracts(e, model):  # type: ignore[arg-type]
+                state.retracted_completions += 1
+                continue
+            if earlier and any(not repairs.retracts(p) for p in earlier):
+                state.duplicate_completions += 1
+                continue
+            rate = e.tool_success_rate  # type: ignore[union-attr]
+            rk = rate_keys.get(rate)
+            if rk is None:
+                rk = rate_keys[rate] = rate_key(rate)
+            key = (model, e.prompt_type, rk, e.difficulty, e.task_type)  # type: ignore[union-attr]
+            acc = leaves.get(key)
+            if acc is None:
+                acc = leaves[key] = Acc()
+            acc.add(e)  # type: ignore[arg-type]
+        elif kind is TestErrored:
+            by_reason = state.errored.setdefault(canonical(e.model), {})  # type: ignore[union-attr]
+            by_reason[e.reason] = by_reason.get(e.reason, 0) + 1  # type: ignore[union-attr]
+    state.generated_at = last
+    return n
+
+
+# ---- rendering -------------------------------------------------------------------------
+
+
+def stats(a: Acc, digits: int | None = DIGITS) -> dict[str, Any]:
+    """Leaf stats of an accumulator: one name per quantity, the same at every level."""
+    t = a.total
+
+    def r(x: float) -> float:
+        return round(x, digits) if digits is not None else x
+
+    def per_test(x: float) -> float:
+        return r(x / t) if t else 0.0
+
+    out: dict[str, Any] = {
+        "total": t,
+        "full_success": a.full_success,
+        "partial_success": a.partial_success,
+        "failure": a.failure,
+        "success": a.full_success + a.partial_success,
+        "success_rate": per_test(a.full_success + a.partial_success),
+        "full_success_rate": per_test(a.full_success),
+        "partial_rate": per_test(a.partial_success),
+        "failure_rate": per_test(a.failure),
+        "weighted_success_score": per_test(a.full_success + 0.5 * a.partial_success),
+        "avg_execution_time": per_test(a.execution_time),
+        "avg_turns": per_test(a.turns),
+        "avg_tool_calls": per_test(a.tool_calls),
+        "tool_coverage_rate": per_test(a.tool_coverage),
+        "avg_workflow_score": per_test(a.workflow_score),
+        "avg_phase2_score": per_test(a.phase2_score),
+        "avg_quality_score": per_test(a.quality_score),
+        "avg_final_score": per_test(a.final_score),
+        "total_errors": sum(a.errors),
+        "tests_with_assistance": a.with_assistance,
+        "assistance_rate": per_test(a.with_assistance),
+    }
+    for cat, count in zip(ERROR_CATEGORIES, a.errors):
+        out[f"{cat}_errors"] = count
+        out[f"{cat}_error_rate"] = per_test(count)  # share of all tests, like every *_rate
+    return out
+
+
+def _sum(accs: Iterable[Acc]) -> Acc:
+    total = Acc()
+    for a in accs:
+        total.merge(a)
+    return total
+
+
+def render(state: FoldState, *, digits: int | None = DIGITS) -> dict[str, Any]:
+    """The master_database document (plain dicts), from the fold state alone."""
+    tree: dict[str, dict[str, dict[str, dict[str, dict[str, Acc]]]]] = {}
+    # Sorted, so float sums run in one order however the state was built or loaded.
+    for key in sorted(state.leaves):
+        model, prompt, rk, diff, task = key
+        acc = state.leaves[key]
+        tree.setdefault(model, {}).setdefault(prompt, {}).setdefault(rk, {}).setdefault(diff, {})[
+            task
+        ] = acc
+
+    models: dict[str, Any] = {}
+    model_totals: list[Acc] = []
+    for model in sorted(set(tree) | set(state.errored)):
+        prompts_out: dict[str, Any] = {}
+        prompt_accs: list[Acc] = []
+        for prompt, rates in tree.get(model, {}).items():
+            rates_out: dict[str, Any] = {}
+            rate_accs: list[Acc] = []
+            for rk, diffs in rates.items():
+                diffs_out: dict[str, Any] = {}
+                diff_accs: list[Acc] = []
+                for diff, tasks in diffs.items():
+                    d = _sum(tasks.values())
+                    diff_accs.append(d)
+                    diffs_out[diff] = {
+                        "overall_stats": stats(d, digits),
+                        "by_task_type": {t: stats(a, digits) for t, a in tasks.items()},
+                    }
+                ra = _sum(diff_accs)
+                rate_accs.append(ra)
+                rates_out[rk] = {"overall_stats": stats(ra, digits), "by_difficulty": diffs_out}
+            pa = _sum(rate_accs)
+            prompt_accs.append(pa)
+            prompts_out[prompt] = {
+                "overall_stats": stats(pa, digits),
+                "by_tool_success_rate": rates_out,
+            }
+        ma = _sum(prompt_accs)
+        model_totals.append(ma)
+        by_reason = state.errored.get(model, {})
+        models[model] = {
+            "overall_stats": stats(ma, digits),
+            "errored_attempts": sum(by_reason.values()),
+            "errored_by_reason": dict(by_reason),
+            "by_prompt_type": prompts_out,
+        }
+
+    everything = _sum(model_totals)
+    summary = stats(everything, digits)
+    summary["total_tests"] = summary.pop("total")
+    summary.update(
+        models_tested=sum(1 for a in model_totals if a.total > 0),
+        last_test_time=everything.last_test_time or None,
+        errored_attempts=sum(sum(r.values()) for r in state.errored.values()),
+        duplicate_completions=state.duplicate_completions,
+        retracted_completions=state.retracted_completions,
+        skipped_events=state.skipped_events,
+    )
+
+    groups = {
+        "|".join(key): {
+            "model": key[0],
+            "prompt_type": key[1],
+            "tool_success_rate": float(key[2]),
+            "difficulty": key[3],
+            "task_type": key[4],
+            "num_instances": len(acc.instances),  # distinct routes (X, X-2, qwen-key1, ...)
+            "total_tests": acc.total,
+            "timestamp": acc.last_test_time,
+        }
+        for key, acc in state.leaves.items()
+    }
+    return {
+        "schema_version": FILE_SCHEMA_VERSION,
+        "generated_at": state.generated_at or None,
+        "last_seq": state.last_seq,
+        "summary": summary,
+        "test_groups": groups,
+        "models": models,
+    }
+
+
+def encode_document(doc: dict[str, Any]) -> bytes:
+    """Deterministic bytes: sorted keys, two-space indent, trailing newline."""
+    return msgspec.json.format(msgspec.json.encode(doc, order="sorted"), indent=2) + b"\n"
+
+
+def render_bytes(state: FoldState) -> bytes:
+    return encode_document(render(state))
+
+
+# ---- invariants ------------------------------------------------------------------------
+
+_SUMMED = (
+    "full_success",
+    "partial_success",
+    "failure",
+    "success",
+    "total_errors",
+    "tests_with_assistance",
+    *(f"{c}_errors" for c in ERROR_CATEGORIES),
+)
+_LEVELS = ("by_prompt_type", "by_tool_success_rate", "by_difficulty", "by_task_type")
+
+
+def _check_stats(where: str, s: Any, total_name: str = "total") -> list[str]:
+    bad: list[str] = []
+    if not isinstance(s, dict):
+        return [f"{where}: stats missing"]
+    try:
+        t = s[total_name]
+        if t != s["full_success"] + s["partial_success"] + s["failure"]:
+            bad.append(f"{where}: {total_name} {t} != full + partial + failure")
+        if s["success"] != s["full_success"] + s["partial_success"]:
+            bad.append(f"{where}: success != full_success + partial_success")
+        cats = sum(s[f"{c}_errors"] for c in ERROR_CATEGORIES)
+        if cats != s["total_errors"]:
+            bad.append(f"{where}: error categories sum to {cats}, total_errors is {s['total_errors']}")
+        for name, value in s.items():
+            if name.endswith("_rate") or name == "weighted_success_score":
+                if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                    bad.append(f"{where}: {name} {value!r} outside [0, 1]")
+        for name, count in (
+            ("success_rate", s["success"]),
+            ("full_success_rate", s["full_success"]),
+            ("failure_rate", s["failure"]),
+            ("assistance_rate", s["tests_with_assistance"]),
+        ):
+            expect = count / t if t else 0.0
+            if abs(s[name] - expect) > 10 ** -(DIGITS - 1):
+                bad.append(f"{where}: {name} {s[name]} is not {count}/{t}")
+    except (KeyError, TypeError) as exc:
+        bad.append(f"{where}: malformed stats ({exc!r})")
+    return bad
+
+
+def _check_node(where: str, node: Any, depth: int) -> list[str]:
+    """Check a node's own stats and that its children add up to it, recursively."""
+    if depth == len(_LEVELS):  # a leaf: stats only
+        return _check_stats(where, node)
+    if not isinstance(node, dict) or not isinstance(node.get(_LEVELS[depth]), dict):
+        return [f"{where}: missing {_LEVELS[depth]}"]
+    overall = node.get("overall_stats")
+    bad = _check_stats(where, overall)
+    children = node[_LEVELS[depth]]
+    for name, child in children.items():
+        bad += _check_node(f"{where}/{name}", child, depth + 1)
+    if bad:
+        return bad
+    child_stats = [c if depth + 1 == len(_LEVELS) else c["overall_stats"] for c in children.values()]
+    for field in ("total", *_SUMMED):
+        got = sum(c[field] for c in child_stats)
+        if got != overall[field]:
+            bad.append(f"{where}: {field} {overall[field]} but its {_LEVELS[depth]} add up to {got}")
+    return bad
+
+
+def check_invariants(doc: Any) -> list[str]:
+    """Every invariant of a master_database document; empty when it holds."""
+    if not isinstance(doc, dict):
+        return ["document is not a JSON object"]
+    bad: list[str] = []
+    models = doc.get("models")
+    summary = doc.get("summary")
+    if not isinstance(models, dict) or not isinstance(summary, dict):
+        return ["document lacks models or summary"]
+    for model, node in models.items():
+        bad += _check_node(model, node, 0)
+    bad += _check_stats("summary", summary, "total_tests")
+    if bad:
+        return bad
+    for field in ("total_tests", *_SUMMED):
+        name = "total" if field == "total_tests" else field
+        got = sum(m["overall_stats"][name] for m in models.values())
+        if got != summary[field]:
+            bad.append(f"summary: {field} {summary[field]} but the models add up to {got}")
+    tested = sum(1 for m in models.values() if m["overall_stats"]["total"] > 0)
+    if summary.get("models_tested") != tested:
+        bad.append(f"summary: models_tested {summary.get('models_tested')} but {tested} models have tests")
+    errored = sum(m.get("errored_attempts", 0) for m in models.values())
+    if summary.get("errored_attempts") != errored:
+        bad.append(f"summary: errored_attempts {summary.get('errored_attempts')} but models add up to {errored}")
+    for model, m in models.items():
+        if sum(m.get("errored_by_reason", {}).values()) != m.get("errored_attempts"):
+            bad.append(f"{model}: errored_by_reason does not add up to errored_attempts")
+    groups = doc.get("test_groups")
+    if not isinstance(groups, dict):
+        return [*bad, "document lacks test_groups"]
+    for gid, g in groups.items():
+        try:
+            leaf = models[g["model"]]["by_prompt_type"][g["prompt_type"]]["by_tool_success_rate"][
+                rate_key(g["tool_success_rate"])
+            ]["by_difficulty"][g["difficulty"]]["by_task_type"][g["task_type"]]
+        except (KeyError, TypeError):
+            bad.append(f"test_groups/{gid}: no such leaf in models")
+            continue
+        if leaf["total"] != g["total_tests"]:
+            bad.append(f"test_groups/{gid}: total_tests {g['total_tests']} but the leaf has {leaf['total']}")
+    group_total = sum(g.get("total_tests", 0) for g in groups.values())
+    if group_total != summary["total_tests"]:
+        bad.append(f"test_groups add up to {group_total}, summary says {summary['total_tests']}")
+    return bad

@@ -1,0 +1,203 @@
+"""Event factories, hypothesis strategies and a writer process for the storage tests.
+
+Run as a script it is a writer process: `python storage_helpers.py DB WRITER N SEED GO`
+appends N events in batches of random sizes once the file GO exists.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the writer script runs outside pytest
+    sys.path.insert(0, str(ROOT))
+
+from ultra import events as ev  # noqa: E402
+
+
+def ts(i: int) -> str:
+    """A recorded_at that sorts with i."""
+    return f"2025-07-01T00:00:00.{i:06d}Z"
+
+
+def completed(i: int = 0, **kw: Any) -> ev.TestCompleted:
+    base: dict[str, Any] = dict(
+        event_id=f"c{i}",
+        recorded_at=ts(i),
+        run_id="run-1",
+        shard_id="shard-0",
+        test_key=f"key-{i}",
+        model="DeepSeek-V3-0324",
+        instance="DeepSeek-V3-0324",
+        provider="azure",
+        task_id=f"task-{i}",
+        task_type="simple_task",
+        difficulty="easy",
+        prompt_type="baseline",
+        tool_success_rate=0.8,
+        outcome="full_success",
+        execution_time=1.0,
+        turns=3,
+        tool_calls=2,
+        tool_coverage=1.0,
+        workflow_score=0.9,
+        phase2_score=0.8,
+        quality_score=0.7,
+        final_score=0.85,
+    )
+    base.update(kw)
+    return ev.TestCompleted(**base)
+
+
+def errored(i: int = 0, **kw: Any) -> ev.TestErrored:
+    base: dict[str, Any] = dict(
+        event_id=f"e{i}",
+        recorded_at=ts(i),
+        run_id="run-1",
+        shard_id="shard-0",
+        test_key=f"key-{i}",
+        model="DeepSeek-V3-0324",
+        instance="DeepSeek-V3-0324",
+        provider="azure",
+        task_id=f"task-{i}",
+        task_type="simple_task",
+        difficulty="easy",
+        prompt_type="baseline",
+        tool_success_rate=0.8,
+        reason="rate_limited",
+    )
+    base.update(kw)
+    return ev.TestErrored(**base)
+
+
+# ---- hypothesis ------------------------------------------------------------------------
+
+MODELS = ["DeepSeek-V3-0324", "DeepSeek-V3-0324-2", "deepseek-v3-0324", "qwen2.5-7b-instruct",
+          "qwen2.5-7b-instruct-key1", "grok-3", "team-qwen"]
+ALIASES = [("team-qwen", "qwen2.5-7b-instruct"), ("grok-3", "grok-3-beta")]
+PROMPTS = ["baseline", "optimal", "flawed_sequence_disorder"]
+RATES = [0.6, 0.8, 0.9]
+DIFFS = ["easy", "medium"]
+TASKS = ["simple_task", "data_pipeline"]
+OUTCOMES = ["full_success", "partial_success", "failure"]
+unit = st.floats(0, 1, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def _test_fields(draw: st.DrawFn, key_space: int) -> dict[str, Any]:
+    outcome = draw(st.sampled_from(OUTCOMES))
+    return dict(
+        run_id=draw(st.sampled_from(["run-1", "run-2"])),
+        shard_id=draw(st.sampled_from(["s0", "s1"])),
+        test_key=f"key-{draw(st.integers(0, key_space))}",
+        model=draw(st.sampled_from(MODELS)),
+        instance=draw(st.sampled_from(["a", "b", "c"])),
+        provider="p",
+        task_id="t",
+        task_type=draw(st.sampled_from(TASKS)),
+        difficulty=draw(st.sampled_from(DIFFS)),
+        prompt_type=draw(st.sampled_from(PROMPTS)),
+        tool_success_rate=draw(st.sampled_from(RATES)),
+        outcome=outcome,
+        execution_time=draw(st.floats(0, 300, allow_nan=False)),
+        turns=draw(st.integers(0, 20)),
+        tool_calls=draw(st.integers(0, 30)),
+        tool_coverage=draw(unit),
+        workflow_score=draw(unit),
+        phase2_score=draw(unit),
+        quality_score=draw(unit),
+        final_score=draw(unit),
+        assisted_turns=draw(st.integers(0, 2)),
+        error_category=None
+        if outcome == "full_success"
+        else draw(st.sampled_from([*ev.ERROR_CATEGORIES, "brand_new_category"])),
+    )
+
+
+@st.composite
+def event_lists(
+    draw: st.DrawFn, *, max_size: int = 40, repairs: bool = True, unique_keys: bool = False
+) -> list[ev.Event]:
+    """Event sequences with increasing recorded_at; duplicates unless `unique_keys`."""
+    n = draw(st.integers(0, max_size))
+    out: list[ev.Event] = []
+    aliases_used: set[str] = set()
+    for i in range(n):
+        kind = draw(st.sampled_from(["c"] * 6 + ["e"] + (["a", "r"] if repairs else [])))
+        when = ts(i)
+        if kind == "c":
+            f = draw(_test_fields(key_space=max_size if unique_keys else 8))
+            if unique_keys:
+                f["test_key"] = f"key-{i}"
+            out.append(ev.TestCompleted(event_id=f"ev{i}", recorded_at=when, **f))
+        elif kind == "e":
+            f = draw(_test_fields(key_space=8))
+            for k in ("outcome", "workflow_score", "phase2_score", "quality_score", "final_score",
+                      "turns", "tool_calls", "tool_coverage", "assisted_turns", "error_category"):
+                f.pop(k)
+            out.append(ev.TestErrored(event_id=f"ev{i}", recorded_at=when,
+                                      reason=draw(st.sampled_from(ev.ERRORED_REASONS)), **f))
+        elif kind == "a":
+            alias, canonical = draw(st.sampled_from(ALIASES))
+            if alias in aliases_used:  # one definition per alias: later ones would win
+                continue
+            aliases_used.add(alias)
+            out.append(ev.AliasDefined(event_id=f"ev{i}", recorded_at=when, alias=alias,
+                                       canonical=canonical))
+        else:
+            sel = draw(st.sampled_from([
+                ev.Selector(model=draw(st.sampled_from(MODELS))),
+                ev.Selector(run_id="run-2"),
+                ev.Selector(shard_id="s1", instance="b"),
+                ev.Selector(test_keys=[f"key-{draw(st.integers(0, 8))}", "key-1"]),
+                ev.Selector(model="qwen2.5-7b-instruct", recorded_after=ts(max(0, i - 5))),
+            ]))
+            out.append(ev.TestsRetracted(event_id=f"ev{i}", recorded_at=when, selector=sel,
+                                         reason="test"))
+    return out
+
+
+# ---- writer process --------------------------------------------------------------------
+
+
+def writer_main(db: str, writer: int, n: int, seed: int, go: str) -> None:
+    from ultra.store import EventLog
+
+    rng = random.Random(seed)
+    log = EventLog.open(db)
+    while not Path(go).exists():  # start together, to collide as much as possible
+        time.sleep(0.005)
+    i = 0
+    while i < n:
+        size = min(n - i, rng.randint(1, 400))
+        batch = [completed(0, event_id=f"w{writer}-{j}", test_key=f"w{writer}-{j}",
+                           run_id=f"w{writer}", recorded_at=ev.utc_now())
+                 for j in range(i, i + size)]
+        assert log.append(batch) == size
+        i += size
+    log.close()
+
+
+def crash_writer_main(db: str, batch: int) -> None:
+    """Append fixed-size batches forever (until killed); batch b is run_id b."""
+    from ultra.store import EventLog
+
+    log = EventLog.open(db)
+    b = 0
+    while True:
+        log.append(completed(0, event_id=f"b{b}-{j}", test_key=f"b{b}-{j}", run_id=f"b{b}")
+                   for j in range(batch))
+        b += 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "crash":
+        crash_writer_main(sys.argv[2], int(sys.argv[3]))
+    else:
+        writer_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

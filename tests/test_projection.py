@@ -1,0 +1,366 @@
+"""master_database: the fold against an independent reference, incremental == rebuild."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from storage_helpers import completed, errored, event_lists, ts
+
+from projections import master_database as mdb
+from projections.repairs import collect_repairs
+from ultra import events as ev
+from ultra.naming import canonical_model
+from ultra.projecting import project
+from ultra.store import EventLog
+
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# ---- an independent reference: everything in memory, stats straight from the events ----
+
+
+def reference_counted(events: list[ev.Event]) -> tuple[list[ev.TestCompleted], dict[str, str]]:
+    aliases = {e.alias: e.canonical for e in events if isinstance(e, ev.AliasDefined)}
+    retractions = [e for e in events if isinstance(e, ev.TestsRetracted)]
+
+    def canon(m: str) -> str:
+        return canonical_model(m, aliases)
+
+    def removed(c: ev.TestCompleted) -> bool:
+        for r in retractions:
+            s = r.selector
+            checks = [c.recorded_at < r.recorded_at]
+            if s.model is not None:
+                checks.append(canon(s.model) == canon(c.model))
+            if s.run_id is not None:
+                checks.append(s.run_id == c.run_id)
+            if s.shard_id is not None:
+                checks.append(s.shard_id == c.shard_id)
+            if s.instance is not None:
+                checks.append(s.instance == c.instance)
+            if s.test_keys is not None:
+                checks.append(c.test_key in s.test_keys)
+            if s.recorded_before is not None:
+                checks.append(c.recorded_at < s.recorded_before)
+            if s.recorded_after is not None:
+                checks.append(c.recorded_at > s.recorded_after)
+            if all(checks):
+                return True
+        return False
+
+    seen: set[str] = set()
+    counted = []
+    for e in events:
+        if isinstance(e, ev.TestCompleted) and not removed(e) and e.test_key not in seen:
+            seen.add(e.test_key)
+            counted.append(e)
+    return counted, aliases
+
+
+def reference_stats(cs: list[ev.TestCompleted]) -> dict[str, Any]:
+    t = len(cs)
+
+    def share(n: float) -> float:
+        return n / t if t else 0.0
+
+    def mean(f: Any) -> float:
+        return math.fsum(f(c) for c in cs) / t if t else 0.0
+
+    full = sum(c.outcome == "full_success" for c in cs)
+    part = sum(c.outcome == "partial_success" for c in cs)
+    cats = [c.error_category if c.error_category in ev.ERROR_CATEGORIES else "other"
+            for c in cs if c.error_category is not None]
+    out = {
+        "total": t, "full_success": full, "partial_success": part, "failure": t - full - part,
+        "success": full + part, "success_rate": share(full + part), "full_success_rate": share(full),
+        "partial_rate": share(part), "failure_rate": share(t - full - part),
+        "weighted_success_score": share(full + 0.5 * part),
+        "avg_execution_time": mean(lambda c: c.execution_time), "avg_turns": mean(lambda c: c.turns),
+        "avg_tool_calls": mean(lambda c: c.tool_calls),
+        "tool_coverage_rate": mean(lambda c: c.tool_coverage),
+        "avg_workflow_score": mean(lambda c: c.workflow_score),
+        "avg_phase2_score": mean(lambda c: c.phase2_score),
+        "avg_quality_score": mean(lambda c: c.quality_score),
+        "avg_final_score": mean(lambda c: c.final_score),
+        "total_errors": len(cats),
+        "tests_with_assistance": sum(c.assisted_turns > 0 for c in cs),
+        "assistance_rate": share(sum(c.assisted_turns > 0 for c in cs)),
+    }
+    for cat in ev.ERROR_CATEGORIES:
+        out[f"{cat}_errors"] = cats.count(cat)
+        out[f"{cat}_error_rate"] = share(cats.count(cat))
+    return out
+
+
+def assert_stats_close(got: dict[str, Any], want: dict[str, Any], tol: float, where: str) -> None:
+    assert set(got) == set(want), where
+    for k, w in want.items():
+        if isinstance(w, int) and not isinstance(w, bool):
+            assert got[k] == w, f"{where}.{k}"
+        else:
+            assert math.isclose(got[k], w, rel_tol=tol, abs_tol=tol), f"{where}.{k}: {got[k]} != {w}"
+
+
+def assert_matches_reference(doc: dict[str, Any], events: list[ev.Event], tol: float) -> None:
+    counted, aliases = reference_counted(events)
+    groups: dict[tuple, list] = defaultdict(list)
+    for c in counted:
+        model = canonical_model(c.model, aliases)
+        path = (model, c.prompt_type, str(round(c.tool_success_rate, 4)), c.difficulty, c.task_type)
+        for depth in range(6):
+            groups[path[:depth]].append(c)
+    errored_models = {canonical_model(e.model, aliases) for e in events if isinstance(e, ev.TestErrored)}
+    assert set(doc["models"]) == {p[0] for p in groups if len(p) == 1} | errored_models
+    want = reference_stats(groups[()])
+    summary = {**doc["summary"], "total": doc["summary"]["total_tests"]}
+    assert_stats_close({k: summary[k] for k in want}, want, tol, "summary")
+    assert summary["total"] == len(counted)
+    levels = ["by_prompt_type", "by_tool_success_rate", "by_difficulty", "by_task_type"]
+    for path, cs in groups.items():
+        if not path:
+            continue
+        node = doc["models"][path[0]]
+        for level, name in zip(levels, path[1:]):
+            node = node[level][name]
+        stats = node if len(path) == 5 else node["overall_stats"]
+        assert_stats_close(stats, reference_stats(cs), tol, "/".join(path))
+    leaves = {p for p in groups if len(p) == 5}
+    assert {tuple(g[k] for k in ("model", "prompt_type")) for g in doc["test_groups"].values()} == \
+        {p[:2] for p in leaves}
+    assert len(doc["test_groups"]) == len(leaves)
+    for model in errored_models:
+        n = sum(1 for e in events if isinstance(e, ev.TestErrored) and canonical_model(e.model, aliases) == model)
+        assert doc["models"][model]["errored_attempts"] == n
+    assert doc["summary"]["duplicate_completions"] + doc["summary"]["retracted_completions"] + \
+        len(counted) == sum(isinstance(e, ev.TestCompleted) for e in events)
+
+
+# ---- the pure fold without SQLite --------------------------------------------------------
+
+
+def pure_fold(events: list[ev.Event]) -> mdb.FoldState:
+    repairs = collect_repairs(enumerate(events, 1))
+    earlier: dict[str, list[ev.TestCompleted]] = defaultdict(list)
+    items = []
+    for seq, e in enumerate(events, 1):
+        if isinstance(e, ev.TestCompleted):
+            items.append((seq, e, list(earlier[e.test_key])))
+            earlier[e.test_key].append(e)
+        else:
+            items.append((seq, e, ()))
+    state = mdb.FoldState()
+    mdb.fold(state, items, repairs)
+    state.last_seq = len(events)
+    return state
+
+
+def project_events(events: list[ev.Event], tmp: Path, splits: list[int] = ()) -> tuple[bytes, bytes]:
+    """(bytes after incremental projections at each split, bytes of a rebuild)."""
+    db, out = tmp / "events.db", tmp / "master_database.json"
+    with EventLog.open(db) as log:
+        start = 0
+        for cut in [*sorted(splits), len(events)]:
+            log.append(events[start:cut])
+            start = max(start, cut)
+            project(db, out)
+    incremental = out.read_bytes()
+    project(db, out, rebuild=True)
+    return incremental, out.read_bytes()
+
+
+# ---- properties --------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(event_lists(max_size=40))
+def test_projection_equals_an_independent_reference_fold(events):
+    with tempfile.TemporaryDirectory() as tmp:
+        _, rebuilt = project_events(events, Path(tmp))
+    doc = json.loads(rebuilt)
+    assert_matches_reference(doc, events, tol=1e-6)  # the file rounds to 6 decimals
+    assert mdb.check_invariants(doc) == []
+    assert_matches_reference(mdb.render(pure_fold(events), digits=None), events, tol=1e-9)
+
+
+@SETTINGS
+@given(event_lists(max_size=40), st.lists(st.integers(0, 40), max_size=4))
+def test_incremental_over_any_split_is_byte_identical_to_a_rebuild(events, splits):
+    with tempfile.TemporaryDirectory() as tmp:
+        incremental, rebuilt = project_events(events, Path(tmp), [min(s, len(events)) for s in splits])
+    assert incremental == rebuilt
+
+
+@SETTINGS
+@given(event_lists(max_size=40, unique_keys=True), st.randoms(use_true_random=False))
+def test_any_permutation_gives_the_same_counts_and_averages(events, rng):
+    shuffled = list(events)
+    rng.shuffle(shuffled)
+    a = mdb.render(pure_fold(events), digits=None)
+    b = mdb.render(pure_fold(shuffled), digits=None)
+    for doc in (a, b):
+        doc.pop("generated_at")  # the last event's time: order-dependent by definition
+    assert _close(a, b, 1e-9), (a, b)
+
+
+def _close(a: Any, b: Any, tol: float) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return set(a) == set(b) and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+    return a == b
+
+
+@SETTINGS
+@given(event_lists(max_size=30), st.data())
+def test_appending_any_subset_again_changes_nothing(events, data):
+    subset = data.draw(st.lists(st.sampled_from(events), max_size=10)) if events else []
+    with tempfile.TemporaryDirectory() as tmp:
+        db, out = Path(tmp) / "e.db", Path(tmp) / "m.json"
+        with EventLog.open(db) as log:
+            log.append(events)
+            project(db, out)
+            before = out.read_bytes()
+            assert log.append(subset) == 0
+            assert log.append(reversed(events)) == 0
+            assert log.count() == len({e.event_id for e in events})
+        project(db, out)
+        assert out.read_bytes() == before
+        project(db, out, rebuild=True)
+        assert out.read_bytes() == before
+
+
+# ---- examples ----------------------------------------------------------------------------
+
+
+def _doc(tmp_path: Path, events: list[ev.Event]) -> dict[str, Any]:
+    _, rebuilt = project_events(events, tmp_path)
+    return json.loads(rebuilt)
+
+
+def test_structure_names_and_instances_fold_into_one_model(tmp_path):
+    doc = _doc(tmp_path, [
+        completed(1, model="DeepSeek-V3-0324", instance="DeepSeek-V3-0324"),
+        completed(2, model="DeepSeek-V3-0324-2", instance="DeepSeek-V3-0324-2", outcome="partial_success",
+                  error_category="timeout"),
+        completed(3, model="deepseek-v3-0324", instance="DeepSeek-V3-0324-3", prompt_type="flawed_sequence_disorder",
+                  outcome="failure", error_category="tool_selection"),
+    ])
+    assert list(doc["models"]) == ["DeepSeek-V3-0324"]
+    m = doc["models"]["DeepSeek-V3-0324"]
+    leaf = m["by_prompt_type"]["baseline"]["by_tool_success_rate"]["0.8"]["by_difficulty"]["easy"][
+        "by_task_type"]["simple_task"]
+    assert (leaf["total"], leaf["full_success"], leaf["partial_success"]) == (2, 1, 1)
+    assert leaf["weighted_success_score"] == 0.75
+    assert m["overall_stats"]["total"] == 3 and m["overall_stats"]["total_errors"] == 2
+    assert set(m["by_prompt_type"]) == {"baseline", "flawed_sequence_disorder"}
+    assert doc["summary"]["models_tested"] == 1
+    assert doc["summary"]["last_test_time"] == ts(3) == doc["generated_at"]
+    group = doc["test_groups"]["DeepSeek-V3-0324|baseline|0.8|easy|simple_task"]
+    assert group == {"model": "DeepSeek-V3-0324", "prompt_type": "baseline", "tool_success_rate": 0.8,
+                     "difficulty": "easy", "task_type": "simple_task", "num_instances": 2,
+                     "total_tests": 2, "timestamp": ts(2)}
+
+
+def test_overall_stats_are_test_weighted_not_averages_of_rates(tmp_path):
+    events = [completed(i, task_type="a") for i in range(3)] + [completed(3, task_type="b", outcome="failure",
+                                                                          error_category="other")]
+    doc = _doc(tmp_path, events)
+    overall = doc["models"]["DeepSeek-V3-0324"]["overall_stats"]
+    assert overall["success_rate"] == 0.75  # not (1.0 + 0.0) / 2
+
+
+def test_alias_applies_retroactively_and_triggers_a_rebuild(tmp_path):
+    db, out = tmp_path / "e.db", tmp_path / "m.json"
+    with EventLog.open(db) as log:
+        log.append([completed(1, model="dsv3"), completed(2)])
+        assert project(db, out).rebuilt
+        assert set(json.loads(out.read_bytes())["models"]) == {"dsv3", "DeepSeek-V3-0324"}
+        log.append([ev.AliasDefined(recorded_at=ts(5), alias="dsv3", canonical="DeepSeek-V3-0324")])
+    report = project(db, out)
+    assert report.rebuilt
+    doc = json.loads(out.read_bytes())
+    assert list(doc["models"]) == ["DeepSeek-V3-0324"]
+    assert doc["models"]["DeepSeek-V3-0324"]["overall_stats"]["total"] == 2
+    with EventLog.open(db) as log:
+        log.append([completed(6, model="dsv3")])
+    assert not project(db, out).rebuilt
+    assert json.loads(out.read_bytes())["summary"]["total_tests"] == 3
+
+
+def test_retraction_removes_earlier_matches_only_and_retests_count(tmp_path):
+    doc = _doc(tmp_path, [
+        completed(1, run_id="bad", outcome="failure", error_category="timeout"),
+        completed(2, run_id="good"),
+        ev.TestsRetracted(recorded_at=ts(3), selector=ev.Selector(run_id="bad"), reason="broken endpoint"),
+        completed(4, run_id="bad", test_key="key-1"),  # the retest, after the retraction
+    ])
+    s = doc["summary"]
+    assert (s["total_tests"], s["full_success"], s["failure"]) == (2, 2, 0)
+    assert s["retracted_completions"] == 1 and s["duplicate_completions"] == 0
+
+
+def test_duplicates_count_once_and_errored_tests_stay_out_of_success(tmp_path):
+    doc = _doc(tmp_path, [
+        completed(1),
+        completed(2, event_id="again", test_key="key-1", outcome="failure", error_category="timeout"),
+        errored(3, reason="timeout"),
+        errored(4, reason="rate_limited"),
+        errored(5, model="grok-3", reason="server_error"),
+    ])
+    s = doc["summary"]
+    assert (s["total_tests"], s["full_success"], s["duplicate_completions"]) == (1, 1, 1)
+    assert s["errored_attempts"] == 3 and s["models_tested"] == 1
+    ds = doc["models"]["DeepSeek-V3-0324"]
+    assert ds["errored_attempts"] == 2 and ds["errored_by_reason"] == {"timeout": 1, "rate_limited": 1}
+    assert doc["models"]["grok-3"]["overall_stats"]["total"] == 0
+    assert mdb.check_invariants(doc) == []
+
+
+def test_same_log_same_bytes_and_no_wall_clock(tmp_path):
+    events = [completed(i, outcome=random.Random(i).choice(["full_success", "failure"]),
+                        error_category="other") for i in range(30)]
+    a = project_events(events, tmp_path / "a" if (tmp_path / "a").mkdir() is None else None)[1]
+    b = project_events(events, tmp_path / "b" if (tmp_path / "b").mkdir() is None else None)[1]
+    assert a == b
+    doc = json.loads(a)
+    assert doc["generated_at"] == ts(29) and doc["last_seq"] == 30
+
+
+def test_empty_log_projects_to_an_empty_document(tmp_path):
+    doc = _doc(tmp_path, [])
+    assert doc["models"] == {} and doc["summary"]["total_tests"] == 0
+    assert doc["generated_at"] is None and mdb.check_invariants(doc) == []
+
+
+def test_saved_state_round_trips_exactly():
+    events = [completed(i, execution_time=0.1 * i + 1e-17) for i in range(10)]
+    state = pure_fold(events)
+    again = mdb.load_state(mdb.dump_state(state))
+    assert msgspec.json.encode(mdb.render(again)) == msgspec.json.encode(mdb.render(state))
+
+
+def test_project_without_a_log_is_a_user_error(tmp_path):
+    from ultra.errors import UserError
+
+    with pytest.raises(UserError, match="no event log"):
+        project(tmp_path / "missing.db", tmp_path / "m.json")
+
+
+def test_check_invariants_catches_broken_sums(tmp_path):
+    doc = _doc(tmp_path, [completed(1), completed(2, task_type="other")])
+    doc["models"]["DeepSeek-V3-0324"]["overall_stats"]["total"] = 3
+    assert any("total" in m for m in mdb.check_invariants(doc))
+    doc = _doc(tmp_path / "x" if (tmp_path / "x").mkdir() is None else None, [completed(1)])
+    doc["summary"]["success_rate"] = 1.5
+    assert any("outside [0, 1]" in m for m in mdb.check_invariants(doc))

@@ -1,0 +1,147 @@
+"""The event log: append, idempotence, immutability, streaming, migrations, bad files."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from storage_helpers import completed, errored, ts
+
+from ultra import events as ev
+from ultra.errors import UserError
+from ultra.store import MIGRATIONS_TABLE, EventLog, load_migrations
+
+
+def test_open_creates_parent_dirs_wal_and_records_migrations(tmp_path):
+    db = tmp_path / "a" / "b" / "events.db"
+    with EventLog.open(db) as log:
+        conn = log.connection
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        applied = [r[0] for r in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE} ORDER BY version")]
+        assert applied == [v for v, _, _ in load_migrations()]
+        assert log.last_seq() == 0
+    with EventLog.open(db, create=False) as log:  # reopening applies nothing twice
+        n = log.connection.execute(f"SELECT COUNT(*) FROM {MIGRATIONS_TABLE}").fetchone()[0]
+        assert n == len(load_migrations())
+
+
+def test_append_is_idempotent_by_event_id_and_counts_new_ones(tmp_path):
+    with EventLog.open(tmp_path / "e.db") as log:
+        batch = [completed(i) for i in range(5)]
+        assert log.append(batch) == 5
+        assert log.append(batch[1:3]) == 0
+        assert log.append([*batch[3:], completed(5), completed(5)]) == 1  # same id twice in a batch
+        assert log.append([]) == 0
+        assert log.count() == 6
+        assert log.last_seq() == 6
+
+
+def test_stream_round_trips_events_in_seq_order_across_batches(tmp_path):
+    with EventLog.open(tmp_path / "e.db") as log:
+        sent = [completed(i) if i % 3 else errored(i) for i in range(23)]
+        log.append(sent)
+        got = list(log.stream(batch=4))
+        assert [s for s, _ in got] == list(range(1, 24))
+        assert [e for _, e in got] == sent
+        assert [s for s, _ in log.stream(after_seq=20, batch=2)] == [21, 22, 23]
+        assert [s for s, _ in log.stream(after_seq=5, until_seq=7)] == [6, 7]
+        only = list(log.stream(types=["test.errored"], batch=2))
+        assert all(isinstance(e, ev.TestErrored) for _, e in only) and len(only) == 8
+
+
+def test_update_and_delete_of_events_fail(tmp_path):
+    with EventLog.open(tmp_path / "e.db") as log:
+        log.append([completed(1)])
+        conn = log.connection
+        with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+            conn.execute("UPDATE events SET model = 'x'")
+        with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+            conn.execute("DELETE FROM events")
+        assert [e.model for _, e in log.stream()] == ["DeepSeek-V3-0324"]
+
+
+def test_unknown_types_are_stored_and_skipped_with_a_count(tmp_path):
+    with EventLog.open(tmp_path / "e.db") as log:
+        log.append([completed(1)])
+        r = log.append_raw([
+            b'{"event_id": "n1", "type": "model.retired", "recorded_at": "2025-07-02T00:00:00Z", "model": "x", "seq": 9}',
+        ])
+        assert (r.read, r.stored, r.unknown_types) == (1, 1, 1)
+        log.append([completed(2)])
+        stream = log.stream()
+        assert [s for s, _ in stream] == [1, 3]
+        assert stream.skipped_unknown == 1 and stream.undecodable == 0
+
+
+def test_undecodable_rows_are_skipped_and_counted(tmp_path):
+    with EventLog.open(tmp_path / "e.db") as log:
+        log.append([completed(1)])
+        log.connection.execute(  # a hand-made row: known type, payload that does not decode
+            "INSERT INTO events (event_id, type, recorded_at, payload) VALUES ('bad', 'test.completed', ?, '{\"type\":\"test.completed\"}')",
+            (ts(2),),
+        )
+        stream = log.stream()
+        assert [s for s, _ in stream] == [1]
+        assert stream.undecodable == 1 and stream.undecodable_seqs == [2]
+
+
+def test_append_raw_is_all_or_nothing_and_names_the_line(tmp_path):
+    with EventLog.open(tmp_path / "e.db") as log:
+        good = ev.encode(completed(1)).decode()
+        with pytest.raises(UserError, match=r"f.jsonl:3: not valid JSON"):
+            log.append_raw([good, "", "{nope"], source="f.jsonl")
+        with pytest.raises(UserError, match=r"in:2: invalid test.completed event"):
+            log.append_raw([good, '{"type": "test.completed", "event_id": "x", "recorded_at": "t"}'], source="in")
+        with pytest.raises(UserError, match=r"in:1: event without a string 'event_id'"):
+            log.append_raw(['{"type": "future.thing", "recorded_at": "t"}'], source="in")
+        with pytest.raises(UserError, match=r"in:1: not a JSON object"):
+            log.append_raw(["[1, 2]"], source="in")
+        assert log.count() == 0
+        assert log.append_raw([good, good]).stored == 1
+
+
+def test_completed_test_keys_excludes_errored_and_retracted(tmp_path):
+    with EventLog.open(tmp_path / "e.db") as log:
+        log.append([completed(1), completed(2, run_id="bad-run"), errored(3), completed(4)])
+        assert log.completed_test_keys() == {"key-1", "key-2", "key-4"}
+        log.append([ev.TestsRetracted(recorded_at=ts(10), selector=ev.Selector(run_id="bad-run"), reason="x")])
+        assert log.completed_test_keys() == {"key-1", "key-4"}
+        # a retest after the retraction counts again
+        log.append([completed(11, event_id="again", test_key="key-2", run_id="bad-run")])
+        assert log.completed_test_keys() == {"key-1", "key-2", "key-4"}
+
+
+@pytest.mark.parametrize(
+    "make, create, message",
+    [
+        (lambda p: p.write_bytes(b"\x00garbage" * 100), True, "not an SQLite database"),
+        (lambda p: p.write_bytes(b""), False, "empty file"),
+        (lambda p: None, False, "no event log there"),
+        (lambda p: p.mkdir(), True, "is a directory"),
+        (lambda p: sqlite3.connect(p).execute("CREATE TABLE other (x)").connection.commit(), True,
+         "not an ultra event log"),
+        (lambda p: sqlite3.connect(p).execute("CREATE TABLE other (x)").connection.commit(), False,
+         "not an ultra event log"),
+        (lambda p: p.write_bytes(b"SQLite format 3\x00" + b"\xff" * 200), True, "not a usable SQLite"),
+    ],
+)
+def test_bad_files_raise_one_line_user_errors(tmp_path, make, create, message):
+    path = tmp_path / "x.db"
+    make(path)
+    with pytest.raises(UserError, match=message) as info:
+        EventLog.open(path, create=create)
+    assert "\n" not in str(info.value)
+
+
+def test_append_is_usable_from_another_thread(tmp_path):
+    import threading
+
+    log = EventLog.open(tmp_path / "e.db")
+    threads = [threading.Thread(target=log.append, args=([completed(i) for i in range(k * 10, k * 10 + 10)],))
+               for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert log.count() == 40
+    log.close()

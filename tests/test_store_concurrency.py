@@ -1,0 +1,78 @@
+"""Many writer processes at once, and a writer killed mid-batch: real OS processes."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import storage_helpers
+
+from ultra.audit import audit
+from ultra.projecting import project
+from ultra.store import EventLog
+
+HELPER = Path(storage_helpers.__file__)
+
+
+def test_eight_processes_append_concurrently_without_loss_or_error(tmp_path):
+    db, go = tmp_path / "events.db", tmp_path / "go"
+    EventLog.open(db).close()  # created once; the writers race only on appends
+    procs = [
+        subprocess.Popen([sys.executable, str(HELPER), str(db), str(w), "5000", str(w), str(go)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for w in range(8)
+    ]
+    go.touch()
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+        assert b"locked" not in err and not err.strip()
+    with EventLog.open(db, create=False) as log:
+        rows = log.connection.execute("SELECT seq, event_id, run_id FROM events ORDER BY seq").fetchall()
+    assert len(rows) == 40_000
+    seqs = [r[0] for r in rows]
+    assert all(a < b for a, b in zip(seqs, seqs[1:]))
+    assert len({r[1] for r in rows}) == 40_000
+    per_writer = collections.Counter(r[2] for r in rows)
+    assert per_writer == {f"w{w}": 5000 for w in range(8)}
+    # each writer's own events are stored in the order it appended them
+    for w in range(8):
+        mine = [int(r[1].split("-")[1]) for r in rows if r[2] == f"w{w}"]
+        assert mine == sorted(mine)
+
+
+def test_writer_killed_mid_batch_leaves_whole_batches_and_a_clean_audit(tmp_path):
+    db, out = tmp_path / "events.db", tmp_path / "master_database.json"
+    EventLog.open(db).close()
+    batch = 2000
+    proc = subprocess.Popen([sys.executable, str(HELPER), "crash", str(db), str(batch)],
+                            stderr=subprocess.PIPE)
+    try:
+        with EventLog.open(db, create=False) as log:
+            deadline = time.monotonic() + 120
+            while log.count() < 3 * batch and time.monotonic() < deadline:
+                time.sleep(0.05)
+        time.sleep(0.037)  # land somewhere inside a later batch
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    with EventLog.open(db, create=False) as log:
+        assert log.connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        sizes = collections.Counter(
+            r[0] for r in log.connection.execute("SELECT run_id FROM events")
+        )
+        assert len(sizes) >= 3
+        assert set(sizes.values()) == {batch}  # only whole committed batches
+        n = log.count()
+        assert n == log.last_seq() == batch * len(sizes)
+        assert log.append([storage_helpers.completed(1, event_id="after")]) == 1  # still writable
+    report = project(db, out)
+    assert report.events_folded == n + 1
+    result = audit(db, out)
+    assert result.findings == []

@@ -1,0 +1,213 @@
+"""Benchmark of the storage core; prints ONE JSON line of figures and asserts nothing.
+
+    .venv/bin/python tools/bench_store.py [--events 1000000] [--batch 500]
+
+Figures: append events/s with 1 writer and with 4 writer processes; the same rows through
+a bare `sqlite3.executemany` loop into the same schema (the physical reference); full
+rebuild events/s and its peak RSS (in a child process, from its own ru_maxrss); and the
+time of an incremental projection after one new event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ultra import events as ev  # noqa: E402
+from ultra.projecting import project  # noqa: E402
+from ultra.store import EventLog, event_row  # noqa: E402
+
+MODELS = ["DeepSeek-V3-0324", "DeepSeek-V3-0324-2", "qwen2.5-72b-instruct-key1", "gpt-4o-mini", "kimi-k2"]
+PROMPTS = ["baseline", "optimal", "flawed_sequence_disorder"]
+RATES = [0.6, 0.8, 0.9]
+DIFFS = ["easy", "medium", "hard"]
+TASKS = ["simple_task", "data_pipeline", "api_integration", "multi_stage_pipeline"]
+OUTCOMES = ["full_success", "partial_success", "failure"]
+
+
+def _templates() -> list[ev.TestCompleted]:
+    """One realistic event per leaf (540 leaves); batches vary ids, keys and numbers."""
+    rng = random.Random(7)
+    out = []
+    for model, prompt, rate, diff, task in itertools.product(MODELS, PROMPTS, RATES, DIFFS, TASKS):
+        outcome = rng.choice(OUTCOMES)
+        out.append(ev.TestCompleted(
+            run_id="bench-run", shard_id=f"{model}#0", test_key="", model=model, instance=model,
+            provider="azure", task_id=f"{task}_0001", task_type=task, difficulty=diff,
+            prompt_type=prompt, tool_success_rate=rate, outcome=outcome, retries=0,
+            execution_time=rng.uniform(1, 60), started_at="2025-07-01T00:00:00.000000Z",
+            workflow_score=rng.random(), phase2_score=rng.random(), quality_score=rng.random(),
+            final_score=rng.random(), turns=rng.randint(1, 10), tool_calls=rng.randint(0, 12),
+            tool_coverage=rng.random(), required_tools=4,
+            error_category=None if outcome == "full_success" else rng.choice(ev.ERROR_CATEGORIES),
+            assisted_turns=rng.randint(0, 1), usage=ev.Usage(prompt_tokens=1200, completion_tokens=300),
+        ))
+    return out
+
+
+def batches(n: int, size: int, seed: int) -> Iterator[list[ev.TestCompleted]]:
+    """`n` synthetic completions in batches: random ids and keys, like uuid4 and key hashes."""
+    rng = random.Random(seed)
+    templates = _templates()
+    replace = msgspec.structs.replace
+    for start in range(0, n, size):
+        yield [
+            replace(
+                templates[rng.randrange(len(templates))],
+                event_id=f"{rng.getrandbits(128):032x}",
+                test_key=f"{rng.getrandbits(64):016x}",
+                recorded_at=f"2025-07-01T{(i // 3600000) % 24:02d}:{(i // 60000) % 60:02d}:"
+                f"{(i // 1000) % 60:02d}.{i % 1000:03d}000Z",
+            )
+            for i in range(start, min(n, start + size))
+        ]
+
+
+def append_timed(db: Path, n: int, size: int, seed: int) -> float:
+    """Seconds spent inside `EventLog.append` for n events (generation not counted)."""
+    spent = 0.0
+    with EventLog.open(db) as log:
+        for batch in batches(n, size, seed):
+            t = time.perf_counter()
+            log.append(batch)
+            spent += time.perf_counter() - t
+    return spent
+
+
+def bare_timed(db: Path, n: int, size: int, seed: int) -> float:
+    """The same rows, same schema and pragmas, through bare executemany + commit."""
+    EventLog.open(db).close()  # schema only
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA cache_size = -65536")
+    sql = ("INSERT INTO events (event_id, type, recorded_at, test_key, model, run_id, payload)"
+           " VALUES (?, ?, ?, ?, ?, ?, ?)")
+    spent = 0.0
+    for batch in batches(n, size, seed):
+        rows = [event_row(e) for e in batch]  # encoding is not part of the reference
+        t = time.perf_counter()
+        conn.execute("BEGIN")
+        conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+        spent += time.perf_counter() - t
+    conn.close()
+    return spent
+
+
+def four_writers(db: Path, n: int, size: int) -> float:
+    """Wall time for 4 writer processes appending n/4 each (cheap generation included)."""
+    EventLog.open(db).close()
+    go = db.with_suffix(".go")
+    procs = [
+        subprocess.Popen([sys.executable, __file__, "--writer", str(db), str(n // 4), str(size),
+                          str(100 + w), str(go)], stdout=subprocess.PIPE)
+        for w in range(4)
+    ]
+    time.sleep(1.0)  # let them import and open
+    t = time.perf_counter()
+    go.touch()
+    for p in procs:
+        p.communicate()
+        if p.returncode:
+            raise SystemExit(f"writer failed: {p.returncode}")
+    return time.perf_counter() - t
+
+
+def writer(db: str, n: int, size: int, seed: int, go: str) -> None:
+    gen = batches(n, size, seed)
+    with EventLog.open(db) as log:
+        while not os.path.exists(go):
+            time.sleep(0.001)
+        for batch in gen:
+            log.append(batch)
+
+
+def rebuild_child(db: str, out: str) -> None:
+    t = time.perf_counter()
+    report = project(db, out, rebuild=True)
+    spent = time.perf_counter() - t
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"seconds": spent, "folded": report.events_folded, "rss_mb": rss_kb / 1024}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=500, help="events per append (group commit)")
+    ap.add_argument("--dir", type=Path, default=None, help="where to put the databases (temp)")
+    ap.add_argument("--writer", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--rebuild-child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.writer:
+        db, n, size, seed, go = args.writer
+        return writer(db, int(n), int(size), int(seed), go)
+    if args.rebuild_child:
+        return rebuild_child(*args.rebuild_child)
+
+    n, size = args.events, args.batch
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_store.") as tmp:
+        d = Path(tmp)
+        bare_s = bare_timed(d / "bare.db", n, size, seed=1)
+        (d / "bare.db").unlink()
+        one_s = append_timed(d / "one.db", n, size, seed=1)
+        four_s = four_writers(d / "four.db", n, size)
+        with EventLog.open(d / "four.db", create=False) as log:
+            four_n = log.count()
+        for f in d.glob("four.db*"):
+            f.unlink()
+
+        child = subprocess.run([sys.executable, __file__, "--rebuild-child", str(d / "one.db"),
+                                str(d / "master_database.json")], capture_output=True, text=True, check=True)
+        rebuild = json.loads(child.stdout)
+
+        with EventLog.open(d / "one.db", create=False) as log:
+            log.append(next(batches(1, 1, seed=99)))
+        t = time.perf_counter()
+        inc = project(d / "one.db", d / "master_database.json")
+        inc_s = time.perf_counter() - t
+        with EventLog.open(d / "one.db", create=False) as log:
+            log.append(next(batches(1, 1, seed=98)))
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "ultra", "project", "--db", str(d / "one.db"), "--out",
+                        str(d / "master_database.json")], cwd=ROOT, check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        cli_s = time.perf_counter() - t
+        db_mb = sum(f.stat().st_size for f in d.glob("one.db*")) / 2**20
+
+    print(json.dumps({
+        "events": n,
+        "batch": size,
+        "append_1_writer_eps": round(n / one_s),
+        "append_4_writers_eps": round(four_n / four_s),
+        "bare_sqlite3_eps": round(n / bare_s),
+        "append_vs_bare": round(bare_s / one_s, 3),
+        "rebuild_eps": round(rebuild["folded"] / rebuild["seconds"]),
+        "rebuild_s": round(rebuild["seconds"], 2),
+        "rebuild_peak_rss_mb": round(rebuild["rss_mb"], 1),
+        "incremental_project_s": round(inc_s, 4),
+        "incremental_events_folded": inc.events_folded,
+        "incremental_rebuilt": inc.rebuilt,
+        "incremental_cli_s": round(cli_s, 3),
+        "db_mb": round(db_mb),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Integrity checks of an event log and its master_database.json.
+
+Findings (anything wrong: exit 1): missing immutability triggers, undecodable events,
+duplicate completions of a test key, a projection file that is missing, breaks an
+invariant, or differs from a fresh replay of the log. Notes (information only): counts,
+a file that is merely behind the log, unknown event types (a newer writer's), and shards
+started but never finished (interrupted runs are normal; `ultra run` resumes them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from projections import master_database as mdb
+from projections.repairs import Repairs
+from ultra.events import ShardFinished, ShardStarted
+from ultra.projecting import replay
+from ultra.store import EventLog
+
+MAX_LISTED = 20  # findings of one kind listed one by one; the rest are counted
+
+
+class AuditReport(msgspec.Struct):
+    findings: list[str]
+    notes: list[str]
+    events: int
+    last_seq: int
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+
+def audit(db: Path | str, out: Path | str) -> AuditReport:
+    out = Path(out)
+    findings: list[str] = []
+    notes: list[str] = []
+    with EventLog.open(db, create=False) as log:
+        until = log.last_seq()
+        count = log.count()
+        notes.append(f"{count} events, last seq {until}")
+        findings += _check_triggers(log)
+
+        file_bytes, file_doc, file_seq = _read_projection(out, until, findings)
+        state, stream = replay(log, file_seq)
+        undecodable, unknown = stream.undecodable, stream.skipped_unknown
+        undecodable_seqs = list(stream.undecodable_seqs)
+        if file_seq < until:
+            notes.append(
+                f"{out} reflects the log up to seq {file_seq}; {until - file_seq} events since"
+                " (run `ultra project`)"
+            )
+            rest = log.stream(after_seq=file_seq, until_seq=until)
+            for _ in rest:
+                pass
+            undecodable += rest.undecodable
+            unknown += rest.skipped_unknown
+            undecodable_seqs += rest.undecodable_seqs
+
+        expected = mdb.render_bytes(state)
+        findings += [f"fresh replay: {m}" for m in mdb.check_invariants(mdb.render(state))]
+        if file_doc is not None:
+            findings += [f"{out}: {m}" for m in mdb.check_invariants(file_doc)]
+            if file_bytes != expected:
+                diffs = _differences(file_doc, msgspec.json.decode(expected))
+                findings.append(
+                    f"{out}: differs from a fresh replay of the log up to seq {file_seq}"
+                    f" ({'; '.join(diffs) or 'formatting'}); `ultra project --rebuild` restores it"
+                )
+
+        if undecodable:
+            shown = ", ".join(map(str, undecodable_seqs[:MAX_LISTED]))
+            findings.append(f"{undecodable} undecodable events (seq {shown})")
+        if unknown:
+            notes.append(f"{unknown} events of types this version does not know were skipped")
+
+        repairs = log.repairs(until)
+        findings += _duplicates(log, repairs)
+        notes += _interrupted_shards(log, until)
+    return AuditReport(findings=findings, notes=notes, events=count, last_seq=until)
+
+
+def _check_triggers(log: EventLog) -> list[str]:
+    rows = log.connection.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
+    ).fetchall()
+    present = {r[0] for r in rows}
+    return [
+        f"trigger {name} is missing: events are not protected from changes"
+        for name in ("events_no_update", "events_no_delete")
+        if name not in present
+    ]
+
+
+def _read_projection(out: Path, until: int, findings: list[str]) -> tuple[bytes | None, Any, int]:
+    """(bytes, parsed document, seq it claims); records findings for what is wrong."""
+    try:
+        data = out.read_bytes()
+    except FileNotFoundError:
+        findings.append(f"{out}: missing; `ultra project --rebuild` restores it")
+        return None, None, until
+    except OSError as exc:
+        findings.append(f"{out}: unreadable ({exc.strerror})")
+        return None, None, until
+    try:
+        doc = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        findings.append(f"{out}: not valid JSON ({exc}); `ultra project --rebuild` restores it")
+        return data, None, until
+    seq = doc.get("last_seq") if isinstance(doc, dict) else None
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        findings.append(f"{out}: no valid last_seq")
+        return data, doc, until
+    if seq > until:
+        findings.append(f"{out}: claims seq {seq}, but the log ends at seq {until}")
+        return data, doc, until
+    return data, doc, seq
+
+
+def _differences(got: Any, want: Any, path: str = "", limit: int = 5) -> list[str]:
+    """The first few places where two documents differ, as 'path: file X, replay Y'."""
+    out: list[str] = []
+    if isinstance(got, dict) and isinstance(want, dict):
+        for key in sorted(set(got) | set(want)):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in got:
+                out.append(f"{sub}: missing in file")
+            elif key not in want:
+                out.append(f"{sub}: not in replay")
+            else:
+                out += _differences(got[key], want[key], sub, limit - len(out))
+            if len(out) >= limit:
+                break
+    elif got != want or type(got) is not type(want):
+        out.append(f"{path}: file {got!r}, replay {want!r}")
+    return out[:limit]
+
+
+def _duplicates(log: EventLog, repairs: Repairs) -> list[str]:
+    """Test keys with more than one unretracted completion (the projection counts one)."""
+    rows = log.connection.execute(
+        "SELECT test_key FROM events WHERE type = 'test.completed'"
+        " GROUP BY test_key HAVING COUNT(*) > 1 ORDER BY test_key"
+    ).fetchall()
+    dup: list[tuple[str, list[int]]] = []
+    for (key,) in rows:
+        live = [s for s, e in log.earlier_completions(key, 2**62) if not repairs.retracts(e)]
+        if len(live) > 1:
+            dup.append((key, live))
+    out = [
+        f"test key {key} completed {len(seqs)} times (seq {', '.join(map(str, seqs))}); counted once"
+        for key, seqs in dup[:MAX_LISTED]
+    ]
+    if len(dup) > MAX_LISTED:
+        out.append(f"... and {len(dup) - MAX_LISTED} more duplicated test keys")
+    return out
+
+
+def _interrupted_shards(log: EventLog, until: int) -> list[str]:
+    started: dict[tuple[str, str], ShardStarted] = {}
+    finished: dict[tuple[str, str], ShardFinished] = {}
+    for _, e in log.stream(until_seq=until, types=["shard.started", "shard.finished"]):
+        if isinstance(e, ShardStarted):
+            started[(e.run_id, e.shard_id)] = e
+        elif isinstance(e, ShardFinished):
+            finished[(e.run_id, e.shard_id)] = e
+    lines = []
+    for key in sorted(started):
+        s = started[key]
+        f = finished.get(key)
+        if f is None:
+            lines.append(f"interrupted: shard {s.shard_id} ({s.instance}) of run {s.run_id} never finished")
+        elif f.interrupted:
+            lines.append(
+                f"interrupted: shard {s.shard_id} ({s.instance}) of run {s.run_id}:"
+                f" {f.completed} completed, {f.errored} errored of {f.planned}"
+            )
+    if len(lines) > MAX_LISTED:
+        lines = [*lines[:MAX_LISTED], f"... and {len(lines) - MAX_LISTED} more interrupted shards"]
+    return lines
