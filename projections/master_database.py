@@ -19,6 +19,7 @@ import msgspec
 
 from projections.repairs import Repairs
 from ultra.events import ERROR_CATEGORIES, Event, TestCompleted, TestErrored
+from ultra.naming import rate_key
 
 FILE_SCHEMA_VERSION = 1
 STATE_VERSION = 1  # bump when Acc/FoldState change: saved states are then rebuilt
@@ -29,10 +30,6 @@ Item = tuple[int, Event, Sequence[TestCompleted]]
 
 _CATEGORY_INDEX = {c: i for i, c in enumerate(ERROR_CATEGORIES)}
 _OTHER = _CATEGORY_INDEX["other"]
-
-
-def rate_key(rate: float) -> str:
-    return str(round(rate, 4))
 
 
 class Acc(msgspec.Struct, array_like=True):

@@ -70,7 +70,7 @@ def batches(n: int, size: int, seed: int) -> Iterator[list[ev.TestCompleted]]:
         yield [
             replace(
                 templates[rng.randrange(len(templates))],
-                event_id=f"{rng.getrandbits(128):032x}",
+                event_id=ev.new_event_id(),
                 test_key=f"{rng.getrandbits(64):016x}",
                 recorded_at=f"2025-07-01T{(i // 3600000) % 24:02d}:{(i // 60000) % 60:02d}:"
                 f"{(i // 1000) % 60:02d}.{i % 1000:03d}000Z",

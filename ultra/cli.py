@@ -230,23 +230,29 @@ def _rates(values: list[str] | None) -> list[float] | None:
     return rates
 
 
-def _selection(config, *, suite_name, tasks, models, prompt_types, difficulty, task_types,
-               rates, num_instances, max_turns):
+def _selection(config_path, *, suite_name, tasks, models, prompt_types, difficulty,
+               task_types, rates, num_instances, max_turns):
+    """Config plus flags -> (config, Selection, task library path): shared by plan and run."""
+    from ultra.config import load_config
     from ultra.plan import Selection
     from ultra.suites import get_suite
 
+    config, path = load_config(config_path)
     r = config.run
-    suite = get_suite(suite_name or r.suite, tasks)
-    prompts = _csv(prompt_types) or r.prompt_types
+    if tasks is not None:
+        tasks_path: str | None = str(tasks)
+    else:  # a library named in the config is relative to the config file
+        tasks_path = str((path.parent / r.tasks).resolve()) if r.tasks else None
+    suite = get_suite(suite_name or r.suite, tasks_path)
     expanded: list[str] = []
-    for p in prompts:
+    for p in _csv(prompt_types) or r.prompt_types:
         if p == "all":
             expanded += [t for t in suite.prompt_types if not t.startswith("flawed_")]
         elif p == "all_with_flawed":
             expanded += list(suite.prompt_types)
         else:
             expanded.append(p)
-    return Selection(
+    sel = Selection(
         suite=suite_name or r.suite,
         models=_csv(models) or r.models or list(config.models),
         prompt_types=list(dict.fromkeys(expanded)),
@@ -256,14 +262,7 @@ def _selection(config, *, suite_name, tasks, models, prompt_types, difficulty, t
         num_instances=num_instances if num_instances is not None else r.num_instances,
         max_turns=max_turns if max_turns is not None else r.max_turns,
     )
-
-
-def _tasks_path(config_path: Path, tasks: Optional[Path], config) -> str | None:
-    if tasks is not None:
-        return str(tasks)
-    if config.run.tasks:
-        return str((config_path.parent / config.run.tasks).resolve())
-    return None
+    return config, sel, tasks_path
 
 
 SuiteOpt = Annotated[Optional[str], typer.Option("--suite", help="Suite name or module:ATTR.")]
@@ -290,14 +289,12 @@ def plan(
     """Print the shard table of a run; nothing runs."""
     import msgspec
 
-    from ultra.config import load_config
     from ultra.runner import plan_run
 
-    cfg, path = load_config(config)
-    tasks_path = _tasks_path(path, tasks, cfg)
-    sel = _selection(cfg, suite_name=suite, tasks=tasks_path, models=models,
-                     prompt_types=prompt_types, difficulty=difficulty, task_types=task_types,
-                     rates=tool_success_rate, num_instances=num_instances, max_turns=max_turns)
+    cfg, sel, tasks_path = _selection(
+        config, suite_name=suite, tasks=tasks, models=models, prompt_types=prompt_types,
+        difficulty=difficulty, task_types=task_types, rates=tool_success_rate,
+        num_instances=num_instances, max_turns=max_turns)
     result = plan_run(cfg, sel, db, tasks_path)
     rows = [
         dict(shard=s.shard_id, model=s.model, instance=s.instance, provider=s.provider,
@@ -315,13 +312,16 @@ def plan(
 
     table = Table(title=f"{result.planned} tests in {len(rows)} shards "
                         f"({result.skipped_completed} already completed)")
-    for col in ("shard", "strategy", "provider", "route", "workers", "qps", "tests"):
-        table.add_column(col, justify="left" if col in ("shard", "strategy", "provider", "route") else "right")
+    for col in ("model", "instance", "strategy", "provider", "route", "workers", "qps", "tests"):
+        table.add_column(col, justify="right" if col in ("workers", "qps", "tests") else "left")
     for r in rows:
         route = f"key {r['key_index']}" if r["key_index"] is not None else (r["deployment"] or "-")
-        table.add_row(r["shard"], r["strategy"], r["provider"], route, str(r["workers"]),
-                      f"{r['qps']:g}", str(r["tests"]))
-    Console().print(table)
+        table.add_row(r["model"], r["instance"], r["strategy"], r["provider"], route,
+                      str(r["workers"]), f"{r['qps']:g}", str(r["tests"]))
+    console = Console()
+    if not console.is_terminal:
+        console.width = 200  # a pipe gets whole names, not an 80-column squeeze
+    console.print(table)
 
 
 @app.command()
@@ -340,14 +340,13 @@ def run(
 
     import msgspec
 
-    from ultra.config import digest, load_config
+    from ultra.config import digest
     from ultra.runner import execute
 
-    cfg, path = load_config(config)
-    tasks_path = _tasks_path(path, tasks, cfg)
-    sel = _selection(cfg, suite_name=suite, tasks=tasks_path, models=models,
-                     prompt_types=prompt_types, difficulty=difficulty, task_types=task_types,
-                     rates=tool_success_rate, num_instances=num_instances, max_turns=max_turns)
+    cfg, sel, tasks_path = _selection(
+        config, suite_name=suite, tasks=tasks, models=models, prompt_types=prompt_types,
+        difficulty=difficulty, task_types=task_types, rates=tool_success_rate,
+        num_instances=num_instances, max_turns=max_turns)
     if processes is not None and processes < 1:
         raise UserError(f"invalid --processes {processes} (must be >= 1)")
     result = execute(cfg, digest(cfg), sel, db=db, out=out,

@@ -1,4 +1,4 @@
-"""Canonical model names: the one normalization function, driven by tables.
+"""Canonical names: models (one normalization function, driven by tables) and rate keys.
 
 Results reach the log under route names (`DeepSeek-V3-0324-2`, `qwen2.5-72b-instruct-key1`),
 case variants (`deepseek-v3-0324`) and team aliases. All of them fold into one canonical
@@ -67,3 +67,8 @@ def canonical_model(name: str, aliases: Mapping[str, str] | None = None) -> str:
                     break
         current = known or current
     return current
+
+
+def rate_key(rate: float) -> str:
+    """The one spelling of a tool success rate as a key: `str(round(rate, 4))`."""
+    return str(round(rate, 4))

@@ -11,7 +11,7 @@ import msgspec
 
 from ultra.config import Config, EffectiveModel, effective_model
 from ultra.errors import UserError
-from ultra.naming import canonical_model
+from ultra.naming import canonical_model, rate_key
 from ultra.suites import Suite, TestSpec
 
 SIM_API_VERSION = "2024-12-01-preview"
@@ -64,10 +64,6 @@ class Plan(msgspec.Struct, kw_only=True, frozen=True):
     shards: list[Shard]
     planned: int
     skipped_completed: int
-
-
-def rate_key(rate: float) -> str:
-    return str(round(rate, 4))
 
 
 def test_key(suite: str, model: str, prompt_type: str, rate: float, difficulty: str,

@@ -153,11 +153,7 @@ async def _run_test(shard: Shard, suite: Suite, run_id: str, spec: TestSpec,
     if result.outcome != "failure":
         progress.succeeded += 1
     return TestCompleted(
-        **common, retries=model.retries, execution_time=elapsed,
-        outcome=result.outcome, workflow_score=result.workflow_score,
-        phase2_score=result.phase2_score, quality_score=result.quality_score,
-        final_score=result.final_score, turns=result.turns, tool_calls=result.tool_calls,
-        tool_coverage=result.tool_coverage, required_tools=result.required_tools,
-        error_category=result.error_category, assisted_turns=result.assisted_turns,
+        **common, **msgspec.structs.asdict(result), retries=model.retries,
+        execution_time=elapsed,
         usage=Usage(prompt_tokens=model.prompt_tokens, completion_tokens=model.completion_tokens),
     )
