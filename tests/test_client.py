@@ -1,0 +1,96 @@
+"""The HTTP chat model against the real simulator: each failure mode is classified once."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+
+from ultra.client import HttpChatModel, ShardCounters, open_client
+from ultra.limits import RateLimiter
+from ultra.plan import Route
+from ultra.sim.config import Faults, Limits, SimConfig
+from ultra.sim.process import SimProcess
+from ultra.suites import ContextLengthExceeded, ModelUnavailable
+
+MESSAGES = [{"role": "system", "content": "hi"}, {"role": "user", "content": "hello"}]
+
+
+def openai_route(url: str, model: str = "sim-strong") -> Route:
+    return Route(url=f"{url}/v1/chat/completions", shape="openai", api_model=model,
+                 key_literal="sim-key-0")
+
+
+def azure_route(url: str, deployment: str) -> Route:
+    return Route(url=f"{url}/openai/deployments/{deployment}/chat/completions?api-version=2024-12-01-preview",
+                 shape="azure", api_model=None, key_literal="az-key")
+
+
+def complete(route: Route, *, max_retries: int = 2, request_timeout: float = 5.0, qps: float = 1000):
+    counters = ShardCounters()
+
+    async def main():
+        async with open_client(route, 2) as client:
+            model = HttpChatModel(client, route, RateLimiter(qps), counters,
+                                  request_timeout=request_timeout, max_retries=max_retries,
+                                  rng=random.Random(0))
+            return await model.complete(MESSAGES, None), model
+
+    return trio.run(main), counters
+
+
+def test_both_shapes_answer():
+    with SimProcess(SimConfig(responder="echo")) as sim:
+        (resp, model), _ = complete(openai_route(sim.url))
+        (resp2, _), _ = complete(azure_route(sim.url, "sim-strong-2"))
+    assert resp.text and resp2.text
+    assert model.prompt_tokens > 0 and model.retries == 0
+
+
+def test_reasoning_model_text_comes_from_reasoning_content():
+    with SimProcess(SimConfig(responder="echo")) as sim:
+        (resp, _), _ = complete(openai_route(sim.url, "sim-strong-reasoner"))
+    assert not resp.content and resp.reasoning_content and resp.text == resp.reasoning_content
+
+
+@pytest.mark.parametrize("faults, reason", [
+    (Faults(server_error=1.0), "server_error"),
+    (Faults(malformed=1.0), "malformed_response"),
+    (Faults(empty_choices=1.0), "malformed_response"),
+    (Faults(empty_content=1.0), "malformed_response"),
+    (Faults(hang=1.0), "timeout"),
+])
+def test_retryable_faults_end_in_model_unavailable(faults, reason):
+    with SimProcess(SimConfig(responder="echo", faults=faults)) as sim:
+        with pytest.raises(ModelUnavailable) as info:
+            complete(openai_route(sim.url), max_retries=2, request_timeout=0.3)
+        stats = sim.stats()
+    assert info.value.reason == reason
+    assert info.value.retries == 3
+    assert stats["total"]["requests"] == 3  # the first try and exactly max_retries more
+
+
+def test_context_length_is_final_and_not_retried():
+    with SimProcess(SimConfig(responder="echo", faults=Faults(context_length=1.0))) as sim:
+        with pytest.raises(ContextLengthExceeded):
+            complete(openai_route(sim.url))
+        assert sim.stats()["total"]["requests"] == 1
+
+
+def test_unknown_deployment_is_final():
+    with SimProcess(SimConfig(responder="echo")) as sim:
+        with pytest.raises(ModelUnavailable) as info:
+            complete(azure_route(sim.url, "no-such-deployment"))
+        assert sim.stats()["total"]["requests"] == 1
+    assert info.value.reason == "bad_request"
+
+
+def test_429_is_waited_out_not_counted_as_a_failure():
+    # 1 request per second allowed, asked at 50 qps: the first passes, the next gets 429s
+    # until the window frees; with max_retries=0 the calls still succeed.
+    with SimProcess(SimConfig(responder="echo", limits=Limits(key_rps=1))) as sim:
+        (_, first), _ = complete(openai_route(sim.url), max_retries=0, qps=50)
+        (_, second), counters = complete(openai_route(sim.url), max_retries=0, qps=50)
+    assert first.retries == 0
+    assert second.retries >= 1 and counters.throttled == second.retries
