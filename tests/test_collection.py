@@ -310,3 +310,26 @@ qps = 100
     master = json.loads((tmp_path / "master.json").read_text())
     stats = master["models"]["sim-strong"]["by_prompt_type"]["plain"]["overall_stats"]
     assert stats["total"] == 10 and stats["full_success"] >= 7  # skill 0.9
+
+
+def test_malformed_config_and_foreign_db_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[models.x\nprovider = 1\n")
+    proc = ultra("run", "--config", str(bad), "--db", str(tmp_path / "e.db"))
+    assert proc.returncode == 2 and proc.stderr.startswith("ultra: error: malformed config")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    invalid = tmp_path / "invalid.toml"
+    invalid.write_text('[models.m]\nprovider = "p"\nqps = -1\nstrategy = "sideways"\n'
+                       '[providers.p]\nkind = "openai"\nbase_url = "http://127.0.0.1:9"\n'
+                       'api_key_envs = ["K"]\n')
+    proc = ultra("config", "show", "--config", str(invalid))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [  # one line per problem
+        "ultra: error: model 'm': unknown strategy 'sideways' (known: per-key, per-deployment, single)",
+        "ultra: error: model 'm': qps must be > 0 (got -1.0)",
+    ]
+    foreign = tmp_path / "foreign.db"
+    foreign.write_bytes(b"this is not sqlite at all" * 10)
+    proc = ultra("run", "--db", str(foreign))
+    assert proc.returncode == 2 and "not an SQLite database" in proc.stderr
+    assert foreign.read_bytes() == b"this is not sqlite at all" * 10  # untouched

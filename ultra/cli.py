@@ -159,6 +159,62 @@ def audit_command(db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT) -> None:
         typer.echo(f"audit: {len(report.findings)} findings")
         raise typer.Exit(1)
     typer.echo("audit: clean")
+repair_app = typer.Typer(
+    help="Repairs are events: define an alias or retract tests, then the projection replays.",
+    no_args_is_help=True,
+)
+app.add_typer(repair_app, name="repair")
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the event).")]
+
+
+def _append_repair(db: Path, out: Path, event) -> None:
+    from ultra.projecting import project
+    from ultra.store import EventLog
+
+    with EventLog.open(db, create=False) as log:
+        log.append([event])
+    r = project(db, out)
+    typer.echo(f"recorded {type(event).__struct_config__.tag}; {r.out} rebuilt up to seq {r.last_seq}")
+
+
+@repair_app.command("alias")
+def repair_alias(alias: str, canonical: str, reason: ReasonOpt = "",
+                 db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT) -> None:
+    """Fold results recorded under ALIAS into CANONICAL (retroactively)."""
+    from ultra.events import AliasDefined
+
+    if not alias.strip() or not canonical.strip() or alias.strip() == canonical.strip():
+        raise UserError("an alias needs two different, non-empty names")
+    _append_repair(db, out, AliasDefined(alias=alias.strip(), canonical=canonical.strip(),
+                                         reason=reason))
+
+
+@repair_app.command("retract")
+def repair_retract(
+    reason: Annotated[str, typer.Option("--reason", help="Why (required).")],
+    model: Annotated[Optional[str], typer.Option("--model")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard")] = None,
+    instance: Annotated[Optional[str], typer.Option("--instance")] = None,
+    test_key: Annotated[Optional[list[str]], typer.Option("--test-key")] = None,
+    before: Annotated[Optional[str], typer.Option("--before", help="ISO 8601 time.")] = None,
+    after: Annotated[Optional[str], typer.Option("--after", help="ISO 8601 time.")] = None,
+    db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT,
+) -> None:
+    """Retract the earlier completions that match every given selector; the next
+    `ultra run` takes those tests again."""
+    from ultra.events import Selector, TestsRetracted
+
+    selector = Selector(model=model, run_id=run_id, shard_id=shard, instance=instance,
+                        test_keys=test_key or None,
+                        recorded_before=_since(before) if before else None,
+                        recorded_after=_since(after) if after else None)
+    if selector == Selector():
+        raise UserError("a retraction needs at least one selector (--model, --run, --shard, "
+                        "--instance, --test-key, --before, --after)")
+    if not reason.strip():
+        raise UserError("a retraction needs a --reason")
+    _append_repair(db, out, TestsRetracted(selector=selector, reason=reason))
 # STORAGE-COMMANDS-END
 
 
