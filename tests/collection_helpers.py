@@ -23,10 +23,11 @@ def ultra(*args: str, env: dict[str, str] | None = None, timeout: float = 240,
 
 
 def popen_ultra(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[str]:
+    """`ultra` in its own process group, so a test can press Ctrl-C on the whole group."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "ultra", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=full_env, cwd=cwd or ROOT,
+        text=True, env=full_env, cwd=cwd or ROOT, start_new_session=True,
     )
 
 

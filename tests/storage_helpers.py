@@ -26,9 +26,10 @@ def ts(i: int) -> str:
     return f"2025-07-01T00:00:00.{i:06d}Z"
 
 
-def completed(i: int = 0, **kw: Any) -> ev.TestCompleted:
-    base: dict[str, Any] = dict(
-        event_id=f"c{i}",
+def _test(i: int, prefix: str) -> dict[str, Any]:
+    """The fields every test event has: what the test was and where it ran."""
+    return dict(
+        event_id=f"{prefix}{i}",
         recorded_at=ts(i),
         run_id="run-1",
         shard_id="shard-0",
@@ -41,6 +42,11 @@ def completed(i: int = 0, **kw: Any) -> ev.TestCompleted:
         difficulty="easy",
         prompt_type="baseline",
         tool_success_rate=0.8,
+    )
+
+
+def completed(i: int = 0, **kw: Any) -> ev.TestCompleted:
+    return ev.TestCompleted(**{**_test(i, "c"), **dict(
         outcome="full_success",
         execution_time=1.0,
         turns=3,
@@ -50,30 +56,11 @@ def completed(i: int = 0, **kw: Any) -> ev.TestCompleted:
         phase2_score=0.8,
         quality_score=0.7,
         final_score=0.85,
-    )
-    base.update(kw)
-    return ev.TestCompleted(**base)
+    ), **kw})
 
 
 def errored(i: int = 0, **kw: Any) -> ev.TestErrored:
-    base: dict[str, Any] = dict(
-        event_id=f"e{i}",
-        recorded_at=ts(i),
-        run_id="run-1",
-        shard_id="shard-0",
-        test_key=f"key-{i}",
-        model="DeepSeek-V3-0324",
-        instance="DeepSeek-V3-0324",
-        provider="azure",
-        task_id=f"task-{i}",
-        task_type="simple_task",
-        difficulty="easy",
-        prompt_type="baseline",
-        tool_success_rate=0.8,
-        reason="rate_limited",
-    )
-    base.update(kw)
-    return ev.TestErrored(**base)
+    return ev.TestErrored(**{**_test(i, "e"), "reason": "rate_limited", **kw})
 
 
 # ---- hypothesis ------------------------------------------------------------------------

@@ -187,14 +187,18 @@ def test_shard_process_killed_then_resumed_completes_each_test_once(tmp_path):
     assert set(completed.values()) == {1}
 
 
-def test_sigterm_interrupts_cleanly(tmp_path):
+@pytest.mark.parametrize("how", ["sigterm-to-parent", "ctrl-c-to-group"])
+def test_interrupt_commits_and_finishes_every_shard(tmp_path, how):
     with SimProcess(SimConfig(latency=Latency(median_ms=40))) as sim:
         config = write(tmp_path, sim_models_config(sim.url, instances=3, models=SLOW_MODELS))
         db = tmp_path / "events.db"
         proc = popen_ultra("run", "--config", str(config), "--db", str(db), "--out",
                            str(tmp_path / "m.json"), "--processes", "2")
         _wait_for_completed(db, 2, proc)
-        proc.send_signal(signal.SIGTERM)
+        if how == "sigterm-to-parent":
+            proc.send_signal(signal.SIGTERM)
+        else:  # what a terminal does on Ctrl-C: SIGINT to every process of the group
+            os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err

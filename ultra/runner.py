@@ -74,9 +74,8 @@ async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog) -> None:
 
 async def _cancel_on_signal(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
+        async for _ in signals:  # Ctrl-C reaches us and the parent forwards SIGTERM: both
             scope.cancel()
-            return
 
 
 async def _report_loop(progresses: list[ShardProgress],
@@ -107,8 +106,10 @@ async def run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], Non
 
 
 def _child_main(payload: bytes, progress_queue: mp.Queue) -> None:
-    # The parent forwards Ctrl-C as SIGTERM; until trio takes over, ignore the terminal's own.
+    # Outside the signal receiver's scope (start-up, the final flush) a signal must not kill
+    # the process mid-commit: ignore them there. A stuck child is still SIGKILLed by the parent.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     job = msgspec.msgpack.decode(payload, type=ChildJob)
     try:
         trio.run(run_process, job, progress_queue.put)
