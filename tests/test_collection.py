@@ -337,3 +337,29 @@ def test_malformed_config_and_foreign_db_are_one_line_errors(tmp_path):
     proc = ultra("run", "--db", str(foreign))
     assert proc.returncode == 2 and "not an SQLite database" in proc.stderr
     assert foreign.read_bytes() == b"this is not sqlite at all" * 10  # untouched
+
+
+def test_a_team_task_library_is_planned_and_run(tmp_path):
+    good = {"id": "t1", "task_type": "simple_task", "descriptions": {"easy": "Read data/a.csv and parse it."},
+            "inputs": {"path": "data/a.csv"}, "required_tools": ["read_file", "parse_csv"]}
+    tasks = tmp_path / "team.json"
+    tasks.write_text(json.dumps({"tasks": [good, {**good, "id": "t2", "task_type": "own_type"}]}))
+    with SimProcess(SimConfig()) as sim:
+        config = write(tmp_path, sim_models_config(sim.url, models="""
+[models.sim-strong]
+provider = "az"
+strategy = "single"
+deployments = ["sim-strong"]
+"""))
+        planned = ultra("plan", "--config", str(config), "--tasks", str(tasks), "--json",
+                        "--db", str(tmp_path / "events.db"))
+        assert planned.returncode == 0, planned.stderr
+        assert json.loads(planned.stdout)["planned"] == 2 * 2 * 2  # prompts x task types x instances
+        result = run_json(config, tmp_path, "--tasks", str(tasks))
+    assert result["completed"] + result["errored"] == 8
+    evs = events(tmp_path / "events.db", "--type", "test.completed")
+    assert {e["task_id"] for e in evs} == {"t1", "t2"}
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"tasks": [{**good, "required_tools": ["nope"]}]}))
+    proc = ultra("run", "--config", str(config), "--tasks", str(broken), "--db", str(tmp_path / "x.db"))
+    assert proc.returncode == 2 and "task 't1': field 'required_tools'" in proc.stderr
