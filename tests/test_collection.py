@@ -82,10 +82,10 @@ qps = 20
     assert set(master["models"]) == {"sim-good", "sim-strong"}  # instances fold into models
 
 
-def test_429_storm_slows_down_and_loses_nothing(tmp_path):
+def test_429_storm_slows_down_recovers_and_loses_nothing(tmp_path):
     sim_cfg = SimConfig(latency=Latency(median_ms=5), storm=Storm(duration_s=2.0, fraction=1.0))
     with SimProcess(sim_cfg) as sim:
-        config = write(tmp_path, sim_models_config(sim.url, models="""
+        config = write(tmp_path, sim_models_config(sim.url, instances=5, models="""
 [models.sim-good]
 provider = "gw"
 strategy = "single"
@@ -94,9 +94,12 @@ qps = 20
 """))
         result = run_json(config, tmp_path, "--processes", "1")
         stats = sim.stats()
-    assert result["errored"] == 0 and result["completed"] == result["planned"] == 20
-    assert result["shards"][0]["throttled"] > 0
-    assert stats["total"]["rate_limited"] == result["shards"][0]["throttled"]
+    assert result["errored"] == 0 and result["completed"] == result["planned"] == 50
+    shard = result["shards"][0]
+    assert shard["throttled"] > 0
+    assert stats["total"]["rate_limited"] == shard["throttled"]
+    assert shard["min_rate"] <= 20 / 2  # the pacer backed off ...
+    assert shard["rate"] == 20  # ... and climbed back to the limit once the storm was over
     every_test_once(tmp_path / "events.db")
 
 

@@ -3,7 +3,7 @@
 A pacer with a burst of one: request slots are spaced a little over `1/rate` apart, so no
 1 s window holds more than `qps` starts however many workers wait. A 429 halves the rate
 (at most once per half second: a burst of 429s is one signal) and pauses the shard until
-`Retry-After`; once 429s stop for a cool-down, the rate climbs back by 25 % a second.
+`Retry-After`; once 429s stop for a cool-down, the rate climbs back by 50 % a second.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import time
 import trio
 
 DECREASE = 0.5
-INCREASE = 1.25
-COOLDOWN = 2.0  # seconds without a 429 before the rate climbs back
+INCREASE = 1.5  # per second, once 429s have stopped: back to the limit in seconds, not minutes
+COOLDOWN = 1.0  # seconds without a 429 before the rate climbs back
 MIN_FRACTION = 0.02  # never below 2 % of the limit: keep probing
 # Slots are spaced (1 + margin)/rate apart, so `qps` + 1 starts span 1.03 s: requests that
 # the scheduler or the network delay by up to 30 ms still land within the provider's limit.
@@ -31,6 +31,7 @@ class RateLimiter:
         self._last_429 = -1e9
         self._last_change = -1e9
         self.throttled = 0  # how many 429s this limiter has seen
+        self.min_rate = self.rate  # the lowest it went: shows a back-off in the progress
 
     async def acquire(self) -> None:
         now = trio.current_time()
@@ -48,6 +49,7 @@ class RateLimiter:
         self._last_429 = now
         if now - self._last_change >= 0.5:
             self.rate = max(self.limit * MIN_FRACTION, self.rate * DECREASE)
+            self.min_rate = min(self.min_rate, self.rate)
             self._last_change = now
         if retry_after:
             self._paused_until = max(self._paused_until, now + retry_after)

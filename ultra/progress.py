@@ -21,7 +21,7 @@ def _eta(done: int, planned: int, elapsed: float) -> str:
 def shard_table(snapshots: dict[str, ShardSnapshot]) -> Table:
     table = Table(title="ultra run", expand=False)
     for col, justify in (("shard", "left"), ("done/total", "right"), ("success", "right"),
-                         ("errored", "right"), ("req/s", "right"), ("retries", "right"),
+                         ("errored", "right"), ("req/s", "right"), ("pace", "right"), ("retries", "right"),
                          ("429s", "right"), ("ETA", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for s in sorted(snapshots.values(), key=lambda s: s.shard):
@@ -29,6 +29,7 @@ def shard_table(snapshots: dict[str, ShardSnapshot]) -> Table:
             s.shard, f"{s.done}/{s.planned}",
             f"{100 * s.succeeded / s.completed:.0f}%" if s.completed else "–",
             str(s.errored), f"{s.requests / s.seconds:.1f}" if s.seconds > 0 else "–",
+            f"{s.rate:g}",
             str(s.retries), str(s.throttled),
             "interrupted" if s.interrupted else _eta(s.done, s.planned, s.seconds),
         )

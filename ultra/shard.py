@@ -41,6 +41,8 @@ class ShardSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     retries: int = 0
     throttled: int = 0  # 429s
     seconds: float = 0.0
+    rate: float = 0.0  # the pacer's current rate (below the qps limit after 429s)
+    min_rate: float = 0.0  # the lowest the pacer went
     finished: bool = False
     interrupted: bool = False
 
@@ -53,7 +55,7 @@ class ShardProgress:
     """Live tallies of one shard (read by the progress reporter)."""
 
     __slots__ = ("shard_id", "planned", "completed", "succeeded", "errored", "counters",
-                 "started", "ended", "finished", "interrupted")
+                 "limiter", "started", "ended", "finished", "interrupted")
 
     def __init__(self, shard: Shard) -> None:
         self.shard_id = shard.shard_id
@@ -62,6 +64,7 @@ class ShardProgress:
         self.succeeded = 0  # full or partial success
         self.errored = 0
         self.counters = ShardCounters()
+        self.limiter = RateLimiter(shard.qps)
         self.started = time.monotonic()
         self.ended: float | None = None
         self.finished = False
@@ -74,6 +77,7 @@ class ShardProgress:
             succeeded=self.succeeded, errored=self.errored, requests=c.requests,
             retries=c.retries, throttled=c.throttled,
             seconds=round((self.ended or time.monotonic()) - self.started, 3),
+            rate=round(self.limiter.rate, 3), min_rate=round(self.limiter.min_rate, 3),
             finished=self.finished, interrupted=self.interrupted,
         )
 
@@ -104,7 +108,7 @@ async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Eve
 
 async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Event], None],
                      progress: ShardProgress) -> None:
-    limiter = RateLimiter(shard.qps)
+    limiter = progress.limiter
     pending = iter(shard.tests)  # workers pull from one iterator: the pool never idles early
     async with open_client(shard.route, shard.workers) as client:
 
