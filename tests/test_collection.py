@@ -248,6 +248,7 @@ qps = 50
         missing = ultra("run", "--config", str(config), "--db", str(tmp_path / "x.db"))
         assert missing.returncode == 2
         assert "ULTRA_T_KEY0 is not set" in missing.stderr and "Traceback" not in missing.stderr
+        assert not (tmp_path / "x.db").exists()  # refused before anything was created
         proc = ultra("run", "--config", str(config), "--db", str(tmp_path / "events.db"),
                      "--out", str(tmp_path / "master.json"), env=secrets)
         shown = ultra("config", "show", "--config", str(config), env=secrets)

@@ -219,18 +219,6 @@ def validate(config: Config) -> list[str]:
     return problems
 
 
-def missing_secrets(config: Config, models: list[str]) -> list[str]:
-    """Key variables that the selected models' providers need but the environment lacks."""
-    missing: list[str] = []
-    for provider in dict.fromkeys(config.models[m].provider for m in models):
-        p = config.providers[provider]
-        names = p.api_key_envs if p.kind == "openai" else [p.api_key_env] if p.kind == "azure" else []
-        for env in names:
-            if env and not os.environ.get(env):
-                missing.append(f"provider {provider!r}: environment variable {env} is not set")
-    return missing
-
-
 def masked(config: Config) -> dict:
     """The effective config as plain data, with every key variable shown as set/unset only."""
     out = msgspec.to_builtins(config)

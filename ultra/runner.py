@@ -24,7 +24,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from ultra.config import Config, missing_secrets
+from ultra.config import Config
 from ultra.errors import UserError
 from ultra.events import Event, PlanSummary, RunFinished, RunStarted
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
@@ -167,27 +167,43 @@ def _simulator(config: Config, models: list[str]):
         yield sim.url
 
 
-def plan_run(config: Config, sel: Selection, db: Path, tasks: str | None,
-             sim_url: str | None = None) -> Plan:
+def _completed_keys(db: Path) -> set[str]:
+    if not db.exists():
+        return set()
+    with EventLog.open(db, create=False) as log:
+        return log.completed_test_keys()
+
+
+def plan_run(config: Config, sel: Selection, db: Path, tasks: str | None) -> Plan:
     """Check the selection, read what the log already holds, and plan what is left."""
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
-    completed: set[str] = set()
-    if db.exists():
-        with EventLog.open(db, create=False) as log:
-            completed = log.completed_test_keys()
-    return make_plan(config, suite, sel, completed, sim_url or "http://127.0.0.1:0")
+    return make_plan(config, suite, sel, _completed_keys(db))
+
+
+def missing_secrets(plan: Plan) -> list[str]:
+    """The key variables that the planned routes read but the environment lacks."""
+    missing: dict[str, str] = {}
+    for s in plan.shards:
+        env = s.route.key_env
+        if env and not os.environ.get(env):
+            missing[env] = f"provider {s.provider!r}: environment variable {env} is not set"
+    return list(missing.values())
 
 
 def execute(config: Config, config_digest: str, sel: Selection, *, db: Path, out: Path,
             processes: int, tasks: str | None, argv: list[str], json_output: bool) -> RunResult:
-    check_selection(config, get_suite(sel.suite, tasks), sel)
-    missing = missing_secrets(config, sel.models)
-    if missing:
+    suite = get_suite(sel.suite, tasks)
+    check_selection(config, suite, sel)
+    completed = _completed_keys(db)
+    plan = make_plan(config, suite, sel, completed)
+    missing = missing_secrets(plan)
+    if missing:  # before anything is created or started
         raise UserError("\n".join(missing))
     EventLog.open(db).close()  # create the log, or refuse a file that is not one, up front
     with _simulator(config, sel.models) as sim_url:
-        plan = plan_run(config, sel, db, tasks, sim_url)
+        if sim_url:  # routes to the simulator we just started
+            plan = make_plan(config, suite, sel, completed, sim_url)
         run_id = uuid.uuid4().hex[:12]
         with EventLog.open(db) as log:
             log.append([RunStarted(
