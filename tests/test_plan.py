@@ -106,3 +106,31 @@ def test_selection_errors_name_the_bad_value():
         check_selection(config, SUITE, selection(["kimi-k2"], tool_success_rates=[1.5]))
     with pytest.raises(UserError, match="unknown prompt type"):
         check_selection(config, SUITE, selection(["kimi-k2"], prompt_types=["weird"]))
+
+
+def test_per_key_base_urls_and_azure_single_route():
+    from ultra.config import Config, ModelConfig, ProviderConfig
+
+    config = Config(
+        providers={
+            "gw": ProviderConfig(kind="openai", api_key_envs=["K0", "K1"],
+                                 base_urls=["http://a.invalid/v1", "http://b.invalid/v1/"]),
+            "az": ProviderConfig(kind="azure", endpoint="http://az.invalid/", api_key_env="AZ",
+                                 api_version="2025-01-01"),
+        },
+        models={
+            "qwen2.5-7b-instruct": ModelConfig(provider="gw", model_class="open-multikey"),
+            "gpt-4o-mini": ModelConfig(provider="az", model_class="closed-azure"),
+        },
+    )
+    plan = make_plan(config, SUITE, selection(list(config.models)), completed=set())
+    qwen = sorted((s for s in plan.shards if s.model == "qwen2.5-7b-instruct"), key=lambda s: s.key_index)
+    assert [s.route.url for s in qwen] == ["http://a.invalid/v1/chat/completions",
+                                           "http://b.invalid/v1/chat/completions"]
+    assert [s.route.key_env for s in qwen] == ["K0", "K1"]
+    assert all(s.route.api_model == "qwen2.5-7b-instruct" for s in qwen)
+    (mini,) = [s for s in plan.shards if s.model == "gpt-4o-mini"]
+    assert mini.strategy == "single" and mini.instance == "gpt-4o-mini"
+    assert mini.route.url == ("http://az.invalid/openai/deployments/gpt-4o-mini/chat/completions"
+                              "?api-version=2025-01-01")
+    assert mini.route.key_env == "AZ" and (mini.workers, mini.qps) == (50, 100)
