@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ultra.errors import UserError
+
+if TYPE_CHECKING:
+    from ultra.config import Config
+    from ultra.plan import Selection
 
 app = typer.Typer(
     name="ultra",
@@ -286,8 +290,11 @@ def _rates(values: list[str] | None) -> list[float] | None:
     return rates
 
 
-def _selection(config_path, *, suite_name, tasks, models, prompt_types, difficulty,
-               task_types, rates, num_instances, max_turns):
+def _selection(
+    config_path: Optional[Path], *, suite_name: Optional[str], tasks: Optional[Path],
+    models: ListOpt, prompt_types: ListOpt, difficulty: ListOpt, task_types: ListOpt,
+    rates: ListOpt, num_instances: Optional[int], max_turns: Optional[int],
+) -> "tuple[Config, Selection, str | None]":
     """Config plus flags -> (config, Selection, task library path): shared by plan and run."""
     from ultra.config import load_config
     from ultra.plan import Selection
