@@ -32,7 +32,7 @@ def complete(route: Route, *, max_retries: int = 2, request_timeout: float = 5.0
 
     async def main():
         async with open_client(route, 2) as client:
-            model = HttpChatModel(client, route, RateLimiter(qps), counters,
+            model = HttpChatModel(client, route, (RateLimiter(qps),), counters,
                                   request_timeout=request_timeout, max_retries=max_retries,
                                   rng=random.Random(0))
             return await model.complete(MESSAGES, None), model

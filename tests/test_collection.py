@@ -367,3 +367,29 @@ deployments = ["sim-strong"]
     broken.write_text(json.dumps({"tasks": [{**good, "required_tools": ["nope"]}]}))
     proc = ultra("run", "--config", str(config), "--tasks", str(broken), "--db", str(tmp_path / "x.db"))
     assert proc.returncode == 2 and "task 't1': field 'required_tools'" in proc.stderr
+
+
+def test_models_on_one_key_share_the_key_budget(tmp_path):
+    """A gateway that limits keys, not models: `key_qps` caps all models on a key together."""
+    with SimProcess(SimConfig(latency=Latency(median_ms=10))) as sim:
+        config = write(tmp_path, sim_models_config(sim.url, instances=3, models="""
+[models.sim-good]
+provider = "gw"
+strategy = "per-key"
+workers = 3
+qps = 10
+
+[models.sim-medium]
+provider = "gw"
+strategy = "per-key"
+workers = 3
+qps = 10
+""").replace('url = "', 'key_qps = 12\nurl = "', 1))
+        result = run_json(config, tmp_path, "--processes", "2")
+        stats = sim.stats()
+    assert result["completed"] + result["errored"] == result["planned"] == 60
+    for i in range(3):
+        route = stats["keys"][key_fingerprint(f"sim-key-{i}")]
+        # two models at 10 qps each would send 20/s on this key; together they stay <= 12 + 1
+        assert route["max_per_second"] <= 12 + 1
+        assert route["max_per_second"] >= 0.9 * 12

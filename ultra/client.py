@@ -127,12 +127,12 @@ def _to_chat_response(body: _Response) -> ChatResponse | None:
 class HttpChatModel:
     """A `ChatModel` for one test on one shard's route."""
 
-    def __init__(self, client: httpx.AsyncClient, route: Route, limiter: RateLimiter,
+    def __init__(self, client: httpx.AsyncClient, route: Route, limiters: tuple[RateLimiter, ...],
                  counters: ShardCounters, *, request_timeout: float, max_retries: int,
                  rng: random.Random) -> None:
         self._client = client
         self._route = route
-        self._limiter = limiter
+        self._limiters = limiters  # the shard's own pacer, and a key's shared one if any
         self._counters = counters
         self._timeout = request_timeout
         self._max_retries = max_retries
@@ -151,7 +151,8 @@ class HttpChatModel:
         payload = _encode(body)
         failures = 0
         while True:
-            await self._limiter.acquire()
+            for limiter in self._limiters:
+                await limiter.acquire()
             self._counters.requests += 1
             outcome, detail = await self._attempt(payload)
             if isinstance(outcome, ChatResponse):
@@ -190,7 +191,9 @@ class HttpChatModel:
             return parsed, ""
         if status == 429:
             self._counters.throttled += 1
-            self._limiter.on_429(parse_retry_after(resp.headers.get("retry-after")))
+            retry_after = parse_retry_after(resp.headers.get("retry-after"))
+            for limiter in self._limiters:
+                limiter.on_429(retry_after)
             return "rate_limited", "HTTP 429"
         if status >= 500:
             return "server_error", f"HTTP {status}"

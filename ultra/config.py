@@ -43,6 +43,9 @@ class ProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     keys: int = 1
     url: str | None = None
     route_prefix: str | None = None  # per-key route names: {route_prefix}-key{i}
+    # A budget per API key shared by every model on that key (a gateway that limits keys,
+    # not models); each shard keeps its own `qps` within it.
+    key_qps: float | None = None
 
 
 class ModelPreset(msgspec.Struct, kw_only=True, frozen=True):
@@ -178,6 +181,8 @@ def validate(config: Config) -> list[str]:
                 problems.append(f"provider {pname!r}: kind azure needs api_key_env")
         elif p.kind == "sim" and p.keys < 1:
             problems.append(f"provider {pname!r}: keys must be at least 1")
+        if p.key_qps is not None and not p.key_qps > 0:
+            problems.append(f"provider {pname!r}: key_qps must be > 0 (got {p.key_qps})")
     for mname, m in config.models.items():
         if m.provider not in config.providers:
             problems.append(f"model {mname!r}: unknown provider {m.provider!r}")

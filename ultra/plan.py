@@ -41,6 +41,13 @@ class Route(msgspec.Struct, kw_only=True, frozen=True):
     key_literal: str | None = None
 
 
+class SharedLimit(msgspec.Struct, kw_only=True, frozen=True):
+    """A rate budget several shards draw from (one API key used by several models)."""
+
+    name: str
+    qps: float
+
+
 class Shard(msgspec.Struct, kw_only=True, frozen=True):
     shard_id: str
     model: str  # canonical
@@ -57,6 +64,7 @@ class Shard(msgspec.Struct, kw_only=True, frozen=True):
     max_retries: int
     max_turns: int
     route: Route
+    shared_limit: SharedLimit | None = None
     tests: list[TestSpec]
 
 
@@ -165,13 +173,18 @@ def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
         skipped += len(all_tests) - len(todo)
         planned += len(todo)
         routes = _routes(config, eff, sim_url)
+        provider = config.providers[eff.provider]
         for (instance, key_index, deployment, route), tests in zip(routes, split_evenly(todo, len(routes))):
+            shared = None
+            if provider.key_qps is not None and route.shape == "openai":
+                shared = SharedLimit(name=f"{eff.provider}/key{key_index or 0}", qps=provider.key_qps)
             shards.append(Shard(
                 shard_id=f"{model}@{instance}", model=model, instance=instance,
                 provider=eff.provider, strategy=eff.strategy,
-                simulated=config.providers[eff.provider].kind == "sim",
+                simulated=provider.kind == "sim",
                 key_index=key_index, deployment=deployment, workers=eff.workers, qps=eff.qps,
                 request_timeout=eff.request_timeout, test_timeout=eff.test_timeout,
-                max_retries=eff.max_retries, max_turns=sel.max_turns, route=route, tests=tests,
+                max_retries=eff.max_retries, max_turns=sel.max_turns, route=route,
+                shared_limit=shared, tests=tests,
             ))
     return Plan(shards=shards, planned=planned, skipped_completed=skipped)

@@ -26,6 +26,7 @@ import trio
 
 from ultra.config import Config
 from ultra.errors import UserError
+from ultra.limits import RateLimiter
 from ultra.events import Event, PlanSummary, RunFinished, RunStarted
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
 from ultra.projecting import project
@@ -89,6 +90,9 @@ async def run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], Non
     """Run a process's shards to the end (or to a signal), committing every event."""
     suite = get_suite(job.suite, job.tasks)
     progresses = [ShardProgress(s) for s in job.shards]
+    # One pacer per shared key budget: `assign` put all shards of a key in this process.
+    shared_limiters = {s.shared_limit.name: RateLimiter(s.shared_limit.qps)
+                       for s in job.shards if s.shared_limit}
     with EventLog.open(job.db) as log:
         send, recv = trio.open_memory_channel[Event](math.inf)
         async with trio.open_nursery() as outer:
@@ -99,8 +103,9 @@ async def run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], Non
                         aux.start_soon(_cancel_on_signal, work.cancel_scope)
                         aux.start_soon(_report_loop, progresses, report)
                         for shard, progress in zip(job.shards, progresses):
+                            shared = shared_limiters.get(shard.shared_limit.name) if shard.shared_limit else None
                             work.start_soon(run_shard, shard, suite, job.run_id,
-                                            send.send_nowait, progress)
+                                            send.send_nowait, progress, shared)
                 aux.cancel_scope.cancel()
     report([p.snapshot() for p in progresses])
 
@@ -122,13 +127,17 @@ def _child_main(payload: bytes, progress_queue: mp.Queue) -> None:
 
 
 def assign(shards: list[Shard], processes: int) -> list[list[Shard]]:
-    """Longest shards first onto the least-loaded process (balanced by planned tests)."""
+    """Longest work first onto the least-loaded process (balanced by planned tests).
+    Shards that share a key budget travel together: their pacer lives in one process."""
+    units: dict[str, list[Shard]] = {}
+    for s in shards:
+        units.setdefault(s.shared_limit.name if s.shared_limit else s.shard_id, []).append(s)
     groups: list[list[Shard]] = [[] for _ in range(max(1, processes))]
     loads = [0] * len(groups)
-    for shard in sorted(shards, key=lambda s: -len(s.tests)):
+    for unit in sorted(units.values(), key=lambda u: -sum(len(s.tests) for s in u)):
         i = loads.index(min(loads))
-        groups[i].append(shard)
-        loads[i] += len(shard.tests)
+        groups[i].extend(unit)
+        loads[i] += sum(len(s.tests) for s in unit)
     return [g for g in groups if g]
 
 

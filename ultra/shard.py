@@ -83,7 +83,8 @@ class ShardProgress:
 
 
 async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Event], None],
-                    progress: ShardProgress) -> None:
+                    progress: ShardProgress, shared: RateLimiter | None = None) -> None:
+    """Run the shard's tests; `shared` is the key budget it shares with other shards."""
     emit(ShardStarted(
         run_id=run_id, shard_id=shard.shard_id, model=shard.model, instance=shard.instance,
         provider=shard.provider, strategy=shard.strategy, key_index=shard.key_index,
@@ -93,7 +94,8 @@ async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Eve
     finished = False
     try:
         if shard.tests:
-            await _run_tests(shard, suite, run_id, emit, progress)
+            limiters = (progress.limiter, shared) if shared else (progress.limiter,)
+            await _run_tests(shard, suite, run_id, emit, progress, limiters)
         finished = True
     finally:
         progress.ended = time.monotonic()
@@ -107,15 +109,14 @@ async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Eve
 
 
 async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Event], None],
-                     progress: ShardProgress) -> None:
-    limiter = progress.limiter
+                     progress: ShardProgress, limiters: tuple[RateLimiter, ...]) -> None:
     pending = iter(shard.tests)  # workers pull from one iterator: the pool never idles early
     async with open_client(shard.route, shard.workers) as client:
 
         async def worker() -> None:
             for spec in pending:
                 model = HttpChatModel(
-                    client, shard.route, limiter, progress.counters,
+                    client, shard.route, limiters, progress.counters,
                     request_timeout=shard.request_timeout, max_retries=shard.max_retries,
                     rng=random.Random(spec.test_key),
                 )
