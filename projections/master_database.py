@@ -394,7 +394,7 @@ def _check_node(where: str, node: Any, depth: int) -> list[str]:
         return _check_stats(where, node)
     if not isinstance(node, dict) or not isinstance(node.get(_LEVELS[depth]), dict):
         return [f"{where}: missing {_LEVELS[depth]}"]
-    overall = node.get("overall_stats")
+    overall = node.get("overall_stats") or {}  # missing: reported as malformed below
     bad = _check_stats(where, overall)
     children = node[_LEVELS[depth]]
     for name, child in children.items():

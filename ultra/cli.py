@@ -377,10 +377,10 @@ def plan(
                         f"({result.skipped_completed} already completed)")
     for col in ("model", "instance", "strategy", "provider", "route", "workers", "qps", "tests"):
         table.add_column(col, justify="right" if col in ("workers", "qps", "tests") else "left")
-    for r in rows:
-        route = f"key {r['key_index']}" if r["key_index"] is not None else (r["deployment"] or "-")
-        table.add_row(r["model"], r["instance"], r["strategy"], r["provider"], route,
-                      str(r["workers"]), f"{r['qps']:g}", str(r["tests"]))
+    for s in result.shards:
+        route = f"key {s.key_index}" if s.key_index is not None else (s.deployment or "-")
+        table.add_row(s.model, s.instance, s.strategy, s.provider, route, str(s.workers),
+                      f"{s.qps:g}", str(len(s.tests)))
     console = Console()
     if not console.is_terminal:
         console.width = 200  # a pipe gets whole names, not an 80-column squeeze

@@ -67,21 +67,21 @@ class PlanSummary(msgspec.Struct, frozen=True, kw_only=True):
     skipped_completed: int = 0
 
 
-class RunStarted(_Event, tag="run.started", kw_only=True):
+class RunStarted(_Event, tag="run.started", kw_only=True, frozen=True):
     run_id: str
     argv: list[str]
     config_digest: str
     plan: PlanSummary
 
 
-class RunFinished(_Event, tag="run.finished", kw_only=True):
+class RunFinished(_Event, tag="run.finished", kw_only=True, frozen=True):
     run_id: str
     completed: int
     errored: int
     interrupted: bool = False
 
 
-class ShardStarted(_Event, tag="shard.started", kw_only=True):
+class ShardStarted(_Event, tag="shard.started", kw_only=True, frozen=True):
     run_id: str
     shard_id: str
     model: str  # canonical model name
@@ -95,7 +95,7 @@ class ShardStarted(_Event, tag="shard.started", kw_only=True):
     planned: int
 
 
-class ShardFinished(_Event, tag="shard.finished", kw_only=True):
+class ShardFinished(_Event, tag="shard.finished", kw_only=True, frozen=True):
     run_id: str
     shard_id: str
     model: str
@@ -111,7 +111,7 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
     completion_tokens: int = 0
 
 
-class _TestEvent(_Event, kw_only=True):
+class _TestEvent(_Event, kw_only=True, frozen=True):
     """Fields shared by both results of one test: what it was, where it ran."""
 
     __test__ = False  # not a pytest test class, despite the name
@@ -134,7 +134,7 @@ class _TestEvent(_Event, kw_only=True):
     started_at: str = ""
 
 
-class TestCompleted(_TestEvent, tag="test.completed", kw_only=True):
+class TestCompleted(_TestEvent, tag="test.completed", kw_only=True, frozen=True):
     """A test the model actually took; its outcome enters the success statistics."""
 
     outcome: Outcome
@@ -151,14 +151,14 @@ class TestCompleted(_TestEvent, tag="test.completed", kw_only=True):
     usage: Usage = Usage()
 
 
-class TestErrored(_TestEvent, tag="test.errored", kw_only=True):
+class TestErrored(_TestEvent, tag="test.errored", kw_only=True, frozen=True):
     """The test could not be taken; the next `ultra run` takes it again."""
 
     reason: str  # one of ERRORED_REASONS
     message: str = ""  # never contains a secret
 
 
-class AliasDefined(_Event, tag="alias.defined", kw_only=True):
+class AliasDefined(_Event, tag="alias.defined", kw_only=True, frozen=True):
     alias: str
     canonical: str
     reason: str = ""
@@ -176,7 +176,7 @@ class Selector(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     recorded_after: str | None = None
 
 
-class TestsRetracted(_Event, tag="tests.retracted", kw_only=True):
+class TestsRetracted(_Event, tag="tests.retracted", kw_only=True, frozen=True):
     selector: Selector
     reason: str
 

@@ -129,6 +129,7 @@ def _routes(config: Config, eff: EffectiveModel, sim_url: str) -> list[tuple[str
     base = (p.url or sim_url) if p.kind == "sim" else None
     prefix = p.route_prefix or eff.name
     if shape == "openai":
+        keys: list[tuple[str | None, str | None, str]]  # (key env, literal key, base URL)
         if p.kind == "sim":
             keys = [(None, f"sim-key-{i}", f"{base}/v1") for i in range(p.keys)]
         else:

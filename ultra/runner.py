@@ -204,15 +204,15 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path, out
             processes: int, tasks: str | None, argv: list[str], json_output: bool) -> RunResult:
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
-    completed = _completed_keys(db)
-    plan = make_plan(config, suite, sel, completed)
+    done_keys = _completed_keys(db)
+    plan = make_plan(config, suite, sel, done_keys)
     missing = missing_secrets(plan)
     if missing:  # before anything is created or started
         raise UserError("\n".join(missing))
     EventLog.open(db).close()  # create the log, or refuse a file that is not one, up front
     with _simulator(config, sel.models) as sim_url:
         if sim_url:  # routes to the simulator we just started
-            plan = make_plan(config, suite, sel, completed, sim_url)
+            plan = make_plan(config, suite, sel, done_keys, sim_url)
         run_id = uuid.uuid4().hex[:12]
         with EventLog.open(db) as log:
             log.append([RunStarted(
@@ -280,7 +280,7 @@ def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path, tasks: str | N
             except KeyboardInterrupt:
                 interrupted = True
                 for p in procs:
-                    if p.is_alive():
+                    if p.is_alive() and p.pid is not None:
                         os.kill(p.pid, signal.SIGTERM)
                 deadline = time.monotonic() + 60
                 while any(p.is_alive() for p in procs) and time.monotonic() < deadline:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import trio
@@ -131,7 +132,7 @@ async def _run_test(shard: Shard, suite: Suite, run_id: str, spec: TestSpec,
                     model: HttpChatModel, progress: ShardProgress) -> Event:
     started_at = utc_now()
     t0 = time.perf_counter()
-    common = dict(
+    common: dict[str, Any] = dict(
         run_id=run_id, shard_id=shard.shard_id, test_key=spec.test_key, suite=spec.suite,
         model=shard.model, instance=shard.instance, provider=shard.provider,
         simulated=shard.simulated, task_id=spec.task_id, task_type=spec.task_type,

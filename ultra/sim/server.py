@@ -227,10 +227,10 @@ class Simulator:
                     c = stats.deployments[deployment] = RouteStats()
                 c.arrive(now)
                 counters.append(c)
-            name = canonical_model(model)
-            c = stats.models.get(name)
+            canonical = canonical_model(model)
+            c = stats.models.get(canonical)
             if c is None:
-                c = stats.models[name] = RouteStats()
+                c = stats.models[canonical] = RouteStats()
             c.arrive(now)
             counters.append(c)
 

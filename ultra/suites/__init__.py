@@ -108,9 +108,13 @@ class TestResult(msgspec.Struct, frozen=True, kw_only=True):
 @runtime_checkable
 class Suite(Protocol):
     name: str
-    task_types: tuple[str, ...]
     difficulties: tuple[str, ...]
     prompt_types: tuple[str, ...]  # every prompt type the suite knows, flawed ones included
+
+    @property
+    def task_types(self) -> tuple[str, ...]:
+        """The task types, in a stable order (a plain class attribute satisfies this too)."""
+        ...
 
     def task_id(self, task_type: str, difficulty: str, index: int) -> str:
         """The task that instance `index` of a cell takes (deterministic)."""

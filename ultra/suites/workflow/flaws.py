@@ -89,8 +89,7 @@ def inject(plan: Plan, flaw: str, seed: int, view: TaskView) -> Plan:
     if flaw == "logical_inconsistency":
         # A step claims to consume the output of a step that has not run yet.
         if n < 2:
-            steps = (PlanStep(tool=tools[0], arguments=args[0], uses=1),)
-            return Plan(goal=plan.goal, steps=steps)
+            return Plan(goal=plan.goal, steps=(PlanStep(tool=tools[0], arguments=args[0], uses=1),))
         k = rng.randrange(n - 1)
         steps = list(_chain(tools, args))
         steps[k] = PlanStep(tool=tools[k], arguments=args[k], uses=k + 2)

@@ -134,7 +134,7 @@ class _TasksFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def _decode_items(raws: list[msgspec.Raw], kind: type, what: str, source: str) -> list[Any]:
-    out = []
+    out: list[Any] = []
     for i, raw in enumerate(raws):
         try:
             out.append(msgspec.json.decode(raw, type=kind))
