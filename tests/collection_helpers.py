@@ -37,7 +37,16 @@ def events(db: Path, *filters: str) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
-def sim_models_config(sim_url: str, *, models: str, instances: int = 2) -> str:
+def model(name: str, provider: str, strategy: str, workers: int | None = None,
+          qps: float | None = None, **extra: object) -> str:
+    """One `[models.NAME]` table of a config."""
+    fields = dict(provider=provider, strategy=strategy, workers=workers, qps=qps, **extra)
+    lines = [f"[models.{name}]"] + [f"{k} = {json.dumps(v)}" for k, v in fields.items() if v is not None]
+    return "\n".join(lines) + "\n\n"
+
+
+def sim_models_config(sim_url: str, *, models: str, instances: int = 2,
+                      key_qps: float | None = None) -> str:
     """A config whose providers are the given (already running) simulator."""
     return f"""
 [run]
@@ -51,6 +60,7 @@ kind = "sim"
 shape = "openai"
 keys = 3
 url = "{sim_url}"
+{f"key_qps = {key_qps}" if key_qps else ""}
 
 [providers.az]
 kind = "sim"

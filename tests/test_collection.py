@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.collection_helpers import events, outcome_counts, popen_ultra, sim_models_config, ultra
+from tests.collection_helpers import (
+    events,
+    model,
+    outcome_counts,
+    popen_ultra,
+    sim_models_config,
+    ultra,
+)
 from ultra.sim.config import Faults, Latency, SimConfig, Storm
 from ultra.sim.process import SimProcess
 from ultra.sim.server import key_fingerprint
@@ -47,19 +54,9 @@ def every_test_once(db: Path) -> tuple[int, int]:
 def test_routing_and_limits(tmp_path):
     sim_cfg = SimConfig(latency=Latency(distribution="uniform", median_ms=20, spread_ms=10))
     with SimProcess(sim_cfg) as sim:
-        config = write(tmp_path, sim_models_config(sim.url, instances=4, models="""
-[models.sim-good]
-provider = "gw"
-strategy = "per-key"
-workers = 3
-qps = 15
-
-[models.sim-strong]
-provider = "az"
-strategy = "per-deployment"
-workers = 4
-qps = 20
-"""))
+        config = write(tmp_path, sim_models_config(sim.url, instances=4, models=(
+            model("sim-good", "gw", "per-key", workers=3, qps=15)
+            + model("sim-strong", "az", "per-deployment", workers=4, qps=20))))
         result = run_json(config, tmp_path, "--processes", "2")
         stats = sim.stats()
     assert result["errored"] == 0 and result["completed"] == result["planned"] == 80
@@ -85,13 +82,8 @@ qps = 20
 def test_429_storm_slows_down_recovers_and_loses_nothing(tmp_path):
     sim_cfg = SimConfig(latency=Latency(median_ms=5), storm=Storm(duration_s=2.0, fraction=1.0))
     with SimProcess(sim_cfg) as sim:
-        config = write(tmp_path, sim_models_config(sim.url, instances=5, models="""
-[models.sim-good]
-provider = "gw"
-strategy = "single"
-workers = 4
-qps = 20
-"""))
+        config = write(tmp_path, sim_models_config(sim.url, instances=5, models=model(
+            "sim-good", "gw", "single", workers=4, qps=20)))
         result = run_json(config, tmp_path, "--processes", "1")
         stats = sim.stats()
     assert result["errored"] == 0 and result["completed"] == result["planned"] == 50
@@ -108,16 +100,9 @@ def test_thirty_percent_faults_every_test_ends_once(tmp_path):
                     hang=0.05, context_length=0.03)
     sim_cfg = SimConfig(latency=Latency(median_ms=2), faults=faults, seed=7)
     with SimProcess(sim_cfg) as sim:
-        config = write(tmp_path, sim_models_config(sim.url, instances=3, models="""
-[models.sim-strong]
-provider = "az"
-strategy = "per-deployment"
-workers = 6
-qps = 200
-request_timeout = 0.5
-test_timeout = 30
-max_retries = 2
-"""))
+        config = write(tmp_path, sim_models_config(sim.url, instances=3, models=model(
+            "sim-strong", "az", "per-deployment", workers=6, qps=200,
+            request_timeout=0.5, test_timeout=30, max_retries=2)))
         result = run_json(config, tmp_path, "--processes", "2")
         stats = sim.stats()
     assert stats["total"]["faults"] > 0
@@ -150,20 +135,8 @@ def _wait_for_completed(db: Path, at_least: int, proc, timeout: float = 60) -> N
     raise AssertionError("run produced no results in time")
 
 
-SLOW_MODELS = """
-[models.sim-good]
-provider = "gw"
-strategy = "per-key"
-workers = 2
-qps = 10
-
-[models.sim-medium]
-provider = "az"
-strategy = "single"
-deployments = ["sim-medium"]
-workers = 2
-qps = 10
-"""
+SLOW_MODELS = (model("sim-good", "gw", "per-key", workers=2, qps=10)
+               + model("sim-medium", "az", "single", workers=2, qps=10, deployments=["sim-medium"]))
 
 
 def test_shard_process_killed_then_resumed_completes_each_test_once(tmp_path):
@@ -300,13 +273,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 def test_a_second_suite_runs_through_the_same_collection(tmp_path):
     """A team's own suite (tests/tiny_suite.py) planned, run, stored and projected by ultra."""
     with SimProcess(SimConfig(responder="tests.tiny_suite:sim_responder")) as sim:
-        config = write(tmp_path, sim_models_config(sim.url, instances=5, models="""
-[models.sim-strong]
-provider = "gw"
-strategy = "per-key"
-workers = 2
-qps = 100
-"""))
+        config = write(tmp_path, sim_models_config(sim.url, instances=5, models=model(
+            "sim-strong", "gw", "per-key", workers=2, qps=100)))
         result = run_json(config, tmp_path, "--suite", "tests.tiny_suite:SUITE",
                           "--prompt-types", "plain", "--difficulty", "easy,hard",
                           "--task-types", "addition")
@@ -349,12 +317,8 @@ def test_a_team_task_library_is_planned_and_run(tmp_path):
     tasks = tmp_path / "team.json"
     tasks.write_text(json.dumps({"tasks": [good, {**good, "id": "t2", "task_type": "own_type"}]}))
     with SimProcess(SimConfig()) as sim:
-        config = write(tmp_path, sim_models_config(sim.url, models="""
-[models.sim-strong]
-provider = "az"
-strategy = "single"
-deployments = ["sim-strong"]
-"""))
+        config = write(tmp_path, sim_models_config(sim.url, models=model(
+            "sim-strong", "az", "single", deployments=["sim-strong"])))
         planned = ultra("plan", "--config", str(config), "--tasks", str(tasks), "--json",
                         "--db", str(tmp_path / "events.db"))
         assert planned.returncode == 0, planned.stderr
@@ -372,19 +336,9 @@ deployments = ["sim-strong"]
 def test_models_on_one_key_share_the_key_budget(tmp_path):
     """A gateway that limits keys, not models: `key_qps` caps all models on a key together."""
     with SimProcess(SimConfig(latency=Latency(median_ms=10))) as sim:
-        config = write(tmp_path, sim_models_config(sim.url, instances=3, models="""
-[models.sim-good]
-provider = "gw"
-strategy = "per-key"
-workers = 3
-qps = 10
-
-[models.sim-medium]
-provider = "gw"
-strategy = "per-key"
-workers = 3
-qps = 10
-""").replace('url = "', 'key_qps = 12\nurl = "', 1))
+        config = write(tmp_path, sim_models_config(sim.url, instances=3, key_qps=12, models=(
+            model("sim-good", "gw", "per-key", workers=3, qps=10)
+            + model("sim-medium", "gw", "per-key", workers=3, qps=10))))
         result = run_json(config, tmp_path, "--processes", "2")
         stats = sim.stats()
     assert result["completed"] + result["errored"] == result["planned"] == 60
