@@ -1,7 +1,10 @@
 """Per-shard request pacing: a QPS limit that backs off on 429 and climbs back.
 
-A pacer with a burst of one: request slots are spaced a little over `1/rate` apart, so no
-1 s window holds more than `qps` starts however many workers wait. A 429 halves the rate
+A pacer with a burst of one: request slots are spaced a little over `1/rate` apart. Slots
+alone are not enough: a task that wakes late (a busy loop, a GC pause) goes out late while
+later slots go out on time, and a late first slot plus on-time followers can crowd a
+window. So a guard also counts the *actual* release times: never more than `floor(qps)`
+in any window of 1 s (plus the margin), however late anyone woke. A 429 halves the rate
 (at most once per half second: a burst of 429s is one signal) and pauses the shard until
 `Retry-After`; once 429s stop for a cool-down, the rate climbs back by 50 % a second.
 """
@@ -9,7 +12,9 @@ A pacer with a burst of one: request slots are spaced a little over `1/rate` apa
 from __future__ import annotations
 
 import email.utils
+import math
 import time
+from collections import deque
 
 import trio
 
@@ -32,6 +37,10 @@ class RateLimiter:
         self._last_change = -1e9
         self.throttled = 0  # how many 429s this limiter has seen
         self.min_rate = self.rate  # the lowest it went: shows a back-off in the progress
+        # The guard: the last `capacity` release times may not fit in one `window`.
+        capacity = max(1, math.floor(self.limit))
+        self._window = (1.0 + WINDOW_MARGIN) * (1.0 if self.limit >= 1 else 1.0 / self.limit)
+        self._released: deque[float] = deque(maxlen=capacity)
 
     async def acquire(self) -> None:
         now = trio.current_time()
@@ -42,6 +51,10 @@ class RateLimiter:
         self._next = slot + (1.0 + WINDOW_MARGIN) / self.rate
         if slot > now:
             await trio.sleep_until(slot)
+        released = self._released
+        while len(released) == released.maxlen and trio.current_time() < released[0] + self._window:
+            await trio.sleep_until(released[0] + self._window)
+        released.append(trio.current_time())  # no await since the check: atomic in trio
 
     def on_429(self, retry_after: float | None) -> None:
         now = trio.current_time()
