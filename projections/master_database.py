@@ -32,6 +32,14 @@ _CATEGORY_INDEX = {c: i for i, c in enumerate(ERROR_CATEGORIES)}
 _OTHER = _CATEGORY_INDEX["other"]
 
 
+# The plain sums of an accumulator (merged field by field; `errors` is a list).
+_SUMMED_FIELDS: tuple[str, ...] = (
+    "total", "full_success", "partial_success", "failure", "turns", "tool_calls",
+    "with_assistance", "execution_time", "tool_coverage", "workflow_score", "phase2_score",
+    "quality_score", "final_score",
+)
+
+
 class Acc(msgspec.Struct, array_like=True):
     """Sums over the counted completions of one leaf (or, merged, of a subtree)."""
 
@@ -82,20 +90,9 @@ class Acc(msgspec.Struct, array_like=True):
 
     def merge(self, o: Acc) -> None:
         """Add another accumulator's sums (instances are a leaf-only detail)."""
-        self.total += o.total
-        self.full_success += o.full_success
-        self.partial_success += o.partial_success
-        self.failure += o.failure
-        self.turns += o.turns
-        self.tool_calls += o.tool_calls
-        self.with_assistance += o.with_assistance
+        for name in _SUMMED_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(o, name))
         self.errors = [a + b for a, b in zip(self.errors, o.errors)]
-        self.execution_time += o.execution_time
-        self.tool_coverage += o.tool_coverage
-        self.workflow_score += o.workflow_score
-        self.phase2_score += o.phase2_score
-        self.quality_score += o.quality_score
-        self.final_score += o.final_score
         if o.last_test_time > self.last_test_time:
             self.last_test_time = o.last_test_time
 

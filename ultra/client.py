@@ -68,13 +68,12 @@ _encode = msgspec.json.Encoder().encode
 class ShardCounters:
     """What a shard's requests did, for the progress display (plain mutable counters)."""
 
-    __slots__ = ("requests", "retries", "throttled", "failures")
+    __slots__ = ("requests", "retries", "throttled")
 
     def __init__(self) -> None:
         self.requests = 0
         self.retries = 0
         self.throttled = 0
-        self.failures = 0
 
 
 def resolve_secret(route: Route) -> str:
@@ -164,7 +163,6 @@ class HttpChatModel:
             if outcome == "rate_limited":
                 continue  # the pacer already waits out Retry-After; the test's budget bounds it
             failures += 1
-            self._counters.failures += 1
             if failures > self._max_retries:
                 raise ModelUnavailable(outcome, detail, self.retries)
             await trio.sleep(self._rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** failures)))

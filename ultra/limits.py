@@ -35,7 +35,6 @@ class RateLimiter:
         self._paused_until = 0.0
         self._last_429 = -1e9
         self._last_change = -1e9
-        self.throttled = 0  # how many 429s this limiter has seen
         self.min_rate = self.rate  # the lowest it went: shows a back-off in the progress
         # The guard: the last `capacity` release times may not fit in one `window`.
         capacity = max(1, math.floor(self.limit))
@@ -58,7 +57,6 @@ class RateLimiter:
 
     def on_429(self, retry_after: float | None) -> None:
         now = trio.current_time()
-        self.throttled += 1
         self._last_429 = now
         if now - self._last_change >= 0.5:
             self.rate = max(self.limit * MIN_FRACTION, self.rate * DECREASE)
