@@ -22,7 +22,7 @@ from ultra.events import ERROR_CATEGORIES, Event, TestCompleted, TestErrored
 from ultra.naming import rate_key
 
 FILE_SCHEMA_VERSION = 1
-STATE_VERSION = 1  # bump when Acc/FoldState change: saved states are then rebuilt
+STATE_VERSION = 2  # bump when Acc/FoldState change: saved states are then rebuilt
 DIGITS = 6  # every float in the file is rounded to this many decimals
 
 LeafKey = tuple[str, str, str, str, str]  # model, prompt key, rate key, difficulty, task type
@@ -36,7 +36,7 @@ _OTHER = _CATEGORY_INDEX["other"]
 _SUMMED_FIELDS: tuple[str, ...] = (
     "total", "full_success", "partial_success", "failure", "turns", "tool_calls",
     "with_assistance", "execution_time", "tool_coverage", "workflow_score", "phase2_score",
-    "quality_score", "final_score",
+    "quality_score", "final_score", "prompt_tokens", "completion_tokens", "reasoning_tokens",
 )
 
 
@@ -59,6 +59,9 @@ class Acc(msgspec.Struct, array_like=True):
     final_score: float = 0.0
     last_test_time: str = ""
     instances: list[str] = msgspec.field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # reasoning tokens included, as the APIs count them
+    reasoning_tokens: int = 0
 
     def add(self, e: TestCompleted) -> None:
         self.total += 1
@@ -82,6 +85,10 @@ class Acc(msgspec.Struct, array_like=True):
         self.phase2_score += e.phase2_score
         self.quality_score += e.quality_score
         self.final_score += e.final_score
+        usage = e.usage
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.reasoning_tokens += usage.reasoning_tokens
         if e.recorded_at > self.last_test_time:
             self.last_test_time = e.recorded_at
         if e.instance not in self.instances:
@@ -234,6 +241,9 @@ def stats(a: Acc, digits: int | None = DIGITS) -> dict[str, Any]:
         "total_errors": sum(a.errors),
         "tests_with_assistance": a.with_assistance,
         "assistance_rate": per_test(a.with_assistance),
+        "prompt_tokens": a.prompt_tokens,  # sums, like the counts: children add up to them
+        "completion_tokens": a.completion_tokens,
+        "reasoning_tokens": a.reasoning_tokens,
     }
     for cat, count in zip(ERROR_CATEGORIES, a.errors):
         out[f"{cat}_errors"] = count
@@ -349,6 +359,9 @@ _SUMMED = (
     "success",
     "total_errors",
     "tests_with_assistance",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
     *(f"{c}_errors" for c in ERROR_CATEGORIES),
 )
 _LEVELS = ("by_prompt_type", "by_tool_success_rate", "by_difficulty", "by_task_type")

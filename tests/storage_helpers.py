@@ -101,6 +101,9 @@ def _test_fields(draw: st.DrawFn, key_space: int) -> dict[str, Any]:
         quality_score=draw(unit),
         final_score=draw(unit),
         assisted_turns=draw(st.integers(0, 2)),
+        usage=ev.Usage(prompt_tokens=draw(st.integers(0, 10**6)),
+                       completion_tokens=draw(st.integers(0, 10**5)),
+                       reasoning_tokens=draw(st.integers(0, 10**4))),
         error_category=None
         if outcome == "full_success"
         else draw(st.sampled_from([*ev.ERROR_CATEGORIES, "brand_new_category"])),
@@ -126,7 +129,8 @@ def event_lists(
         elif kind == "e":
             f = draw(_test_fields(key_space=8))
             for k in ("outcome", "workflow_score", "phase2_score", "quality_score", "final_score",
-                      "turns", "tool_calls", "tool_coverage", "assisted_turns", "error_category"):
+                      "turns", "tool_calls", "tool_coverage", "assisted_turns", "error_category",
+                      "usage"):
                 f.pop(k)
             out.append(ev.TestErrored(event_id=f"ev{i}", recorded_at=when,
                                       reason=draw(st.sampled_from(ev.ERRORED_REASONS)), **f))

@@ -96,6 +96,9 @@ def reference_stats(cs: list[ev.TestCompleted]) -> dict[str, Any]:
         "total_errors": len(cats),
         "tests_with_assistance": sum(c.assisted_turns > 0 for c in cs),
         "assistance_rate": share(sum(c.assisted_turns > 0 for c in cs)),
+        "prompt_tokens": sum(c.usage.prompt_tokens for c in cs),
+        "completion_tokens": sum(c.usage.completion_tokens for c in cs),
+        "reasoning_tokens": sum(c.usage.reasoning_tokens for c in cs),
     }
     for cat in ev.ERROR_CATEGORIES:
         out[f"{cat}_errors"] = cats.count(cat)

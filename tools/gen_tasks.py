@@ -25,8 +25,12 @@ TASKS_PER_TYPE = 100
 S = {"type": "string"}
 I = {"type": "integer"}
 B = {"type": "boolean"}
-A = {"type": "array"}
-O = {"type": "object"}
+# Every array says what it holds and every object lists its properties (none fixed here):
+# the OpenAI and Azure APIs refuse a tool schema without them (invalid_function_parameters).
+O = {"type": "object", "properties": {}}
+A = {"type": "array", "items": O}  # records
+NUMBERS = {"type": "array", "items": {"type": "number"}}
+NAMES = {"type": "array", "items": {"type": "string"}}
 
 
 def _tool(name, category, description, required, optional=None, errors=(), depends_on=()):
@@ -93,7 +97,7 @@ TOOLS = [
           {"url": S, "payload": O}, None, ["TIMEOUT", "HTTP_500"]),
     # computation
     _tool("calculate_statistics", "computation", "Summary statistics of numeric values.",
-          {"values": A}, {"metrics": A}, ["INSUFFICIENT_DATA", "TYPE_MISMATCH"],
+          {"values": NUMBERS}, {"metrics": NAMES}, ["INSUFFICIENT_DATA", "TYPE_MISMATCH"],
           ["parse_csv", "parse_json", "filter_records", "transform_data"]),
     _tool("sort_records", "computation", "Sort records by a key.",
           {"records": A, "key": S}, {"descending": B}, ["KEY_NOT_FOUND"],

@@ -108,7 +108,8 @@ class ShardFinished(_Event, tag="shard.finished", kw_only=True, frozen=True):
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # includes reasoning tokens, as the APIs count them
+    reasoning_tokens: int = 0  # completion_tokens_details.reasoning_tokens, when reported
 
 
 class _TestEvent(_Event, kw_only=True, frozen=True):
@@ -155,7 +156,8 @@ class TestErrored(_TestEvent, tag="test.errored", kw_only=True, frozen=True):
     """The test could not be taken; the next `ultra run` takes it again."""
 
     reason: str  # one of ERRORED_REASONS
-    message: str = ""  # never contains a secret
+    message: str = ""  # the server's message: redacted, at most 200 characters; no secret
+    http_status: int | None = None  # the last HTTP answer, if any (None: no answer at all)
 
 
 class AliasDefined(_Event, tag="alias.defined", kw_only=True, frozen=True):

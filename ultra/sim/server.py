@@ -50,6 +50,7 @@ import msgspec
 import trio
 
 from ultra.errors import UserError
+from ultra.function_schema import tools_problem
 from ultra.naming import canonical_model
 from ultra.sim.accounting import RouteStats, SlidingWindow, Stats
 from ultra.sim.config import SimConfig, from_json, validate
@@ -241,6 +242,12 @@ class Simulator:
             return self._reject(counters, 401, _NO_KEY)
         if deployment is not None and b"api-version=" not in query:
             return self._reject(counters, 400, _NO_API_VERSION)
+        if chat.tools:  # one invalid tool schema refuses the whole request, as the API does
+            bad = tools_problem(chat.tools)
+            if bad is not None:
+                message, param = bad
+                return self._reject(counters, 400, error_body(
+                    message, "invalid_request_error", "invalid_function_parameters", param))
         if skill is None:
             if deployment is not None:
                 msg = f"The API deployment {deployment} does not exist."

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from ultra.errors import UserError
+from ultra.function_schema import function_problem
 from ultra.suites.workflow.registry import Tool, argument_error, example_arguments, openai_tool
 
 DIFFICULTIES: tuple[str, ...] = ("very_easy", "easy", "medium", "hard", "very_hard")
@@ -174,6 +175,9 @@ def _check(tools: list[Tool], tasks: list[Task], source: str) -> None:
         names.add(t.name)
         if t.parameters.get("type") != "object" or not isinstance(t.parameters.get("properties"), dict):
             fail("tool", t.name, "parameters", "must be an object schema with 'properties'")
+        problem = function_problem(t.name, t.parameters)
+        if problem:  # the provider would refuse every request offering this tool
+            fail("tool", t.name, "parameters", problem)
         if not t.errors:
             fail("tool", t.name, "errors", "declare at least one error code")
     for t in tools:
