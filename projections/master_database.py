@@ -12,21 +12,21 @@ set of every key in memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
+from projections.counting import Counting, Item
 from projections.repairs import Repairs
-from ultra.events import ERROR_CATEGORIES, Event, TestCompleted, TestErrored
+from ultra.events import ERROR_CATEGORIES, TestCompleted
 from ultra.naming import rate_key
 
-FILE_SCHEMA_VERSION = 1
-STATE_VERSION = 2  # bump when Acc/FoldState change: saved states are then rebuilt
+FILE_SCHEMA_VERSION = 2  # 2: documented key order, num_instances, simulated share, tokens
+STATE_VERSION = 3  # bump when Acc/FoldState change: saved states are then rebuilt
 DIGITS = 6  # every float in the file is rounded to this many decimals
 
 LeafKey = tuple[str, str, str, str, str]  # model, prompt key, rate key, difficulty, task type
-Item = tuple[int, Event, Sequence[TestCompleted]]
 
 _CATEGORY_INDEX = {c: i for i, c in enumerate(ERROR_CATEGORIES)}
 _OTHER = _CATEGORY_INDEX["other"]
@@ -37,6 +37,7 @@ _SUMMED_FIELDS: tuple[str, ...] = (
     "total", "full_success", "partial_success", "failure", "turns", "tool_calls",
     "with_assistance", "execution_time", "tool_coverage", "workflow_score", "phase2_score",
     "quality_score", "final_score", "prompt_tokens", "completion_tokens", "reasoning_tokens",
+    "simulated",
 )
 
 
@@ -58,10 +59,10 @@ class Acc(msgspec.Struct, array_like=True):
     quality_score: float = 0.0
     final_score: float = 0.0
     last_test_time: str = ""
-    instances: list[str] = msgspec.field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0  # reasoning tokens included, as the APIs count them
     reasoning_tokens: int = 0
+    simulated: int = 0  # tests answered by the bundled simulator
 
     def add(self, e: TestCompleted) -> None:
         self.total += 1
@@ -89,14 +90,13 @@ class Acc(msgspec.Struct, array_like=True):
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
         self.reasoning_tokens += usage.reasoning_tokens
+        if e.simulated:
+            self.simulated += 1
         if e.recorded_at > self.last_test_time:
             self.last_test_time = e.recorded_at
-        if e.instance not in self.instances:
-            self.instances.append(e.instance)
-            self.instances.sort()
 
     def merge(self, o: Acc) -> None:
-        """Add another accumulator's sums (instances are a leaf-only detail)."""
+        """Add another accumulator's sums."""
         for name in _SUMMED_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(o, name))
         self.errors = [a + b for a, b in zip(self.errors, o.errors)]
@@ -168,49 +168,37 @@ def load_state(data: bytes | str) -> FoldState:
 def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
     """Fold `items` (in seq order) into `state`, which it updates; returns items folded.
 
-    A completion counts unless a retraction removes it or an earlier, unretracted
-    completion of its test key is stored (duplicates count once). `test.errored` never
-    enters success statistics; it is counted per model and reason.
+    What counts is decided by `projections.counting`; `test.errored` is counted per model
+    and reason, outside the success statistics.
     """
     leaves = state.leaves
-    canonical = repairs.canonical
-    retracts = repairs.retracts if repairs.retractions else None
-    rate_keys: dict[float, str] = {}
-    n = 0
-    last = state.generated_at
-    for _seq, e, earlier in items:
-        n += 1
-        last = e.recorded_at
-        kind = type(e)
-        if kind is TestCompleted:
-            model = canonical(e.model)  # type: ignore[union-attr]
-            if retracts is not None and retracts(e, model):  # type: ignore[arg-type]
-                state.retracted_completions += 1
-                continue
-            if earlier and any(not repairs.retracts(p) for p in earlier):
-                state.duplicate_completions += 1
-                continue
-            rate = e.tool_success_rate  # type: ignore[union-attr]
-            rk = rate_keys.get(rate)
-            if rk is None:
-                rk = rate_keys[rate] = rate_key(rate)
-            key = (model, e.prompt_type, rk, e.difficulty, e.task_type)  # type: ignore[union-attr]
+    counting = Counting(repairs)
+    counting.last_recorded_at = state.generated_at
+    for _seq, e, model, rk in counting.events(items):
+        if type(e) is TestCompleted:
+            key = (model, e.prompt_type, rk, e.difficulty, e.task_type)
             acc = leaves.get(key)
             if acc is None:
                 acc = leaves[key] = Acc()
-            acc.add(e)  # type: ignore[arg-type]
-        elif kind is TestErrored:
-            by_reason = state.errored.setdefault(canonical(e.model), {})  # type: ignore[union-attr]
+            acc.add(e)
+        else:
+            by_reason = state.errored.setdefault(model, {})
             by_reason[e.reason] = by_reason.get(e.reason, 0) + 1  # type: ignore[union-attr]
-    state.generated_at = last
-    return n
+    state.duplicate_completions += counting.duplicates
+    state.retracted_completions += counting.retracted
+    state.generated_at = counting.last_recorded_at
+    return counting.folded
 
 
 # ---- rendering -------------------------------------------------------------------------
 
 
 def stats(a: Acc, digits: int | None = DIGITS) -> dict[str, Any]:
-    """Leaf stats of an accumulator: one name per quantity, the same at every level."""
+    """Leaf stats of an accumulator: one name per quantity, the same at every level.
+
+    Key order (docs/master_database.md): `total`; the rates; the counts; the means; then
+    the error categories, each count beside its rate.
+    """
     t = a.total
 
     def r(x: float) -> float:
@@ -219,31 +207,36 @@ def stats(a: Acc, digits: int | None = DIGITS) -> dict[str, Any]:
     def per_test(x: float) -> float:
         return r(x / t) if t else 0.0
 
+    success = a.full_success + a.partial_success
     out: dict[str, Any] = {
         "total": t,
-        "full_success": a.full_success,
-        "partial_success": a.partial_success,
-        "failure": a.failure,
-        "success": a.full_success + a.partial_success,
-        "success_rate": per_test(a.full_success + a.partial_success),
+        # rates: shares of `total`
+        "success_rate": per_test(success),
         "full_success_rate": per_test(a.full_success),
         "partial_rate": per_test(a.partial_success),
         "failure_rate": per_test(a.failure),
         "weighted_success_score": per_test(a.full_success + 0.5 * a.partial_success),
-        "avg_execution_time": per_test(a.execution_time),
-        "avg_turns": per_test(a.turns),
-        "avg_tool_calls": per_test(a.tool_calls),
         "tool_coverage_rate": per_test(a.tool_coverage),
-        "avg_workflow_score": per_test(a.workflow_score),
-        "avg_phase2_score": per_test(a.phase2_score),
-        "avg_quality_score": per_test(a.quality_score),
-        "avg_final_score": per_test(a.final_score),
-        "total_errors": sum(a.errors),
-        "tests_with_assistance": a.with_assistance,
         "assistance_rate": per_test(a.with_assistance),
+        # counts: they add up across levels
+        "success": success,
+        "full_success": a.full_success,
+        "partial_success": a.partial_success,
+        "failure": a.failure,
+        "tests_with_assistance": a.with_assistance,
         "prompt_tokens": a.prompt_tokens,  # sums, like the counts: children add up to them
         "completion_tokens": a.completion_tokens,
         "reasoning_tokens": a.reasoning_tokens,
+        # means per test
+        "avg_final_score": per_test(a.final_score),
+        "avg_workflow_score": per_test(a.workflow_score),
+        "avg_phase2_score": per_test(a.phase2_score),
+        "avg_quality_score": per_test(a.quality_score),
+        "avg_turns": per_test(a.turns),
+        "avg_tool_calls": per_test(a.tool_calls),
+        "avg_execution_time": per_test(a.execution_time),
+        # error categories: exactly one per test that is not a full success
+        "total_errors": sum(a.errors),
     }
     for cat, count in zip(ERROR_CATEGORIES, a.errors):
         out[f"{cat}_errors"] = count
@@ -302,15 +295,19 @@ def render(state: FoldState, *, digits: int | None = DIGITS) -> dict[str, Any]:
         models[model] = {
             "overall_stats": stats(ma, digits),
             "errored_attempts": sum(by_reason.values()),
-            "errored_by_reason": dict(by_reason),
+            "errored_by_reason": dict(sorted(by_reason.items())),
             "by_prompt_type": prompts_out,
         }
 
     everything = _sum(model_totals)
-    summary = stats(everything, digits)
-    summary["total_tests"] = summary.pop("total")
+    summary = {"total_tests": everything.total}
+    summary.update((k, v) for k, v in stats(everything, digits).items() if k != "total")
+    t = everything.total
     summary.update(
         models_tested=sum(1 for a in model_totals if a.total > 0),
+        simulated_tests=everything.simulated,
+        simulated_share=(round(everything.simulated / t, digits) if digits is not None
+                         else everything.simulated / t) if t else 0.0,
         last_test_time=everything.last_test_time or None,
         errored_attempts=sum(sum(r.values()) for r in state.errored.values()),
         duplicate_completions=state.duplicate_completions,
@@ -318,19 +315,20 @@ def render(state: FoldState, *, digits: int | None = DIGITS) -> dict[str, Any]:
         skipped_events=state.skipped_events,
     )
 
-    groups = {
-        "|".join(key): {
+    groups = {}
+    for key in sorted(state.leaves):
+        acc = state.leaves[key]
+        groups["|".join(key)] = {
             "model": key[0],
             "prompt_type": key[1],
             "tool_success_rate": float(key[2]),
             "difficulty": key[3],
             "task_type": key[4],
-            "num_instances": len(acc.instances),  # distinct routes (X, X-2, qwen-key1, ...)
+            # Counted tests are distinct test keys, and a key is one instance of its cell.
+            "num_instances": acc.total,
             "total_tests": acc.total,
             "timestamp": acc.last_test_time,
         }
-        for key, acc in state.leaves.items()
-    }
     return {
         "schema_version": FILE_SCHEMA_VERSION,
         "generated_at": state.generated_at or None,
@@ -342,8 +340,9 @@ def render(state: FoldState, *, digits: int | None = DIGITS) -> dict[str, Any]:
 
 
 def encode_document(doc: dict[str, Any]) -> bytes:
-    """Deterministic bytes: sorted keys, two-space indent, trailing newline."""
-    return msgspec.json.format(msgspec.json.encode(doc, order="sorted"), indent=2) + b"\n"
+    """Deterministic bytes: keys in the order `render` builds them (documented, and the
+    same however the state was built), two-space indent, trailing newline."""
+    return msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
 
 
 def render_bytes(state: FoldState) -> bytes:

@@ -367,3 +367,25 @@ def test_check_invariants_catches_broken_sums(tmp_path):
     doc = _doc(tmp_path / "x" if (tmp_path / "x").mkdir() is None else None, [completed(1)])
     doc["summary"]["success_rate"] = 1.5
     assert any("outside [0, 1]" in m for m in mdb.check_invariants(doc))
+
+
+def test_keys_come_in_the_documented_order(tmp_path):
+    doc = _doc(tmp_path, [completed(1, simulated=True), completed(2, instance="DeepSeek-V3-0324-2"),
+                          completed(3, outcome="failure", error_category="timeout")])
+    assert list(doc)[:6] == ["schema_version", "generated_at", "last_seq", "summary", "test_groups", "models"]
+    leaf = doc["models"]["DeepSeek-V3-0324"]["overall_stats"]
+    keys = list(leaf)
+    assert keys[0] == "total"
+    rates = [k for k in keys if k.endswith("_rate") and "error" not in k] + ["weighted_success_score"]
+    counts = ["success", "full_success", "partial_success", "failure", "tests_with_assistance",
+              "prompt_tokens", "completion_tokens", "reasoning_tokens"]
+    means = [k for k in keys if k.startswith("avg_")]
+    errors = keys[keys.index("total_errors"):]
+    assert keys == ["total", *sorted(rates, key=keys.index), *counts, *means, *errors]
+    assert max(map(keys.index, rates)) < keys.index("success") < min(map(keys.index, means))
+    assert errors[1:3] == ["tool_call_format_errors", "tool_call_format_error_rate"]
+    s = doc["summary"]
+    assert list(s)[0] == "total_tests"
+    assert (s["simulated_tests"], s["simulated_share"]) == (1, 0.333333)
+    group = doc["test_groups"]["DeepSeek-V3-0324|baseline|0.8|easy|simple_task"]
+    assert group["num_instances"] == 3  # three tests (instances), on two routes

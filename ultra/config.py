@@ -74,6 +74,8 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_retries: int = 5  # failed requests retried per test (429 waits are bounded by time)
     deployments: list[str] | None = None  # azure: defaults to [name, name-2, name-3]
     api_model: str | None = None  # the name sent in the request body; default: the model name
+    family: str | None = None  # for `ultra report scale`: models of one family by size
+    params_b: float | None = None  # parameters, in billions
 
 
 class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -108,6 +110,8 @@ class EffectiveModel(msgspec.Struct, kw_only=True, frozen=True):
     max_retries: int
     deployments: list[str]
     api_model: str
+    family: str | None = None
+    params_b: float | None = None
 
 
 BUNDLED = ("demo", "presets")
@@ -160,6 +164,8 @@ def effective_model(config: Config, name: str) -> EffectiveModel:
         max_retries=m.max_retries,
         deployments=m.deployments or [name, f"{name}-2", f"{name}-3"],
         api_model=m.api_model or name,
+        family=m.family,
+        params_b=m.params_b,
     )
 
 
@@ -204,6 +210,8 @@ def validate(config: Config) -> list[str]:
                 problems.append(f"model {mname!r}: {field} must be > 0")
         if m.max_retries < 0:
             problems.append(f"model {mname!r}: max_retries must be >= 0")
+        if m.params_b is not None and not m.params_b > 0:
+            problems.append(f"model {mname!r}: params_b must be > 0 (got {m.params_b})")
         if m.provider not in config.providers or (m.strategy or "single") not in STRATEGIES:
             continue
         eff = effective_model(config, mname)

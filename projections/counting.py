@@ -1,0 +1,61 @@
+"""Which events count: the rules every projection of test results shares, in one place.
+
+A `test.completed` counts unless a retraction removes it or an earlier, unretracted
+completion of its test key is stored (duplicates count once). `test.errored` never enters
+success statistics; projections count it apart. Model names are canonical (aliases,
+instances) and rates are spelled as keys here, once, for every projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from projections.repairs import Repairs
+from ultra.events import Event, TestCompleted, TestErrored
+from ultra.naming import rate_key
+
+Item = tuple[int, Event, Sequence[TestCompleted]]  # seq, event, earlier completions of its key
+Counted = tuple[int, Event, str, str]  # seq, event, canonical model, rate key ("" if errored)
+
+
+class Counting:
+    """Filters a stream of items down to what projections fold, tallying what it drops."""
+
+    def __init__(self, repairs: Repairs) -> None:
+        self.repairs = repairs
+        self.folded = 0  # items seen
+        self.duplicates = 0
+        self.retracted = 0
+        self.last_recorded_at = ""  # of the last item seen ("" if none)
+
+    def events(self, items: Iterable[Item]) -> Iterator[Counted]:
+        """Counted completions and every `test.errored`, in the order given."""
+        repairs = self.repairs
+        canonical = repairs.canonical
+        retracts = repairs.retracts if repairs.retractions else None
+        rate_keys: dict[float, str] = {}
+        n = 0
+        last = self.last_recorded_at
+        try:
+            for seq, e, earlier in items:
+                n += 1
+                last = e.recorded_at
+                kind = type(e)
+                if kind is TestCompleted:
+                    model = canonical(e.model)  # type: ignore[union-attr]
+                    if retracts is not None and retracts(e, model):  # type: ignore[arg-type]
+                        self.retracted += 1
+                        continue
+                    if earlier and any(not repairs.retracts(p) for p in earlier):
+                        self.duplicates += 1
+                        continue
+                    rate = e.tool_success_rate  # type: ignore[union-attr]
+                    rk = rate_keys.get(rate)
+                    if rk is None:
+                        rk = rate_keys[rate] = rate_key(rate)
+                    yield seq, e, model, rk
+                elif kind is TestErrored:
+                    yield seq, e, canonical(e.model), ""  # type: ignore[union-attr]
+        finally:
+            self.folded += n
+            self.last_recorded_at = last
