@@ -110,6 +110,7 @@ class FoldState(msgspec.Struct):
     version: int = STATE_VERSION
     last_seq: int = 0
     generated_at: str = ""  # recorded_at of the last folded event
+    chain_head: str = ""  # the log's hash at last_seq (set by the shell; not saved)
     duplicate_completions: int = 0
     retracted_completions: int = 0
     skipped_events: int = 0  # unknown types and undecodable rows
@@ -333,6 +334,7 @@ def render(state: FoldState, *, digits: int | None = DIGITS) -> dict[str, Any]:
         "schema_version": FILE_SCHEMA_VERSION,
         "generated_at": state.generated_at or None,
         "last_seq": state.last_seq,
+        "chain_head": state.chain_head or None,
         "summary": summary,
         "test_groups": groups,
         "models": models,

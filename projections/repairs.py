@@ -1,7 +1,7 @@
 """Repairs are events: the alias table and retraction selectors, applied retroactively.
 
 The one home of alias resolution and selector matching; the projection, the audit and the
-resume planner (`EventLog.completed_test_keys`) all ask here.
+resume planner (`ultra.runner.completed_test_keys`) all ask here.
 
 A retraction removes matching completions *recorded before it* (by `recorded_at`, not by
 `seq`), so logs merged with `ultra import` give the same result in any import order.

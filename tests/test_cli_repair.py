@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from tests.collection_helpers import ultra
 from tests.storage_helpers import completed
 from ultra.cli import app
+from ultra.runner import completed_test_keys
 from ultra.store import EventLog
 
 runner = CliRunner()
@@ -40,7 +41,7 @@ def test_retraction_removes_matching_completions_and_they_are_planned_again(tmp_
     doc = json.loads(out.read_text())
     assert doc["models"]["gpt-4o-mini"]["overall_stats"]["total"] == 1
     with EventLog.open(db) as log:
-        assert log.completed_test_keys() == {"key-0", "key-2"}
+        assert completed_test_keys(log) == {"key-0", "key-2"}
 
 
 def test_repairs_need_a_selector_and_an_existing_log(tmp_path):

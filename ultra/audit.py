@@ -1,6 +1,7 @@
 """Integrity checks of an event log and its master_database.json.
 
-Findings (anything wrong: exit 1): missing immutability triggers, undecodable events,
+Findings (anything wrong: exit 1): a broken hash chain (the first bad `seq` named), a
+projection whose chain head is not the log's, missing immutability triggers, undecodable events,
 duplicate completions of a test key, a projection file that is missing, breaks an
 invariant, or differs from a fresh replay of the log. Notes (information only): counts,
 a file that is merely behind the log, unknown event types (a newer writer's), and shards
@@ -17,7 +18,8 @@ import msgspec
 from projections import master_database as mdb
 from projections.repairs import Repairs
 from ultra.events import ShardFinished, ShardStarted
-from ultra.projecting import replay
+from ultra import chain
+from ultra.projecting import log_repairs, replay
 from ultra.store import EventLog
 
 MAX_LISTED = 20  # findings of one kind listed one by one; the rest are counted
@@ -42,7 +44,16 @@ def audit(db: Path | str, out: Path | str) -> AuditReport:
         until = log.last_seq()
         count = log.count()
         notes.append(f"{count} events, last seq {until}")
-        findings += _check_triggers(log)
+        findings += [
+            f"trigger {name} is missing: events are not protected from changes"
+            for name in log.missing_guards()
+        ]
+        broken = chain.first_break(log.chain_rows())
+        if broken is not None:
+            findings.append(
+                f"hash chain broken at seq {broken}: that event (or one before it) was changed,"
+                " removed or inserted after it was stored"
+            )
 
         file_bytes, file_doc, file_seq = _read_projection(out, until, findings)
         state, stream = replay(log, file_seq)
@@ -60,6 +71,12 @@ def audit(db: Path | str, out: Path | str) -> AuditReport:
             unknown += rest.skipped_unknown
             undecodable_seqs += rest.undecodable_seqs
 
+        head = state.chain_head or None
+        if isinstance(file_doc, dict) and file_doc.get("chain_head") != head:
+            findings.append(
+                f"{out}: built from chain head {file_doc.get('chain_head')!r} at seq {file_seq},"
+                f" but the log's hash there is {head!r}: the log was rewritten"
+            )
         expected = mdb.render_bytes(state)
         findings += [f"fresh replay: {m}" for m in mdb.check_invariants(mdb.render(state))]
         if file_doc is not None:
@@ -77,22 +94,10 @@ def audit(db: Path | str, out: Path | str) -> AuditReport:
         if unknown:
             notes.append(f"{unknown} events of types this version does not know were skipped")
 
-        repairs = log.repairs(until)
+        repairs = log_repairs(log, until)
         findings += _duplicates(log, repairs)
         notes += _interrupted_shards(log, until)
     return AuditReport(findings=findings, notes=notes, events=count, last_seq=until)
-
-
-def _check_triggers(log: EventLog) -> list[str]:
-    rows = log.connection.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
-    ).fetchall()
-    present = {r[0] for r in rows}
-    return [
-        f"trigger {name} is missing: events are not protected from changes"
-        for name in ("events_no_update", "events_no_delete")
-        if name not in present
-    ]
 
 
 def _read_projection(out: Path, until: int, findings: list[str]) -> tuple[bytes | None, Any, int]:
@@ -141,12 +146,8 @@ def _differences(got: Any, want: Any, path: str = "", limit: int = 5) -> list[st
 
 def _duplicates(log: EventLog, repairs: Repairs) -> list[str]:
     """Test keys with more than one unretracted completion (the projection counts one)."""
-    rows = log.connection.execute(
-        "SELECT test_key FROM events WHERE type = 'test.completed'"
-        " GROUP BY test_key HAVING COUNT(*) > 1 ORDER BY test_key"
-    ).fetchall()
     dup: list[tuple[str, list[int]]] = []
-    for (key,) in rows:
+    for key in sorted(log.repeated_test_keys()):
         live = [s for s, e in log.earlier_completions(key, 2**62) if not repairs.retracts(e)]
         if len(live) > 1:
             dup.append((key, live))

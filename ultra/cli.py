@@ -94,6 +94,7 @@ def events_command(
 ) -> None:
     """Print events as JSON lines (the event plus its "seq"); `ultra import` reads them back."""
     from ultra.events import EVENT_TYPES
+    from ultra.projecting import log_repairs
     from ultra.store import EventLog
 
     for t in types or ():
@@ -105,7 +106,7 @@ def events_command(
     with EventLog.open(db, create=False) as log:
         want = None
         if model is not None:
-            repairs = log.repairs()
+            repairs = log_repairs(log)
             want, canonical = repairs.canonical(model), repairs.canonical
         printed = 0
         out = sys.stdout

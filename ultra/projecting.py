@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 
 from projections import master_database as mdb
-from projections.repairs import REPAIR_TYPES, Repairs
+from projections.repairs import REPAIR_TYPES, Repairs, collect_repairs
 from ultra.errors import UserError
 from ultra.events import TestCompleted
 from ultra.store import EventLog, EventStream
@@ -31,6 +31,11 @@ class ProjectReport(msgspec.Struct, frozen=True):
     skipped_unknown: int  # rows of unknown types in this run (a newer writer's)
     undecodable: int  # rows of known types that did not decode, in this run
     out: str
+
+
+def log_repairs(log: EventLog, until_seq: int | None = None) -> Repairs:
+    """The alias table and retractions stored up to `until_seq` (few events)."""
+    return collect_repairs(log.stream(until_seq=until_seq, types=REPAIR_TYPES))
 
 
 def _items(log: EventLog, stream: EventStream) -> Iterator[mdb.Item]:
@@ -50,11 +55,12 @@ def fold_log(
 ) -> tuple[int, EventStream]:
     """Fold the log's events in `(state.last_seq, until_seq]` into `state`."""
     if repairs is None:
-        repairs = log.repairs(until_seq)
+        repairs = log_repairs(log, until_seq)
     stream = log.stream_marked(after_seq=state.last_seq, until_seq=until_seq)
     n = mdb.fold(state, _items(log, stream), repairs)
     state.skipped_events += stream.skipped
     state.last_seq = until_seq
+    state.chain_head = log.chain_head(until_seq) or ""
     return n, stream
 
 

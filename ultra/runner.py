@@ -27,9 +27,9 @@ import trio
 from ultra.config import Config
 from ultra.errors import UserError
 from ultra.limits import RateLimiter
-from ultra.events import Event, PlanSummary, RunFinished, RunStarted
+from ultra.events import Event, PlanSummary, RunFinished, RunStarted, TestCompleted
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
-from ultra.projecting import project
+from ultra.projecting import log_repairs, project
 from ultra.progress import Display
 from ultra.shard import ShardProgress, ShardSnapshot, run_shard
 from ultra.store import EventLog
@@ -176,11 +176,23 @@ def _simulator(config: Config, models: list[str]):
         yield sim.url
 
 
+def completed_test_keys(log: EventLog) -> set[str]:
+    """Keys of tests with a `test.completed` that no `tests.retracted` removed: `ultra run`
+    resumes with this (completed tests are not taken again; tests that only errored are)."""
+    repairs = log_repairs(log)
+    keys: set[str] = set()
+    for _, event in log.stream(types=["test.completed"]):
+        assert isinstance(event, TestCompleted)
+        if event.test_key not in keys and not repairs.retracts(event):
+            keys.add(event.test_key)
+    return keys
+
+
 def _completed_keys(db: Path) -> set[str]:
     if not db.exists():
         return set()
     with EventLog.open(db, create=False) as log:
-        return log.completed_test_keys()
+        return completed_test_keys(log)
 
 
 def plan_run(config: Config, sel: Selection, db: Path, tasks: str | None) -> Plan:

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from projections.repairs import REPAIR_TYPES, Repairs, collect_repairs
+from ultra import chain
 from ultra import events as ev
 from ultra.errors import UserError
 
@@ -37,10 +37,14 @@ MIGRATIONS_TABLE = "ultra_migrations"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[\w.-]+\.sql$")
 
+# Rows arrive here already free of stored event ids, with seq and hash assigned under the
+# write lock; the triggers refuse anything else.
 _INSERT = (
-    "INSERT INTO events (event_id, type, recorded_at, test_key, model, run_id, payload)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
+    "INSERT INTO events (seq, event_id, type, recorded_at, test_key, model, run_id, payload, hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+GUARD_TRIGGERS = ("events_no_update", "events_no_delete", "events_no_overwrite")
+DIALECT = "sqlite"
 _TAGS: dict[type, str] = {cls: tag for tag, cls in ev.EVENT_TYPES.items()}
 _encoder = msgspec.json.Encoder()
 _any_decoder = msgspec.json.Decoder()
@@ -52,11 +56,11 @@ Row = tuple[str, str, str, str | None, str | None, str | None, str]
 
 
 def migrations_dir() -> Traversable:
-    """`ultra/_migrations` in an installed wheel, else the repo's `migrations/`."""
+    """`ultra/_migrations/<dialect>` in an installed wheel, else the repo's `migrations/`."""
     packaged = importlib.resources.files("ultra") / "_migrations"
     if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "migrations"
+        return packaged / DIALECT
+    return Path(__file__).resolve().parent.parent / "migrations" / DIALECT
 
 
 def load_migrations() -> list[tuple[int, str, str]]:
@@ -148,6 +152,34 @@ def raw_row(line: str | bytes, where: str) -> Row:
     )
 
 
+def _chain_existing(conn: sqlite3.Connection) -> None:
+    """Chain the events of a log written before the chain existed (migration 0003).
+
+    The update guard is lifted for this one transaction and restored as it was: the
+    migration is the only writer that may ever fill in a stored row.
+    """
+    if conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None:
+        return
+    (guard,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'events_no_update'"
+    ).fetchone()
+    conn.execute("DROP TRIGGER events_no_update")
+    prev, after = chain.GENESIS, 0
+    while True:
+        rows = conn.execute(
+            "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT 5000", (after,)
+        ).fetchall()
+        if not rows:
+            break
+        updates = []
+        for seq, payload in rows:
+            prev = chain.link(prev, seq, payload)
+            updates.append((prev, seq))
+        conn.executemany("UPDATE events SET hash = ? WHERE seq = ?", updates)
+        after = rows[-1][0]
+    conn.execute(guard)
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     msg = str(exc).lower()
     return "locked" in msg or "busy" in msg
@@ -197,9 +229,9 @@ class EventStream:
             # Is an earlier completion of the same test stored? Plain SQL, answered from
             # the (test_key, type, seq) index, so duplicate detection costs no memory.
             cols += (
-                ", CASE WHEN e.type = 'test.completed' THEN EXISTS (SELECT 1 FROM events p"
+                ", CASE WHEN e.type = 'test.completed' AND EXISTS (SELECT 1 FROM events p"
                 " WHERE p.test_key = e.test_key AND p.type = 'test.completed'"
-                " AND p.seq < e.seq) ELSE 0 END"
+                " AND p.seq < e.seq) THEN 1 ELSE 0 END"
             )
         where = ["e.seq > ?"]
         params: list[Any] = []
@@ -337,6 +369,8 @@ class EventLog:
                     continue
                 for stmt in _statements(sql):
                     tx.execute(stmt)
+                if version == 3:
+                    _chain_existing(tx)
                 tx.execute(
                     f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (?, ?, ?)",
                     (version, name, ev.utc_now()),
@@ -390,11 +424,37 @@ class EventLog:
         if not rows:
             return 0
         with self._transaction() as conn:
-            before = conn.total_changes
-            conn.executemany(_INSERT, rows)
-            stored = conn.total_changes - before
+            stored = self._insert(conn, rows)
         self._bound_wal()
         return stored
+
+    def _insert(self, conn: sqlite3.Connection, rows: list[Row]) -> int:
+        """Store the rows whose event ids are new, chained after the current head; inside
+        the write transaction, so seq and hash are assigned by one writer at a time."""
+        fresh: dict[str, Row] = {}
+        for row in rows:
+            fresh.setdefault(row[0], row)
+        ids = list(fresh)
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            stored = conn.execute(
+                f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * len(part))})",
+                part,
+            ).fetchall()
+            for (event_id,) in stored:
+                del fresh[event_id]
+        if not fresh:
+            return 0
+        head = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = head if head else (0, chain.GENESIS)
+        out = []
+        link = chain.link
+        for row in fresh.values():
+            seq += 1
+            prev = link(prev, seq, row[6])
+            out.append((seq, *row, prev))
+        conn.executemany(_INSERT, out)
+        return len(out)
 
     def _bound_wal(self) -> None:
         try:
@@ -415,8 +475,8 @@ class EventLog:
         """
         read = unknown = 0
         batch: list[Row] = []
+        stored = 0
         with self._transaction() as conn:
-            before = conn.total_changes
             for lineno, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
@@ -425,11 +485,10 @@ class EventLog:
                 unknown += row[1] not in ev.EVENT_TYPES
                 batch.append(row)
                 if len(batch) >= 5000:
-                    conn.executemany(_INSERT, batch)
+                    stored += self._insert(conn, batch)
                     batch.clear()
             if batch:
-                conn.executemany(_INSERT, batch)
-            stored = conn.total_changes - before
+                stored += self._insert(conn, batch)
         return ImportResult(read=read, stored=stored, unknown_types=unknown)
 
     # -- reading --
@@ -527,28 +586,32 @@ class EventLog:
         )
         return bool(rows)
 
-    def completed_test_keys(self) -> set[str]:
-        """Keys of tests with a `test.completed` that no `tests.retracted` removed.
-
-        `ultra run` resumes with this: completed tests are not taken again; tests that only
-        errored are.
-        """
-        repairs = self.repairs()
-        if not repairs.retractions:
+    def chain_rows(self, after_seq: int = 0, *, batch: int = 5000) -> Iterator[tuple[int, str | None, str]]:
+        """(seq, stored hash, payload) by `seq`, for verifying the chain."""
+        while True:
             rows = self._read(
-                "SELECT DISTINCT test_key FROM events WHERE type = 'test.completed'"
+                "SELECT seq, hash, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, batch),
             )
-            return {r[0] for r in rows if r[0] is not None}
-        keys: set[str] = set()
-        for _, event in self.stream(types=["test.completed"]):
-            assert isinstance(event, ev.TestCompleted)
-            if event.test_key not in keys and not repairs.retracts(event):
-                keys.add(event.test_key)
-        return keys
+            yield from rows
+            if len(rows) < batch:
+                return
+            after_seq = rows[-1][0]
 
-    def repairs(self, until_seq: int | None = None) -> Repairs:
-        """The alias table and retractions stored up to `until_seq` (few events)."""
-        return collect_repairs(self.stream(until_seq=until_seq, types=REPAIR_TYPES))
+    def chain_head(self, seq: int) -> str | None:
+        """The stored hash at `seq` (the genesis value at 0; None if no event has it)."""
+        if seq == 0:
+            return chain.GENESIS
+        rows = self._read("SELECT hash FROM events WHERE seq = ?", (seq,))
+        return rows[0][0] if rows else None
+
+    def missing_guards(self) -> list[str]:
+        """Names of the immutability triggers that are not in place."""
+        rows = self._read(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
+        )
+        present = {r[0] for r in rows}
+        return [name for name in GUARD_TRIGGERS if name not in present]
 
     # -- projection state (same file, same transaction as its last seq) --
 
