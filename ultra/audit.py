@@ -1,15 +1,16 @@
-"""Integrity checks of an event log and its master_database.json.
+"""Integrity checks of an event log and its projections (master_database.json, results.db).
 
 Findings (anything wrong: exit 1): a broken hash chain (the first bad `seq` named), a
 projection whose chain head is not the log's, missing immutability triggers, undecodable events,
-duplicate completions of a test key, a projection file that is missing, breaks an
-invariant, or differs from a fresh replay of the log. Notes (information only): counts,
+duplicate completions of a test key, a projection (master_database.json, results.db)
+that is missing, breaks an invariant, or differs from a fresh replay of the log. Notes (information only): counts,
 a file that is merely behind the log, unknown event types (a newer writer's), and shards
 started but never finished (interrupted runs are normal; `ultra run` resumes them).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from projections import master_database as mdb
 from projections.repairs import Repairs
 from ultra.events import ShardFinished, ShardStarted
 from ultra import chain
-from ultra.projecting import log_repairs, replay
+from ultra.projecting import fresh_results, log_repairs, read_results_meta, replay, results_path
 from ultra.store import EventLog
 
 MAX_LISTED = 20  # findings of one kind listed one by one; the rest are counted
@@ -36,8 +37,9 @@ class AuditReport(msgspec.Struct):
         return not self.findings
 
 
-def audit(db: Path | str, out: Path | str) -> AuditReport:
+def audit(db: Path | str, out: Path | str, results: Path | str | None = None) -> AuditReport:
     out = Path(out)
+    results = results_path(out, results)
     findings: list[str] = []
     notes: list[str] = []
     with EventLog.open(db, create=False) as log:
@@ -94,10 +96,51 @@ def audit(db: Path | str, out: Path | str) -> AuditReport:
         if unknown:
             notes.append(f"{unknown} events of types this version does not know were skipped")
 
+        findings += _check_results(log, results, until, notes)
         repairs = log_repairs(log, until)
         findings += _duplicates(log, repairs)
         notes += _interrupted_shards(log, until)
     return AuditReport(findings=findings, notes=notes, events=count, last_seq=until)
+
+
+_RESULTS_TABLES = (("tests", "event_id"), ("errored", "event_id"), ("runs", "run_id"),
+                   ("meta", "key"))
+
+
+def _check_results(log: EventLog, path: Path, until: int, notes: list[str]) -> list[str]:
+    """results.db must equal a fresh fold of the log up to the seq it claims."""
+    restore = "`ultra project --rebuild` restores it"
+    if not path.exists():
+        return [f"{path}: missing; {restore}"]
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        return [f"{path}: unreadable ({exc}); {restore}"]
+    try:
+        meta = read_results_meta(conn)
+        if meta is None:
+            return [f"{path}: not a results database; {restore}"]
+        if meta.last_seq > until:
+            return [f"{path}: claims seq {meta.last_seq}, but the log ends at seq {until}"]
+        if meta.last_seq < until:
+            notes.append(f"{path} reflects the log up to seq {meta.last_seq}; "
+                         f"{until - meta.last_seq} events since (run `ultra project`)")
+        fresh = fresh_results(log, meta.last_seq)
+        bad = []
+        try:
+            for table, key in _RESULTS_TABLES:
+                sql = f"SELECT * FROM {table} ORDER BY {key}"
+                got, want = conn.execute(sql).fetchall(), fresh.conn.execute(sql).fetchall()
+                if got != want:
+                    bad.append(f"{path}: table {table} differs from a fresh fold of the log up to"
+                               f" seq {meta.last_seq} ({len(got)} rows, fresh {len(want)}); {restore}")
+        finally:
+            fresh.close()
+        return bad
+    except sqlite3.Error as exc:
+        return [f"{path}: unreadable ({exc}); {restore}"]
+    finally:
+        conn.close()
 
 
 def _read_projection(out: Path, until: int, findings: list[str]) -> tuple[bytes | None, Any, int]:

@@ -52,20 +52,26 @@ def main() -> None:
 
 # STORAGE-COMMANDS-BEGIN
 RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Replay the whole log from seq 0.")]
+ResultsOpt = Annotated[Optional[Path], typer.Option(
+    "--results", help="results.db (default: beside --out).")]
 
 
 @app.command("project")
 def project_command(
-    db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT, rebuild: RebuildOpt = False
+    db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT, rebuild: RebuildOpt = False,
+    results: ResultsOpt = None,
 ) -> None:
-    """Bring master_database.json up to date with the event log (incrementally)."""
+    """Bring master_database.json and results.db up to date with the event log
+    (incrementally)."""
     from ultra.projecting import project
 
-    r = project(db, out, rebuild=rebuild)
+    r = project(db, out, rebuild=rebuild, results=results)
     skipped = r.skipped_unknown + r.undecodable
     note = f"; {skipped} events skipped (run `ultra audit`)" if skipped else ""
     how = "rebuilt" if r.rebuilt else "updated"
-    typer.echo(f"{how} {r.out}: {r.events_folded} events folded, up to seq {r.last_seq}{note}")
+    also = "rebuilt" if r.results_rebuilt else "updated"
+    typer.echo(f"{how} {r.out}: {r.events_folded} events folded, up to seq {r.last_seq}{note}"
+               f"; {also} {r.results}")
 
 
 def _since(value: str) -> str:
@@ -151,11 +157,12 @@ def import_command(
 
 
 @app.command("audit")
-def audit_command(db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT) -> None:
-    """Check the log and master_database.json; exit 1 with a list of findings."""
+def audit_command(db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT,
+                  results: ResultsOpt = None) -> None:
+    """Check the log, master_database.json and results.db; exit 1 with a list of findings."""
     from ultra.audit import audit
 
-    report = audit(db, out)
+    report = audit(db, out, results)
     for line in report.notes:
         typer.echo(f"note: {line}")
     for line in report.findings:

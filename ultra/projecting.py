@@ -1,27 +1,36 @@
-"""The imperative shell of projection: read the log, fold, save state, write the file.
+"""The imperative shell of projection: read the log, fold, save state, write the files.
 
-`project` folds only the events after the saved state's `seq`, unless new repairs
-(`alias.defined`, `tests.retracted`) arrived: those apply retroactively, so it replays
-from zero. State and its last `seq` are saved in one transaction, then the file is
-written atomically; a crash anywhere leaves either the old or the new projection.
+`project` keeps two projections in step: master_database.json and results.db. Each folds
+only the events after the `seq` it last folded, unless new repairs (`alias.defined`,
+`tests.retracted`) arrived: those apply retroactively, so it replays from zero. The JSON's
+state and its last `seq` are saved in one transaction, then the file is written
+atomically; results.db holds its rows and its last `seq` in one SQLite transaction, and a
+replay builds a new file that replaces the old one. A crash anywhere leaves either the old
+or the new projection, never a mix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+import sqlite_utils
 
 from projections import master_database as mdb
+from projections import results_db as rdb
+from projections.counting import Counting
 from projections.repairs import REPAIR_TYPES, Repairs, collect_repairs
 from ultra.errors import UserError
-from ultra.events import TestCompleted
+from ultra.events import RunFinished, RunStarted, TestCompleted
 from ultra.store import EventLog, EventStream
 
 PROJECTION_NAME = "master_database"
+RESULTS_NAME = "results.db"
 
 
 class ProjectReport(msgspec.Struct, frozen=True):
@@ -31,6 +40,8 @@ class ProjectReport(msgspec.Struct, frozen=True):
     skipped_unknown: int  # rows of unknown types in this run (a newer writer's)
     undecodable: int  # rows of known types that did not decode, in this run
     out: str
+    results: str = ""  # results.db, kept in step
+    results_rebuilt: bool = False
 
 
 def log_repairs(log: EventLog, until_seq: int | None = None) -> Repairs:
@@ -88,9 +99,18 @@ def _saved_state(log: EventLog, until_seq: int) -> mdb.FoldState | None:
     return state
 
 
-def project(db: Path | str, out: Path | str, *, rebuild: bool = False) -> ProjectReport:
-    """Bring `out` up to date with the log at `db` (incrementally unless `rebuild`)."""
+def results_path(out: Path | str, results: Path | str | None = None) -> Path:
+    """results.db lives beside master_database.json unless named."""
+    return Path(results) if results is not None else Path(out).parent / RESULTS_NAME
+
+
+def project(
+    db: Path | str, out: Path | str, *, rebuild: bool = False, results: Path | str | None = None
+) -> ProjectReport:
+    """Bring `out` and results.db up to date with the log at `db` (incrementally unless
+    `rebuild`)."""
     out = Path(out)
+    results = results_path(out, results)
     with EventLog.open(db, create=False) as log:
         until = log.last_seq()  # a snapshot: later appends wait for the next run
         state = None if rebuild else _saved_state(log, until)
@@ -102,7 +122,8 @@ def project(db: Path | str, out: Path | str, *, rebuild: bool = False) -> Projec
             PROJECTION_NAME, mdb.STATE_VERSION, state.last_seq, mdb.dump_state(state).decode()
         )
         data = mdb.render_bytes(state)
-    write_atomic(out, data)
+        write_atomic(out, data)
+        results_rebuilt = update_results(log, results, until, rebuild=rebuild).rebuilt
     return ProjectReport(
         events_folded=n,
         last_seq=state.last_seq,
@@ -110,7 +131,168 @@ def project(db: Path | str, out: Path | str, *, rebuild: bool = False) -> Projec
         skipped_unknown=stream.skipped_unknown,
         undecodable=stream.undecodable,
         out=str(out),
+        results=str(results),
+        results_rebuilt=results_rebuilt,
     )
+
+
+# ---- results.db ------------------------------------------------------------------------
+
+
+class ResultsMeta(msgspec.Struct, kw_only=True):
+    """results.db's own state: what it has folded (its rows are the rest)."""
+
+    version: int = rdb.VERSION
+    last_seq: int = 0
+    generated_at: str = ""
+    duplicate_completions: int = 0
+    retracted_completions: int = 0
+    skipped_events: int = 0
+    chain_head: str = ""  # the log's hash at last_seq: which history these rows come from
+
+
+class ResultsReport(msgspec.Struct, frozen=True):
+    events_folded: int
+    last_seq: int
+    rebuilt: bool
+
+
+def read_results_meta(conn: sqlite3.Connection) -> ResultsMeta | None:
+    """The meta table of an open results.db; None if it is not one."""
+    try:
+        pairs = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        return msgspec.convert(msgspec.json.decode(pairs["state"]), ResultsMeta)
+    except (sqlite3.Error, KeyError, msgspec.DecodeError, msgspec.ValidationError, TypeError):
+        return None
+
+
+def _open_results(path: Path) -> sqlite_utils.Database:
+    conn = sqlite3.connect(path, timeout=30.0)
+    return sqlite_utils.Database(conn)
+
+
+def _create_schema(db: sqlite_utils.Database) -> None:
+    db["tests"].create(rdb.TEST_COLUMNS, pk="event_id")
+    db["errored"].create(rdb.ERRORED_COLUMNS, pk="event_id")
+    db["runs"].create(rdb.RUN_COLUMNS, pk="run_id")
+    db["meta"].create({"key": str, "value": str}, pk="key")
+
+
+def _create_indexes_and_views(db: sqlite_utils.Database) -> None:
+    for dim in rdb.DIMENSIONS:
+        db["tests"].create_index([dim], index_name=f"tests_by_{dim}")
+    db["tests"].create_index(["seq"], index_name="tests_by_seq")
+    for dim in ("model", "run_id", "seq"):
+        db["errored"].create_index([dim], index_name=f"errored_by_{dim}")
+    for name, sql in rdb.view_sql().items():
+        db.create_view(name, sql)
+
+
+def _fold_results(db: sqlite_utils.Database, log: EventLog, meta: ResultsMeta, until: int,
+                  repairs: Repairs) -> int:
+    """Append the rows of events in `(meta.last_seq, until]` and advance `meta` (in the
+    caller's transaction)."""
+    stream = log.stream_marked(after_seq=meta.last_seq, until_seq=until)
+    runs: dict[str, dict] = {}
+
+    def items() -> Iterator[mdb.Item]:
+        for item in _items(log, stream):
+            e = item[1]
+            if type(e) is RunStarted or type(e) is RunFinished:
+                runs[e.run_id] = {**runs.get(e.run_id, {}), **rdb.run_update(e)}  # type: ignore[union-attr]
+            yield item
+
+    counting = Counting(repairs)
+    counting.last_recorded_at = meta.generated_at
+    buffers: dict[str, list] = {"tests": [], "errored": []}
+    columns = {"tests": list(rdb.TEST_COLUMNS), "errored": list(rdb.ERRORED_COLUMNS)}
+
+    def flush(table: str) -> None:
+        db[table].insert_all([columns[table], *buffers[table]], batch_size=1000)
+        buffers[table].clear()
+
+    for table, row in rdb.rows(counting.events(items())):
+        buf = buffers[table]
+        buf.append(row)
+        if len(buf) >= 20_000:
+            flush(table)
+    for table in buffers:
+        if buffers[table]:
+            flush(table)
+    for row in runs.values():
+        db["runs"].upsert(row, pk="run_id")
+    meta.last_seq = until
+    meta.generated_at = counting.last_recorded_at
+    meta.duplicate_completions += counting.duplicates
+    meta.retracted_completions += counting.retracted
+    meta.skipped_events += stream.skipped
+    meta.chain_head = log.chain_head(until) or ""
+    db["meta"].upsert({"key": "state", "value": msgspec.json.encode(meta).decode()}, pk="key")
+    return counting.folded
+
+
+def update_results(log: EventLog, path: Path, until: int, *, rebuild: bool = False) -> ResultsReport:
+    """Bring results.db up to date with the log up to `until`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not rebuild and path.exists():
+        try:
+            db = _open_results(path)
+            conn = db.conn
+            conn.execute("BEGIN IMMEDIATE")  # one projector at a time reads meta and appends
+            meta = read_results_meta(conn)
+            if (
+                meta is not None and meta.version == rdb.VERSION and meta.last_seq <= until
+                and not log.has_types_after(meta.last_seq, until, REPAIR_TYPES)
+            ):
+                try:
+                    n = _fold_results(db, log, meta, until, log_repairs(log, until))
+                    conn.execute("COMMIT")
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                return ResultsReport(events_folded=n, last_seq=until, rebuilt=False)
+            conn.execute("ROLLBACK")
+        except sqlite3.DatabaseError:
+            pass  # not a results.db we can use: rebuild it
+        finally:
+            db.close()
+    return ResultsReport(events_folded=build_results(log, path, until), last_seq=until,
+                         rebuilt=True)
+
+
+def build_results(log: EventLog, path: Path, until: int) -> int:
+    """A fresh results.db from zero, built beside `path` and renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        db = _open_results(Path(tmp))
+        try:
+            db.conn.execute("PRAGMA journal_mode = OFF")  # a new file: nothing to roll back to
+            db.conn.execute("PRAGMA synchronous = OFF")  # fsynced once below, before the rename
+            with db.atomic():
+                _create_schema(db)
+                n = _fold_results(db, log, ResultsMeta(), until, log_repairs(log, until))
+                _create_indexes_and_views(db)
+        finally:
+            db.close()
+        with open(tmp, "rb+") as fh:
+            os.fchmod(fh.fileno(), 0o644)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return n
+
+
+def fresh_results(log: EventLog, until: int) -> sqlite_utils.Database:
+    """results.db folded from zero in memory (the audit's reference)."""
+    db = sqlite_utils.Database(sqlite3.connect(":memory:"))
+    with db.atomic():
+        _create_schema(db)
+        _fold_results(db, log, ResultsMeta(), until, log_repairs(log, until))
+    return db
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -1,0 +1,191 @@
+"""results.db: one row per counted test, for `ultra report` and any SQLite client.
+
+The pure half: the tables' columns, the rows an event becomes, and the views (one per
+level of master_database's hierarchy). What counts is decided by `projections.counting`,
+exactly as for master_database.json; `ultra.projecting` writes the rows with sqlite-utils.
+
+`test_row` and `errored_row` are the one place that reads the fields of test events, so
+a change of the event schema is an edit here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from projections.counting import Counted
+from ultra.events import ERROR_CATEGORIES, RunFinished, RunStarted, TestCompleted
+
+VERSION = 1  # bump when tables, rows or views change: an older results.db is rebuilt
+
+_KNOWN_CATEGORIES = frozenset(ERROR_CATEGORIES)
+
+# Column name -> SQLite type, in table order. The dimensions come first.
+TEST_COLUMNS: dict[str, type] = {
+    "seq": int,
+    "event_id": str,
+    "test_key": str,
+    "model": str,  # canonical (aliases, instances, case folded)
+    "instance": str,  # the route: qwen-key1, DeepSeek-V3-0324-2, ...
+    "provider": str,
+    "run_id": str,
+    "shard_id": str,
+    "suite": str,
+    "prompt_type": str,
+    "tool_success_rate": float,
+    "difficulty": str,
+    "task_type": str,
+    "task_id": str,
+    "simulated": int,
+    "outcome": str,  # full_success | partial_success | failure
+    "success": int,  # 1 for full or partial success
+    "final_score": float,
+    "workflow_score": float,
+    "phase2_score": float,
+    "quality_score": float,
+    "error_category": str,  # null for a full success; unknown categories count as other
+    "turns": int,
+    "tool_calls": int,
+    "required_tools": int,
+    "tool_coverage": float,
+    "assisted_turns": int,
+    "prompt_tokens": int,
+    "completion_tokens": int,  # reasoning included, as the APIs count them
+    "reasoning_tokens": int,
+    "retries": int,
+    "execution_time": float,  # seconds
+    "started_at": str,
+    "recorded_at": str,
+}
+
+ERRORED_COLUMNS: dict[str, type] = {
+    "seq": int,
+    "event_id": str,
+    "test_key": str,
+    "model": str,
+    "instance": str,
+    "provider": str,
+    "run_id": str,
+    "shard_id": str,
+    "prompt_type": str,
+    "tool_success_rate": float,
+    "difficulty": str,
+    "task_type": str,
+    "simulated": int,
+    "reason": str,
+    "http_status": int,
+    "retries": int,
+    "execution_time": float,
+    "recorded_at": str,
+}
+
+RUN_COLUMNS: dict[str, type] = {
+    "run_id": str,
+    "started_at": str,
+    "finished_at": str,
+    "planned": int,
+    "completed": int,
+    "errored": int,
+    "interrupted": int,
+    "config_digest": str,
+    "argv": str,
+}
+
+DIMENSIONS: tuple[str, ...] = (
+    "model", "run_id", "prompt_type", "tool_success_rate", "difficulty", "task_type",
+)
+LEVELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("by_model", ("model",)),
+    ("by_prompt_type", ("model", "prompt_type")),
+    ("by_tool_success_rate", ("model", "prompt_type", "tool_success_rate")),
+    ("by_difficulty", ("model", "prompt_type", "tool_success_rate", "difficulty")),
+    ("by_task_type", ("model", "prompt_type", "tool_success_rate", "difficulty", "task_type")),
+)
+
+
+def _category(c: str | None) -> str | None:
+    return c if c is None or c in _KNOWN_CATEGORIES else "other"
+
+
+def test_row(seq: int, e: TestCompleted, model: str) -> tuple[Any, ...]:
+    """The row of one counted completion, in TEST_COLUMNS order."""
+    u = e.usage
+    return (
+        seq, e.event_id, e.test_key, model, e.instance, e.provider, e.run_id, e.shard_id,
+        e.suite, e.prompt_type, e.tool_success_rate, e.difficulty, e.task_type, e.task_id,
+        int(e.simulated), e.outcome, int(e.outcome != "failure"),
+        e.final_score, e.workflow_score, e.phase2_score, e.quality_score,
+        _category(e.error_category), e.turns, e.tool_calls, e.required_tools, e.tool_coverage,
+        e.assisted_turns, u.prompt_tokens, u.completion_tokens,
+        getattr(u, "reasoning_tokens", 0), e.retries, e.execution_time, e.started_at,
+        e.recorded_at,
+    )
+
+
+def errored_row(seq: int, e: Any, model: str) -> tuple[Any, ...]:
+    """The row of one `test.errored`, in ERRORED_COLUMNS order."""
+    return (
+        seq, e.event_id, e.test_key, model, e.instance, e.provider, e.run_id, e.shard_id,
+        e.prompt_type, e.tool_success_rate, e.difficulty, e.task_type, int(e.simulated),
+        e.reason, getattr(e, "http_status", None), e.retries, e.execution_time, e.recorded_at,
+    )
+
+
+def rows(counted: Iterable[Counted]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """(table, row) for each counted completion ("tests") and `test.errored` ("errored")."""
+    for seq, e, model, _rk in counted:
+        if type(e) is TestCompleted:
+            yield "tests", test_row(seq, e, model)
+        else:
+            yield "errored", errored_row(seq, e, model)
+
+
+def run_update(e: RunStarted | RunFinished) -> dict[str, Any]:
+    """The columns of the `runs` row that a run event sets (an upsert merges them)."""
+    if isinstance(e, RunStarted):
+        return dict(run_id=e.run_id, started_at=e.recorded_at, planned=e.plan.tests,
+                    config_digest=e.config_digest, argv=" ".join(e.argv))
+    return dict(run_id=e.run_id, finished_at=e.recorded_at, completed=e.completed,
+                errored=e.errored, interrupted=int(e.interrupted))
+
+
+def _stats_sql() -> str:
+    """Aggregate columns named as in master_database.json's stats blocks."""
+    cols = [
+        "COUNT(*) AS total",
+        "AVG(success) AS success_rate",
+        "AVG(outcome = 'full_success') AS full_success_rate",
+        "AVG(outcome = 'partial_success') AS partial_rate",
+        "AVG(outcome = 'failure') AS failure_rate",
+        "AVG((outcome = 'full_success') + 0.5 * (outcome = 'partial_success'))"
+        " AS weighted_success_score",
+        "AVG(tool_coverage) AS tool_coverage_rate",
+        "AVG(assisted_turns > 0) AS assistance_rate",
+        "SUM(success) AS success",
+        "SUM(outcome = 'full_success') AS full_success",
+        "SUM(outcome = 'partial_success') AS partial_success",
+        "SUM(outcome = 'failure') AS failure",
+        "SUM(assisted_turns > 0) AS tests_with_assistance",
+        "SUM(prompt_tokens) AS prompt_tokens",
+        "SUM(completion_tokens) AS completion_tokens",
+        "SUM(reasoning_tokens) AS reasoning_tokens",
+        "AVG(final_score) AS avg_final_score",
+        "AVG(workflow_score) AS avg_workflow_score",
+        "AVG(phase2_score) AS avg_phase2_score",
+        "AVG(quality_score) AS avg_quality_score",
+        "AVG(turns) AS avg_turns",
+        "AVG(tool_calls) AS avg_tool_calls",
+        "AVG(execution_time) AS avg_execution_time",
+        "SUM(error_category IS NOT NULL) AS total_errors",
+    ]
+    cols += [f"SUM(error_category IS '{c}') AS {c}_errors" for c in ERROR_CATEGORIES]
+    return ",\n  ".join(cols)
+
+
+def view_sql() -> dict[str, str]:
+    """One view per level of the hierarchy: name -> SELECT."""
+    stats = _stats_sql()
+    return {
+        name: f"SELECT {', '.join(keys)},\n  {stats}\nFROM tests GROUP BY {', '.join(keys)}"
+        for name, keys in LEVELS
+    }

@@ -1,0 +1,127 @@
+"""results.db: incremental == a fresh fold over any split; the same numbers as the JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from storage_helpers import completed, errored, event_lists, ts
+
+from ultra import events as ev
+from ultra.audit import audit
+from ultra.projecting import fresh_results, project
+from ultra.store import EventLog
+
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+TABLES = (("tests", "event_id"), ("errored", "event_id"), ("runs", "run_id"), ("meta", "key"))
+
+
+def dump(conn: sqlite3.Connection) -> dict[str, list]:
+    return {t: conn.execute(f"SELECT * FROM {t} ORDER BY {k}").fetchall() for t, k in TABLES}
+
+
+def project_at_splits(events: list[ev.Event], tmp: Path, splits: list[int]) -> Path:
+    db, out = tmp / "events.db", tmp / "master_database.json"
+    with EventLog.open(db) as log:
+        start = 0
+        for cut in [*sorted(splits), len(events)]:
+            log.append(events[start:cut])
+            start = max(start, cut)
+            project(db, out)
+    return tmp / "results.db"
+
+
+@SETTINGS
+@given(event_lists(max_size=40), st.lists(st.integers(0, 40), max_size=4))
+def test_incremental_updates_over_any_split_equal_a_fresh_fold(events, splits):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = project_at_splits(events, Path(tmp), [min(s, len(events)) for s in splits])
+        with sqlite3.connect(path) as conn, EventLog.open(Path(tmp) / "events.db") as log:
+            fresh = fresh_results(log, log.last_seq())
+            assert dump(conn) == dump(fresh.conn)
+            # and the views say what master_database.json says, level by level
+            doc = json.loads((Path(tmp) / "master_database.json").read_bytes())
+            assert_views_match(conn, doc)
+
+
+def assert_views_match(conn: sqlite3.Connection, doc: dict) -> None:
+    conn.row_factory = sqlite3.Row
+    levels = ["by_prompt_type", "by_tool_success_rate", "by_difficulty", "by_task_type"]
+    views = ["by_model", *levels]
+    seen = 0
+    for depth, view in enumerate(views):
+        for row in conn.execute(f"SELECT * FROM {view}"):
+            row = dict(row)
+            path = [row["model"], row.get("prompt_type"), row.get("tool_success_rate"),
+                    row.get("difficulty"), row.get("task_type")][: depth + 1]
+            node = doc["models"][path[0]]
+            for level, name in zip(levels, path[1:]):
+                node = node[level][str(round(name, 4)) if isinstance(name, float) else name]
+            stats = node if depth == 4 else node["overall_stats"]
+            for key, want in stats.items():
+                if key in row:
+                    assert math.isclose(row[key], want, abs_tol=2e-6), (view, path, key)
+                    seen += 1
+    assert seen or not doc["summary"]["total_tests"]
+
+
+def test_rows_dimensions_and_views(tmp_path):
+    events = [
+        ev.RunStarted(run_id="run-1", argv=["run"], config_digest="d", recorded_at=ts(0),
+                      plan=ev.PlanSummary(tests=3, shards=1, models=["DeepSeek-V3-0324"])),
+        completed(1, instance="DeepSeek-V3-0324-2", model="DeepSeek-V3-0324-2", simulated=True,
+                  usage=ev.Usage(prompt_tokens=100, completion_tokens=20, reasoning_tokens=5)),
+        completed(2, outcome="failure", error_category="brand_new", test_key="key-2"),
+        completed(3, event_id="dup", test_key="key-1", outcome="failure", error_category="timeout"),
+        errored(4, reason="timeout"),
+        ev.RunFinished(run_id="run-1", completed=3, errored=1, recorded_at=ts(5)),
+    ]
+    path = project_at_splits(events, tmp_path, [2, 4])
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    rows = [dict(r) for r in conn.execute("SELECT * FROM tests ORDER BY seq")]
+    assert [r["event_id"] for r in rows] == ["c1", "c2"]  # the duplicate counts once
+    first = rows[0]
+    assert (first["model"], first["instance"], first["simulated"], first["success"]) == \
+        ("DeepSeek-V3-0324", "DeepSeek-V3-0324-2", 1, 1)
+    assert (first["prompt_tokens"], first["completion_tokens"], first["reasoning_tokens"]) == (100, 20, 5)
+    assert rows[1]["error_category"] == "other"  # unknown categories count as other, as in the JSON
+    assert [r[0] for r in conn.execute("SELECT reason FROM errored")] == ["timeout"]
+    run = dict(conn.execute("SELECT * FROM runs").fetchone())
+    assert (run["planned"], run["completed"], run["errored"], run["finished_at"]) == (3, 3, 1, ts(5))
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list(tests)")}
+    assert {f"tests_by_{d}" for d in ("model", "run_id", "prompt_type", "tool_success_rate",
+                                      "difficulty", "task_type")} <= indexes
+    model = dict(conn.execute("SELECT * FROM by_model").fetchone())
+    assert (model["total"], model["success"], model["total_errors"], model["other_errors"]) == (2, 1, 1, 1)
+
+
+def test_a_repair_rebuilds_and_audit_checks_the_file(tmp_path):
+    db, out = tmp_path / "e.db", tmp_path / "m.json"
+    with EventLog.open(db) as log:
+        log.append([completed(1, model="dsv3"), completed(2)])
+        assert project(db, out).results_rebuilt
+        log.append([completed(3)])
+        assert not project(db, out).results_rebuilt
+        log.append([ev.AliasDefined(recorded_at=ts(5), alias="dsv3", canonical="DeepSeek-V3-0324")])
+    assert project(db, out).results_rebuilt
+    conn = sqlite3.connect(tmp_path / "results.db")
+    assert conn.execute("SELECT DISTINCT model FROM tests").fetchall() == [("DeepSeek-V3-0324",)]
+    assert audit(db, out).clean
+    with conn:
+        conn.execute("UPDATE tests SET outcome = 'failure' WHERE event_id = 'c1'")
+    conn.close()
+    report = audit(db, out)
+    assert any("results.db: table tests differs" in f for f in report.findings)
+    project(db, out, rebuild=True)
+    assert audit(db, out).clean
+    (tmp_path / "results.db").write_bytes(b"not a database at all, not even close to one")
+    assert any("results.db" in f for f in audit(db, out).findings)
+    assert project(db, out).results_rebuilt  # an unusable file is rebuilt, not an error
+    assert audit(db, out).clean
