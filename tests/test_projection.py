@@ -372,7 +372,8 @@ def test_check_invariants_catches_broken_sums(tmp_path):
 def test_keys_come_in_the_documented_order(tmp_path):
     doc = _doc(tmp_path, [completed(1, simulated=True), completed(2, instance="DeepSeek-V3-0324-2"),
                           completed(3, outcome="failure", error_category="timeout")])
-    assert list(doc)[:6] == ["schema_version", "generated_at", "last_seq", "summary", "test_groups", "models"]
+    assert list(doc) == ["schema_version", "generated_at", "last_seq", "chain_head", "summary",
+                         "test_groups", "models"]
     leaf = doc["models"]["DeepSeek-V3-0324"]["overall_stats"]
     keys = list(leaf)
     assert keys[0] == "total"
