@@ -16,7 +16,7 @@ from typing import Any
 from projections.counting import Counted
 from ultra.events import ERROR_CATEGORIES, RunFinished, RunStarted, TestCompleted
 
-VERSION = 1  # bump when tables, rows or views change: an older results.db is rebuilt
+VERSION = 2  # bump when tables, rows or views change: an older results.db is rebuilt
 
 _KNOWN_CATEGORIES = frozenset(ERROR_CATEGORIES)
 

@@ -19,7 +19,8 @@ from ultra.store import EventLog
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-TABLES = (("tests", "event_id"), ("errored", "event_id"), ("runs", "run_id"), ("meta", "key"))
+TABLES = (("tests", "event_id"), ("errored", "event_id"), ("runs", "run_id"), ("aliases", "alias"),
+          ("meta", "key"))
 
 
 def dump(conn: sqlite3.Connection) -> dict[str, list]:

@@ -104,7 +104,7 @@ def audit(db: Path | str, out: Path | str, results: Path | str | None = None) ->
 
 
 _RESULTS_TABLES = (("tests", "event_id"), ("errored", "event_id"), ("runs", "run_id"),
-                   ("meta", "key"))
+                   ("aliases", "alias"), ("meta", "key"))
 
 
 def _check_results(log: EventLog, path: Path, until: int, notes: list[str]) -> list[str]:

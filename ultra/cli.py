@@ -230,6 +230,62 @@ def repair_retract(
 # STORAGE-COMMANDS-END
 
 
+# ---- reports ----------------------------------------------------------------------------
+
+# REPORT-COMMANDS-BEGIN
+REPORT_FORMATS = ("table", "markdown", "csv", "json", "html")
+
+
+@app.command("report")
+def report_command(
+    table: Annotated[Optional[str], typer.Argument(
+        help="overview | prompt-types | flaws | tool-reliability | difficulty | task-types | "
+             "scale | errors | all (default: overview; all for html)")] = None,
+    db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT, results: ResultsOpt = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="Config giving family, params_b and prices (default: the demo).")] = None,
+    models: Annotated[Optional[list[str]], typer.Option("--models", help="Models (comma-separated).")] = None,
+    prompt_types: Annotated[Optional[list[str]], typer.Option(
+        "--prompt-types", help="Prompt types; `all` or `all_with_flawed` too.")] = None,
+    difficulty: Annotated[Optional[list[str]], typer.Option("--difficulty", help="Difficulties.")] = None,
+    task_types: Annotated[Optional[list[str]], typer.Option("--task-types", help="Task types.")] = None,
+    tool_success_rate: Annotated[Optional[list[str]], typer.Option(
+        "--tool-success-rate", help="Tool success rates.")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run", help="Only this run id.")] = None,
+    exclude_timeouts: Annotated[bool, typer.Option(
+        "--exclude-timeouts", help="Leave tests that failed by timeout out of the denominators.")] = False,
+    compare: Annotated[Optional[tuple[str, str]], typer.Option(
+        "--compare", help="RUN_A RUN_B: per-model success deltas, with a two-proportion test.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json | html")] = "table",
+    output: Annotated[Optional[Path], typer.Option("--output", help="Write here instead of stdout.")] = None,
+) -> None:
+    """The standard tables of results.db (kept in step with the log first)."""
+    from ultra.report.run import make_report
+    from ultra.report.tables import TABLES, Selection
+
+    if fmt not in REPORT_FORMATS:
+        raise UserError(f"--format {fmt!r}: must be one of {', '.join(REPORT_FORMATS)}")
+    names = [table] if table else (["all"] if fmt == "html" else ["overview"])
+    if names == ["all"]:
+        names = list(TABLES)
+    elif names[0] not in TABLES:
+        raise UserError(f"unknown table {table!r} (known: {', '.join(TABLES)}, all)")
+    sel = Selection(models=_csv(models), prompt_types=_csv(prompt_types),
+                    difficulties=_csv(difficulty), task_types=_csv(task_types),
+                    rates=_rates(tool_success_rate), run=run_id,
+                    exclude_timeouts=exclude_timeouts)
+    text = make_report(db=db, out=out, results=results, config=config, selection=sel,
+                       tables=names, fmt=fmt, compare=compare)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    from ultra.projecting import write_atomic
+
+    write_atomic(output, text.encode())
+    typer.echo(f"wrote {output}")
+# REPORT-COMMANDS-END
+
+
 # ---- collection commands (run, plan, config, sim) -------------------------------------
 
 # SIM-COMMANDS-BEGIN

@@ -175,6 +175,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db["tests"].create(rdb.TEST_COLUMNS, pk="event_id")
     db["errored"].create(rdb.ERRORED_COLUMNS, pk="event_id")
     db["runs"].create(rdb.RUN_COLUMNS, pk="run_id")
+    db["aliases"].create({"alias": str, "canonical": str}, pk="alias")
     db["meta"].create({"key": str, "value": str}, pk="key")
 
 
@@ -221,6 +222,9 @@ def _fold_results(db: sqlite_utils.Database, log: EventLog, meta: ResultsMeta, u
             flush(table)
     for row in runs.values():
         db["runs"].upsert(row, pk="run_id")
+    if repairs.aliases:  # the final table: a new alias rebuilds the file, so this is complete
+        db["aliases"].upsert_all([{"alias": a, "canonical": c} for a, c in repairs.aliases.items()],
+                                 pk="alias")
     meta.last_seq = until
     meta.generated_at = counting.last_recorded_at
     meta.duplicate_completions += counting.duplicates

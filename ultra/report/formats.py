@@ -1,0 +1,166 @@
+"""Tables as text: an 80-column terminal table, Markdown, CSV and JSON.
+
+One number format per column kind, the same in every text format; CSV and JSON carry the
+unrounded values.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from typing import Any
+
+import textwrap
+
+import msgspec
+
+from ultra.report.tables import Column, Table
+
+WIDTH = 80
+NAME_WIDTH = 20
+
+
+def shorten(name: str, width: int) -> str:
+    """`name` in at most `width` characters, keeping its end (a key or deployment suffix
+    such as `-key1` or `-2` tells routes apart) and its start."""
+    if len(name) <= width:
+        return name
+    tail = min(8, max(1, (width - 1) // 2))
+    return name[: width - tail - 1] + "…" + name[-tail:]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _tokens(x: float) -> str:
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+FORMATS: dict[str, Callable[[Any], str]] = {
+    "text": str,
+    "count": lambda x: f"{x:,}",
+    "rate": _pct,
+    "interval": lambda x: f"{100 * x[0]:.1f}–{100 * x[1]:.1f}",
+    "score": lambda x: f"{x:.3f}",
+    "mean": lambda x: f"{x:.1f}",
+    "tokens": _tokens,
+    "cost": lambda x: f"{x:,.2f}",
+    "delta": lambda x: f"{100 * x:+.1f}",
+    "p": lambda x: f"{x:.3f}",
+    "number": lambda x: f"{x:g}",
+}
+
+
+def cell(column: Column, value: Any) -> str:
+    if value is None:
+        return "–"
+    return FORMATS[column.kind](value)
+
+
+def _fit(cols: list[Column], cells: list[list[str]], width: int) -> list[int]:
+    """Column widths that fit `width` with one space between columns: numbers keep their
+    width, headers wrap (words broken only if they must), names are shortened."""
+    content = [max([len(r[j]) for r in cells] + [1]) for j in range(len(cols))]
+    words = [max(len(w) for w in c.title.split()) for c in cols]
+    budget = width - (len(cols) - 1)
+    text = [j for j, c in enumerate(cols) if c.kind == "text"]
+    for cap in range(12, 3, -1):
+        widths = [max(content[j], min(words[j], cap)) if j not in text
+                  else max(min(content[j], NAME_WIDTH), min(words[j], cap)) for j in range(len(cols))]
+        if sum(widths) <= budget:
+            return widths
+    spare = budget - sum(w for j, w in enumerate(widths) if j not in text)
+    for j in text:  # names give way last, and never below 8 columns
+        widths[j] = max(8, spare // max(1, len(text)))
+    return widths
+
+
+def to_terminal(tables: list[Table], width: int = WIDTH) -> str:
+    """Plain tables that fit `width` columns (detail columns are left out)."""
+    out: list[str] = []
+    for t in tables:
+        keep = [j for j, c in enumerate(t.columns) if not c.detail]
+        cols = [t.columns[j] for j in keep]
+        cells = [[str(row[j]) if t.columns[j].kind == "text" else cell(t.columns[j], row[j])
+                  for j in keep] for row in t.rows]
+        widths = _fit(cols, cells, width)
+        heads = [textwrap.wrap(c.title, w, break_on_hyphens=False) or [""]
+                 for c, w in zip(cols, widths)]
+        depth = max(len(h) for h in heads)
+        out.append(t.title)
+        for line in range(depth):
+            parts = []
+            for c, w, h in zip(cols, widths, heads):
+                word = h[line - (depth - len(h))] if line >= depth - len(h) else ""
+                parts.append(word.ljust(w) if c.kind == "text" else word.rjust(w))
+            out.append(" ".join(parts).rstrip())
+        out.append(" ".join("─" * w for w in widths))
+        for row in cells:
+            out.append(" ".join(
+                shorten(v, w).ljust(w) if c.kind == "text" else v.rjust(w)
+                for c, w, v in zip(cols, widths, row)).rstrip())
+        for note in t.notes:
+            out += textwrap.wrap(note, width, initial_indent="  ", subsequent_indent="    ")
+        out.append("")
+    return "\n".join(out)
+
+
+def to_markdown(tables: list[Table]) -> str:
+    parts = []
+    for t in tables:
+        lines = [f"## {t.title}", ""]
+        lines.append("| " + " | ".join(c.title for c in t.columns) + " |")
+        lines.append("|" + "|".join("---" if c.kind == "text" else "---:" for c in t.columns) + "|")
+        for row in t.rows:
+            lines.append("| " + " | ".join(cell(c, v).replace("|", "\\|")
+                                           for c, v in zip(t.columns, row)) + " |")
+        lines.append("")
+        lines += [f"- {n}" for n in t.notes]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def to_csv(tables: list[Table]) -> str:
+    """One CSV block per table (a `# title` line between blocks); intervals as two columns."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    for i, t in enumerate(tables):
+        if len(tables) > 1:
+            if i:
+                out.write("\n")
+            out.write(f"# {t.name}\n")
+        header = []
+        for c in t.columns:
+            header += [f"{c.key}_low", f"{c.key}_high"] if c.kind == "interval" else [c.key]
+        w.writerow(header)
+        for row in t.rows:
+            flat: list[Any] = []
+            for c, v in zip(t.columns, row):
+                if c.kind == "interval":
+                    flat += list(v) if v is not None else ["", ""]
+                else:
+                    flat.append("" if v is None else v)
+            w.writerow(flat)
+    return out.getvalue()
+
+
+def to_json(tables: list[Table], selection: Any = None) -> str:
+    doc = {
+        "selection": msgspec.to_builtins(selection) if selection is not None else None,
+        "tables": [
+            {
+                "name": t.name,
+                "title": t.title,
+                "columns": [{"key": c.key, "title": c.title, "kind": c.kind} for c in t.columns],
+                "rows": [dict(zip((c.key for c in t.columns), row)) for row in t.rows],
+                "notes": t.notes,
+            }
+            for t in tables
+        ],
+    }
+    return msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n"

@@ -1,0 +1,407 @@
+"""The standard tables, computed from results.db (one GROUP BY query per table).
+
+A `Table` is plain data (columns with a kind, rows of values); `formats` and `page` render
+it. Rates are shares in [0, 1]; intervals are 95 % Wilson intervals `[low, high]`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import msgspec
+
+from ultra.errors import UserError
+from ultra.events import ERROR_CATEGORIES
+from ultra.naming import canonical_model, rate_key
+from ultra.report.intervals import two_proportion_p, wilson
+
+Kind = Literal["text", "count", "rate", "interval", "score", "mean", "tokens", "cost", "delta",
+               "p", "number"]
+
+TABLES: tuple[str, ...] = (
+    "overview", "prompt-types", "flaws", "tool-reliability", "difficulty", "task-types",
+    "scale", "errors",
+)
+DIFFICULTY_ORDER = ("very_easy", "easy", "medium", "hard", "very_hard")
+PROMPT_ORDER = ("baseline", "cot", "optimal")
+FLAWED = "flawed_"
+
+
+class Column(msgspec.Struct, frozen=True):
+    key: str
+    title: str
+    kind: Kind
+    detail: bool = False  # left out of the 80-column terminal table only
+
+
+class Table(msgspec.Struct):
+    name: str
+    title: str
+    columns: list[Column]
+    rows: list[list[Any]]
+    notes: list[str] = []
+
+
+class Selection(msgspec.Struct, kw_only=True):
+    """Which counted tests a report covers (the selection flags of `ultra run`, and more)."""
+
+    models: list[str] | None = None
+    prompt_types: list[str] | None = None
+    difficulties: list[str] | None = None
+    task_types: list[str] | None = None
+    rates: list[float] | None = None
+    run: str | None = None
+    exclude_timeouts: bool = False
+
+
+class ModelInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """What the config knows of a model that the events do not: its family, its size and
+    its prices (per million tokens)."""
+
+    family: str | None = None
+    params_b: float | None = None
+    input_price: float | None = None
+    output_price: float | None = None
+
+
+class Counts(msgspec.Struct):
+    """Sums over a group of counted tests."""
+
+    n: int = 0
+    success: int = 0
+    full: int = 0
+    partial: int = 0
+    failure: int = 0
+    final_score: float = 0.0
+    turns: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: list[int] = msgspec.field(default_factory=lambda: [0] * len(ERROR_CATEGORIES))
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.success / self.n if self.n else None
+
+
+_SUMS = (
+    "COUNT(*), SUM(success), SUM(outcome = 'full_success'), SUM(outcome = 'partial_success'),"
+    " SUM(outcome = 'failure'), SUM(final_score), SUM(turns), SUM(prompt_tokens),"
+    " SUM(completion_tokens), "
+    + ", ".join(f"SUM(error_category IS '{c}')" for c in ERROR_CATEGORIES)
+)
+_TIMEOUT_FAILURE = "(outcome = 'failure' AND error_category IS 'timeout')"
+
+
+def _counts(row: Sequence[Any]) -> Counts:
+    return Counts(n=row[0], success=row[1], full=row[2], partial=row[3], failure=row[4],
+                  final_score=row[5] or 0.0, turns=row[6], prompt_tokens=row[7],
+                  completion_tokens=row[8], errors=list(row[9:]))
+
+
+class Source:
+    """results.db under a selection: checked once, queried per table."""
+
+    def __init__(self, conn: sqlite3.Connection, sel: Selection,
+                 info: dict[str, ModelInfo] | None = None) -> None:
+        self.conn = conn
+        self.sel = sel
+        self.info = info or {}
+        known = [r[0] for r in conn.execute("SELECT DISTINCT model FROM tests ORDER BY model")]
+        if not known:
+            raise UserError("results.db holds no counted tests yet (run `ultra run`, or "
+                            "`ultra project` over a log that has some)")
+        self.models: list[str] | None = None
+        if sel.models:
+            lookup = {m.lower(): m for m in known}
+            aliases = dict(conn.execute("SELECT alias, canonical FROM aliases").fetchall())
+            chosen = []
+            for name in sel.models:
+                m = lookup.get(canonical_model(name, aliases).lower())
+                if m is None:
+                    raise UserError(f"unknown model {name!r}: results.db has {', '.join(known)}")
+                chosen.append(m)
+            self.models = list(dict.fromkeys(chosen))
+        if sel.run is not None:
+            self._check_run(sel.run)
+        where, params = self._where(sel.run)
+        self.where, self.params = where, params
+        n = conn.execute(f"SELECT COUNT(*) FROM tests WHERE {where}", params).fetchone()[0]
+        if n == 0:
+            raise UserError("no counted tests match this selection")
+        self.timeouts_excluded = 0
+        if sel.exclude_timeouts:
+            base, base_params = self._where(sel.run, with_timeouts=True)
+            self.timeouts_excluded = conn.execute(
+                f"SELECT COUNT(*) FROM tests WHERE {base} AND {_TIMEOUT_FAILURE}", base_params
+            ).fetchone()[0]
+
+    def _check_run(self, run: str) -> None:
+        found = self.conn.execute(
+            "SELECT 1 FROM tests WHERE run_id = ? UNION SELECT 1 FROM errored WHERE run_id = ?"
+            " UNION SELECT 1 FROM runs WHERE run_id = ? LIMIT 1", (run, run, run)).fetchone()
+        if found is None:
+            raise UserError(f"unknown run id {run!r}: results.db has no such run")
+
+    def _where(self, run: str | None, *, with_timeouts: bool = False,
+               table: str = "tests") -> tuple[str, list[Any]]:
+        sel = self.sel
+        parts: list[str] = ["1 = 1"]
+        params: list[Any] = []
+
+        def among(column: str, values: Iterable[Any] | None) -> None:
+            if values is not None:
+                values = list(values)
+                parts.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params.extend(values)
+
+        among("model", self.models)
+        prompts = sel.prompt_types
+        if prompts is not None and "all_with_flawed" not in prompts:
+            plain = [p for p in prompts if p != "all"]
+            if "all" in prompts:
+                parts.append(f"(prompt_type NOT LIKE '{FLAWED}%'"
+                             + (f" OR prompt_type IN ({', '.join('?' * len(plain))}))" if plain else ")"))
+                params.extend(plain)
+            else:
+                among("prompt_type", plain)
+        among("difficulty", sel.difficulties)
+        among("task_type", sel.task_types)
+        if sel.rates is not None:
+            among("ROUND(tool_success_rate, 4)", [round(r, 4) for r in sel.rates])
+        if run is not None:
+            parts.append("run_id = ?")
+            params.append(run)
+        if sel.exclude_timeouts and not with_timeouts and table == "tests":
+            parts.append(f"NOT {_TIMEOUT_FAILURE}")
+        return " AND ".join(parts), params
+
+    def grouped(self, *dims: str, run: str | None = None) -> dict[tuple[Any, ...], Counts]:
+        """Counts per (model, *dims), models in name order."""
+        if run is None:
+            where, params = self.where, self.params
+        else:
+            where, params = self._where(run)
+        keys = ", ".join(("model", *dims))
+        rows = self.conn.execute(
+            f"SELECT {keys}, {_SUMS} FROM tests WHERE {where} GROUP BY {keys} ORDER BY {keys}",
+            params).fetchall()
+        width = 1 + len(dims)
+        return {tuple(r[:width]): _counts(r[width:]) for r in rows}
+
+    def errored(self, run: str | None = None) -> dict[str, int]:
+        where, params = self._where(run if run is not None else self.sel.run, table="errored")
+        rows = self.conn.execute(
+            f"SELECT model, COUNT(*) FROM errored WHERE {where} GROUP BY model", params).fetchall()
+        return dict(rows)
+
+    def check_run(self, run: str) -> None:
+        self._check_run(run)
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.sel.exclude_timeouts:
+            out.append(f"--exclude-timeouts: {self.timeouts_excluded} tests that failed by"
+                       " timeout are left out of every denominator")
+        return out
+
+
+# ---- the tables --------------------------------------------------------------------------
+
+
+def _cost(c: Counts, info: ModelInfo | None) -> float | None:
+    if info is None or (info.input_price is None and info.output_price is None):
+        return None
+    return (c.prompt_tokens * (info.input_price or 0.0)
+            + c.completion_tokens * (info.output_price or 0.0)) / 1e6
+
+
+def overview(src: Source) -> Table:
+    per_model = {k[0]: c for k, c in src.grouped().items()}
+    errored = src.errored()
+    cols = [
+        Column("model", "model", "text"),
+        Column("tests", "tests", "count"),
+        Column("success_rate", "success %", "rate"),
+        Column("success_ci", "95% CI", "interval"),
+        Column("full_success_rate", "full %", "rate"),
+        Column("full_success_ci", "full 95% CI", "interval", detail=True),
+        Column("partial_rate", "partial %", "rate", detail=True),  # = success - full
+        Column("partial_ci", "partial 95% CI", "interval", detail=True),
+        Column("failure_rate", "failure %", "rate"),
+        Column("failure_ci", "failure 95% CI", "interval", detail=True),
+        Column("avg_final_score", "score", "score"),
+        Column("avg_turns", "turns", "mean"),
+        Column("avg_tokens", "tokens per test", "tokens"),
+        Column("cost", "cost $", "cost"),
+        Column("errored", "errored", "count"),
+    ]
+    rows = []
+    for model, c in per_model.items():
+        rows.append([
+            model, c.n,
+            c.success / c.n, list(wilson(c.success, c.n)),
+            c.full / c.n, list(wilson(c.full, c.n)),
+            c.partial / c.n, list(wilson(c.partial, c.n)),
+            c.failure / c.n, list(wilson(c.failure, c.n)),
+            c.final_score / c.n, c.turns / c.n,
+            (c.prompt_tokens + c.completion_tokens) / c.n,
+            _cost(c, src.info.get(model)), errored.get(model, 0),
+        ])
+    notes = ["success = full + partial success; 95 % Wilson intervals; score = mean final score",
+             "errored = attempts that could not be taken (rate limits, timeouts, 5xx): in no rate",
+             *src.notes()]
+    if any(r[13] is None for r in rows):
+        notes.append("cost: shown for models whose config gives input_price and output_price")
+    return Table("overview", "Overview: per model", cols, rows, notes)
+
+
+def _order(values: Iterable[str], first: Sequence[str]) -> list[str]:
+    values = set(values)
+    return [v for v in first if v in values] + sorted(values - set(first))
+
+
+def _pivot(src: Source, name: str, title: str, dim: str, values: list[Any],
+           labels: list[str], extra: str | None = None) -> Table:
+    cells = src.grouped(dim)
+    models = sorted({k[0] for k in cells})
+    cols = [Column("model", "model", "text"), Column("tests", "tests", "count")]
+    cols += [Column(str(value), f"{str(label).replace('_', ' ')} %", "rate")
+             for value, label in zip(values, labels)]
+    rows = []
+    for model in models:
+        rates = [cells[(model, v)].success_rate if (model, v) in cells else None for v in values]
+        n = sum(c.n for (m, _), c in cells.items() if m == model)
+        rows.append([model, n, *rates])
+    return Table(name, title, cols, rows, ["cells: success rate (full + partial)", *src.notes()])
+
+
+def prompt_types(src: Source) -> Table:
+    present = [k[1] for k in src.grouped("prompt_type")]
+    values = _order((p for p in present if not p.startswith(FLAWED)), PROMPT_ORDER)
+    if not values:
+        raise UserError("no baseline, cot or optimal tests match this selection")
+    return _pivot(src, "prompt-types", "Success by prompt type", "prompt_type", values, values)
+
+
+def flaws(src: Source) -> Table:
+    from ultra.suites.workflow.flaws import FLAWS
+
+    present = [k[1] for k in src.grouped("prompt_type")]
+    values = _order((p for p in present if p.startswith(FLAWED)), [FLAWED + f for f in FLAWS])
+    if not values:
+        raise UserError("no flawed_* tests match this selection (run with "
+                        "--prompt-types all_with_flawed)")
+    t = _pivot(src, "flaws", "Adaptation to flawed workflows", "prompt_type", values,
+               [v.removeprefix(FLAWED) for v in values])
+    t.columns.append(Column("adaptability", "adaptability %", "rate"))
+    for row in t.rows:
+        rates = [r for r in row[2:] if r is not None]
+        row.append(sum(rates) / len(rates) if rates else None)
+    t.notes.insert(1, "adaptability: the mean success rate over the flaw types a model took")
+    return t
+
+
+def tool_reliability(src: Source) -> Table:
+    present = sorted({k[1] for k in src.grouped("tool_success_rate")}, reverse=True)
+    t = _pivot(src, "tool-reliability", "Sensitivity to tool reliability", "tool_success_rate",
+               present, [rate_key(r) for r in present])
+    t.columns.append(Column("drop", "drop", "delta"))
+    for row in t.rows:
+        rates = row[2:]
+        hi = next((r for r in rates if r is not None), None)
+        lo = next((r for r in reversed(rates) if r is not None), None)
+        row.append(hi - lo if hi is not None and lo is not None and len(present) > 1 else None)
+    t.notes.insert(1, "columns: tool success rate; drop: success at the highest rate minus at "
+                      "the lowest")
+    return t
+
+
+def difficulty(src: Source) -> Table:
+    values = _order((k[1] for k in src.grouped("difficulty")), DIFFICULTY_ORDER)
+    return _pivot(src, "difficulty", "Success by difficulty", "difficulty", values, values)
+
+
+def task_types(src: Source) -> Table:
+    values = sorted({k[1] for k in src.grouped("task_type")})
+    return _pivot(src, "task-types", "Success by task type", "task_type", values, values)
+
+
+def scale(src: Source) -> Table:
+    per_model = {k[0]: c for k, c in src.grouped().items()}
+    sized = [(i.family, i.params_b, m) for m, i in src.info.items()
+             if m in per_model and i.family and i.params_b]
+    cols = [Column("family", "family", "text"), Column("model", "model", "text"),
+            Column("params_b", "params B", "number"), Column("tests", "tests", "count"),
+            Column("success_rate", "success %", "rate"), Column("success_ci", "95% CI", "interval"),
+            Column("avg_final_score", "score", "score")]
+    rows = []
+    for family, params, model in sorted(sized, key=lambda x: (x[0], x[1], x[2])):
+        c = per_model[model]
+        rows.append([family, model, params, c.n, c.success / c.n, list(wilson(c.success, c.n)),
+                     c.final_score / c.n])
+    if not rows:
+        raise UserError("no model of this selection has `family` and `params_b` in the config "
+                        "(see --config presets)")
+    unsized = sorted(set(per_model) - {m for _, _, m in sized})
+    notes = ["models of a family ordered by size (config: family, params_b)", *src.notes()]
+    if unsized:
+        notes.append(f"not shown (no family or size in the config): {', '.join(unsized)}")
+    return Table("scale", "Scale within a model family", cols, rows, notes)
+
+
+def errors(src: Source) -> Table:
+    per_model = {k[0]: c for k, c in src.grouped().items()}
+    cols = [Column("model", "model", "text"), Column("tests", "tests", "count"),
+            Column("errors", "errors", "count")]
+    cols += [Column(c, c.replace("_", " ") + " %", "rate") for c in ERROR_CATEGORIES]
+    rows = []
+    for model, c in per_model.items():
+        total = sum(c.errors)
+        rows.append([model, c.n, total, *[(e / total if total else None) for e in c.errors]])
+    return Table("errors", "Error categories", cols, rows,
+                 ["errors: tests that were not a full success; categories as shares of them",
+                  *src.notes()])
+
+
+def compare(src: Source, run_a: str, run_b: str) -> Table:
+    src.check_run(run_a)
+    src.check_run(run_b)
+    a = {k[0]: c for k, c in src.grouped(run=run_a).items()}
+    b = {k[0]: c for k, c in src.grouped(run=run_b).items()}
+    cols = [Column("model", "model", "text"),
+            Column("tests_a", "tests A", "count"), Column("success_a", "success A %", "rate"),
+            Column("tests_b", "tests B", "count"), Column("success_b", "success B %", "rate"),
+            Column("delta", "B - A", "delta"), Column("p_value", "p", "p"),
+            Column("significant", "sig.", "text")]
+    rows = []
+    for model in sorted(set(a) | set(b)):
+        ca, cb = a.get(model, Counts()), b.get(model, Counts())
+        p = two_proportion_p(ca.success, ca.n, cb.success, cb.n)
+        delta = (cb.success / cb.n - ca.success / ca.n) if ca.n and cb.n else None
+        rows.append([model, ca.n, ca.success_rate, cb.n, cb.success_rate, delta, p,
+                     "*" if p is not None and p < 0.05 else ""])
+    return Table("compare", f"Run {run_b} (B) against run {run_a} (A)", cols, rows,
+                 ["delta: success rate of B minus A; * two-proportion z-test, p < 0.05",
+                  *src.notes()])
+
+
+BUILDERS = {
+    "overview": overview, "prompt-types": prompt_types, "flaws": flaws,
+    "tool-reliability": tool_reliability, "difficulty": difficulty, "task-types": task_types,
+    "scale": scale, "errors": errors,
+}
+
+
+def build(src: Source, names: Sequence[str]) -> list[Table]:
+    """The named tables; with several, those the selection has no data for are skipped."""
+    if len(names) == 1:
+        return [BUILDERS[names[0]](src)]
+    out = []
+    for name in names:
+        try:
+            out.append(BUILDERS[name](src))
+        except UserError:
+            continue
+    return out
