@@ -12,33 +12,47 @@ set of every key in memory.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_type_hints
 
 import msgspec
 
 from projections.counting import Counting, Item
 from projections.repairs import Repairs
-from ultra.events import ERROR_CATEGORIES, TestCompleted
+from ultra.events import ERROR_CATEGORIES, TestCompleted, TestResult, Usage
 from ultra.naming import rate_key
 
 FILE_SCHEMA_VERSION = 2  # 2: documented key order, num_instances, simulated share, tokens
-STATE_VERSION = 3  # bump when Acc/FoldState change: saved states are then rebuilt
+STATE_VERSION = 4  # bump when Acc/FoldState change: saved states are then rebuilt
 DIGITS = 6  # every float in the file is rounded to this many decimals
 
 LeafKey = tuple[str, str, str, str, str]  # model, prompt key, rate key, difficulty, task type
 
 _CATEGORY_INDEX = {c: i for i, c in enumerate(ERROR_CATEGORIES)}
-_OTHER = _CATEGORY_INDEX["other"]
 
 
-# The plain sums of an accumulator (merged field by field; `errors` is a list).
-_SUMMED_FIELDS: tuple[str, ...] = (
-    "total", "full_success", "partial_success", "failure", "turns", "tool_calls",
-    "with_assistance", "execution_time", "tool_coverage", "workflow_score", "phase2_score",
-    "quality_score", "final_score", "prompt_tokens", "completion_tokens", "reasoning_tokens",
-    "simulated",
-)
+def _marked_fields() -> tuple[tuple[str, str, str], ...]:
+    """(field, stat name, kind) of every `TestResult` field marked with a stat (kind
+    "rate" or "mean" per test): the sums an accumulator keeps besides its counts, derived
+    from the schema rather than listed here."""
+    hints = get_type_hints(TestResult, include_extras=True)
+    out = []
+    for f in msgspec.structs.fields(TestResult):
+        for meta in getattr(hints[f.name], "__metadata__", ()):
+            extra = getattr(meta, "extra", None) or {}
+            if "stat" in extra:
+                out.append((f.name, extra["stat"], extra["kind"]))
+    return tuple(out)
+
+
+AVERAGED: tuple[tuple[str, str, str], ...] = _marked_fields()
+_averaged_values = operator.attrgetter(*(f for f, _, _ in AVERAGED))  # 2 or more: a tuple
+TOKENS: tuple[str, ...] = tuple(f.name for f in msgspec.structs.fields(Usage))  # summed as counts
+_token_values = operator.attrgetter(*TOKENS)
+# The plain counters of an accumulator, merged field by field (lists and dicts apart).
+_COUNTERS: tuple[str, ...] = ("total", "full_success", "partial_success", "failure",
+                              "with_assistance", "execution_time", "simulated")
 
 
 class Acc(msgspec.Struct, array_like=True):
@@ -48,48 +62,39 @@ class Acc(msgspec.Struct, array_like=True):
     full_success: int = 0
     partial_success: int = 0
     failure: int = 0
-    turns: int = 0
-    tool_calls: int = 0
     with_assistance: int = 0
     errors: list[int] = msgspec.field(default_factory=lambda: [0] * len(ERROR_CATEGORIES))
     execution_time: float = 0.0
-    tool_coverage: float = 0.0
-    workflow_score: float = 0.0
-    phase2_score: float = 0.0
-    quality_score: float = 0.0
-    final_score: float = 0.0
+    sums: list[float] = msgspec.field(default_factory=lambda: [0.0] * len(AVERAGED))  # as AVERAGED
+    metrics: dict[str, float] = msgspec.field(default_factory=dict)  # the suites' own scores
+    tokens: list[int] = msgspec.field(default_factory=lambda: [0] * len(TOKENS))  # as TOKENS
     last_test_time: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0  # reasoning tokens included, as the APIs count them
-    reasoning_tokens: int = 0
     simulated: int = 0  # tests answered by the bundled simulator
 
     def add(self, e: TestCompleted) -> None:
+        r = e.result
         self.total += 1
-        outcome = e.outcome
+        outcome = r.outcome
         if outcome == "full_success":
             self.full_success += 1
         elif outcome == "partial_success":
             self.partial_success += 1
         else:
             self.failure += 1
-        self.turns += e.turns
-        self.tool_calls += e.tool_calls
-        if e.assisted_turns > 0:
+        if r.assisted_turns > 0:
             self.with_assistance += 1
-        if e.error_category is not None:
-            # Unknown categories (a newer writer's) count as "other" so categories sum up.
-            self.errors[_CATEGORY_INDEX.get(e.error_category, _OTHER)] += 1
+        if r.error_category is not None:
+            self.errors[_CATEGORY_INDEX[r.error_category]] += 1
         self.execution_time += e.execution_time
-        self.tool_coverage += e.tool_coverage
-        self.workflow_score += e.workflow_score
-        self.phase2_score += e.phase2_score
-        self.quality_score += e.quality_score
-        self.final_score += e.final_score
-        usage = e.usage
-        self.prompt_tokens += usage.prompt_tokens
-        self.completion_tokens += usage.completion_tokens
-        self.reasoning_tokens += usage.reasoning_tokens
+        sums = self.sums
+        for i, x in enumerate(_averaged_values(r)):
+            sums[i] += x
+        metrics = self.metrics
+        for name, value in r.metrics.items():
+            metrics[name] = metrics.get(name, 0.0) + value
+        tokens = self.tokens
+        for i, n in enumerate(_token_values(e.usage)):
+            tokens[i] += n
         if e.simulated:
             self.simulated += 1
         if e.recorded_at > self.last_test_time:
@@ -97,9 +102,13 @@ class Acc(msgspec.Struct, array_like=True):
 
     def merge(self, o: Acc) -> None:
         """Add another accumulator's sums."""
-        for name in _SUMMED_FIELDS:
+        for name in _COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(o, name))
         self.errors = [a + b for a, b in zip(self.errors, o.errors)]
+        self.sums = [a + b for a, b in zip(self.sums, o.sums)]
+        self.tokens = [a + b for a, b in zip(self.tokens, o.tokens)]
+        for name, value in o.metrics.items():  # the suite's order; merges run in one order
+            self.metrics[name] = self.metrics.get(name, 0.0) + value
         if o.last_test_time > self.last_test_time:
             self.last_test_time = o.last_test_time
 
@@ -217,7 +226,7 @@ def stats(a: Acc, digits: int | None = DIGITS) -> dict[str, Any]:
         "partial_rate": per_test(a.partial_success),
         "failure_rate": per_test(a.failure),
         "weighted_success_score": per_test(a.full_success + 0.5 * a.partial_success),
-        "tool_coverage_rate": per_test(a.tool_coverage),
+        **{stat: per_test(x) for (_, stat, kind), x in zip(AVERAGED, a.sums) if kind == "rate"},
         "assistance_rate": per_test(a.with_assistance),
         # counts: they add up across levels
         "success": success,
@@ -225,16 +234,10 @@ def stats(a: Acc, digits: int | None = DIGITS) -> dict[str, Any]:
         "partial_success": a.partial_success,
         "failure": a.failure,
         "tests_with_assistance": a.with_assistance,
-        "prompt_tokens": a.prompt_tokens,  # sums, like the counts: children add up to them
-        "completion_tokens": a.completion_tokens,
-        "reasoning_tokens": a.reasoning_tokens,
-        # means per test
-        "avg_final_score": per_test(a.final_score),
-        "avg_workflow_score": per_test(a.workflow_score),
-        "avg_phase2_score": per_test(a.phase2_score),
-        "avg_quality_score": per_test(a.quality_score),
-        "avg_turns": per_test(a.turns),
-        "avg_tool_calls": per_test(a.tool_calls),
+        **dict(zip(TOKENS, a.tokens)),  # sums, like the counts: children add up to them
+        # means per test: the suite's metrics (in its order), then the marked result fields
+        **{f"avg_{name}": per_test(x) for name, x in a.metrics.items()},
+        **{stat: per_test(x) for (_, stat, kind), x in zip(AVERAGED, a.sums) if kind == "mean"},
         "avg_execution_time": per_test(a.execution_time),
         # error categories: exactly one per test that is not a full success
         "total_errors": sum(a.errors),

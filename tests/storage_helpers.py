@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the writer script runs outside pytest
     sys.path.insert(0, str(ROOT))
 
+from projections.repairs import collect_repairs, resolve_retraction  # noqa: E402
 from ultra import events as ev  # noqa: E402
 
 
@@ -45,8 +46,21 @@ def _test(i: int, prefix: str) -> dict[str, Any]:
     )
 
 
+_RESULT_FIELDS = {f.name for f in __import__("msgspec").structs.fields(ev.TestResult)}
+_METRICS = ("final_score", "workflow_score", "phase2_score", "quality_score")
+
+
+def completion(**fields: Any) -> ev.TestCompleted:
+    """A test.completed from flat fields: result fields and the workflow metrics by name
+    go into its `result`, the rest onto the event."""
+    result = {k: fields.pop(k) for k in list(fields) if k in _RESULT_FIELDS}
+    metrics = {k: fields.pop(k) for k in _METRICS if k in fields}
+    result["metrics"] = {**result.get("metrics", {}), **metrics}
+    return ev.TestCompleted(**fields, result=ev.TestResult(**result))
+
+
 def completed(i: int = 0, **kw: Any) -> ev.TestCompleted:
-    return ev.TestCompleted(**{**_test(i, "c"), **dict(
+    return completion(**{**_test(i, "c"), **dict(
         outcome="full_success",
         execution_time=1.0,
         turns=3,
@@ -106,7 +120,7 @@ def _test_fields(draw: st.DrawFn, key_space: int) -> dict[str, Any]:
                        reasoning_tokens=draw(st.integers(0, 10**4))),
         error_category=None
         if outcome == "full_success"
-        else draw(st.sampled_from([*ev.ERROR_CATEGORIES, "brand_new_category"])),
+        else draw(st.sampled_from(ev.ERROR_CATEGORIES)),
     )
 
 
@@ -125,7 +139,7 @@ def event_lists(
             f = draw(_test_fields(key_space=max_size if unique_keys else 8))
             if unique_keys:
                 f["test_key"] = f"key-{i}"
-            out.append(ev.TestCompleted(event_id=f"ev{i}", recorded_at=when, **f))
+            out.append(completion(event_id=f"ev{i}", recorded_at=when, **f))
         elif kind == "e":
             f = draw(_test_fields(key_space=8))
             for k in ("outcome", "workflow_score", "phase2_score", "quality_score", "final_score",
@@ -149,8 +163,13 @@ def event_lists(
                 ev.Selector(test_keys=[f"key-{draw(st.integers(0, 8))}", "key-1"]),
                 ev.Selector(model="qwen2.5-7b-instruct", recorded_after=ts(max(0, i - 5))),
             ]))
-            out.append(ev.TestsRetracted(event_id=f"ev{i}", recorded_at=when, selector=sel,
-                                         reason="test"))
+            # Resolved when made, as `ultra repair retract` does; an empty match is refused.
+            withdraws = resolve_retraction(
+                sel, [e for e in out if isinstance(e, ev.TestCompleted)],
+                collect_repairs(enumerate(out)))
+            if withdraws:
+                out.append(ev.TestsRetracted(event_id=f"ev{i}", recorded_at=when, selector=sel,
+                                             reason="test", withdraws=withdraws))
     return out
 
 

@@ -49,8 +49,8 @@ def test_duplicate_test_keys_are_findings_unless_retracted(tmp_path):
         completed(3), completed(4, event_id="redo", test_key="key-3", run_id="retest"),
     ])
     with EventLog.open(db) as log:
-        log.append([ev.TestsRetracted(recorded_at=ts(3) + "0", selector=ev.Selector(test_keys=["key-3"]),
-                                      reason="redo")])
+        log.append([ev.TestsRetracted(recorded_at=ts(5), selector=ev.Selector(test_keys=["key-3"]),
+                                      reason="redo", withdraws=["c3"])])
     project(db, out)
     r = audit(db, out)
     assert len(r.findings) == 1 and "key-1 completed 2 times (seq 1, 2)" in r.findings[0]

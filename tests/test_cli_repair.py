@@ -38,6 +38,7 @@ def test_retraction_removes_matching_completions_and_they_are_planned_again(tmp_
     res = runner.invoke(app, ["repair", "retract", "--run", "bad", "--reason", "scorer bug",
                               "--db", str(db), "--out", str(out)])
     assert res.exit_code == 0, res.output
+    assert "retracting 1 completed tests" in res.output
     doc = json.loads(out.read_text())
     assert doc["models"]["gpt-4o-mini"]["overall_stats"]["total"] == 1
     with EventLog.open(db) as log:
@@ -53,3 +54,22 @@ def test_repairs_need_a_selector_and_an_existing_log(tmp_path):
     assert not (tmp_path / "none.db").exists()
     with EventLog.open(db) as log:
         assert log.count() == 3  # nothing was appended by the refused repairs
+
+
+def test_a_retraction_lists_what_it_matched_when_made_and_refuses_an_empty_match(tmp_path):
+    db, out = _log(tmp_path)
+    res = runner.invoke(app, ["repair", "retract", "--model", "gpt-4o-mini", "--reason", "redo",
+                              "--db", str(db), "--out", str(out)])
+    assert res.exit_code == 0 and "retracting 2 completed tests" in res.output, res.output
+    with EventLog.open(db) as log:
+        (_, event), = log.stream(types=["tests.retracted"])
+        assert event.withdraws == ["c1", "c2"]
+        log.append([completed(3, model="gpt-4o-mini", run_id="later")])  # after the retraction
+        assert log.completed_test_keys() == {"key-0", "key-3"}
+    for args in (["--model", "gpt-4o-mini"], ["--run", "no-such-run"]):  # all already retracted / none
+        res = ultra("repair", "retract", *args, "--run", "bad", "--reason", "x", "--db", str(db),
+                    "--out", str(out))
+        assert res.returncode == 2 and "match no completed test" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    with EventLog.open(db) as log:
+        assert log.count() == 5  # the refused retractions recorded nothing

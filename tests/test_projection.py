@@ -37,27 +37,10 @@ def reference_counted(events: list[ev.Event]) -> tuple[list[ev.TestCompleted], d
     def canon(m: str) -> str:
         return canonical_model(m, aliases)
 
+    withdrawn = {i for r in retractions for i in r.withdraws}
+
     def removed(c: ev.TestCompleted) -> bool:
-        for r in retractions:
-            s = r.selector
-            checks = [c.recorded_at < r.recorded_at]
-            if s.model is not None:
-                checks.append(canon(s.model) == canon(c.model))
-            if s.run_id is not None:
-                checks.append(s.run_id == c.run_id)
-            if s.shard_id is not None:
-                checks.append(s.shard_id == c.shard_id)
-            if s.instance is not None:
-                checks.append(s.instance == c.instance)
-            if s.test_keys is not None:
-                checks.append(c.test_key in s.test_keys)
-            if s.recorded_before is not None:
-                checks.append(c.recorded_at < s.recorded_before)
-            if s.recorded_after is not None:
-                checks.append(c.recorded_at > s.recorded_after)
-            if all(checks):
-                return True
-        return False
+        return c.event_id in withdrawn
 
     seen: set[str] = set()
     counted = []
@@ -77,25 +60,25 @@ def reference_stats(cs: list[ev.TestCompleted]) -> dict[str, Any]:
     def mean(f: Any) -> float:
         return math.fsum(f(c) for c in cs) / t if t else 0.0
 
-    full = sum(c.outcome == "full_success" for c in cs)
-    part = sum(c.outcome == "partial_success" for c in cs)
-    cats = [c.error_category if c.error_category in ev.ERROR_CATEGORIES else "other"
-            for c in cs if c.error_category is not None]
+    rs = [c.result for c in cs]
+    full = sum(r.outcome == "full_success" for r in rs)
+    part = sum(r.outcome == "partial_success" for r in rs)
+    cats = [r.error_category for r in rs if r.error_category is not None]
     out = {
         "total": t, "full_success": full, "partial_success": part, "failure": t - full - part,
         "success": full + part, "success_rate": share(full + part), "full_success_rate": share(full),
         "partial_rate": share(part), "failure_rate": share(t - full - part),
         "weighted_success_score": share(full + 0.5 * part),
-        "avg_execution_time": mean(lambda c: c.execution_time), "avg_turns": mean(lambda c: c.turns),
-        "avg_tool_calls": mean(lambda c: c.tool_calls),
-        "tool_coverage_rate": mean(lambda c: c.tool_coverage),
-        "avg_workflow_score": mean(lambda c: c.workflow_score),
-        "avg_phase2_score": mean(lambda c: c.phase2_score),
-        "avg_quality_score": mean(lambda c: c.quality_score),
-        "avg_final_score": mean(lambda c: c.final_score),
+        "avg_execution_time": mean(lambda c: c.execution_time),
+        "avg_turns": mean(lambda c: c.result.turns),
+        "avg_tool_calls": mean(lambda c: c.result.tool_calls),
+        "tool_coverage_rate": mean(lambda c: c.result.tool_coverage),
+        **({} if not cs else {
+            f"avg_{m}": mean(lambda c, m=m: c.result.metrics[m])
+            for m in ("workflow_score", "phase2_score", "quality_score", "final_score")}),
         "total_errors": len(cats),
-        "tests_with_assistance": sum(c.assisted_turns > 0 for c in cs),
-        "assistance_rate": share(sum(c.assisted_turns > 0 for c in cs)),
+        "tests_with_assistance": sum(r.assisted_turns > 0 for r in rs),
+        "assistance_rate": share(sum(r.assisted_turns > 0 for r in rs)),
         "prompt_tokens": sum(c.usage.prompt_tokens for c in cs),
         "completion_tokens": sum(c.usage.completion_tokens for c in cs),
         "reasoning_tokens": sum(c.usage.reasoning_tokens for c in cs),
@@ -301,16 +284,33 @@ def test_alias_applies_retroactively_and_triggers_a_rebuild(tmp_path):
     assert json.loads(out.read_bytes())["summary"]["total_tests"] == 3
 
 
-def test_retraction_removes_earlier_matches_only_and_retests_count(tmp_path):
+def test_retraction_removes_what_it_lists_only_and_retests_count(tmp_path):
     doc = _doc(tmp_path, [
         completed(1, run_id="bad", outcome="failure", error_category="timeout"),
         completed(2, run_id="good"),
-        ev.TestsRetracted(recorded_at=ts(3), selector=ev.Selector(run_id="bad"), reason="broken endpoint"),
+        ev.TestsRetracted(recorded_at=ts(3), selector=ev.Selector(run_id="bad"), reason="broken endpoint",
+                          withdraws=["c1"]),
         completed(4, run_id="bad", test_key="key-1"),  # the retest, after the retraction
     ])
     s = doc["summary"]
     assert (s["total_tests"], s["full_success"], s["failure"]) == (2, 2, 0)
     assert s["retracted_completions"] == 1 and s["duplicate_completions"] == 0
+
+
+def test_a_retraction_from_a_skewed_clock_hides_only_what_it_lists(tmp_path):
+    """Recorded "in 2099" by a machine with a wrong clock, and imported before the
+    completions it names: it still withdraws exactly those, and no later retest."""
+    retraction = ev.TestsRetracted(recorded_at="2099-01-01T00:00:00.000000Z",
+                                   selector=ev.Selector(model="DeepSeek-V3-0324"), reason="skewed",
+                                   withdraws=["c1"])
+    doc = _doc(tmp_path, [
+        retraction,
+        completed(1, outcome="failure", error_category="timeout"),
+        completed(2),
+        completed(3, test_key="key-1"),  # the retest
+    ])
+    s = doc["summary"]
+    assert (s["total_tests"], s["full_success"], s["retracted_completions"]) == (2, 2, 1)
 
 
 def test_duplicates_count_once_and_errored_tests_stay_out_of_success(tmp_path):
@@ -331,8 +331,9 @@ def test_duplicates_count_once_and_errored_tests_stay_out_of_success(tmp_path):
 
 
 def test_same_log_same_bytes_and_no_wall_clock(tmp_path):
-    events = [completed(i, outcome=random.Random(i).choice(["full_success", "failure"]),
-                        error_category="other") for i in range(30)]
+    outcomes = [random.Random(i).choice(["full_success", "failure"]) for i in range(30)]
+    events = [completed(i, outcome=o, error_category=None if o == "full_success" else "other")
+              for i, o in enumerate(outcomes)]
     a = project_events(events, tmp_path / "a" if (tmp_path / "a").mkdir() is None else None)[1]
     b = project_events(events, tmp_path / "b" if (tmp_path / "b").mkdir() is None else None)[1]
     assert a == b

@@ -91,9 +91,13 @@ def test_append_raw_is_all_or_nothing_and_names_the_line(tmp_path):
         with pytest.raises(UserError, match=r"f.jsonl:3: not valid JSON"):
             log.append_raw([good, "", "{nope"], source="f.jsonl")
         with pytest.raises(UserError, match=r"in:2: invalid test.completed event"):
+            log.append_raw([good, '{"type": "test.completed", "event_id": "x", "version": 2, "recorded_at": "t"}'],
+                           source="in")
+        with pytest.raises(UserError, match=r"in:2: event without 'version'"):
             log.append_raw([good, '{"type": "test.completed", "event_id": "x", "recorded_at": "t"}'], source="in")
-        with pytest.raises(UserError, match=r"in:1: event without a string 'event_id'"):
-            log.append_raw(['{"type": "future.thing", "recorded_at": "t"}'], source="in")
+        with pytest.raises(UserError, match=r"in:1: event of unknown type 'future.thing' with a bad identity"
+                                            r" \(Object missing required field `event_id`\)"):
+            log.append_raw(['{"type": "future.thing", "recorded_at": "2025-07-02T00:00:00Z"}'], source="in")
         with pytest.raises(UserError, match=r"in:1: not a JSON object"):
             log.append_raw(["[1, 2]"], source="in")
         assert log.count() == 0

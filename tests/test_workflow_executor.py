@@ -67,7 +67,7 @@ def test_perfect_run_is_full_success_with_max_scores() -> None:
     model = Scripted(*perfect(CHAIN))
     r, t = run(model)
     assert r.outcome == "full_success" and r.error_category is None
-    assert (r.workflow_score, r.phase2_score, r.quality_score, r.final_score, r.tool_coverage) == (1, 1, 1, 1, 1)
+    assert (r.metrics["workflow_score"], r.metrics["phase2_score"], r.metrics["quality_score"], r.metrics["final_score"], r.tool_coverage) == (1, 1, 1, 1, 1)
     assert (r.turns, r.tool_calls, r.required_tools, r.assisted_turns) == (4, 3, 3, 0)
     # the model is offered a subset of the registry, with the required tools in it
     tools = model.seen[0][1]

@@ -46,7 +46,7 @@ def perfect(draw: st.DrawFn) -> Trajectory:
 def test_perfect_trajectory_scores_full_success_at_max(t: Trajectory) -> None:
     r = score(t)
     assert r.outcome == "full_success" and r.error_category is None
-    assert r.workflow_score == r.phase2_score == r.quality_score == r.final_score == r.tool_coverage == 1.0
+    assert r.metrics["workflow_score"] == r.metrics["phase2_score"] == r.metrics["quality_score"] == r.metrics["final_score"] == r.tool_coverage == 1.0
     assert r.tool_calls == r.required_tools == len(t.required) and r.assisted_turns == 0
 
 
@@ -56,7 +56,7 @@ def test_every_non_full_success_has_exactly_one_category(t: Trajectory) -> None:
     assert r.outcome in OUTCOMES
     assert (r.error_category is None) == (r.outcome == "full_success")
     assert r.error_category is None or r.error_category in ERROR_CATEGORIES
-    for x in (r.workflow_score, r.phase2_score, r.quality_score, r.final_score, r.tool_coverage):
+    for x in (r.metrics["workflow_score"], r.metrics["phase2_score"], r.metrics["quality_score"], r.metrics["final_score"], r.tool_coverage):
         assert 0.0 <= x <= 1.0
     assert score(t) == r  # pure
 
@@ -65,7 +65,7 @@ def test_every_non_full_success_has_exactly_one_category(t: Trajectory) -> None:
 def test_only_a_perfect_run_reaches_the_maximum(t: Trajectory) -> None:
     r = score(t)
     if r.outcome != "full_success":
-        assert r.final_score < 1.0 and r.phase2_score <= 0.8
+        assert r.metrics["final_score"] < 1.0 and r.metrics["phase2_score"] <= 0.8
 
 
 @settings(max_examples=50)

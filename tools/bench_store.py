@@ -53,13 +53,17 @@ def _templates() -> list[ev.TestCompleted]:
         out.append(ev.TestCompleted(
             run_id="bench-run", shard_id=f"{model}#0", test_key="", model=model, instance=model,
             provider="azure", task_id=f"{task}_0001", task_type=task, difficulty=diff,
-            prompt_type=prompt, tool_success_rate=rate, outcome=outcome, retries=0,
+            prompt_type=prompt, tool_success_rate=rate, retries=0,
             execution_time=rng.uniform(1, 60), started_at="2025-07-01T00:00:00.000000Z",
-            workflow_score=rng.random(), phase2_score=rng.random(), quality_score=rng.random(),
-            final_score=rng.random(), turns=rng.randint(1, 10), tool_calls=rng.randint(0, 12),
-            tool_coverage=rng.random(), required_tools=4,
-            error_category=None if outcome == "full_success" else rng.choice(ev.ERROR_CATEGORIES),
-            assisted_turns=rng.randint(0, 1), usage=ev.Usage(prompt_tokens=1200, completion_tokens=300),
+            result=ev.TestResult(
+                outcome=outcome,  # type: ignore[arg-type]
+                metrics=dict(workflow_score=rng.random(), phase2_score=rng.random(),
+                             quality_score=rng.random(), final_score=rng.random()),
+                turns=rng.randint(1, 10), tool_calls=rng.randint(0, 12),
+                tool_coverage=rng.random(), required_tools=4,
+                error_category=None if outcome == "full_success" else rng.choice(ev.ERROR_CATEGORIES),  # type: ignore[arg-type]
+                assisted_turns=rng.randint(0, 1)),
+            usage=ev.Usage(prompt_tokens=1200, completion_tokens=300),
         ))
     return out
 

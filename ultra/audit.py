@@ -98,6 +98,11 @@ def audit(db: Path | str, out: Path | str, results: Path | str | None = None) ->
 
         findings += _check_results(log, results, until, notes)
         repairs = log_repairs(log, until)
+        if repairs.legacy_retractions:
+            notes.append(
+                f"{repairs.legacy_retractions} retractions of schema version 1 withdraw nothing"
+                " (they named no event ids); re-issue them with `ultra repair retract`"
+            )
         findings += _duplicates(log, repairs)
         notes += _interrupted_shards(log, until)
     return AuditReport(findings=findings, notes=notes, events=count, last_seq=until)

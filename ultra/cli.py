@@ -179,14 +179,14 @@ app.add_typer(repair_app, name="repair")
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the event).")]
 
 
-def _append_repair(db: Path, out: Path, event) -> None:
+def _append_repair(db: Path, out: Path, event, what: str = "") -> None:
     from ultra.projecting import project
     from ultra.store import EventLog
 
     with EventLog.open(db, create=False) as log:
         log.append([event])
     r = project(db, out)
-    typer.echo(f"recorded {type(event).__struct_config__.tag}; {r.out} rebuilt up to seq {r.last_seq}")
+    typer.echo(f"recorded {type(event).__struct_config__.tag}{what}; {r.out} rebuilt up to seq {r.last_seq}")
 
 
 @repair_app.command("alias")
@@ -226,7 +226,19 @@ def repair_retract(
                         "--instance, --test-key, --before, --after)")
     if not reason.strip():
         raise UserError("a retraction needs a --reason")
-    _append_repair(db, out, TestsRetracted(selector=selector, reason=reason))
+    from projections.repairs import resolve_retraction
+    from ultra.projecting import log_repairs
+    from ultra.store import EventLog
+
+    with EventLog.open(db, create=False) as log:  # resolved now: what it hides is fixed
+        withdraws = resolve_retraction(
+            selector, (e for _, e in log.stream(types=["test.completed"])), log_repairs(log))  # type: ignore[misc]
+    if not withdraws:
+        raise UserError("the selectors match no completed test that is not already retracted; "
+                        "nothing recorded (check them with `ultra events --type test.completed`)")
+    typer.echo(f"retracting {len(withdraws)} completed tests")
+    _append_repair(db, out, TestsRetracted(selector=selector, reason=reason, withdraws=withdraws),
+                   f" ({len(withdraws)} completions withdrawn)")
 # STORAGE-COMMANDS-END
 
 

@@ -3,6 +3,15 @@
 Every event carries `event_id`, `type` (the tag), `version` and `recorded_at`; the log
 assigns `seq`. Events are immutable: corrections are new events (`alias.defined`,
 `tests.retracted`). Readers skip, and count, types they do not know.
+
+Every field is constrained (ranges, enums, formats: msgspec `Meta`). Python code that
+builds an event is trusted; the constraints apply wherever bytes become events: on
+`ultra import` and on every read of the log. `event_id` and `recorded_at` get fresh
+values when code builds an event; in bytes they are required (`require_identity`).
+
+Versions: 2 is written. Version 1 differs only in `test.completed` (its result fields
+were flat on the event; `decode` lifts them into `result`) and `tests.retracted` (it
+named a selector but no event ids; it withdraws nothing now: see `TestsRetracted`).
 """
 
 from __future__ import annotations
@@ -10,16 +19,18 @@ from __future__ import annotations
 import datetime as _dt
 import time
 import uuid
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 import msgspec
+from msgspec import Meta
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+KNOWN_VERSIONS: tuple[int, ...] = (1, 2)
 
 Outcome = Literal["full_success", "partial_success", "failure"]
 
 # The benchmark's error categories: exactly one for every test that is not a full success.
-ERROR_CATEGORIES: tuple[str, ...] = (
+ErrorCategory = Literal[
     "tool_call_format",
     "timeout",
     "max_turns",
@@ -28,10 +39,11 @@ ERROR_CATEGORIES: tuple[str, ...] = (
     "sequence_order",
     "dependency",
     "other",
-)
+]
+ERROR_CATEGORIES: tuple[str, ...] = ErrorCategory.__args__  # type: ignore[attr-defined]
 
 # Why a test could not be taken at all (`test.errored`): collection faults, not model faults.
-ERRORED_REASONS: tuple[str, ...] = (
+ErroredReason = Literal[
     "rate_limited",
     "timeout",
     "server_error",
@@ -40,7 +52,25 @@ ERRORED_REASONS: tuple[str, ...] = (
     "bad_request",
     "cancelled",
     "other",
-)
+]
+ERRORED_REASONS: tuple[str, ...] = ErroredReason.__args__  # type: ignore[attr-defined]
+
+# ---- field constraints (checked when bytes are decoded: import and read) ----
+# UTC, ISO 8601, "Z": the form `utc_now` writes; strings in this form sort in time order.
+TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?Z$"
+Timestamp = Annotated[str, Meta(pattern=TIMESTAMP_PATTERN)]
+# Lengths, not patterns, where a pattern would cost a regex per event read (recorded_at
+# keeps its format check: it orders the log's time).
+EventId = Annotated[str, Meta(min_length=1, max_length=128)]
+Name = Annotated[str, Meta(min_length=1, max_length=512)]  # models, routes, runs, tasks, keys
+Text = Annotated[str, Meta(max_length=4000)]
+Version = Annotated[int, Meta(ge=1, le=SCHEMA_VERSION)]
+Count = Annotated[int, Meta(ge=0, le=2**53)]
+Rate = Annotated[float, Meta(ge=0.0, le=1.0)]
+Seconds = Annotated[float, Meta(ge=0.0, le=1e9)]
+Score = Annotated[float, Meta(ge=-1e12, le=1e12)]  # finite; a suite's scale is its own
+MetricName = Annotated[str, Meta(min_length=1, max_length=64)]
+Strategy = Literal["per-key", "per-deployment", "single"]
 
 
 def new_event_id() -> str:
@@ -55,61 +85,93 @@ def utc_now() -> str:
 
 
 class _Event(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_defaults=False):
-    event_id: str = msgspec.field(default_factory=new_event_id)
-    version: int = SCHEMA_VERSION
-    recorded_at: str = msgspec.field(default_factory=utc_now)
+    event_id: EventId = msgspec.field(default_factory=new_event_id)
+    version: Version = SCHEMA_VERSION
+    recorded_at: Timestamp = msgspec.field(default_factory=utc_now)
 
 
 class PlanSummary(msgspec.Struct, frozen=True, kw_only=True):
-    tests: int
-    shards: int
-    models: list[str]
-    skipped_completed: int = 0
+    tests: Count
+    shards: Count
+    models: list[Name]
+    skipped_completed: Count = 0
 
 
 class RunStarted(_Event, tag="run.started", kw_only=True, frozen=True):
-    run_id: str
-    argv: list[str]
-    config_digest: str
+    run_id: Name
+    argv: list[Text]
+    config_digest: Text
     plan: PlanSummary
 
 
 class RunFinished(_Event, tag="run.finished", kw_only=True, frozen=True):
-    run_id: str
-    completed: int
-    errored: int
+    run_id: Name
+    completed: Count
+    errored: Count
     interrupted: bool = False
 
 
 class ShardStarted(_Event, tag="shard.started", kw_only=True, frozen=True):
-    run_id: str
-    shard_id: str
-    model: str  # canonical model name
-    instance: str  # route name: qwen-key0, DeepSeek-V3-0324-2, gpt-4o-mini
-    provider: str
-    strategy: str
-    key_index: int | None = None
-    deployment: str | None = None
-    workers: int
-    qps: float
-    planned: int
+    run_id: Name
+    shard_id: Name
+    model: Name  # canonical model name
+    instance: Name  # route name: qwen-key0, DeepSeek-V3-0324-2, gpt-4o-mini
+    provider: Name
+    strategy: Strategy
+    key_index: Count | None = None
+    deployment: Name | None = None
+    workers: Annotated[int, Meta(ge=1, le=2**31)]
+    qps: Annotated[float, Meta(gt=0.0, le=1e9)]
+    planned: Count
 
 
 class ShardFinished(_Event, tag="shard.finished", kw_only=True, frozen=True):
-    run_id: str
-    shard_id: str
-    model: str
-    instance: str
-    planned: int
-    completed: int
-    errored: int
+    run_id: Name
+    shard_id: Name
+    model: Name
+    instance: Name
+    planned: Count
+    completed: Count
+    errored: Count
     interrupted: bool = False
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0  # includes reasoning tokens, as the APIs count them
-    reasoning_tokens: int = 0  # completion_tokens_details.reasoning_tokens, when reported
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0  # includes reasoning tokens, as the APIs count them
+    reasoning_tokens: Count = 0  # completion_tokens_details.reasoning_tokens, when reported
+
+
+def _stat(name: str, kind: Literal["rate", "mean"]) -> Meta:
+    """The name under which the projections average a result field over tests (a "rate"
+    or a "mean"; metrics are means named `avg_<name>`): folds derive their sums from these
+    marks, not from lists of their own."""
+    return Meta(extra={"stat": name, "kind": kind})
+
+
+class TestResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a suite scored for one test the model took: the body of `test.completed`.
+
+    The fields every tool-use suite shares are typed here; `metrics` holds the suite's own
+    scores by name (the workflow suite: workflow_score, phase2_score, quality_score,
+    final_score), each averaged by the projection as `avg_<name>`.
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    outcome: Outcome
+    error_category: ErrorCategory | None = None  # exactly one unless full_success
+    turns: Annotated[Count, _stat("avg_turns", "mean")] = 0
+    tool_calls: Annotated[Count, _stat("avg_tool_calls", "mean")] = 0
+    # the share of the required tools that succeeded
+    tool_coverage: Annotated[Rate, _stat("tool_coverage_rate", "rate")] = 0.0
+    required_tools: Count = 0
+    assisted_turns: Count = 0  # turns in which format help was given
+    metrics: dict[MetricName, Score] = {}
+
+    def __post_init__(self) -> None:
+        if (self.outcome == "full_success") != (self.error_category is None):
+            raise ValueError("error_category is required unless the outcome is full_success")
 
 
 class _TestEvent(_Event, kw_only=True, frozen=True):
@@ -117,70 +179,71 @@ class _TestEvent(_Event, kw_only=True, frozen=True):
 
     __test__ = False  # not a pytest test class, despite the name
 
-    run_id: str
-    shard_id: str
-    test_key: str
-    suite: str = "workflow"
-    model: str  # canonical model name
-    instance: str
-    provider: str
+    run_id: Name
+    shard_id: Name
+    test_key: Name
+    suite: Name = "workflow"
+    model: Name  # canonical model name
+    instance: Name
+    provider: Name
     simulated: bool = False  # True when the provider is the bundled simulator
-    task_id: str
-    task_type: str
-    difficulty: str
-    prompt_type: str
-    tool_success_rate: float
-    retries: int = 0
-    execution_time: float = 0.0  # seconds, wall time of the whole test
-    started_at: str = ""
+    task_id: Name
+    task_type: Name
+    difficulty: Name
+    prompt_type: Name
+    tool_success_rate: Rate
+    retries: Count = 0
+    execution_time: Seconds = 0.0  # seconds, wall time of the whole test
+    started_at: Annotated[str, Meta(max_length=40)] = ""  # recorded_at's form, or empty
 
 
 class TestCompleted(_TestEvent, tag="test.completed", kw_only=True, frozen=True):
     """A test the model actually took; its outcome enters the success statistics."""
 
-    outcome: Outcome
-    workflow_score: float = 0.0
-    phase2_score: float = 0.0
-    quality_score: float = 0.0
-    final_score: float = 0.0
-    turns: int = 0
-    tool_calls: int = 0
-    tool_coverage: float = 0.0  # fraction of required tools called successfully
-    required_tools: int = 0
-    error_category: str | None = None  # one of ERROR_CATEGORIES unless full_success
-    assisted_turns: int = 0  # turns in which format help was given
+    result: TestResult
     usage: Usage = Usage()
 
 
 class TestErrored(_TestEvent, tag="test.errored", kw_only=True, frozen=True):
     """The test could not be taken; the next `ultra run` takes it again."""
 
-    reason: str  # one of ERRORED_REASONS
-    message: str = ""  # the server's message: redacted, at most 200 characters; no secret
-    http_status: int | None = None  # the last HTTP answer, if any (None: no answer at all)
+    reason: ErroredReason
+    message: Text = ""  # the server's message: redacted, at most 200 characters; no secret
+    # The last HTTP answer, if any (None: no answer at all).
+    http_status: Annotated[int, Meta(ge=100, le=599)] | None = None
 
 
 class AliasDefined(_Event, tag="alias.defined", kw_only=True, frozen=True):
-    alias: str
-    canonical: str
-    reason: str = ""
+    alias: Name
+    canonical: Name
+    reason: Text = ""
 
 
 class Selector(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Which earlier `test.completed` events a retraction removes; all given fields must match."""
+    """What the user asked to retract; all given fields must match (kept for the record:
+    the retraction's `withdraws` says which completions it matched when it was made)."""
 
-    model: str | None = None  # canonical (after normalization and aliases)
-    run_id: str | None = None
-    shard_id: str | None = None
-    instance: str | None = None
-    test_keys: list[str] | None = None
-    recorded_before: str | None = None
-    recorded_after: str | None = None
+    model: Name | None = None  # canonical (after normalization and aliases)
+    run_id: Name | None = None
+    shard_id: Name | None = None
+    instance: Name | None = None
+    test_keys: list[Name] | None = None
+    recorded_before: Timestamp | None = None
+    recorded_after: Timestamp | None = None
 
 
 class TestsRetracted(_Event, tag="tests.retracted", kw_only=True, frozen=True):
+    """Withdraws the `test.completed` events named in `withdraws`, resolved from the
+    selector when the retraction was made: clock skew and import order cannot change what
+    it hides. (A version-1 retraction has no `withdraws` and withdraws nothing.)"""
+
     selector: Selector
-    reason: str
+    reason: Annotated[str, Meta(min_length=1, max_length=4000)]
+    withdraws: list[EventId] = []
+
+    def __post_init__(self) -> None:
+        if self.version >= 2 and not self.withdraws:
+            raise ValueError("a retraction must withdraw at least one completion")
 
 
 Event = Union[
@@ -195,15 +258,54 @@ Event = Union[
 ]
 
 EVENT_TYPES: dict[str, type] = {cls.__struct_config__.tag: cls for cls in Event.__args__}  # type: ignore[attr-defined]
+IDENTITY_FIELDS: tuple[str, ...] = ("event_id", "type", "version", "recorded_at")
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)
+_any_decoder = msgspec.json.Decoder()
+# The result fields that version 1 kept flat on `test.completed`.
+_V1_RESULT_FIELDS = ("outcome", "error_category", "turns", "tool_calls", "tool_coverage",
+                     "required_tools", "assisted_turns")
+_V1_METRICS = ("workflow_score", "phase2_score", "quality_score", "final_score")
 
 
 def encode(event: Event) -> bytes:
     return _encoder.encode(event)
 
 
+def upgrade(obj: dict) -> dict:
+    """A decoded JSON event of an older version, in the current shape (same version)."""
+    if obj.get("version") == 1 and obj.get("type") == "test.completed" and "result" not in obj:
+        obj = dict(obj)
+        result = {k: obj.pop(k) for k in _V1_RESULT_FIELDS if k in obj}
+        result["metrics"] = {k: obj.pop(k) for k in _V1_METRICS if k in obj}
+        obj["result"] = result
+    return obj
+
+
 def decode(data: bytes | str) -> Event:
-    """Decode one known event; raises msgspec.ValidationError/DecodeError otherwise."""
-    return _decoder.decode(data)
+    """Decode one known event, of any known version; raises msgspec.ValidationError or
+    DecodeError otherwise. Current events take one strict pass; old ones are upgraded."""
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError:
+        obj = _any_decoder.decode(data)
+        if not isinstance(obj, dict) or obj.get("version") == SCHEMA_VERSION:
+            raise
+        return from_builtins(obj)
+
+
+def from_builtins(obj: dict) -> Event:
+    """A decoded JSON object as an event, upgraded from its version, fully validated."""
+    return msgspec.convert(upgrade(obj), Event)  # type: ignore[arg-type]
+
+
+def require_identity(obj: dict) -> str | None:
+    """What is wrong with the identity of a decoded JSON event (None if nothing): bytes
+    must carry them, or a re-import would mint new ones."""
+    for name in IDENTITY_FIELDS:
+        if name not in obj:
+            return f"event without {name!r}"
+    if not isinstance(obj["version"], int) or obj["version"] not in KNOWN_VERSIONS:
+        return f"unknown schema version {obj['version']!r} (known: {', '.join(map(str, KNOWN_VERSIONS))})"
+    return None

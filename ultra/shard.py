@@ -159,7 +159,7 @@ async def _run_test(shard: Shard, suite: Suite, run_id: str, spec: TestSpec,
     if result.outcome != "failure":
         progress.succeeded += 1
     return TestCompleted(
-        **common, **msgspec.structs.asdict(result), retries=model.retries,
+        **common, result=result, retries=model.retries,
         execution_time=elapsed,
         usage=Usage(prompt_tokens=model.prompt_tokens, completion_tokens=model.completion_tokens),
     )

@@ -115,8 +115,9 @@ def event_row(event: ev.Event) -> Row:
 def raw_row(line: str | bytes, where: str) -> Row:
     """The row of one JSON line as `ultra events` prints it (`seq` is dropped).
 
-    Known types are validated against the schema; unknown types (a newer writer's) are
-    stored as they are, provided they carry `event_id`, `type` and `recorded_at`.
+    Known types are validated against the schema of their version (`events.decode`'s
+    rules); unknown types (a newer writer's) are stored as they are, provided their
+    identity (`event_id`, `type`, `version`, `recorded_at`) is well formed.
     """
     try:
         obj = _any_decoder.decode(line)
@@ -126,16 +127,22 @@ def raw_row(line: str | bytes, where: str) -> Row:
         raise UserError(f"{where}: not a JSON object")
     obj.pop("seq", None)
     tag = obj.get("type")
+    if not isinstance(tag, str) or not tag:
+        raise UserError(f"{where}: event without a string 'type'")
     if tag in ev.EVENT_TYPES:
+        problem = ev.require_identity(obj)
+        if problem is not None:
+            raise UserError(f"{where}: {problem}")
         try:
-            event = msgspec.convert(obj, ev.Event)
+            event = ev.from_builtins(obj)
         except msgspec.ValidationError as exc:
             raise UserError(f"{where}: invalid {tag} event ({exc})") from None
         # Store the line itself, not a re-encoding: fields a newer writer added survive.
         return (*event_row(event)[:-1], _encoder.encode(obj).decode())  # type: ignore[return-value]
-    for field in ("event_id", "type", "recorded_at"):
-        if not isinstance(obj.get(field), str) or not obj[field]:
-            raise UserError(f"{where}: event without a string {field!r}")
+    try:
+        msgspec.convert(obj, _Identity)
+    except msgspec.ValidationError as exc:
+        raise UserError(f"{where}: event of unknown type {tag!r} with a bad identity ({exc})") from None
 
     def text(name: str) -> str | None:
         value = obj.get(name)
@@ -178,6 +185,44 @@ def _chain_existing(conn: sqlite3.Connection) -> None:
         conn.executemany("UPDATE events SET hash = ? WHERE seq = ?", updates)
         after = rows[-1][0]
     conn.execute(guard)
+
+
+class _Identity(msgspec.Struct):
+    """What an event of a type this version does not know must still carry."""
+
+    event_id: ev.EventId
+    type: str
+    recorded_at: ev.Timestamp
+    version: int | None = None
+
+
+def _check_conflicts(conn: sqlite3.Connection, batch: list[tuple[Row, str]]) -> None:
+    """Imported rows whose `event_id` is already stored (or repeated in the batch) must
+    carry the same event, else the import is a conflict (raised; the caller rolls back)."""
+    first: dict[str, tuple[Row, str]] = {}
+    for row, where in batch:
+        seen = first.setdefault(row[0], (row, where))
+        if seen[0] is not row and not _same_event(seen[0][-1], row[-1]):
+            raise UserError(f"{where}: event {row[0]!r} differs from the one on {seen[1]} under"
+                            " the same event_id; nothing imported")
+    ids = list(first)
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        found = conn.execute(
+            f"SELECT event_id, seq, payload FROM events WHERE event_id IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        ).fetchall()
+        for event_id, seq, payload in found:
+            row, where = first[event_id]
+            if not _same_event(payload, row[-1]):
+                raise UserError(f"{where}: event {event_id!r} differs from the stored event seq"
+                                f" {seq} with that event_id (a changed event is a conflict);"
+                                " nothing imported")
+
+
+def _same_event(a: str, b: str) -> bool:
+    """Same JSON content (key order aside)."""
+    return a == b or _any_decoder.decode(a) == _any_decoder.decode(b)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -471,24 +516,28 @@ class EventLog:
     def append_raw(self, lines: Iterable[str | bytes], *, source: str = "input") -> ImportResult:
         """Append JSON lines (as `ultra events` prints them): all of them, or none.
 
-        A malformed line raises `UserError` naming `source:line`, and nothing is stored.
+        A malformed line, or one whose `event_id` is stored (or earlier in the input) with
+        different content, raises `UserError` naming `source:line`, and nothing is stored.
         """
         read = unknown = 0
-        batch: list[Row] = []
+        batch: list[tuple[Row, str]] = []
         stored = 0
         with self._transaction() as conn:
             for lineno, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
-                row = raw_row(line, f"{source}:{lineno}")
+                where = f"{source}:{lineno}"
+                row = raw_row(line, where)
                 read += 1
                 unknown += row[1] not in ev.EVENT_TYPES
-                batch.append(row)
+                batch.append((row, where))
                 if len(batch) >= 5000:
-                    stored += self._insert(conn, batch)
+                    _check_conflicts(conn, batch)
+                    stored += self._insert(conn, [row for row, _ in batch])
                     batch.clear()
             if batch:
-                stored += self._insert(conn, batch)
+                _check_conflicts(conn, batch)
+                stored += self._insert(conn, [row for row, _ in batch])
         return ImportResult(read=read, stored=stored, unknown_types=unknown)
 
     # -- reading --

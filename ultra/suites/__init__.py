@@ -1,7 +1,8 @@
 """Benchmark suites: what one test is, behind one small interface.
 
 A suite turns a cell of the test matrix into a task, takes that task with a `ChatModel`
-(messages and tools in, one response out) and scores it into a `TestResult`. The
+(messages and tools in, one response out) and scores it into a `TestResult` (defined with the events: it is the body of
+`test.completed`). The
 collection machinery (planning, shards, HTTP, the event log) is the same for every suite.
 
 Registering your own suite: expose an object that satisfies `Suite` and name it in your
@@ -22,7 +23,9 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from ultra.errors import UserError
-from ultra.events import Outcome, Usage
+from ultra.events import TestResult, Usage
+
+__all__ = ["TestResult"]  # a suite's result is the body of `test.completed`: one schema
 
 
 class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,24 +88,6 @@ class TestSpec(msgspec.Struct, frozen=True, kw_only=True):
     task_type: str
     index: int  # instance number within its cell, 0-based
     task_id: str
-
-
-class TestResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The score of one test the model took (becomes a `test.completed` event)."""
-
-    __test__ = False
-
-    outcome: Outcome
-    workflow_score: float = 0.0
-    phase2_score: float = 0.0
-    quality_score: float = 0.0
-    final_score: float = 0.0
-    turns: int = 0
-    tool_calls: int = 0
-    tool_coverage: float = 0.0
-    required_tools: int = 0
-    error_category: str | None = None
-    assisted_turns: int = 0
 
 
 @runtime_checkable

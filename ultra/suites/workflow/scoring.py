@@ -190,14 +190,16 @@ def score(t: Trajectory) -> TestResult:
     q = quality_score(t, c)
     return TestResult(
         outcome=result,  # type: ignore[arg-type]
-        workflow_score=_r(wf),
-        phase2_score=_r(p2),
-        quality_score=_r(q),
-        final_score=_r(0.4 * wf + 0.4 * p2 + 0.2 * q),
+        metrics=dict(  # in the order the projections show them
+            final_score=_r(0.4 * wf + 0.4 * p2 + 0.2 * q),
+            workflow_score=_r(wf),
+            phase2_score=_r(p2),
+            quality_score=_r(q),
+        ),
         turns=t.turns,
         tool_calls=c.calls,
         tool_coverage=_r(tool_coverage(t)),
         required_tools=len(t.required),
-        error_category=error_category(t, c, result),
+        error_category=error_category(t, c, result),  # type: ignore[arg-type]
         assisted_turns=t.assisted_turns,
     )
