@@ -18,8 +18,6 @@ from ultra.events import ERROR_CATEGORIES, RunFinished, RunStarted, TestComplete
 
 VERSION = 2  # bump when tables, rows or views change: an older results.db is rebuilt
 
-_KNOWN_CATEGORIES = frozenset(ERROR_CATEGORIES)
-
 # Column name -> SQLite type, in table order. The dimensions come first.
 TEST_COLUMNS: dict[str, type] = {
     "seq": int,
@@ -43,7 +41,7 @@ TEST_COLUMNS: dict[str, type] = {
     "workflow_score": float,
     "phase2_score": float,
     "quality_score": float,
-    "error_category": str,  # null for a full success; unknown categories count as other
+    "error_category": str,  # null for a full success (the schema admits only known categories)
     "turns": int,
     "tool_calls": int,
     "required_tools": int,
@@ -103,21 +101,21 @@ LEVELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def _category(c: str | None) -> str | None:
-    return c if c is None or c in _KNOWN_CATEGORIES else "other"
-
-
 def test_row(seq: int, e: TestCompleted, model: str) -> tuple[Any, ...]:
-    """The row of one counted completion, in TEST_COLUMNS order."""
+    """The row of one counted completion, in TEST_COLUMNS order (a suite's metrics that
+    are not columns here are left out; the workflow suite's four are columns)."""
     u = e.usage
+    r = e.result
+    m = r.metrics
     return (
         seq, e.event_id, e.test_key, model, e.instance, e.provider, e.run_id, e.shard_id,
         e.suite, e.prompt_type, e.tool_success_rate, e.difficulty, e.task_type, e.task_id,
-        int(e.simulated), e.outcome, int(e.outcome != "failure"),
-        e.final_score, e.workflow_score, e.phase2_score, e.quality_score,
-        _category(e.error_category), e.turns, e.tool_calls, e.required_tools, e.tool_coverage,
-        e.assisted_turns, u.prompt_tokens, u.completion_tokens,
-        getattr(u, "reasoning_tokens", 0), e.retries, e.execution_time, e.started_at,
+        int(e.simulated), r.outcome, int(r.outcome != "failure"),
+        m.get("final_score"), m.get("workflow_score"), m.get("phase2_score"),
+        m.get("quality_score"),
+        r.error_category, r.turns, r.tool_calls, r.required_tools, r.tool_coverage,
+        r.assisted_turns, u.prompt_tokens, u.completion_tokens,
+        u.reasoning_tokens, e.retries, e.execution_time, e.started_at,
         e.recorded_at,
     )
 

