@@ -93,15 +93,18 @@ def demo_events() -> list[ev.Event]:
                 outcome = "full_success" if r < skill * 0.7 else "partial_success" if r < skill else "failure"
                 category = None if outcome == "full_success" else rng.choice(ev.ERROR_CATEGORIES)
                 out.append(ev.TestCompleted(
-                    outcome=outcome, error_category=category, final_score=rng.random(),
-                    turns=rng.randint(1, 10), tool_calls=rng.randint(0, 8), tool_coverage=rng.random(),
+                    result=ev.TestResult(
+                        outcome=outcome, error_category=category, metrics={"final_score": rng.random()},
+                        turns=rng.randint(1, 10), tool_calls=rng.randint(0, 8), tool_coverage=rng.random()),
                     usage=ev.Usage(prompt_tokens=rng.randint(100, 5000), completion_tokens=rng.randint(10, 900)),
                     **fields))
     first = next(e for e in out if isinstance(e, ev.TestCompleted))
-    out.append(msgspec.structs.replace(first, event_id="dup-1", recorded_at=when(), outcome="failure",
-                                       error_category="other"))  # a duplicate: counts once
-    out.append(ev.TestsRetracted(recorded_at=when(), reason="bad shard",
-                                 selector=ev.Selector(run_id="run-a", instance="DeepSeek-V3-0324-2")))
+    out.append(msgspec.structs.replace(first, event_id="dup-1", recorded_at=when(), result=ev.TestResult(
+        outcome="failure", error_category="other")))  # a duplicate: counts once
+    selector = ev.Selector(run_id="run-a", instance="DeepSeek-V3-0324-2")
+    out.append(ev.TestsRetracted(recorded_at=when(), reason="bad shard", selector=selector, withdraws=[
+        e.event_id for e in out if isinstance(e, ev.TestCompleted)
+        and (e.run_id, e.instance) == ("run-a", "DeepSeek-V3-0324-2")]))
     out.append(ev.AliasDefined(recorded_at=when(), alias="team-mini", canonical="gpt-4o-mini"))
     return out
 
@@ -145,8 +148,7 @@ def counted(events: list[ev.Event]) -> tuple[list[ev.TestCompleted], dict[str, s
     retractions = [e for e in events if isinstance(e, ev.TestsRetracted)]
 
     def removed(c: ev.TestCompleted) -> bool:
-        return any(c.recorded_at < r.recorded_at and c.run_id == r.selector.run_id
-                   and c.instance == r.selector.instance for r in retractions)
+        return any(c.event_id in r.withdraws for r in retractions)
 
     seen: set[str] = set()
     out = []
@@ -173,7 +175,7 @@ def by(tests: list[ev.TestCompleted], aliases: dict[str, str], *keys: str) -> di
 
 
 def success(ts_: list[ev.TestCompleted]) -> float:
-    return sum(t.outcome != "failure" for t in ts_) / len(ts_)
+    return sum(t.result.outcome != "failure" for t in ts_) / len(ts_)
 
 
 def close(a: Any, b: Any) -> bool:
@@ -205,15 +207,15 @@ def test_overview_numbers_come_from_the_events(demo):
     want = {}
     for (model,), ts_ in by(tests, aliases).items():
         n = len(ts_)
-        k = {o: sum(t.outcome == o for t in ts_) for o in ("full_success", "partial_success", "failure")}
+        k = {o: sum(t.result.outcome == o for t in ts_) for o in ("full_success", "partial_success", "failure")}
         want[model] = {
             "tests": n, "success_rate": success(ts_),
             "success_ci": wilson(k["full_success"] + k["partial_success"], n),
             "full_success_rate": k["full_success"] / n, "full_success_ci": wilson(k["full_success"], n),
             "partial_rate": k["partial_success"] / n, "partial_ci": wilson(k["partial_success"], n),
             "failure_rate": k["failure"] / n, "failure_ci": wilson(k["failure"], n),
-            "avg_final_score": math.fsum(t.final_score for t in ts_) / n,
-            "avg_turns": sum(t.turns for t in ts_) / n,
+            "avg_final_score": math.fsum(t.result.metrics["final_score"] for t in ts_) / n,
+            "avg_turns": sum(t.result.turns for t in ts_) / n,
             "avg_tokens": sum(t.usage.prompt_tokens + t.usage.completion_tokens for t in ts_) / n,
             "cost": None, "errored": errored[model],
         }
@@ -257,9 +259,9 @@ def test_scale_orders_a_family_by_size(demo):
         ("qwen2.5", "qwen2.5-7b-instruct", 7), ("qwen2.5", "qwen2.5-72b-instruct", 72)]
     for row in table["rows"]:
         ts_ = groups[(row["model"],)]
-        k = sum(t.outcome != "failure" for t in ts_)
+        k = sum(t.result.outcome != "failure" for t in ts_)
         assert close([row["tests"], row["success_rate"], row["success_ci"]], [len(ts_), k / len(ts_), wilson(k, len(ts_))])
-        assert close(row["avg_final_score"], math.fsum(t.final_score for t in ts_) / len(ts_))
+        assert close(row["avg_final_score"], math.fsum(t.result.metrics["final_score"] for t in ts_) / len(ts_))
     assert any("DeepSeek-V3-0324" in n for n in table["notes"])  # no size in the config: said so
 
 
@@ -267,7 +269,7 @@ def test_error_shares_come_from_the_events(demo):
     tests, aliases = counted(demo["events"])
     want = {}
     for (model,), ts_ in by(tests, aliases).items():
-        cats = [t.error_category for t in ts_ if t.error_category]
+        cats = [t.result.error_category for t in ts_ if t.result.error_category]
         want[model] = {"tests": len(ts_), "errors": len(cats),
                        **{c: cats.count(c) / len(cats) for c in ev.ERROR_CATEGORIES}}
     [table] = report(demo, "errors")
@@ -285,7 +287,7 @@ def test_selection_flags_and_exclude_timeouts(demo):
     got = {r["model"]: (r["tests"], r["success_rate"]) for r in table["rows"]}
     assert got == {m: (len(v), success(v)) for (m,), v in by(chosen, aliases).items()}
 
-    kept = [t for t in tests if not (t.outcome == "failure" and t.error_category == "timeout")]
+    kept = [t for t in tests if not (t.result.outcome == "failure" and t.result.error_category == "timeout")]
     [table] = report(demo, "overview", "--exclude-timeouts")
     got = {r["model"]: (r["tests"], r["success_rate"]) for r in table["rows"]}
     assert got == {m: (len(v), success(v)) for (m,), v in by(kept, aliases).items()}
@@ -299,7 +301,7 @@ def test_compare_two_runs_with_a_two_proportion_test(demo):
     for row in table["rows"]:
         a = [t for t in tests if t.run_id == "run-a" and canonical_model(t.model, aliases) == row["model"]]
         b = [t for t in tests if t.run_id == "run-b" and canonical_model(t.model, aliases) == row["model"]]
-        ka, kb = (sum(t.outcome != "failure" for t in x) for x in (a, b))
+        ka, kb = (sum(t.result.outcome != "failure" for t in x) for x in (a, b))
         pooled = (ka + kb) / (len(a) + len(b))
         z = (ka / len(a) - kb / len(b)) / math.sqrt(pooled * (1 - pooled) * (1 / len(a) + 1 / len(b)))
         p = math.erfc(abs(z) / math.sqrt(2))
