@@ -211,3 +211,22 @@ if __name__ == "__main__":
         crash_writer_main(sys.argv[2], int(sys.argv[3]))
     else:
         writer_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+
+
+# ---- raw SQL on either backend (what someone with the database, not ultra, can do) ----
+
+
+def db_errors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+
+    import psycopg
+
+    return (sqlite3.DatabaseError, psycopg.Error)
+
+
+def raw_sql(log: Any, sql: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement on the log's own connection (autocommit), `?` placeholders."""
+    if log.dialect == "postgresql":
+        cur = log.connection.execute(sql.replace("?", "%s"), params or None)
+        return cur.fetchall() if cur.description else []
+    return log.connection.execute(sql, params).fetchall()

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from storage_helpers import completed
+from storage_helpers import completed, raw_sql
 
 from ultra import chain
 from ultra.audit import audit
@@ -19,8 +19,8 @@ from ultra.store import EventLog
 UPDATE_GUARD = "events_no_update"
 
 
-def _log(tmp_path, n=6):
-    db, out = tmp_path / "events.db", tmp_path / "master_database.json"
+def _log(tmp_path, n=6, db=None):
+    db, out = db or tmp_path / "events.db", tmp_path / "master_database.json"
     with EventLog.open(db) as log:
         log.append([completed(i) for i in range(1, n + 1)])
     project(db, out)
@@ -31,8 +31,15 @@ def _chain_findings(db, out):
     return [f for f in audit(db, out).findings if "chain" in f]
 
 
-def _without_trigger(conn: sqlite3.Connection, name: str, *statements: tuple[str, tuple]) -> None:
-    """What an adversary with the file can do: drop a guard, change rows, put it back."""
+def _without_trigger(log, name: str, *statements: tuple[str, tuple]) -> None:
+    """What an adversary with the database can do: drop a guard, change rows, put it back."""
+    if log.dialect == "postgresql":
+        raw_sql(log, f"ALTER TABLE events DISABLE TRIGGER {name}")
+        for stmt, params in statements:
+            raw_sql(log, stmt, params)
+        raw_sql(log, f"ALTER TABLE events ENABLE TRIGGER {name}")
+        return
+    conn = log.connection
     (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
     conn.execute(f"DROP TRIGGER {name}")
     for stmt, params in statements:
@@ -40,8 +47,8 @@ def _without_trigger(conn: sqlite3.Connection, name: str, *statements: tuple[str
     conn.execute(sql)
 
 
-def test_clean_log_verifies_and_the_projection_names_its_head(tmp_path):
-    db, out = _log(tmp_path)
+def test_clean_log_verifies_and_the_projection_names_its_head(tmp_path, db):
+    db, out = _log(tmp_path, db=db)
     assert audit(db, out).findings == []
     doc = json.loads(out.read_text())
     with EventLog.open(db, create=False) as log:
@@ -52,8 +59,7 @@ def test_clean_log_verifies_and_the_projection_names_its_head(tmp_path):
         assert rows[2][1] == chain.link(rows[1][1], 3, rows[2][2])
 
 
-def test_chain_continues_across_appends_imports_and_duplicates(tmp_path):
-    db = tmp_path / "events.db"
+def test_chain_continues_across_appends_imports_and_duplicates(db):
     with EventLog.open(db) as log:
         log.append([completed(1), completed(2)])
         assert log.append([completed(2), completed(3), completed(3)]) == 1  # stored once each
@@ -86,8 +92,8 @@ def test_every_direct_rewrite_is_refused(tmp_path, sql):
     assert audit(db, out).findings == []
 
 
-def _tamper_payload(conn):
-    (payload,) = conn.execute("SELECT payload FROM events WHERE seq = 3").fetchone()
+def _tamper_payload(log):
+    [(payload,)] = raw_sql(log, "SELECT payload FROM events WHERE seq = 3")
     return payload.replace('"full_success"', '"failure"')
 
 
@@ -95,19 +101,18 @@ def _tamper_payload(conn):
 def test_rewrites_behind_a_dropped_trigger_are_found_at_their_seq(tmp_path, how):
     db, out = _log(tmp_path)
     with EventLog.open(db, create=False) as log:
-        conn = log.connection
-        forged = _tamper_payload(conn)
+        forged = _tamper_payload(log)
         if how == "update":
-            _without_trigger(conn, UPDATE_GUARD, ("UPDATE events SET payload = ? WHERE seq = 3", (forged,)))
+            _without_trigger(log, UPDATE_GUARD, ("UPDATE events SET payload = ? WHERE seq = 3", (forged,)))
         elif how == "replace":
-            _without_trigger(conn, "events_no_overwrite", (
+            _without_trigger(log, "events_no_overwrite", (
                 "REPLACE INTO events (seq, event_id, type, recorded_at, test_key, model, run_id, payload, hash)"
                 " SELECT seq, event_id, type, recorded_at, test_key, model, run_id, ?, hash FROM events WHERE seq = 3",
                 (forged,)))
         elif how == "delete":
-            _without_trigger(conn, "events_no_delete", ("DELETE FROM events WHERE seq = 3", ()))
+            _without_trigger(log, "events_no_delete", ("DELETE FROM events WHERE seq = 3", ()))
         else:
-            _without_trigger(conn, UPDATE_GUARD, ("UPDATE events SET hash = ? WHERE seq = 3", ("0" * 64,)))
+            _without_trigger(log, UPDATE_GUARD, ("UPDATE events SET hash = ? WHERE seq = 3", ("0" * 64,)))
         assert log.missing_guards() == []  # the triggers stand again
     project(db, out, rebuild=True)  # a rebuild does not launder it
     found = _chain_findings(db, out)
@@ -115,20 +120,19 @@ def test_rewrites_behind_a_dropped_trigger_are_found_at_their_seq(tmp_path, how)
     assert found and f"hash chain broken at seq {broken}" in found[0]
 
 
-def test_a_rechained_forgery_is_found_by_the_projection_head(tmp_path):
+def test_a_rechained_forgery_is_found_by_the_projection_head(tmp_path, db):
     """An adversary who recomputes every hash after the forged event keeps the chain
     consistent; the head recorded in master_database.json before that still pins it."""
-    db, out = _log(tmp_path)
+    db, out = _log(tmp_path, db=db)
     with EventLog.open(db, create=False) as log:
-        conn = log.connection
-        forged = _tamper_payload(conn)
+        forged = _tamper_payload(log)
         rows = list(log.chain_rows())
         prev, updates = rows[1][1], []
         for seq, _, payload in rows[2:]:
             payload = forged if seq == 3 else payload
             prev = chain.link(prev, seq, payload)
             updates.append(("UPDATE events SET payload = ?, hash = ? WHERE seq = ?", (payload, prev, seq)))
-        _without_trigger(conn, UPDATE_GUARD, *updates)
+        _without_trigger(log, UPDATE_GUARD, *updates)
         assert chain.first_break(log.chain_rows()) is None
     found = _chain_findings(db, out)
     assert "built from chain head" in found[0] and "at seq 6" in found[0] and "rewritten" in found[0]
@@ -170,3 +174,23 @@ def test_first_break_names_the_first_changed_event(payloads, data):
     seq, h, p = rows[i]
     rows[i] = (seq, h, p + "x") if data.draw(st.booleans()) else (seq, h[::-1], p)
     assert chain.first_break(rows) == seq
+
+
+@pytest.mark.parametrize("how", ["update", "delete", "hash only"])
+def test_postgresql_rewrites_behind_a_disabled_trigger_are_found(tmp_path, pg_url, how):
+    db, out = _log(tmp_path, db=pg_url)
+    with EventLog.open(db, create=False) as log:
+        forged = _tamper_payload(log)
+        if how == "update":
+            _without_trigger(log, UPDATE_GUARD, ("UPDATE events SET payload = ? WHERE seq = 3", (forged,)))
+        elif how == "delete":
+            _without_trigger(log, "events_no_delete", ("DELETE FROM events WHERE seq = 3", ()))
+        else:
+            _without_trigger(log, UPDATE_GUARD, ("UPDATE events SET hash = ? WHERE seq = 3", ("0" * 64,)))
+        assert log.missing_guards() == []
+        raw_sql(log, "ALTER TABLE events DISABLE TRIGGER events_no_truncate")
+    project(db, out, rebuild=True)
+    report = audit(db, out)
+    broken = 4 if how == "delete" else 3
+    assert f"hash chain broken at seq {broken}" in " ".join(report.findings)
+    assert any("events_no_truncate is missing" in f for f in report.findings)

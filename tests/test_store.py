@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from storage_helpers import completed, errored, ts
+from storage_helpers import completed, db_errors, errored, raw_sql, ts
 
 from ultra import events as ev
 from ultra.errors import UserError
@@ -25,8 +25,18 @@ def test_open_creates_parent_dirs_wal_and_records_migrations(tmp_path):
         assert n == len(load_migrations())
 
 
-def test_append_is_idempotent_by_event_id_and_counts_new_ones(tmp_path):
-    with EventLog.open(tmp_path / "e.db") as log:
+def test_migrations_are_recorded_once_on_both_backends(db):
+    with EventLog.open(db) as log:
+        dialect = log.dialect
+        assert log.missing_guards() == []
+    EventLog.open(db).close()
+    with EventLog.open(db, create=False) as log:
+        applied = [r[0] for r in raw_sql(log, f"SELECT version FROM {MIGRATIONS_TABLE} ORDER BY version")]
+        assert applied == [v for v, _, _ in load_migrations(dialect)]
+
+
+def test_append_is_idempotent_by_event_id_and_counts_new_ones(db):
+    with EventLog.open(db) as log:
         batch = [completed(i) for i in range(5)]
         assert log.append(batch) == 5
         assert log.append(batch[1:3]) == 0
@@ -36,8 +46,8 @@ def test_append_is_idempotent_by_event_id_and_counts_new_ones(tmp_path):
         assert log.last_seq() == 6
 
 
-def test_stream_round_trips_events_in_seq_order_across_batches(tmp_path):
-    with EventLog.open(tmp_path / "e.db") as log:
+def test_stream_round_trips_events_in_seq_order_across_batches(db):
+    with EventLog.open(db) as log:
         sent = [completed(i) if i % 3 else errored(i) for i in range(23)]
         log.append(sent)
         got = list(log.stream(batch=4))
@@ -49,19 +59,21 @@ def test_stream_round_trips_events_in_seq_order_across_batches(tmp_path):
         assert all(isinstance(e, ev.TestErrored) for _, e in only) and len(only) == 8
 
 
-def test_update_and_delete_of_events_fail(tmp_path):
-    with EventLog.open(tmp_path / "e.db") as log:
+def test_update_and_delete_of_events_fail(db):
+    with EventLog.open(db) as log:
         log.append([completed(1)])
-        conn = log.connection
-        with pytest.raises(sqlite3.DatabaseError, match="immutable"):
-            conn.execute("UPDATE events SET model = 'x'")
-        with pytest.raises(sqlite3.DatabaseError, match="immutable"):
-            conn.execute("DELETE FROM events")
+        for sql in ["UPDATE events SET model = 'x'", "DELETE FROM events",
+                    "INSERT INTO events (seq, event_id, type, recorded_at, payload, hash)"
+                    " SELECT seq, event_id, type, recorded_at, payload, hash FROM events WHERE true"
+                    " ON CONFLICT (event_id) DO UPDATE SET payload = 'x'",
+                    *(["TRUNCATE events"] if log.dialect == "postgresql" else [])]:
+            with pytest.raises(db_errors(), match="immutable"):
+                raw_sql(log, sql)
         assert [e.model for _, e in log.stream()] == ["DeepSeek-V3-0324"]
 
 
-def test_unknown_types_are_stored_and_skipped_with_a_count(tmp_path):
-    with EventLog.open(tmp_path / "e.db") as log:
+def test_unknown_types_are_stored_and_skipped_with_a_count(db):
+    with EventLog.open(db) as log:
         log.append([completed(1)])
         r = log.append_raw([
             b'{"event_id": "n1", "type": "model.retired", "recorded_at": "2025-07-02T00:00:00Z", "model": "x", "seq": 9}',
@@ -73,11 +85,12 @@ def test_unknown_types_are_stored_and_skipped_with_a_count(tmp_path):
         assert stream.skipped_unknown == 1 and stream.undecodable == 0
 
 
-def test_undecodable_rows_are_skipped_and_counted(tmp_path):
-    with EventLog.open(tmp_path / "e.db") as log:
+def test_undecodable_rows_are_skipped_and_counted(db):
+    with EventLog.open(db) as log:
         log.append([completed(1)])
-        log.connection.execute(  # a hand-made row: known type, payload that does not decode
-            "INSERT INTO events (event_id, type, recorded_at, payload) VALUES ('bad', 'test.completed', ?, '{\"type\":\"test.completed\"}')",
+        raw_sql(log,  # a hand-made row: known type, payload that does not decode
+            "INSERT INTO events (seq, event_id, type, recorded_at, payload, hash)"
+            " VALUES (2, 'bad', 'test.completed', ?, '{\"type\":\"test.completed\"}', 'x')",
             (ts(2),),
         )
         stream = log.stream()
@@ -85,8 +98,8 @@ def test_undecodable_rows_are_skipped_and_counted(tmp_path):
         assert stream.undecodable == 1 and stream.undecodable_seqs == [2]
 
 
-def test_append_raw_is_all_or_nothing_and_names_the_line(tmp_path):
-    with EventLog.open(tmp_path / "e.db") as log:
+def test_append_raw_is_all_or_nothing_and_names_the_line(db):
+    with EventLog.open(db) as log:
         good = ev.encode(completed(1)).decode()
         with pytest.raises(UserError, match=r"f.jsonl:3: not valid JSON"):
             log.append_raw([good, "", "{nope"], source="f.jsonl")
@@ -126,10 +139,10 @@ def test_bad_files_raise_one_line_user_errors(tmp_path, make, create, message):
     assert "\n" not in str(info.value)
 
 
-def test_append_is_usable_from_another_thread(tmp_path):
+def test_append_is_usable_from_another_thread(db):
     import threading
 
-    log = EventLog.open(tmp_path / "e.db")
+    log = EventLog.open(db)
     threads = [threading.Thread(target=log.append, args=([completed(i) for i in range(k * 10, k * 10 + 10)],))
                for k in range(4)]
     for t in threads:
@@ -138,3 +151,28 @@ def test_append_is_usable_from_another_thread(tmp_path):
         t.join()
     assert log.count() == 40
     log.close()
+
+
+def test_postgresql_locations_that_are_not_logs_raise_one_line_user_errors(pg_server, pg_url):
+    import psycopg
+
+    with pytest.raises(UserError, match="no_such_db.*cannot connect") as info:
+        EventLog.open(pg_server.url_of("no_such_db"))
+    assert "\n" not in str(info.value)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE other (x int)")
+    for create in (True, False):
+        with pytest.raises(UserError, match="not an ultra event log"):
+            EventLog.open(pg_url, create=create)
+    with pytest.raises(UserError, match="cannot connect") as info:
+        EventLog.open("postgresql://someone:secret-pw@127.0.0.1:1/x")
+    assert "secret-pw" not in str(info.value)
+
+
+def test_projection_state_round_trips_and_never_goes_backwards(db):
+    with EventLog.open(db) as log:
+        assert log.load_projection_state("p") is None
+        assert log.save_projection_state("p", 1, 10, "{}")
+        assert not log.save_projection_state("p", 1, 9, "{old}")
+        assert log.save_projection_state("p", 1, 12, "{new}")
+        assert log.load_projection_state("p") == (1, 12, "{new}")

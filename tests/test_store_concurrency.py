@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import storage_helpers
+from storage_helpers import raw_sql
 
 from ultra.audit import audit
 from ultra.projecting import project
@@ -19,8 +20,11 @@ from ultra.store import EventLog
 HELPER = Path(storage_helpers.__file__)
 
 
-def test_eight_processes_append_concurrently_without_loss_or_error(tmp_path):
-    db, go = tmp_path / "events.db", tmp_path / "go"
+def test_eight_processes_append_concurrently_without_loss_or_error(tmp_path, db):
+    """On both backends; meanwhile incremental projections fold whatever is committed, and
+    the last one equals a rebuild: no event with a lower seq commits after a reader passed."""
+    go = tmp_path / "go"
+    out, rebuilt = tmp_path / "inc.json", tmp_path / "rebuilt.json"
     EventLog.open(db).close()  # created once; the writers race only on appends
     procs = [
         subprocess.Popen([sys.executable, str(HELPER), str(db), str(w), "5000", str(w), str(go)],
@@ -28,12 +32,21 @@ def test_eight_processes_append_concurrently_without_loss_or_error(tmp_path):
         for w in range(8)
     ]
     go.touch()
+    projections = 0
+    while any(p.poll() is None for p in procs):
+        project(db, out)
+        projections += 1
+        time.sleep(0.2)
     for p in procs:
-        out, err = p.communicate(timeout=300)
+        _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()
         assert b"locked" not in err and not err.strip()
+    last = project(db, out)
+    assert not last.rebuilt and projections >= 2
+    project(db, rebuilt, rebuild=True)
+    assert out.read_bytes() == rebuilt.read_bytes()
     with EventLog.open(db, create=False) as log:
-        rows = log.connection.execute("SELECT seq, event_id, run_id FROM events ORDER BY seq").fetchall()
+        rows = raw_sql(log, "SELECT seq, event_id, run_id FROM events ORDER BY seq")
     assert len(rows) == 40_000
     seqs = [r[0] for r in rows]
     assert all(a < b for a, b in zip(seqs, seqs[1:]))

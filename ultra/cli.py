@@ -32,7 +32,15 @@ app.add_typer(config_app, name="config")
 DEFAULT_DB = Path("ultra-data/events.db")
 DEFAULT_OUT = Path("ultra-data/master_database.json")
 
-DbOpt = Annotated[Path, typer.Option("--db", help="Event log (SQLite).")]
+def _db_location(text: str | Path) -> Path | str:
+    from ultra.store import db_location
+
+    return db_location(str(text))
+
+
+DbOpt = Annotated[Path, typer.Option(
+    "--db", parser=_db_location, metavar="PATH|URL",
+    help="Event log: an SQLite file, or postgresql://… for one log shared by several machines.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="master_database.json to write.")]
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", help="TOML config; default: the bundled demo.")

@@ -188,14 +188,14 @@ def completed_test_keys(log: EventLog) -> set[str]:
     return keys
 
 
-def _completed_keys(db: Path) -> set[str]:
-    if not db.exists():
+def _completed_keys(db: Path | str) -> set[str]:
+    if isinstance(db, Path) and not db.exists():
         return set()
     with EventLog.open(db, create=False) as log:
         return completed_test_keys(log)
 
 
-def plan_run(config: Config, sel: Selection, db: Path, tasks: str | None) -> Plan:
+def plan_run(config: Config, sel: Selection, db: Path | str, tasks: str | None) -> Plan:
     """Check the selection, read what the log already holds, and plan what is left."""
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
@@ -212,7 +212,7 @@ def missing_secrets(plan: Plan) -> list[str]:
     return list(missing.values())
 
 
-def execute(config: Config, config_digest: str, sel: Selection, *, db: Path, out: Path,
+def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | str, out: Path,
             processes: int, tasks: str | None, argv: list[str], json_output: bool) -> RunResult:
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
@@ -251,7 +251,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path, out
     )
 
 
-def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path, tasks: str | None,
+def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: str | None,
                processes: int, *, show: bool) -> tuple[dict[str, ShardSnapshot], bool, int]:
     """Start the shard processes and follow them to the end; forward Ctrl-C / SIGTERM."""
     ctx = mp.get_context("spawn")

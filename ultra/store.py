@@ -1,25 +1,27 @@
-"""The event log: one append-only SQLite table of events, ordered by `seq`.
+"""The event log: one append-only table of events ordered by `seq`, behind one interface
+with two implementations chosen by `--db`: a path is SQLite (`ultra/store_sqlite.py`, the
+embedded default), `postgresql://…` is PostgreSQL (`ultra/store_postgres.py`), one log
+shared by collectors on several machines.
 
-Many writer processes append at once: each batch is one `BEGIN IMMEDIATE` transaction,
-retried with backoff while another writer holds the lock, so "database is locked" never
-reaches a user. Readers stream by `seq` in batches, so memory does not grow with the log.
-The SQL stays plain (no SQLite-only meaning) so the log can move to a server store later.
+Same semantics on both: migrations in plain SQL per dialect (`migrations/<dialect>/`),
+idempotent append by `event_id`, immutable rows (triggers), the hash chain (ultra/chain.py)
+computed inside the write transaction, streaming reads by `seq`, projection state saved
+with its last `seq` in one transaction, and leases (a table of their own: see `claim`).
+Appends are serialized (SQLite's write lock; a PostgreSQL advisory lock): the chain needs
+the previous hash, and `seq` is assigned under the lock, so an event with a lower `seq`
+never commits after a reader has passed it. The store knows the event schema and nothing
+above it (resume and repairs live in the shells that plan and project).
 """
 
 from __future__ import annotations
 
 import importlib.resources
-import os
-import random
 import re
-import sqlite3
-import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import msgspec
 
@@ -27,24 +29,14 @@ from ultra import chain
 from ultra import events as ev
 from ultra.errors import UserError
 
-BUSY_TIMEOUT_S = 5.0  # SQLite's own wait for a lock, per attempt
-LOCK_PATIENCE_S = 600.0  # total time a writer keeps retrying before giving up
-# Under many busy writers SQLite's passive checkpoints never find a moment to restart the
-# WAL, which then grows without bound (8 GB for 1M events with 4 writers): past this size a
-# writer forces a checkpoint that waits for the others, and truncates the WAL.
-WAL_TRUNCATE_BYTES = 64 * 2**20
 MIGRATIONS_TABLE = "ultra_migrations"
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[\w.-]+\.sql$")
+SERVER_SCHEMES = ("postgresql://", "postgres://")
 
 # Rows arrive here already free of stored event ids, with seq and hash assigned under the
 # write lock; the triggers refuse anything else.
-_INSERT = (
-    "INSERT INTO events (seq, event_id, type, recorded_at, test_key, model, run_id, payload, hash)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-GUARD_TRIGGERS = ("events_no_update", "events_no_delete", "events_no_overwrite")
-DIALECT = "sqlite"
+_COLUMNS = "seq, event_id, type, recorded_at, test_key, model, run_id, payload, hash"
+_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _TAGS: dict[type, str] = {cls: tag for tag, cls in ev.EVENT_TYPES.items()}
 _encoder = msgspec.json.Encoder()
 _any_decoder = msgspec.json.Decoder()
@@ -52,21 +44,30 @@ _any_decoder = msgspec.json.Decoder()
 Row = tuple[str, str, str, str | None, str | None, str | None, str]
 
 
+def is_server_url(db: str | Path) -> bool:
+    return isinstance(db, str) and db.startswith(SERVER_SCHEMES)
+
+
+def db_location(text: str | Path) -> Path | str:
+    """What `--db` names: a server URL stays a string (a Path would fold its `//`)."""
+    return text if is_server_url(text) else Path(text)
+
+
 # ---- migrations ----------------------------------------------------------------------
 
 
-def migrations_dir() -> Traversable:
+def migrations_dir(dialect: str = "sqlite") -> Traversable:
     """`ultra/_migrations/<dialect>` in an installed wheel, else the repo's `migrations/`."""
     packaged = importlib.resources.files("ultra") / "_migrations"
     if packaged.is_dir():
-        return packaged / DIALECT
-    return Path(__file__).resolve().parent.parent / "migrations" / DIALECT
+        return packaged / dialect
+    return Path(__file__).resolve().parent.parent / "migrations" / dialect
 
 
-def load_migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) of every `NNNN_*.sql`, in order."""
+def load_migrations(dialect: str = "sqlite") -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of every `NNNN_*.sql` of `dialect`, in order."""
     found = []
-    for entry in migrations_dir().iterdir():
+    for entry in migrations_dir(dialect).iterdir():
         m = _MIGRATION_NAME.match(entry.name)
         if m:
             found.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
@@ -75,21 +76,6 @@ def load_migrations() -> list[tuple[int, str, str]]:
     if not found or len(set(versions)) != len(versions):
         raise RuntimeError(f"broken migrations directory: {versions}")
     return found
-
-
-def _statements(sql: str) -> Iterator[str]:
-    """Split a script into statements; `complete_statement` keeps trigger bodies whole."""
-    buf = ""
-    for line in sql.splitlines(keepends=True):
-        buf += line
-        if sqlite3.complete_statement(buf):
-            if buf.strip():
-                yield buf
-            buf = ""
-    if buf.strip() and not all(
-        ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()
-    ):
-        raise RuntimeError(f"incomplete SQL statement in migration: {buf[:60]!r}")
 
 
 # ---- rows ------------------------------------------------------------------------------
@@ -159,34 +145,6 @@ def raw_row(line: str | bytes, where: str) -> Row:
     )
 
 
-def _chain_existing(conn: sqlite3.Connection) -> None:
-    """Chain the events of a log written before the chain existed (migration 0003).
-
-    The update guard is lifted for this one transaction and restored as it was: the
-    migration is the only writer that may ever fill in a stored row.
-    """
-    if conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None:
-        return
-    (guard,) = conn.execute(
-        "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'events_no_update'"
-    ).fetchone()
-    conn.execute("DROP TRIGGER events_no_update")
-    prev, after = chain.GENESIS, 0
-    while True:
-        rows = conn.execute(
-            "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT 5000", (after,)
-        ).fetchall()
-        if not rows:
-            break
-        updates = []
-        for seq, payload in rows:
-            prev = chain.link(prev, seq, payload)
-            updates.append((prev, seq))
-        conn.executemany("UPDATE events SET hash = ? WHERE seq = ?", updates)
-        after = rows[-1][0]
-    conn.execute(guard)
-
-
 class _Identity(msgspec.Struct):
     """What an event of a type this version does not know must still carry."""
 
@@ -196,7 +154,7 @@ class _Identity(msgspec.Struct):
     version: int | None = None
 
 
-def _check_conflicts(conn: sqlite3.Connection, batch: list[tuple[Row, str]]) -> None:
+def _check_conflicts(conn: Tx, batch: list[tuple[Row, str]]) -> None:
     """Imported rows whose `event_id` is already stored (or repeated in the batch) must
     carry the same event, else the import is a conflict (raised; the caller rolls back)."""
     first: dict[str, tuple[Row, str]] = {}
@@ -223,11 +181,6 @@ def _check_conflicts(conn: sqlite3.Connection, batch: list[tuple[Row, str]]) -> 
 def _same_event(a: str, b: str) -> bool:
     """Same JSON content (key order aside)."""
     return a == b or _any_decoder.decode(a) == _any_decoder.decode(b)
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    msg = str(exc).lower()
-    return "locked" in msg or "busy" in msg
 
 
 # ---- reading ---------------------------------------------------------------------------
@@ -337,129 +290,98 @@ class EventStream:
 # ---- the log ---------------------------------------------------------------------------
 
 
-class EventLog:
-    """An open event log. Thread-safe (one lock), usable from trio worker threads."""
+class Cursor(Protocol):
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self._conn = conn
-        self.path = path
-        self._wal_path = f"{path}-wal"
-        self._lock = threading.RLock()
+
+class Tx(Protocol):
+    """One open write transaction, SQL written with `?` placeholders."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Cursor: ...
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any: ...
+
+
+class EventLog:
+    """An open event log (the store interface). Thread-safe, usable from trio worker
+    threads. `EventLog.open(db)` picks the implementation from `db`."""
+
+    dialect: ClassVar[str]
+    guards: ClassVar[tuple[str, ...]]  # the immutability triggers `missing_guards` checks
+    location: str  # what messages call this log (never a password)
 
     @classmethod
-    def open(cls, path: Path | str, *, create: bool = True) -> EventLog:
-        """Open (and if `create`, create) the log at `path`, applying pending migrations.
+    def open(cls, db: Path | str, *, create: bool = True) -> EventLog:
+        """Open (and if `create`, create) the log at `db`, applying pending migrations.
 
         Anything that is not a usable ultra event log raises `UserError` with one line.
         """
-        path = Path(path)
-        if path.is_dir():
-            raise UserError(f"{path}: is a directory, not an event log")
-        if path.exists():
-            try:
-                with path.open("rb") as fh:
-                    head = fh.read(16)
-            except OSError as exc:
-                raise UserError(f"{path}: cannot read the event log ({exc.strerror})") from None
-            if head and head != _SQLITE_MAGIC:
-                raise UserError(f"{path}: not an SQLite database, so not an ultra event log")
-            if not head and not create:
-                raise UserError(f"{path}: empty file, not an ultra event log")
-        elif not create:
-            raise UserError(f"{path}: no event log there")
-        else:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UserError(f"{path.parent}: cannot create directory ({exc.strerror})") from None
-        try:
-            conn = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise UserError(f"{path}: cannot open the event log ({exc})") from None
-        log = cls(conn, path)
-        try:
-            log._prepare(create)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise UserError(f"{path}: not a usable SQLite database ({exc})") from None
-        except BaseException:
-            conn.close()
-            raise
-        return log
+        if is_server_url(db):
+            from ultra.store_postgres import PostgresLog
 
-    def _prepare(self, create: bool) -> None:
-        conn = self._conn
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if MIGRATIONS_TABLE not in tables and (tables or not create):
-            raise UserError(f"{self.path}: an SQLite database, but not an ultra event log")
-        self._retrying(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
-        # NORMAL is durable against process crashes in WAL mode; only power loss may lose
-        # the last commits, never tear one.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: the unique/test-key indexes
-        migrations = load_migrations()
-        applied = self._applied_migrations() if MIGRATIONS_TABLE in tables else set()
-        if all(v in applied for v, _, _ in migrations):
-            return  # nothing to write: read-only files stay readable
-        with self._transaction() as tx:
-            tx.execute(
-                f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
-                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-            )
-            applied = self._applied_migrations()  # again, under the lock: racing openers
-            for version, name, sql in migrations:
-                if version in applied:
-                    continue
-                for stmt in _statements(sql):
-                    tx.execute(stmt)
-                if version == 3:
-                    _chain_existing(tx)
-                tx.execute(
-                    f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (?, ?, ?)",
-                    (version, name, ev.utc_now()),
-                )
+            return PostgresLog.connect(str(db), create=create)
+        from ultra.store_sqlite import SqliteLog
 
-    def _applied_migrations(self) -> set[int]:
-        return {r[0] for r in self._conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+        return SqliteLog.open_file(Path(db), create=create)
 
-    # -- locking --
+    # -- what each implementation provides --
 
-    def _retrying(self, op: Any) -> Any:
-        """Run `op`, retrying with jittered backoff while the database is busy."""
-        deadline = time.monotonic() + LOCK_PATIENCE_S
-        delay = 0.002
-        while True:
-            try:
-                return op()
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-                if time.monotonic() > deadline:
-                    raise UserError(
-                        f"{self.path}: event log busy for {LOCK_PATIENCE_S:.0f} s; is a writer stuck?"
-                    ) from None
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 0.25)
+    def _transaction(self) -> AbstractContextManager[Tx]:
+        """One write transaction (all or nothing)."""
+        raise NotImplementedError
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under `BEGIN IMMEDIATE` (the write lock taken up front)."""
-        conn = self._conn
-        with self._lock:
-            self._retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            self._retrying(lambda: conn.execute("COMMIT"))
+    def _lock_appends(self, tx: Tx) -> None:
+        """Serialize appenders inside `tx` until it ends (SQLite: BEGIN IMMEDIATE did)."""
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._lock:
-            return self._retrying(lambda: self._conn.execute(sql, params).fetchall())
+        raise NotImplementedError
+
+    def _insert_rows(self, tx: Tx, rows: list[tuple[Any, ...]]) -> None:
+        tx.executemany(_INSERT, rows)
+
+    def _after_append(self) -> None:
+        """Housekeeping outside the transaction (SQLite bounds its WAL)."""
+
+    def _run_script(self, tx: Tx, sql: str) -> None:
+        raise NotImplementedError
+
+    def _after_migration(self, tx: Tx, version: int) -> None:
+        """A dialect's one-off data step after a migration (SQLite chains old logs)."""
+
+    def missing_guards(self) -> list[str]:
+        """Names of the immutability triggers that are not in place (or not enabled)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def connection(self) -> Any:
+        """The raw connection, for checks and tests (prefer the methods)."""
+        raise NotImplementedError
+
+    # -- migrations --
+
+    def _migrate(self, tx: Tx) -> None:
+        """Apply the dialect's pending migrations in `tx`, recording each."""
+        tx.execute(
+            f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        applied = {r[0] for r in tx.execute(f"SELECT version FROM {MIGRATIONS_TABLE}").fetchall()}
+        for version, name, sql in load_migrations(self.dialect):
+            if version in applied:
+                continue
+            self._run_script(tx, sql)
+            self._after_migration(tx, version)
+            tx.execute(
+                f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, ev.utc_now()),
+            )
+
+    def _pending_migrations(self) -> bool:
+        applied = {r[0] for r in self._read(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+        return any(v not in applied for v, _, _ in load_migrations(self.dialect))
 
     # -- writing --
 
@@ -468,21 +390,22 @@ class EventLog:
         rows = [event_row(e) for e in events]
         if not rows:
             return 0
-        with self._transaction() as conn:
-            stored = self._insert(conn, rows)
-        self._bound_wal()
+        with self._transaction() as tx:
+            stored = self._insert(tx, rows)
+        self._after_append()
         return stored
 
-    def _insert(self, conn: sqlite3.Connection, rows: list[Row]) -> int:
-        """Store the rows whose event ids are new, chained after the current head; inside
-        the write transaction, so seq and hash are assigned by one writer at a time."""
+    def _insert(self, tx: Tx, rows: list[Row]) -> int:
+        """Store the rows whose event ids are new, chained after the current head; under
+        the append lock, so seq and hash are assigned by one writer at a time."""
+        self._lock_appends(tx)
         fresh: dict[str, Row] = {}
         for row in rows:
             fresh.setdefault(row[0], row)
         ids = list(fresh)
         for i in range(0, len(ids), 500):
             part = ids[i : i + 500]
-            stored = conn.execute(
+            stored = tx.execute(
                 f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * len(part))})",
                 part,
             ).fetchall()
@@ -490,7 +413,7 @@ class EventLog:
                 del fresh[event_id]
         if not fresh:
             return 0
-        head = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        head = tx.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = head if head else (0, chain.GENESIS)
         out = []
         link = chain.link
@@ -498,20 +421,8 @@ class EventLog:
             seq += 1
             prev = link(prev, seq, row[6])
             out.append((seq, *row, prev))
-        conn.executemany(_INSERT, out)
+        self._insert_rows(tx, out)
         return len(out)
-
-    def _bound_wal(self) -> None:
-        try:
-            size = os.stat(self._wal_path).st_size
-        except OSError:
-            return
-        if size > WAL_TRUNCATE_BYTES:
-            with self._lock:
-                try:
-                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-                except sqlite3.OperationalError:
-                    pass  # busy: the next append tries again
 
     def append_raw(self, lines: Iterable[str | bytes], *, source: str = "input") -> ImportResult:
         """Append JSON lines (as `ultra events` prints them): all of them, or none.
@@ -522,7 +433,7 @@ class EventLog:
         read = unknown = 0
         batch: list[tuple[Row, str]] = []
         stored = 0
-        with self._transaction() as conn:
+        with self._transaction() as tx:
             for lineno, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
@@ -532,12 +443,12 @@ class EventLog:
                 unknown += row[1] not in ev.EVENT_TYPES
                 batch.append((row, where))
                 if len(batch) >= 5000:
-                    _check_conflicts(conn, batch)
-                    stored += self._insert(conn, [row for row, _ in batch])
+                    _check_conflicts(tx, batch)
+                    stored += self._insert(tx, [row for row, _ in batch])
                     batch.clear()
             if batch:
-                _check_conflicts(conn, batch)
-                stored += self._insert(conn, [row for row, _ in batch])
+                _check_conflicts(tx, batch)
+                stored += self._insert(tx, [row for row, _ in batch])
         return ImportResult(read=read, stored=stored, unknown_types=unknown)
 
     # -- reading --
@@ -654,14 +565,6 @@ class EventLog:
         rows = self._read("SELECT hash FROM events WHERE seq = ?", (seq,))
         return rows[0][0] if rows else None
 
-    def missing_guards(self) -> list[str]:
-        """Names of the immutability triggers that are not in place."""
-        rows = self._read(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
-        )
-        present = {r[0] for r in rows}
-        return [name for name in GUARD_TRIGGERS if name not in present]
-
     # -- projection state (same file, same transaction as its last seq) --
 
     def load_projection_state(self, name: str) -> tuple[int, int, str] | None:
@@ -673,17 +576,18 @@ class EventLog:
 
     def save_projection_state(self, name: str, version: int, last_seq: int, state: str) -> bool:
         """Save a state unless one at least as far along is already there (racing projectors)."""
-        with self._transaction() as conn:
-            row = conn.execute(
+        with self._transaction() as tx:
+            self._lock_appends(tx)  # racing projectors: one saves at a time
+            row = tx.execute(
                 "SELECT last_seq, version FROM projection_state WHERE name = ?", (name,)
             ).fetchone()
             if row is None:
-                conn.execute(
+                tx.execute(
                     "INSERT INTO projection_state (name, version, last_seq, state) VALUES (?, ?, ?, ?)",
                     (name, version, last_seq, state),
                 )
             elif row[0] <= last_seq or row[1] != version:
-                conn.execute(
+                tx.execute(
                     "UPDATE projection_state SET version = ?, last_seq = ?, state = ? WHERE name = ?",
                     (version, last_seq, state, name),
                 )
@@ -693,20 +597,11 @@ class EventLog:
 
     # -- lifetime --
 
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
     def __enter__(self) -> EventLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @property
-    def connection(self) -> sqlite3.Connection:
-        """The raw connection, for checks and tests (prefer the methods)."""
-        return self._conn
 
 
 class ImportResult(msgspec.Struct, frozen=True):
