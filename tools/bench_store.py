@@ -1,13 +1,17 @@
 """Benchmark of the storage core; prints ONE JSON line of figures and asserts nothing.
 
-    .venv/bin/python tools/bench_store.py [--events 1000000] [--batch 500]
+    .venv/bin/python tools/bench_store.py [--events 1000000] [--batch 500] [--postgresql]
 
-Figures: append events/s with 1 writer and with 4 writer processes; the same rows without
-the hash chain (the previous append: one `INSERT ... ON CONFLICT DO NOTHING` executemany per
-batch, no insert guard, no hash) as the reference the chain may cost at most 10 % of; full
-rebuild events/s of both logs and peak RSS (in a child process, from its own ru_maxrss);
-chain verification rate (what `ultra audit` reads); and the time of an incremental
-projection after one new event.
+With `--postgresql` it starts a throwaway PostgreSQL server (durable settings: fsync on)
+and measures it beside SQLite.
+
+Figures per backend: append events/s with 1 writer and with 4 writer processes; the same
+rows without the hash chain and its serialization (SQLite: one `INSERT ... ON CONFLICT DO
+NOTHING` executemany per batch, no insert guard, no hash; PostgreSQL: COPY with `seq` from a
+sequence, no append lock, no hash) as the reference the chain may cost at most 10 % of;
+full rebuild events/s of both logs and peak RSS (in a child process, from its own
+ru_maxrss); chain verification rate (what `ultra audit` reads); and the time of an
+incremental projection after one new event.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -34,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from ultra import chain  # noqa: E402
 from ultra import events as ev  # noqa: E402
 from ultra.projecting import project  # noqa: E402
-from ultra.store import EventLog, event_row  # noqa: E402
+from ultra.store import EventLog, db_location, event_row, is_server_url  # noqa: E402
 
 MODELS = ["DeepSeek-V3-0324", "DeepSeek-V3-0324-2", "qwen2.5-72b-instruct-key1", "gpt-4o-mini", "kimi-k2"]
 PROMPTS = ["baseline", "optimal", "flawed_sequence_disorder"]
@@ -86,41 +90,63 @@ def batches(n: int, size: int, seed: int) -> Iterator[list[ev.TestCompleted]]:
         ]
 
 
-def append_timed(db: Path, n: int, size: int, seed: int) -> float:
-    """Seconds spent inside `EventLog.append` for n events (generation not counted)."""
+def _warm(db: Path | str) -> None:
+    EventLog.open(db).close()
+
+
+class Unchained:
+    """The append without chain and serialization, into the same schema: the reference."""
+
+    def __init__(self, db: Path | str) -> None:
+        EventLog.open(db).close()  # schema only
+        self.pg = is_server_url(db)
+        if self.pg:
+            import psycopg
+
+            self.conn = psycopg.connect(str(db), autocommit=True)
+            self.conn.execute("CREATE SEQUENCE IF NOT EXISTS bench_seq")
+            self.conn.execute("ALTER TABLE events ALTER seq SET DEFAULT nextval('bench_seq')")
+        else:
+            self.conn = sqlite3.connect(db, isolation_level=None, timeout=60)
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self.conn.execute("PRAGMA cache_size = -65536")
+            self.conn.execute("DROP TRIGGER IF EXISTS events_no_overwrite")
+
+    def append(self, batch: list[ev.TestCompleted]) -> None:
+        rows = [event_row(e) for e in batch]  # as `append` encodes them
+        if self.pg:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                cols = "event_id, type, recorded_at, test_key, model, run_id, payload, hash"
+                with cur.copy(f"COPY events ({cols}) FROM STDIN") as copy:
+                    for r in rows:
+                        copy.write_row((*r, ""))
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.executemany(
+            "INSERT INTO events (event_id, type, recorded_at, test_key, model, run_id, payload)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING", rows)
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def append_timed(db: Path | str, n: int, size: int, seed: int, chained: bool = True) -> float:
+    """Seconds spent appending n events (generation not counted)."""
     spent = 0.0
-    with EventLog.open(db) as log:
+    log: EventLog | Unchained = EventLog.open(db) if chained else Unchained(db)
+    try:
         for batch in batches(n, size, seed):
             t = time.perf_counter()
             log.append(batch)
             spent += time.perf_counter() - t
+    finally:
+        log.close()
     return spent
 
 
-def unchained_timed(db: Path, n: int, size: int, seed: int) -> float:
-    """The same rows, schema and pragmas through the append without the chain: one
-    idempotent executemany per batch under BEGIN IMMEDIATE, no insert guard, no hash."""
-    EventLog.open(db).close()  # schema only
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA cache_size = -65536")
-    conn.execute("DROP TRIGGER events_no_overwrite")
-    sql = ("INSERT INTO events (event_id, type, recorded_at, test_key, model, run_id, payload)"
-           " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING")
-    spent = 0.0
-    for batch in batches(n, size, seed):
-        t = time.perf_counter()
-        rows = [event_row(e) for e in batch]  # as `append` encodes them
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(sql, rows)
-        conn.execute("COMMIT")
-        spent += time.perf_counter() - t
-    conn.close()
-    return spent
-
-
-def verify_timed(db: Path) -> tuple[float, int]:
+def verify_timed(db: Path | str) -> tuple[float, int | None]:
     """Seconds to verify the whole chain, and the first break (None expected)."""
     t = time.perf_counter()
     with EventLog.open(db, create=False) as log:
@@ -128,14 +154,14 @@ def verify_timed(db: Path) -> tuple[float, int]:
     return time.perf_counter() - t, broken
 
 
-def four_writers(db: Path, n: int, size: int) -> float:
-    """Wall time for 4 writer processes appending n/4 each (cheap generation included)."""
-    EventLog.open(db).close()
-    go = db.with_suffix(".go")
+def writers(db: Path | str, go: Path, n: int, size: int, k: int, chained: bool) -> float:
+    """Wall time for k writer processes appending n/k each (cheap generation included)."""
+    (EventLog.open(db) if chained else Unchained(db)).close()
     procs = [
-        subprocess.Popen([sys.executable, __file__, "--writer", str(db), str(n // 4), str(size),
-                          str(100 + w), str(go)], stdout=subprocess.PIPE)
-        for w in range(4)
+        subprocess.Popen([sys.executable, __file__, "--writer", str(db), str(n // k), str(size),
+                          str(100 + w), str(go), "chained" if chained else "unchained"],
+                         stdout=subprocess.PIPE)
+        for w in range(k)
     ]
     time.sleep(1.0)  # let them import and open
     t = time.perf_counter()
@@ -144,84 +170,67 @@ def four_writers(db: Path, n: int, size: int) -> float:
         p.communicate()
         if p.returncode:
             raise SystemExit(f"writer failed: {p.returncode}")
+    go.unlink()
     return time.perf_counter() - t
 
 
-def writer(db: str, n: int, size: int, seed: int, go: str) -> None:
+def writer(db: str, n: int, size: int, seed: int, go: str, mode: str) -> None:
     gen = batches(n, size, seed)
-    with EventLog.open(db) as log:
-        while not os.path.exists(go):
-            time.sleep(0.001)
-        for batch in gen:
-            log.append(batch)
+    location = db_location(db)
+    log: EventLog | Unchained = EventLog.open(location) if mode == "chained" else Unchained(location)
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    for batch in gen:
+        log.append(batch)
+    log.close()
 
 
 def rebuild_child(db: str, out: str) -> None:
     t = time.perf_counter()
-    report = project(db, out, rebuild=True)
+    report = project(db_location(db), out, rebuild=True)
     spent = time.perf_counter() - t
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({"seconds": spent, "folded": report.events_folded, "rss_mb": rss_kb / 1024}))
 
 
-def rebuild(db: Path, out: Path) -> dict:
+def rebuild(db: Path | str, out: Path) -> dict:
     child = subprocess.run([sys.executable, __file__, "--rebuild-child", str(db), str(out)],
                            capture_output=True, text=True, check=True)
     return json.loads(child.stdout)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--batch", type=int, default=500, help="events per append (group commit)")
-    ap.add_argument("--dir", type=Path, default=None, help="where to put the databases (temp)")
-    ap.add_argument("--writer", nargs=5, help=argparse.SUPPRESS)
-    ap.add_argument("--rebuild-child", nargs=2, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.writer:
-        db, n, size, seed, go = args.writer
-        return writer(db, int(n), int(size), int(seed), go)
-    if args.rebuild_child:
-        return rebuild_child(*args.rebuild_child)
+def backend_figures(new_db: Callable[[str], Path | str], d: Path, n: int, size: int) -> dict:
+    """Every figure of one backend; `new_db(name)` gives a fresh empty log location."""
+    append_timed(new_db("warm"), max(1, n // 20), size, seed=3)  # caches, page cache, JIT of the OS
+    bare_db = new_db("bare")
+    bare_s = append_timed(bare_db, n, size, seed=1, chained=False)
+    bare_rebuild = rebuild(bare_db, d / "bare.json")
+    one_db = new_db("one")
+    one_s = append_timed(one_db, n, size, seed=1)
+    verify_s, broken = verify_timed(one_db)
+    four_s = writers(new_db("four"), d / "go", n, size, 4, chained=True)
+    four_bare_s = writers(new_db("fourbare"), d / "go", n, size, 4, chained=False)
+    chained_rebuild = rebuild(one_db, d / "master_database.json")
 
-    n, size = args.events, args.batch
-    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_store.") as tmp:
-        d = Path(tmp)
-        bare_s = unchained_timed(d / "bare.db", n, size, seed=1)
-        bare_rebuild = rebuild(d / "bare.db", d / "bare.json")
-        for f in d.glob("bare.db*"):
-            f.unlink()
-        one_s = append_timed(d / "one.db", n, size, seed=1)
-        verify_s, broken = verify_timed(d / "one.db")
-        four_s = four_writers(d / "four.db", n, size)
-        with EventLog.open(d / "four.db", create=False) as log:
-            four_n = log.count()
-        for f in d.glob("four.db*"):
-            f.unlink()
-
-        chained_rebuild = rebuild(d / "one.db", d / "master_database.json")
-
-        with EventLog.open(d / "one.db", create=False) as log:
-            log.append(next(batches(1, 1, seed=99)))
-        t = time.perf_counter()
-        inc = project(d / "one.db", d / "master_database.json")
-        inc_s = time.perf_counter() - t
-        with EventLog.open(d / "one.db", create=False) as log:
-            log.append(next(batches(1, 1, seed=98)))
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "ultra", "project", "--db", str(d / "one.db"), "--out",
-                        str(d / "master_database.json")], cwd=ROOT, check=True, capture_output=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-        cli_s = time.perf_counter() - t
-        db_mb = sum(f.stat().st_size for f in d.glob("one.db*")) / 2**20
-
-    print(json.dumps({
-        "events": n,
-        "batch": size,
+    with EventLog.open(one_db, create=False) as log:
+        log.append(next(batches(1, 1, seed=99)))
+    t = time.perf_counter()
+    inc = project(one_db, d / "master_database.json")
+    inc_s = time.perf_counter() - t
+    with EventLog.open(one_db, create=False) as log:
+        log.append(next(batches(1, 1, seed=98)))
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ultra", "project", "--db", str(one_db), "--out",
+                    str(d / "master_database.json")], cwd=ROOT, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    cli_s = time.perf_counter() - t
+    return {
         "append_1_writer_eps": round(n / one_s),
-        "append_4_writers_eps": round(four_n / four_s),
-        "append_unchained_eps": round(n / bare_s),
-        "chain_cost": round(1 - bare_s / one_s, 3),
+        "append_4_writers_eps": round(n // 4 * 4 / four_s),
+        "append_unchained_1_writer_eps": round(n / bare_s),
+        "append_unchained_4_writers_eps": round(n // 4 * 4 / four_bare_s),
+        "chain_cost_1_writer": round(1 - bare_s / one_s, 3),
+        "chain_cost_4_writers": round(1 - four_bare_s / four_s, 3),
         "rebuild_eps": round(chained_rebuild["folded"] / chained_rebuild["seconds"]),
         "rebuild_unchained_eps": round(bare_rebuild["folded"] / bare_rebuild["seconds"]),
         "rebuild_s": round(chained_rebuild["seconds"], 2),
@@ -232,8 +241,37 @@ def main() -> None:
         "incremental_events_folded": inc.events_folded,
         "incremental_rebuilt": inc.rebuilt,
         "incremental_cli_s": round(cli_s, 3),
-        "db_mb": round(db_mb),
-    }))
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=500, help="events per append (group commit)")
+    ap.add_argument("--dir", type=Path, default=None, help="where to put the databases (temp)")
+    ap.add_argument("--postgresql", action="store_true", help="also measure a PostgreSQL server")
+    ap.add_argument("--writer", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--rebuild-child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.writer:
+        db, n, size, seed, go, mode = args.writer
+        return writer(db, int(n), int(size), int(seed), go, mode)
+    if args.rebuild_child:
+        return rebuild_child(*args.rebuild_child)
+
+    n, size = args.events, args.batch
+    result: dict = {"events": n, "batch": size}
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_store.") as tmp:
+        d = Path(tmp)
+
+        result["sqlite"] = backend_figures(lambda name: d / f"{name}.db", d, n, size)
+        if args.postgresql:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from pg_server import PgServer
+
+            with PgServer.start(durable=True) as pg:
+                result["postgresql"] = backend_figures(pg.create_database, d, n, size)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
