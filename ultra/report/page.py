@@ -1,0 +1,119 @@
+"""The report as one self-contained HTML page: the tables and four charts, offline.
+
+Charts come from plotly (its Python library writes the figure as JSON and inlines
+plotly.js, about 4.6 MB, once): interactive (hover values, zoom, PNG export), well kept,
+and with nothing fetched at view time, so the file works offline and can be mailed.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from ultra.report.formats import cell
+from ultra.report.tables import Table
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.2rem; margin-top: 2.5rem; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
+th, td { padding: 0.2rem 0.6rem; border-bottom: 1px solid #ddd; }
+th { text-align: right; background: #f4f4f4; } th.text, td.text { text-align: left; }
+td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.notes { color: #555; font-size: 0.8rem; } .chart { margin: 1rem 0; }
+"""
+
+
+def _table_html(t: Table) -> str:
+    head = "".join(f'<th class="{c.kind}">{html.escape(c.title)}</th>' for c in t.columns)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{c.kind}">{html.escape(cell(c, v))}</td>'
+                         for c, v in zip(t.columns, row)) + "</tr>"
+        for row in t.rows
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in t.notes)
+    return (f'<section id="table-{t.name}"><h2>{html.escape(t.title)}</h2>'
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f'<ul class="notes">{notes}</ul></section>')
+
+
+def _col(t: Table, key: str) -> list[Any]:
+    j = [c.key for c in t.columns].index(key)
+    return [row[j] for row in t.rows]
+
+
+def charts(tables: dict[str, Table]) -> list[tuple[str, Any]]:
+    """(name, plotly figure) for each chart whose table is present."""
+    import plotly.graph_objects as go
+
+    out: list[tuple[str, Any]] = []
+    layout = dict(template="plotly_white", height=420, margin=dict(l=60, r=20, t=50, b=80))
+    if "overview" in tables:
+        t = tables["overview"]
+        rates = _col(t, "success_rate")
+        ci = _col(t, "success_ci")
+        fig = go.Figure(go.Bar(
+            x=_col(t, "model"), y=rates, marker_color="#4C78A8",
+            error_y=dict(type="data", symmetric=False, array=[hi - r for r, (_, hi) in zip(rates, ci)],
+                         arrayminus=[r - lo for r, (lo, _) in zip(rates, ci)]),
+            hovertemplate="%{x}: %{y:.1%}<extra></extra>"))
+        fig.update_layout(title="Success rate by model (95 % Wilson intervals)",
+                          yaxis=dict(tickformat=".0%", range=[0, 1]), **layout)
+        out.append(("success-by-model", fig))
+    prompt_tables = [tables[n] for n in ("prompt-types", "flaws") if n in tables]
+    if prompt_tables:
+        models = sorted({m for t in prompt_tables for m in _col(t, "model")})
+        columns = [(t, c) for t in prompt_tables for c in t.columns if c.kind == "rate"
+                   and c.key != "adaptability"]
+        z = []
+        for m in models:
+            line = []
+            for t, c in columns:
+                rows = {r[0]: r for r in t.rows}
+                line.append(rows[m][t.columns.index(c)] if m in rows else None)
+            z.append(line)
+        fig = go.Figure(go.Heatmap(
+            z=z, x=[c.key for _, c in columns], y=models, zmin=0, zmax=1, colorscale="Viridis",
+            texttemplate="%{z:.0%}", hovertemplate="%{y} · %{x}: %{z:.1%}<extra></extra>"))
+        fig.update_layout(title="Success rate: model × prompt type", **layout)
+        out.append(("model-by-prompt-type", fig))
+    if "tool-reliability" in tables:
+        t = tables["tool-reliability"]
+        rate_cols = [c for c in t.columns if c.kind == "rate"]
+        fig = go.Figure()
+        for row in t.rows:
+            fig.add_trace(go.Scatter(
+                x=[float(c.key) for c in rate_cols], y=[row[t.columns.index(c)] for c in rate_cols],
+                mode="lines+markers", name=row[0], hovertemplate="%{x}: %{y:.1%}"))
+        fig.update_layout(title="Success rate over tool success rate", xaxis_title="tool success rate",
+                          yaxis=dict(tickformat=".0%", range=[0, 1]), **layout)
+        out.append(("success-over-tool-reliability", fig))
+    if "errors" in tables:
+        t = tables["errors"]
+        models = _col(t, "model")
+        fig = go.Figure()
+        for c in t.columns:
+            if c.kind == "rate":
+                fig.add_trace(go.Bar(x=models, y=_col(t, c.key), name=c.key,
+                                     hovertemplate="%{x}: %{y:.1%}"))
+        fig.update_layout(title="Error categories (shares of each model's errors)", barmode="stack",
+                          yaxis=dict(tickformat=".0%"), **layout)
+        out.append(("error-categories", fig))
+    return out
+
+
+def to_html(tables: list[Table], *, source: str) -> str:
+    by_name = {t.name: t for t in tables}
+    parts = []
+    first = True
+    for name, fig in charts(by_name):
+        parts.append(f'<div class="chart">{fig.to_html(full_html=False, include_plotlyjs=first, div_id=f"chart-{name}", config={"displaylogo": False})}</div>')
+        first = False
+    body = "".join(parts) + "".join(_table_html(t) for t in tables)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<title>ultra report</title>"
+        f"<style>{STYLE}</style></head><body>"
+        f"<h1>ultra report</h1><p class=\"notes\">from {html.escape(source)}</p>"
+        f"{body}</body></html>\n"
+    )
