@@ -1,4 +1,5 @@
-"""The shard pacer on trio's virtual clock: exact spacing, back-off on 429, recovery."""
+"""The shard pacers on trio's virtual clock: requests counted when sent, whatever the
+scheduling delay; tokens per 10 s window; back-off on 429, recovery; rate-limit headers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,20 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ultra.limits import WINDOW_MARGIN, RateLimiter, parse_retry_after
+import random
+
+from ultra.limits import (
+    WINDOW_MARGIN,
+    RateHeaders,
+    RateLimiter,
+    TokenBudget,
+    parse_duration,
+    parse_retry_after,
+    read_rate_headers,
+    requests_pause,
+    tokens_pause,
+    wait_after_429,
+)
 
 
 def max_in_window(times: list[float], window: float = 1.0) -> int:
@@ -38,6 +52,7 @@ def test_no_one_second_window_exceeds_qps(qps, workers):
         async def worker():
             while len(starts) < n:
                 await limiter.acquire()
+                limiter.sent()
                 starts.append(trio.current_time())
 
         async with trio.open_nursery() as nursery:
@@ -49,6 +64,41 @@ def test_no_one_second_window_exceeds_qps(qps, workers):
     assert max_in_window(starts) <= qps  # half-open windows: exactly the limit, burst 1
     # and the limit is reached: starts are spaced (1 + margin)/qps apart, no slower
     assert starts[-1] - starts[0] <= (len(starts) - 1) * (1 + WINDOW_MARGIN) / qps + 1e-6
+
+
+@settings(max_examples=30, deadline=None)
+@given(qps=st.integers(1, 200), workers=st.integers(1, 48), max_delay=st.floats(0, 0.8),
+       seed=st.integers(0, 2**32), abandon=st.floats(0, 0.3))
+def test_sends_never_exceed_qps_in_a_window_whatever_the_delay(qps, workers, max_delay, seed, abandon):
+    """Between its release and its bytes going out a request may wait (a busy loop, a slow
+    connection): the server counts the sends, and so does the pacer. Some never go out."""
+    rng = random.Random(seed)
+    sends: list[float] = []
+
+    async def main():
+        limiter = RateLimiter(qps)
+        n = qps * 3
+        released = 0
+
+        async def worker():
+            nonlocal released
+            while released < n:
+                await limiter.acquire()
+                released += 1
+                await trio.sleep(rng.uniform(0, max_delay))
+                if rng.random() < abandon:
+                    limiter.abandon()
+                else:
+                    limiter.sent()
+                    sends.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(workers):
+                nursery.start_soon(worker)
+
+    run_virtual(main)
+    sends.sort()
+    assert max_in_window(sends) <= qps  # exact, on the server's clock: 1 s windows
 
 
 def test_late_wakeups_never_crowd_a_window():
@@ -63,6 +113,7 @@ def test_late_wakeups_never_crowd_a_window():
         async def worker():
             while True:
                 await limiter.acquire()
+                limiter.sent()
                 releases.append(trio.current_time())
 
         async with trio.open_nursery() as nursery:
@@ -88,10 +139,12 @@ def test_429_backs_off_then_recovers():
         t0 = trio.current_time()
         for _ in range(50):
             await limiter.acquire()
+            limiter.sent()
         limiter.on_429(retry_after=1.0)
         limiter.on_429(retry_after=1.0)  # a burst of 429s is one signal
         assert limiter.rate == 50
         await limiter.acquire()
+        limiter.sent()
         assert trio.current_time() - t0 >= 1.0  # Retry-After was honoured
         limiter.on_429(retry_after=None)
         await trio.sleep(0.6)
@@ -100,6 +153,7 @@ def test_429_backs_off_then_recovers():
         assert low == 12.5
         while limiter.rate < limiter.limit:
             await limiter.acquire()
+            limiter.sent()
             rates.append((trio.current_time() - t0, limiter.rate))
         assert rates[-1][1] == 100
 
@@ -116,3 +170,95 @@ def test_retry_after_forms():
     date = email.utils.formatdate(now + 5, usegmt=True)
     assert 3.5 <= parse_retry_after(date, now=now) <= 5.0
     assert parse_retry_after(email.utils.formatdate(now - 100, usegmt=True), now=now) == 0.0
+
+
+@settings(max_examples=20, deadline=None)
+@given(tpm=st.integers(600, 600_000), workers=st.integers(1, 16), seed=st.integers(0, 2**32))
+def test_tokens_never_exceed_a_sixth_of_tpm_in_any_10s_window(tpm, workers, seed):
+    """The estimate is spent before a request and corrected with `usage` after; the usage
+    charged lies at or below the estimate, as it does for a cap on completion tokens."""
+    rng = random.Random(seed)
+    charged: list[tuple[float, int]] = []
+    capacity = tpm / 6
+
+    async def main():
+        budget = TokenBudget(tpm)
+        deadline = 45.0
+
+        async def worker():
+            while trio.current_time() < deadline:
+                estimate = rng.randint(1, max(1, int(capacity // 3)))
+                spend = await budget.acquire(estimate)
+                at = trio.current_time()
+                await trio.sleep(rng.uniform(0, 2))
+                used = rng.randint(0, estimate)
+                budget.correct(spend, used)
+                charged.append((at, used))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(workers):
+                nursery.start_soon(worker)
+
+    run_virtual(main)
+    charged.sort()
+    j, total, best = 0, 0, 0
+    for t, n in charged:
+        total += n
+        while charged[j][0] <= t - 10.0:
+            total -= charged[j][1]
+            j += 1
+        best = max(best, total)
+    assert best <= capacity
+    assert sum(n for _, n in charged) > 0
+
+
+def test_a_correction_frees_tokens_at_once():
+    async def main():
+        budget = TokenBudget(600)  # 100 tokens per 10 s
+        spend = await budget.acquire(90)
+        t0 = trio.current_time()
+        budget.correct(spend, 10)  # the answer used less than estimated
+        await budget.acquire(80)
+        assert trio.current_time() == t0  # no wait: 10 + 80 fit
+        await budget.acquire(50)
+        assert trio.current_time() >= t0 + 10  # this one waits for the window to move on
+
+    run_virtual(main)
+
+
+def test_duration_forms_of_the_reset_headers():
+    assert parse_duration("1s") == 1.0
+    assert parse_duration("6m0s") == 360.0
+    assert parse_duration("20ms") == 0.02
+    assert parse_duration("1h2m3.5s") == 3723.5
+    assert parse_duration("2.5") == 2.5
+    assert parse_duration("soon") is None and parse_duration("5 s") is None
+    assert parse_duration(None) is None
+
+
+def test_what_a_429_says_to_wait():
+    h = read_rate_headers({"retry-after-ms": "1500", "retry-after": "2"})
+    assert wait_after_429(h) == 1.5  # the finer one first, as Azure sends both
+    assert wait_after_429(read_rate_headers({"retry-after": "2"})) == 2.0
+    h = read_rate_headers({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s",
+                           "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s"})
+    assert wait_after_429(h) == 360.0
+    # a limit that is not exhausted does not make us wait its whole reset
+    h = read_rate_headers({"x-ratelimit-remaining-requests": "40", "x-ratelimit-reset-requests": "6m0s",
+                           "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "20ms"})
+    assert wait_after_429(h) == 0.02
+    assert wait_after_429(RateHeaders()) is None
+
+
+def test_slowing_down_before_a_429():
+    low = read_rate_headers({"x-ratelimit-limit-requests": "10", "x-ratelimit-remaining-requests": "0",
+                             "x-ratelimit-reset-requests": "250ms"})
+    assert requests_pause(low) == 0.25
+    plenty = read_rate_headers({"x-ratelimit-limit-requests": "5000", "x-ratelimit-remaining-requests": "4999",
+                                "x-ratelimit-reset-requests": "12ms"})
+    assert requests_pause(plenty) == 0.0
+    tokens = read_rate_headers({"x-ratelimit-limit-tokens": "100000", "x-ratelimit-remaining-tokens": "300",
+                                "x-ratelimit-reset-tokens": "1s"})
+    assert tokens_pause(tokens, next_tokens=500) == 1.0  # the next request would not fit
+    assert tokens_pause(read_rate_headers({"x-ratelimit-remaining-tokens": "90000",
+                                           "x-ratelimit-reset-tokens": "1s"}), next_tokens=500) == 0.0

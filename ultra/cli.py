@@ -321,7 +321,9 @@ def sim_serve(
     latency_distribution: Annotated[Optional[str], typer.Option(help="lognormal | uniform.")] = None,
     key_rps: Annotated[Optional[float], typer.Option(help="Rate limit per API key (req/s, 1 s window).")] = None,
     deployment_rps: Annotated[Optional[float], typer.Option(help="Rate limit per Azure deployment.")] = None,
-    retry_after: Annotated[Optional[int], typer.Option(help="Retry-After seconds on 429.")] = None,
+    retry_after: Annotated[Optional[float], typer.Option(help="Retry-After seconds on 429.")] = None,
+    key_tpm: Annotated[Optional[float], typer.Option(help="Tokens per minute per API key (tpm/6 per 10 s).")] = None,
+    deployment_tpm: Annotated[Optional[float], typer.Option(help="Tokens per minute per Azure deployment.")] = None,
     retry_after_http_date: Annotated[
         Optional[bool], typer.Option("--retry-after-http-date/--retry-after-seconds", help="Retry-After form.")
     ] = None,
@@ -480,15 +482,24 @@ def run(
     num_instances: InstancesOpt = None, max_turns: TurnsOpt = None,
     processes: Annotated[Optional[int], typer.Option(
         "--processes", help="Shard processes (default: CPU count).")] = None,
+    no_preflight: Annotated[bool, typer.Option(
+        "--no-preflight", help="Skip the one cheap request per route before any test.")] = False,
+    max_errors: Annotated[Optional[str], typer.Option(
+        "--max-errors", help="Errored tests accepted with exit code 0: a count (10) or a share (5%).")] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Plan, run every shard, project. Tests already completed are skipped (resume)."""
+    """Plan, run every shard, project. Tests already completed are skipped (resume).
+
+    Exit code: 0 every planned test completed (or the errored ones are within --max-errors);
+    1 tests errored, a route broke or a shard process crashed; 2 bad input or a route refused
+    at preflight; 130 interrupted."""
     import os
 
     import msgspec
 
     from ultra.config import digest
-    from ultra.runner import execute
+    from ultra.runner import error_allowance, execute
+    from ultra.summary import summary_lines
 
     cfg, sel, tasks_path = _selection(
         config, suite_name=suite, tasks=tasks, models=models, prompt_types=prompt_types,
@@ -496,9 +507,11 @@ def run(
         num_instances=num_instances, max_turns=max_turns)
     if processes is not None and processes < 1:
         raise UserError(f"invalid --processes {processes} (must be >= 1)")
+    error_allowance(max_errors, 0)  # a malformed budget is bad input, before anything runs
     result = execute(cfg, digest(cfg), sel, db=db, out=out,
                      processes=processes or os.cpu_count() or 1, tasks=tasks_path,
-                     argv=sys.argv[1:], json_output=json_output)
+                     argv=sys.argv[1:], json_output=json_output,
+                     check_first=not no_preflight, max_errors=max_errors)
     if json_output:
         print(msgspec.json.encode(result).decode())
     else:
@@ -509,6 +522,8 @@ def run(
         if result.crashed_processes:
             print(f"{result.crashed_processes} shard process(es) died; run again to resume",
                   file=sys.stderr)
+        for line in summary_lines(result):
+            print(line)
         print(f"events: {result.db}\nresults: {result.out}")
     raise typer.Exit(result.exit_code)
 

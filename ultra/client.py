@@ -4,30 +4,50 @@ One `httpx.AsyncClient` per shard (its pool sized to the shard's workers, the ro
 auth header set once); one cheap `HttpChatModel` per test, which counts that test's
 retries and tokens. Failures are classified here, once:
 
-- 429: honour Retry-After, slow the shard's pacer; bounded by the test's time budget.
-- 5xx, timeouts, connection errors, malformed or empty bodies: exponential backoff with
-  full jitter, at most `max_retries` times, then `ModelUnavailable` (-> `test.errored`).
+- 429: wait as the provider says (retry-after-ms, Retry-After, x-ratelimit-reset-*), slow
+  the shard's pacer; bounded by the test's time budget.
+- 5xx, 408, timeouts, connection errors, malformed or empty bodies: exponential backoff
+  with full jitter, at most `max_retries` times, then `ModelUnavailable` (-> `test.errored`).
 - 400 context length: `ContextLengthExceeded` (the model took the test and failed it).
-- other 4xx (bad key, unknown deployment): `ModelUnavailable` at once; retrying cannot help.
+- 401, 403, 404, any other 4xx: `ModelUnavailable` at once, and the route's health counts
+  it: retrying cannot help, and N in a row mean the route is broken. A content-filter
+  refusal (400) fails the test without counting against the route.
+
+Every error keeps the HTTP status and the server's own message, with secrets redacted.
+A reply that carries the simulator's mark makes the test `simulated`, whatever the
+provider kind says.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Any
 
 import httpx
 import msgspec
 import trio
 
+from ultra.config import RequestOptions
 from ultra.events import Usage
-from ultra.limits import RateLimiter, parse_retry_after
+from ultra.limits import (
+    RateLimiter,
+    Spend,
+    TokenBudget,
+    read_rate_headers,
+    requests_pause,
+    tokens_pause,
+    wait_after_429,
+)
 from ultra.plan import Route
 from ultra.suites import ChatResponse, ContextLengthExceeded, ModelUnavailable, ToolCall
 
 BACKOFF_BASE = 0.25  # seconds; attempt n waits uniform(0, min(cap, base * 2**n))
 BACKOFF_CAP = 8.0
+MESSAGE_CHARS = 200  # of a server's error message kept in events and on stderr
+SIMULATED_HEADER = "x-ultra-simulated"
+COMPLETION_GUESS = 256  # tokens a completion is assumed to take before any was seen
 
 
 class _Function(msgspec.Struct):
@@ -51,9 +71,14 @@ class _Choice(msgspec.Struct):
     finish_reason: str | None = None
 
 
+class _Details(msgspec.Struct):
+    reasoning_tokens: int | None = 0
+
+
 class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: int | None = 0
+    completion_tokens: int | None = 0
+    completion_tokens_details: _Details | None = None
 
 
 class _Response(msgspec.Struct):
@@ -61,19 +86,92 @@ class _Response(msgspec.Struct):
     usage: _Usage | None = None
 
 
+class _ErrorDetail(msgspec.Struct):
+    message: str | None = None
+    code: str | int | None = None
+
+
+class _ErrorBody(msgspec.Struct):
+    error: _ErrorDetail | str | None = None
+    message: str | None = None
+
+
 _decode_response = msgspec.json.Decoder(_Response).decode
+_decode_error = msgspec.json.Decoder(_ErrorBody).decode
 _encode = msgspec.json.Encoder().encode
 
 
 class ShardCounters:
-    """What a shard's requests did, for the progress display (plain mutable counters)."""
+    """What a shard's requests did, for the progress display and the run's summary."""
 
-    __slots__ = ("requests", "retries", "throttled")
+    __slots__ = ("requests", "retries", "throttled", "prompt_tokens", "completion_tokens",
+                 "reasoning_tokens")
 
     def __init__(self) -> None:
         self.requests = 0
         self.retries = 0
         self.throttled = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.reasoning_tokens = 0
+
+
+class RouteHealth:
+    """Consecutive non-retryable answers on one route; `broken_after` of them break it."""
+
+    __slots__ = ("broken_after", "consecutive", "broken")
+
+    def __init__(self, broken_after: int) -> None:
+        self.broken_after = broken_after
+        self.consecutive = 0
+        self.broken: str | None = None  # why, once broken: "HTTP 401: <server message>"
+
+    def ok(self) -> None:
+        self.consecutive = 0
+
+    def refused(self, why: str) -> None:
+        self.consecutive += 1
+        if self.broken is None and self.consecutive >= self.broken_after:
+            self.broken = why
+
+
+# ---- secrets and server messages (pure) ---------------------------------------------
+
+_SECRET_SHAPES = (
+    (re.compile(r"(?i)\bbearer\s+\S+"), "Bearer ***"),
+    (re.compile(r"[\w-]{0,12}\*{3,}[\w-]*"), "***"),  # a key quoted back half-masked
+    (re.compile(r"\b(sk|pk|rk|key)-[\w-]{6,}"), r"\1-***"),
+    (re.compile(r"[A-Za-z0-9+/_=-]{32,}"), "***"),  # long opaque tokens (Azure keys are 32 hex)
+)
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` without any of `secrets` nor anything shaped like a key or token."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    for pattern, replacement in _SECRET_SHAPES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def server_message(content: bytes, secrets: tuple[str, ...] = ()) -> str:
+    """The server's own words from an error body (OpenAI/Azure shape, or plain text),
+    redacted, on one line, at most MESSAGE_CHARS characters."""
+    text = ""
+    try:
+        body = _decode_error(content)
+        if isinstance(body.error, _ErrorDetail):
+            text = body.error.message or ""
+        elif isinstance(body.error, str):
+            text = body.error
+        text = text or body.message or ""
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        pass
+    if not text:
+        text = content.decode("utf-8", "replace")
+    text = " ".join(redact(text, secrets).split())
+    return text[:MESSAGE_CHARS]
 
 
 def resolve_secret(route: Route) -> str:
@@ -96,6 +194,20 @@ def open_client(route: Route, workers: int) -> httpx.AsyncClient:
     )
 
 
+def request_body(route: Route, options: RequestOptions, messages: list[dict[str, Any]],
+                 tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The chat request as the provider receives it: the model (OpenAI shape), messages,
+    tools, then the model's request options and its `extra_body`."""
+    body: dict[str, Any] = {}
+    if route.api_model is not None:
+        body["model"] = route.api_model
+    body["messages"] = messages
+    if tools:
+        body["tools"] = tools
+    body.update(options.body_fields())
+    return body
+
+
 def _to_chat_response(body: _Response) -> ChatResponse | None:
     if not body.choices or body.choices[0].message is None:
         return None
@@ -113,14 +225,30 @@ def _to_chat_response(body: _Response) -> ChatResponse | None:
     ]
     if not calls and not msg.content and not msg.reasoning_content:
         return None  # an empty turn is a fault of the service, not an answer
-    usage = body.usage or _Usage()
     return ChatResponse(
         content=msg.content,
         tool_calls=calls,
         reasoning_content=msg.reasoning_content,
         finish_reason=choice.finish_reason,
-        usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens),
+        usage=_usage(body.usage),
     )
+
+
+def _usage(u: _Usage | None) -> Usage:
+    if u is None:
+        return Usage()
+    details = u.completion_tokens_details
+    return Usage(prompt_tokens=u.prompt_tokens or 0, completion_tokens=u.completion_tokens or 0,
+                 reasoning_tokens=(details.reasoning_tokens or 0) if details else 0)
+
+
+class _Failure(msgspec.Struct, frozen=True):
+    """A request that did not give an answer: why, and what the server said."""
+
+    reason: str
+    message: str
+    http_status: int | None = None
+    retryable: bool = True
 
 
 class HttpChatModel:
@@ -128,73 +256,206 @@ class HttpChatModel:
 
     def __init__(self, client: httpx.AsyncClient, route: Route, limiters: tuple[RateLimiter, ...],
                  counters: ShardCounters, *, request_timeout: float, max_retries: int,
-                 rng: random.Random) -> None:
+                 rng: random.Random, options: RequestOptions = RequestOptions(),
+                 budgets: tuple[TokenBudget, ...] = (), health: RouteHealth | None = None,
+                 secrets: tuple[str, ...] = ()) -> None:
         self._client = client
         self._route = route
         self._limiters = limiters  # the shard's own pacer, and a key's shared one if any
+        self._budgets = budgets  # tokens per minute: the shard's, and a key's shared one
         self._counters = counters
         self._timeout = request_timeout
         self._max_retries = max_retries
         self._rng = rng
+        self._options = options
+        self._health = health
+        self._secrets = secrets
         self.retries = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.reasoning_tokens = 0
+        self.simulated = False  # a reply carried the simulator's mark
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                     reasoning_tokens=self.reasoning_tokens)
+
+    def _estimate(self, payload: bytes) -> int:
+        """Tokens a request may take: its bytes / 4 (tools and all) plus a completion."""
+        cap = self._options.max_tokens or self._options.max_completion_tokens
+        return len(payload) // 4 + (cap or max(COMPLETION_GUESS, self.completion_tokens))
 
     async def complete(self, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None) -> ChatResponse:
-        body: dict[str, Any] = {"messages": messages}
-        if self._route.api_model is not None:
-            body["model"] = self._route.api_model
-        if tools:
-            body["tools"] = tools
-        payload = _encode(body)
+        payload = _encode(request_body(self._route, self._options, messages, tools))
         failures = 0
         while True:
-            for limiter in self._limiters:
-                await limiter.acquire()
-            self._counters.requests += 1
-            outcome, detail = await self._attempt(payload)
+            outcome = await self._paced_attempt(payload)
             if isinstance(outcome, ChatResponse):
-                self.prompt_tokens += outcome.usage.prompt_tokens
-                self.completion_tokens += outcome.usage.completion_tokens
                 return outcome
             self.retries += 1
             self._counters.retries += 1
-            if outcome == "rate_limited":
-                continue  # the pacer already waits out Retry-After; the test's budget bounds it
+            if outcome.reason == "rate_limited":
+                continue  # the pacer already waits as told; the test's budget bounds it
+            if not outcome.retryable:
+                raise ModelUnavailable(outcome.reason, outcome.message, self.retries, outcome.http_status)
             failures += 1
             if failures > self._max_retries:
-                raise ModelUnavailable(outcome, detail, self.retries)
+                raise ModelUnavailable(outcome.reason, outcome.message, self.retries, outcome.http_status)
             await trio.sleep(self._rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** failures)))
 
-    async def _attempt(self, payload: bytes) -> tuple[ChatResponse | str, str]:
-        """One request: a response, or (retryable reason, detail). Raises when final."""
+    async def _paced_attempt(self, payload: bytes) -> ChatResponse | _Failure:
+        """Spend the estimated tokens, wait for a request slot, send, correct the tokens."""
+        estimate = self._estimate(payload) if self._budgets else 0
+        spends: list[tuple[TokenBudget, Spend]] = [(b, await b.acquire(estimate)) for b in self._budgets]
+        for limiter in self._limiters:
+            await limiter.acquire()
+        now = trio.current_time()
+        for _, spend in spends:
+            spend.at = max(spend.at, now)  # it counts from the send, not from the wait
+        self._counters.requests += 1
+        pending = list(self._limiters)
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            if event == "http11.send_request_body.complete" and pending:
+                for limiter in pending:
+                    limiter.sent()  # counted when the server can see it
+                pending.clear()
+
+        try:
+            outcome = await self._attempt(payload, trace)
+        finally:
+            for limiter in pending:
+                limiter.abandon()
+        used = outcome.usage.prompt_tokens + outcome.usage.completion_tokens \
+            if isinstance(outcome, ChatResponse) else 0
+        for budget, spend in spends:
+            budget.correct(spend, used)  # a failed request is charged nothing by the APIs
+        return outcome
+
+    async def _attempt(self, payload: bytes, trace: Any) -> ChatResponse | _Failure:
+        """One request: an answer, or why not. Raises when the model took and failed it."""
         try:
             with trio.fail_after(self._timeout):
-                resp = await self._client.post(self._route.url, content=payload)
+                resp = await self._client.post(self._route.url, content=payload,
+                                               extensions={"trace": trace})
         except trio.TooSlowError:
-            return "timeout", f"no response within {self._timeout:g}s"
+            return _Failure("timeout", f"no response within {self._timeout:g}s")
         except httpx.TimeoutException:
-            return "timeout", "httpx timeout"
+            return _Failure("timeout", "httpx timeout")
         except httpx.TransportError as exc:
-            return "connection", type(exc).__name__
+            return _Failure("connection", _transport_message(exc, self._route.url))
+        if SIMULATED_HEADER in resp.headers:
+            self.simulated = True
         status = resp.status_code
+        headers = read_rate_headers(resp.headers)
+        if status == 429:
+            self._counters.throttled += 1
+            wait = wait_after_429(headers)
+            for limiter in self._limiters:
+                limiter.on_429(wait)
+            for budget in self._budgets:
+                budget.pause(wait or 0.0)
+            return _Failure("rate_limited", server_message(resp.content, self._secrets), 429)
+        self._heed(headers)
         if status == 200:
             try:
                 parsed = _to_chat_response(_decode_response(resp.content))
             except (msgspec.DecodeError, msgspec.ValidationError):
-                return "malformed_response", "body is not a chat completion"
+                return _Failure("malformed_response", "body is not a chat completion", 200)
             if parsed is None:
-                return "malformed_response", "empty choices or empty message"
-            return parsed, ""
-        if status == 429:
-            self._counters.throttled += 1
-            retry_after = parse_retry_after(resp.headers.get("retry-after"))
-            for limiter in self._limiters:
-                limiter.on_429(retry_after)
-            return "rate_limited", "HTTP 429"
-        if status >= 500:
-            return "server_error", f"HTTP {status}"
+                return _Failure("malformed_response", "empty choices or empty message", 200)
+            if self._health is not None:
+                self._health.ok()
+            u = parsed.usage
+            self.prompt_tokens += u.prompt_tokens
+            self.completion_tokens += u.completion_tokens
+            self.reasoning_tokens += u.reasoning_tokens
+            c = self._counters
+            c.prompt_tokens += u.prompt_tokens
+            c.completion_tokens += u.completion_tokens
+            c.reasoning_tokens += u.reasoning_tokens
+            return parsed
+        message = server_message(resp.content, self._secrets)
+        if status >= 500 or status == 408:
+            return _Failure("server_error", message, status)
         if status == 400 and b"context_length" in resp.content:
-            raise ContextLengthExceeded(f"HTTP 400 from {self._route.shape} route")
-        raise ModelUnavailable("bad_request", f"HTTP {status}", self.retries)
+            raise ContextLengthExceeded(f"HTTP 400: {message}")
+        if status == 400 and (b"content_filter" in resp.content or b"content_policy" in resp.content):
+            return _Failure("bad_request", message, status, retryable=False)  # the prompt, not the route
+        if self._health is not None:
+            self._health.refused(f"HTTP {status}: {message}")
+        return _Failure("bad_request", message, status, retryable=False)
+
+    def _heed(self, h: Any) -> None:
+        """Slow down before a 429 when the provider says its limit is running low."""
+        wait = requests_pause(h)
+        if wait:
+            for limiter in self._limiters:
+                limiter.pause(wait)
+        wait = tokens_pause(h, self.completion_tokens or COMPLETION_GUESS)
+        if wait:
+            for limiter in self._limiters:
+                limiter.pause(wait)
+            for budget in self._budgets:
+                budget.pause(wait)
+
+
+def _transport_message(exc: httpx.TransportError, url: str) -> str:
+    host = httpx.URL(url).netloc.decode()
+    detail = str(exc) or type(exc).__name__
+    return f"cannot reach {host}: {detail}"[:MESSAGE_CHARS]
+
+
+# ---- preflight -------------------------------------------------------------------------
+
+PREFLIGHT_TOKENS = 16  # a cap on the answer, where the model's options name one
+
+
+class RouteCheck(msgspec.Struct, frozen=True):
+    ok: bool
+    http_status: int | None = None
+    message: str = ""
+    simulated: bool = False
+
+
+async def preflight(route: Route, options: RequestOptions, *, request_timeout: float,
+                    max_retries: int, deadline: float) -> RouteCheck:
+    """One cheap request on a route: does it answer at all? Retryable failures are retried
+    (bounded by `max_retries` and the `deadline`); a non-retryable one is final."""
+    try:
+        secret = resolve_secret(route)
+    except ModelUnavailable as exc:
+        return RouteCheck(ok=False, message=exc.message)
+    capped = msgspec.structs.replace(
+        options,
+        max_tokens=PREFLIGHT_TOKENS if options.max_tokens is not None else None,
+        max_completion_tokens=PREFLIGHT_TOKENS if options.max_completion_tokens is not None else None,
+    )
+    messages = [{"role": "user", "content": "Reply with OK."}]
+    rng = random.Random(route.url)
+    async with open_client(route, 1) as client:
+        model = HttpChatModel(client, route, (RateLimiter(1000),), ShardCounters(),
+                              request_timeout=request_timeout, max_retries=max_retries, rng=rng,
+                              options=capped, secrets=(secret,))
+        payload = _encode(request_body(route, capped, messages, None))
+        failures = 0
+        last = _Failure("timeout", "no answer before the preflight deadline")
+        with trio.move_on_at(deadline):
+            while True:
+                try:
+                    outcome = await model._paced_attempt(payload)
+                except ContextLengthExceeded:
+                    return RouteCheck(ok=True, simulated=model.simulated)  # it answered
+                if isinstance(outcome, ChatResponse) or (outcome.http_status == 200):
+                    return RouteCheck(ok=True, simulated=model.simulated)  # any 200 will do
+                last = outcome
+                if not outcome.retryable:
+                    return RouteCheck(ok=False, http_status=outcome.http_status, message=outcome.message)
+                if outcome.reason != "rate_limited":
+                    failures += 1
+                    if failures > max_retries:
+                        break
+                    await trio.sleep(rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** failures)))
+        return RouteCheck(ok=False, http_status=last.http_status, message=last.message)

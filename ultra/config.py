@@ -11,7 +11,7 @@ import os
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -44,8 +44,9 @@ class ProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     url: str | None = None
     route_prefix: str | None = None  # per-key route names: {route_prefix}-key{i}
     # A budget per API key shared by every model on that key (a gateway that limits keys,
-    # not models); each shard keeps its own `qps` within it.
+    # not models); each shard keeps its own `qps` and `tpm` within it.
     key_qps: float | None = None
+    key_tpm: float | None = None  # tokens per minute per key, shared the same way
 
 
 class ModelPreset(msgspec.Struct, kw_only=True, frozen=True):
@@ -76,6 +77,19 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api_model: str | None = None  # the name sent in the request body; default: the model name
     family: str | None = None  # for `ultra report scale`: models of one family by size
     params_b: float | None = None  # parameters, in billions
+    # single-route model on a multi-key provider: which key (default: a stable hash of the
+    # model name spreads such models over the keys)
+    key: int | None = None
+    tpm: float | None = None  # tokens per minute per shard (prompt + completion)
+    # Request options, sent as given. Reasoning models (o-series, gpt-5) take
+    # `max_completion_tokens` and refuse `temperature`; others take `max_tokens`.
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    extra_body: dict[str, Any] = {}  # merged into every request body as it is
+    input_price: float | None = None  # per million prompt tokens, for the cost at the end of a run
+    output_price: float | None = None  # per million completion tokens (reasoning included)
+    broken_after: int = 3  # consecutive non-retryable answers that mark a route broken
 
 
 class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -97,6 +111,23 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sim: SimConfig = msgspec.field(default_factory=SimConfig)  # the bundled simulator, when started
 
 
+class RequestOptions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """What a model's requests carry besides messages and tools."""
+
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    extra_body: dict[str, Any] = {}
+
+    def body_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        for name in ("max_tokens", "max_completion_tokens", "temperature"):
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = value
+        return {**fields, **self.extra_body}
+
+
 class EffectiveModel(msgspec.Struct, kw_only=True, frozen=True):
     """A model with its class preset and overrides resolved."""
 
@@ -112,6 +143,12 @@ class EffectiveModel(msgspec.Struct, kw_only=True, frozen=True):
     api_model: str
     family: str | None = None
     params_b: float | None = None
+    key: int | None
+    tpm: float | None
+    options: RequestOptions
+    input_price: float | None
+    output_price: float | None
+    broken_after: int
 
 
 BUNDLED = ("demo", "presets")
@@ -166,6 +203,13 @@ def effective_model(config: Config, name: str) -> EffectiveModel:
         api_model=m.api_model or name,
         family=m.family,
         params_b=m.params_b,
+        key=m.key,
+        tpm=m.tpm,
+        options=RequestOptions(max_tokens=m.max_tokens, max_completion_tokens=m.max_completion_tokens,
+                               temperature=m.temperature, extra_body=m.extra_body),
+        input_price=m.input_price,
+        output_price=m.output_price,
+        broken_after=m.broken_after,
     )
 
 
@@ -187,8 +231,10 @@ def validate(config: Config) -> list[str]:
                 problems.append(f"provider {pname!r}: kind azure needs api_key_env")
         elif p.kind == "sim" and p.keys < 1:
             problems.append(f"provider {pname!r}: keys must be at least 1")
-        if p.key_qps is not None and not p.key_qps > 0:
-            problems.append(f"provider {pname!r}: key_qps must be > 0 (got {p.key_qps})")
+        for field in ("key_qps", "key_tpm"):
+            value = getattr(p, field)
+            if value is not None and not value > 0:
+                problems.append(f"provider {pname!r}: {field} must be > 0 (got {value})")
     for mname, m in config.models.items():
         if m.provider not in config.providers:
             problems.append(f"model {mname!r}: unknown provider {m.provider!r}")
@@ -212,6 +258,24 @@ def validate(config: Config) -> list[str]:
             problems.append(f"model {mname!r}: max_retries must be >= 0")
         if m.params_b is not None and not m.params_b > 0:
             problems.append(f"model {mname!r}: params_b must be > 0 (got {m.params_b})")
+        if m.max_tokens is not None and m.max_completion_tokens is not None:
+            problems.append(f"model {mname!r}: set max_tokens or max_completion_tokens, not both")
+        for field in ("max_tokens", "max_completion_tokens", "broken_after"):
+            value = getattr(m, field)
+            if value is not None and value < 1:
+                problems.append(f"model {mname!r}: {field} must be >= 1 (got {value})")
+        if m.temperature is not None and not 0.0 <= m.temperature <= 2.0:
+            problems.append(f"model {mname!r}: temperature must lie in [0, 2] (got {m.temperature})")
+        for field in ("tpm", "input_price", "output_price"):
+            value = getattr(m, field)
+            if value is not None and (value < 0 or (field == "tpm" and value == 0)):
+                problems.append(f"model {mname!r}: {field} must be > 0 (got {value})")
+        if m.key is not None and m.provider in config.providers:
+            p = config.providers[m.provider]
+            n = len(p.api_key_envs) if p.kind == "openai" else p.keys if p.kind == "sim" else 1
+            if not 0 <= m.key < n:
+                problems.append(f"model {mname!r}: key {m.key} is not a key of provider "
+                                f"{m.provider!r} (0..{n - 1})")
         if m.provider not in config.providers or (m.strategy or "single") not in STRATEGIES:
             continue
         eff = effective_model(config, mname)

@@ -1,30 +1,41 @@
-"""Per-shard request pacing: a QPS limit that backs off on 429 and climbs back.
+"""Per-shard pacing: requests per second by *arrival*, tokens per minute, and what the
+provider's rate-limit headers say.
 
-A pacer with a burst of one: request slots are spaced a little over `1/rate` apart. Slots
-alone are not enough: a task that wakes late (a busy loop, a GC pause) goes out late while
-later slots go out on time, and a late first slot plus on-time followers can crowd a
-window. So a guard also counts the *actual* release times: never more than `floor(qps)`
-in any window of 1 s (plus the margin), however late anyone woke. A 429 halves the rate
-(at most once per half second: a burst of 429s is one signal) and pauses the shard until
-`Retry-After`; once 429s stop for a cool-down, the rate climbs back by 50 % a second.
+`RateLimiter` spaces request slots a little over `1/rate` apart, and a guard counts what
+the server counts: requests *sent*. A slot is pending from its release until its bytes are
+on the wire (`sent`), or until it is given up (`abandon`). A release waits until the sends
+in the last window plus the pending ones leave room for one more, so however late a
+pending request goes out, no window of `1 + WINDOW_MARGIN` s holds more than `floor(qps)`
+sends. A 429 halves the rate (at most once per half second: a burst of 429s is one
+signal) and pauses the shard for as long as the provider says; once 429s stop for a
+cool-down the rate climbs back by 50 % a second.
+
+`TokenBudget` paces tokens per minute: an estimate is spent before a request and corrected
+with the response's `usage`. Providers evaluate tpm over short windows (Azure: 1-10 s), so
+the budget is `tpm / 6` per 10 s, which also keeps every minute within `tpm`.
 """
 
 from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from collections import deque
+from collections.abc import Mapping
 
+import msgspec
 import trio
 
 DECREASE = 0.5
 INCREASE = 1.5  # per second, once 429s have stopped: back to the limit in seconds, not minutes
 COOLDOWN = 1.0  # seconds without a 429 before the rate climbs back
 MIN_FRACTION = 0.02  # never below 2 % of the limit: keep probing
-# Slots are spaced (1 + margin)/rate apart, so `qps` + 1 starts span 1.03 s: requests that
-# the scheduler or the network delay by up to 30 ms still land within the provider's limit.
+# Slots are spaced (1 + margin)/rate apart and the guard's window is 1 + margin long: a
+# server that stamps arrivals up to 30 ms late or early still sees at most `qps` a second.
 WINDOW_MARGIN = 0.03
+TOKEN_WINDOW = 10.0  # seconds over which a tpm budget is paced (tpm / 6 in each)
+LOW_REMAINING = 0.02  # slow down when a header says less than this share of the limit is left
 
 
 class RateLimiter:
@@ -36,12 +47,14 @@ class RateLimiter:
         self._last_429 = -1e9
         self._last_change = -1e9
         self.min_rate = self.rate  # the lowest it went: shows a back-off in the progress
-        # The guard: the last `capacity` release times may not fit in one `window`.
-        capacity = max(1, math.floor(self.limit))
+        self._capacity = max(1, math.floor(self.limit))
         self._window = (1.0 + WINDOW_MARGIN) * (1.0 if self.limit >= 1 else 1.0 / self.limit)
-        self._released: deque[float] = deque(maxlen=capacity)
+        self._sent: deque[float] = deque(maxlen=self._capacity)  # the last send times
+        self._pending = 0  # released, not yet sent nor abandoned
+        self._changed = trio.Event()
 
     async def acquire(self) -> None:
+        """Wait for a slot. The caller then calls `sent()` or `abandon()` exactly once."""
         now = trio.current_time()
         if self.rate < self.limit and now - self._last_429 >= COOLDOWN and now - self._last_change >= 1.0:
             self.rate = min(self.limit, self.rate * INCREASE)
@@ -50,10 +63,42 @@ class RateLimiter:
         self._next = slot + (1.0 + WINDOW_MARGIN) / self.rate
         if slot > now:
             await trio.sleep_until(slot)
-        released = self._released
-        while len(released) == released.maxlen and trio.current_time() < released[0] + self._window:
-            await trio.sleep_until(released[0] + self._window)
-        released.append(trio.current_time())  # no await since the check: atomic in trio
+        sent = self._sent
+        while True:
+            allowed = self._capacity - self._pending - 1  # sends the window may still hold
+            if allowed < 0:
+                await self._changed.wait()  # until a pending request goes out or is dropped
+                continue
+            if len(sent) > allowed:
+                free_at = sent[-(allowed + 1)] + self._window
+                if trio.current_time() < free_at:
+                    await trio.sleep_until(free_at)
+                    continue
+            if trio.current_time() < self._paused_until:  # a 429 arrived while we waited
+                await trio.sleep_until(self._paused_until)
+                continue
+            break
+        self._pending += 1  # no await since the checks: atomic in trio
+
+    def sent(self) -> None:
+        """The request's bytes are on the wire: it counts from now."""
+        self._pending -= 1
+        self._sent.append(trio.current_time())
+        self._wake()
+
+    def abandon(self) -> None:
+        """The released request never went out (connection failed, cancelled)."""
+        self._pending -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def pause(self, seconds: float) -> None:
+        """Send nothing for `seconds` (a provider's Retry-After, or its limit running low)."""
+        if seconds > 0:
+            self._paused_until = max(self._paused_until, trio.current_time() + seconds)
 
     def on_429(self, retry_after: float | None) -> None:
         now = trio.current_time()
@@ -63,7 +108,89 @@ class RateLimiter:
             self.min_rate = min(self.min_rate, self.rate)
             self._last_change = now
         if retry_after:
-            self._paused_until = max(self._paused_until, now + retry_after)
+            self.pause(retry_after)
+
+
+class Spend:
+    """Tokens one request holds in a budget's window, until corrected or expired."""
+
+    __slots__ = ("at", "tokens", "live")
+
+    def __init__(self, at: float, tokens: int) -> None:
+        self.at = at
+        self.tokens = tokens
+        self.live = True
+
+
+class TokenBudget:
+    """Tokens per minute, paced as `tpm / 6` in any window of 10 s (plus the margin)."""
+
+    def __init__(self, tpm: float) -> None:
+        self.tpm = float(tpm)
+        self.capacity = self.tpm * TOKEN_WINDOW / 60.0
+        self._window = TOKEN_WINDOW * (1.0 + WINDOW_MARGIN)
+        self._spends: deque[Spend] = deque()
+        self._total = 0
+        self._paused_until = 0.0
+        self._changed = trio.Event()
+
+    def _expire(self, now: float) -> None:
+        spends = self._spends
+        while spends and spends[0].at + self._window <= now:  # as the wait below computes it
+            s = spends.popleft()
+            s.live = False
+            self._total -= s.tokens
+
+    async def acquire(self, estimate: int) -> Spend:
+        """Wait until `estimate` tokens fit in the window, then spend them."""
+        while True:
+            now = trio.current_time()
+            if now < self._paused_until:
+                await trio.sleep_until(self._paused_until)
+                continue
+            self._expire(now)
+            # A request larger than the whole budget goes alone into an empty window.
+            if self._total + estimate <= self.capacity or not self._spends:
+                break
+            with trio.move_on_at(self._spends[0].at + self._window):
+                await self._changed.wait()  # a correction may free tokens sooner
+        spend = Spend(trio.current_time(), estimate)
+        self._spends.append(spend)
+        self._total += estimate
+        return spend
+
+    def correct(self, spend: Spend, actual: int) -> None:
+        """Replace the estimate with what the response's `usage` says was used."""
+        if spend.live:
+            self._total += actual - spend.tokens
+            spend.tokens = actual
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def pause(self, seconds: float) -> None:
+        if seconds > 0:
+            self._paused_until = max(self._paused_until, trio.current_time() + seconds)
+
+
+# ---- the providers' rate-limit headers (pure) ------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(value: str | None) -> float | None:
+    """OpenAI's reset durations: `1s`, `6m0s`, `20ms`, `1h2m3.5s`, or plain seconds."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -82,3 +209,76 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class RateHeaders(msgspec.Struct, frozen=True, kw_only=True):
+    """What a response says about the provider's limits (None: not said)."""
+
+    retry_after: float | None = None  # retry-after-ms, else Retry-After
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+
+
+def read_rate_headers(headers: Mapping[str, str]) -> RateHeaders:
+    ms = headers.get("retry-after-ms")
+    retry_after = None
+    if ms is not None:
+        try:
+            retry_after = max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            retry_after = None
+    if retry_after is None:
+        retry_after = parse_retry_after(headers.get("retry-after"))
+    return RateHeaders(
+        retry_after=retry_after,
+        limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
+        remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
+        reset_requests=parse_duration(headers.get("x-ratelimit-reset-requests")),
+        limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
+        remaining_tokens=_int(headers.get("x-ratelimit-remaining-tokens")),
+        reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+    )
+
+
+def _low(remaining: int | None, limit: int | None, need: int) -> bool:
+    if remaining is None:
+        return False
+    floor = LOW_REMAINING * limit if limit else 0
+    return remaining < max(need, floor) or remaining <= 0
+
+
+def wait_after_429(h: RateHeaders) -> float | None:
+    """How long a 429 says to wait: retry-after(-ms), else the reset of an exhausted limit."""
+    if h.retry_after is not None:
+        return h.retry_after
+    resets = []
+    if h.reset_requests is not None and (h.remaining_requests is None or h.remaining_requests <= 0):
+        resets.append(h.reset_requests)
+    if h.reset_tokens is not None and (h.remaining_tokens is None or h.remaining_tokens <= 0):
+        resets.append(h.reset_tokens)
+    return max(resets) if resets else None
+
+
+def requests_pause(h: RateHeaders) -> float:
+    """Seconds to hold back before the next request, when the request limit runs low."""
+    if h.reset_requests is not None and _low(h.remaining_requests, h.limit_requests, 1):
+        return h.reset_requests
+    return 0.0
+
+
+def tokens_pause(h: RateHeaders, next_tokens: int) -> float:
+    """Seconds to hold back when fewer tokens remain than the next request needs."""
+    if h.reset_tokens is not None and _low(h.remaining_tokens, h.limit_tokens, next_tokens):
+        return h.reset_tokens
+    return 0.0

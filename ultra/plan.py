@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from ultra.config import Config, EffectiveModel, effective_model
+from ultra.config import Config, EffectiveModel, RequestOptions, effective_model
 from ultra.errors import UserError
 from ultra.naming import canonical_model, rate_key
 from ultra.suites import Suite, TestSpec
@@ -45,7 +45,8 @@ class SharedLimit(msgspec.Struct, kw_only=True, frozen=True):
     """A rate budget several shards draw from (one API key used by several models)."""
 
     name: str
-    qps: float
+    qps: float | None = None
+    tpm: float | None = None
 
 
 class Shard(msgspec.Struct, kw_only=True, frozen=True):
@@ -65,6 +66,9 @@ class Shard(msgspec.Struct, kw_only=True, frozen=True):
     max_turns: int
     route: Route
     shared_limit: SharedLimit | None = None
+    tpm: float | None = None
+    options: RequestOptions = RequestOptions()
+    broken_after: int = 3
     tests: list[TestSpec]
 
 
@@ -122,6 +126,12 @@ def expand(suite: Suite, sel: Selection, model: str) -> list[TestSpec]:
     return tests
 
 
+def default_key(model: str, keys: int) -> int:
+    """The key a single-route model uses on a multi-key provider when the config names none:
+    a stable hash of its name, so such models spread over the keys (not all on key 0)."""
+    return int.from_bytes(hashlib.sha256(model.encode()).digest()[:8], "big") % max(1, keys)
+
+
 def _routes(config: Config, eff: EffectiveModel, sim_url: str) -> list[tuple[str, int | None, str | None, Route]]:
     """(instance, key_index, deployment, route) for each route the strategy uses."""
     p = config.providers[eff.provider]
@@ -135,14 +145,15 @@ def _routes(config: Config, eff: EffectiveModel, sim_url: str) -> list[tuple[str
         else:
             urls = p.base_urls or [p.base_url or ""] * len(p.api_key_envs)
             keys = [(env, None, url) for env, url in zip(p.api_key_envs, urls)]
+        indexed = list(enumerate(keys))
         if eff.strategy != "per-key":
-            keys = keys[:1]
+            k = eff.key if eff.key is not None else default_key(eff.name, len(keys))
+            indexed = indexed[k:k + 1]
         return [
-            (f"{prefix}-key{i}" if eff.strategy == "per-key" else eff.name,
-             i if eff.strategy == "per-key" else None, None,
+            (f"{prefix}-key{i}" if eff.strategy == "per-key" else eff.name, i, None,
              Route(url=f"{url.rstrip('/')}/chat/completions", shape="openai",
                    api_model=eff.api_model, key_env=env, key_literal=literal))
-            for i, (env, literal, url) in enumerate(keys)
+            for i, (env, literal, url) in indexed
         ]
     endpoint = base if p.kind == "sim" else (p.endpoint or "").rstrip("/")
     version = SIM_API_VERSION if p.kind == "sim" else p.api_version
@@ -177,8 +188,9 @@ def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
         provider = config.providers[eff.provider]
         for (instance, key_index, deployment, route), tests in zip(routes, split_evenly(todo, len(routes))):
             shared = None
-            if provider.key_qps is not None and route.shape == "openai":
-                shared = SharedLimit(name=f"{eff.provider}/key{key_index or 0}", qps=provider.key_qps)
+            if (provider.key_qps or provider.key_tpm) and route.shape == "openai":
+                shared = SharedLimit(name=f"{eff.provider}/key{key_index or 0}",
+                                     qps=provider.key_qps, tpm=provider.key_tpm)
             shards.append(Shard(
                 shard_id=f"{model}@{instance}", model=model, instance=instance,
                 provider=eff.provider, strategy=eff.strategy,
@@ -186,6 +198,7 @@ def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
                 key_index=key_index, deployment=deployment, workers=eff.workers, qps=eff.qps,
                 request_timeout=eff.request_timeout, test_timeout=eff.test_timeout,
                 max_retries=eff.max_retries, max_turns=sel.max_turns, route=route,
-                shared_limit=shared, tests=tests,
+                shared_limit=shared, tpm=eff.tpm, options=eff.options,
+                broken_after=eff.broken_after, tests=tests,
             ))
     return Plan(shards=shards, planned=planned, skipped_completed=skipped)

@@ -24,14 +24,15 @@ from pathlib import Path
 import msgspec
 import trio
 
-from ultra.config import Config
+from ultra.client import preflight
+from ultra.config import Config, effective_model
 from ultra.errors import UserError
-from ultra.limits import RateLimiter
 from ultra.events import Event, PlanSummary, RunFinished, RunStarted, TestCompleted
+from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
 from ultra.projecting import log_repairs, project
 from ultra.progress import Display
-from ultra.shard import ShardProgress, ShardSnapshot, run_shard
+from ultra.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
 from ultra.store import EventLog
 from ultra.suites import get_suite
 
@@ -91,7 +92,7 @@ async def run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], Non
     suite = get_suite(job.suite, job.tasks)
     progresses = [ShardProgress(s) for s in job.shards]
     # One pacer per shared key budget: `assign` put all shards of a key in this process.
-    shared_limiters = {s.shared_limit.name: RateLimiter(s.shared_limit.qps)
+    shared_limiters = {s.shared_limit.name: KeyBudget(s.shared_limit.qps, s.shared_limit.tpm)
                        for s in job.shards if s.shared_limit}
     with EventLog.open(job.db) as log:
         send, recv = trio.open_memory_channel[Event](math.inf)
@@ -141,6 +142,31 @@ def assign(shards: list[Shard], processes: int) -> list[list[Shard]]:
     return [g for g in groups if g]
 
 
+class BrokenRoute(msgspec.Struct, kw_only=True):
+    shard: str
+    route: str  # provider, model and key index or deployment: never the key
+    reason: str  # "HTTP 401: <the server's message>", or why it could not be reached
+
+
+class RouteErrors(msgspec.Struct, kw_only=True):
+    """Errored tests of one route with one reason, status and server message."""
+
+    shard: str
+    route: str
+    reason: str
+    http_status: int | None
+    message: str
+    count: int
+
+
+class ModelTokens(msgspec.Struct, kw_only=True):
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cost: float | None  # from the config's prices per million tokens, when it gives them
+
+
 class RunResult(msgspec.Struct, kw_only=True):
     run_id: str
     planned: int
@@ -151,9 +177,98 @@ class RunResult(msgspec.Struct, kw_only=True):
     interrupted: bool
     crashed_processes: int
     shards: list[ShardSnapshot]
+    broken_routes: list[BrokenRoute] = []
+    errors: list[RouteErrors] = []
+    tokens: list[ModelTokens] = []
+    max_errors: int = 0  # errored tests accepted (--max-errors) before the exit code is 1
     db: str
     out: str
     exit_code: int
+
+
+def route_label(s: Shard) -> str:
+    """Where a shard's requests go, for a person: provider, model, key index or deployment."""
+    where = f"key {s.key_index}" if s.key_index is not None else f"deployment {s.deployment!r}"
+    return f"provider {s.provider!r}, model {s.model!r}, {where}"
+
+
+def error_allowance(spec: str | None, planned: int) -> int:
+    """Errored tests accepted by `--max-errors N` or `--max-errors P%` for a run of `planned`."""
+    if spec is None:
+        return 0
+    text = spec.strip()
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1])
+            if not 0 <= share <= 100:
+                raise ValueError
+            return math.floor(share * planned / 100 + 1e-9)
+        count = int(text)
+        if count < 0:
+            raise ValueError
+        return count
+    except ValueError:
+        raise UserError(f"invalid --max-errors {spec!r} (a count such as 10, or a share such as 5%)") from None
+
+
+def exit_code(*, planned: int, completed: int, allowance: int, interrupted: bool, crashed: int,
+              broken: int) -> int:
+    """0 only when every planned test completed (or the shortfall is within --max-errors);
+    1 when tests errored, a route broke or a shard process crashed; 130 when interrupted."""
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if crashed or broken or planned - completed > allowance:
+        return 1
+    return 0
+
+
+def check_routes(plan: Plan) -> list[str]:
+    """One cheap request per route that has tests, all at once: a line per broken route."""
+    shards = [s for s in plan.shards if s.tests]
+    checks: dict[str, object] = {}
+
+    async def check(s: Shard) -> None:
+        checks[s.shard_id] = await preflight(
+            s.route, s.options, request_timeout=s.request_timeout, max_retries=s.max_retries,
+            deadline=trio.current_time() + s.test_timeout)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for s in shards:
+                nursery.start_soon(check, s)
+
+    trio.run(main)
+    lines = []
+    for s in shards:
+        c = checks[s.shard_id]
+        if not c.ok:  # type: ignore[attr-defined]
+            status = f"HTTP {c.http_status}" if c.http_status else "no answer"  # type: ignore[attr-defined]
+            lines.append(f"route broken at preflight: {route_label(s)}: {status}: {c.message}")  # type: ignore[attr-defined]
+    return lines
+
+
+def _tokens(config: Config, sel: Selection, plan: Plan,
+            snapshots: dict[str, ShardSnapshot]) -> list[ModelTokens]:
+    """Tokens per model over every request of the run, and their cost at the config's prices."""
+    by_model: dict[str, list[int]] = {}
+    for s in plan.shards:
+        snap = snapshots[s.shard_id]
+        sums = by_model.setdefault(s.model, [0, 0, 0])
+        sums[0] += snap.prompt_tokens
+        sums[1] += snap.completion_tokens
+        sums[2] += snap.reasoning_tokens
+    config_name = {canonical_model(name): name for name in sel.models}
+    out = []
+    for model, (p, c, r) in by_model.items():
+        name = config_name.get(model, model)
+        cost = None
+        if name in config.models:
+            eff = effective_model(config, name)
+            if eff.input_price is not None or eff.output_price is not None:
+                cost = round(p / 1e6 * (eff.input_price or 0) + c / 1e6 * (eff.output_price or 0), 6)
+        out.append(ModelTokens(model=model, prompt_tokens=p, completion_tokens=c,
+                               reasoning_tokens=r, cost=cost))
+    return out
 
 
 def _uses_bundled_sim(config: Config, models: list[str]) -> bool:
@@ -213,7 +328,8 @@ def missing_secrets(plan: Plan) -> list[str]:
 
 
 def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | str, out: Path,
-            processes: int, tasks: str | None, argv: list[str], json_output: bool) -> RunResult:
+            processes: int, tasks: str | None, argv: list[str], json_output: bool,
+            check_first: bool = True, max_errors: str | None = None) -> RunResult:
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
     done_keys = _completed_keys(db)
@@ -225,6 +341,10 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
     with _simulator(config, sel.models) as sim_url:
         if sim_url:  # routes to the simulator we just started
             plan = make_plan(config, suite, sel, done_keys, sim_url)
+        if check_first:  # a wrong key or deployment stops the run before any test
+            broken = check_routes(plan)
+            if broken:
+                raise UserError("\n".join(broken))
         run_id = uuid.uuid4().hex[:12]
         with EventLog.open(db) as log:
             log.append([RunStarted(
@@ -235,19 +355,30 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
             )])
             snapshots, interrupted, crashed = _supervise(
                 plan, run_id, sel, db, tasks, processes, show=not json_output)
+            # A shard process that got SIGTERM (or Ctrl-C while we ignore it) was interrupted.
+            interrupted = interrupted or any(s.interrupted for s in snapshots.values())
             completed = sum(s.completed for s in snapshots.values())
             errored = sum(s.errored for s in snapshots.values())
             log.append([RunFinished(run_id=run_id, completed=completed, errored=errored,
                                     interrupted=interrupted)])
     project(db, out)
+    by_id = {s.shard_id: s for s in plan.shards}
+    broken = [BrokenRoute(shard=s.shard, route=route_label(by_id[s.shard]), reason=s.broken)
+              for s in snapshots.values() if s.broken]
+    errors = [RouteErrors(shard=s.shard, route=route_label(by_id[s.shard]), reason=g.reason,
+                          http_status=g.http_status, message=g.message, count=g.count)
+              for s in snapshots.values() for g in s.errors]
+    allowance = error_allowance(max_errors, plan.planned)
     return RunResult(
         run_id=run_id, planned=plan.planned, skipped_completed=plan.skipped_completed,
         completed=completed, errored=errored,
         succeeded=sum(s.succeeded for s in snapshots.values()), interrupted=interrupted,
         crashed_processes=crashed,
-        shards=list(snapshots.values()),
+        shards=list(snapshots.values()), broken_routes=broken, errors=errors,
+        tokens=_tokens(config, sel, plan, snapshots), max_errors=allowance,
         db=str(db), out=str(out),
-        exit_code=EXIT_INTERRUPTED if interrupted else (1 if crashed else 0),
+        exit_code=exit_code(planned=plan.planned, completed=completed, allowance=allowance,
+                            interrupted=interrupted, crashed=crashed, broken=len(broken)),
     )
 
 

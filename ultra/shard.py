@@ -1,8 +1,10 @@
-"""Running one shard: its worker pool, pacer and HTTP client, one event per finished test.
+"""Running one shard: its worker pool, pacers and HTTP client, one event per finished test.
 
 Events go to `emit` (a non-blocking send into the process's group-commit writer), so a
 slow disk never stalls a request. A test runs inside a trio cancel scope of
-`test_timeout`; running out of it, or of retries, makes it `test.errored`.
+`test_timeout`; running out of it, or of retries, makes it `test.errored`. A route that
+answers `broken_after` times in a row with a non-retryable refusal (or cannot be reached
+once retries are spent) is broken: its shard takes no more tests, the others go on.
 """
 
 from __future__ import annotations
@@ -15,19 +17,40 @@ from typing import Any
 import msgspec
 import trio
 
-from ultra.client import HttpChatModel, ShardCounters, open_client
+from ultra.client import HttpChatModel, RouteHealth, ShardCounters, open_client, resolve_secret
 from ultra.events import (
     Event,
     ShardFinished,
     ShardStarted,
     TestCompleted,
     TestErrored,
-    Usage,
     utc_now,
 )
-from ultra.limits import RateLimiter
+from ultra.limits import RateLimiter, TokenBudget
 from ultra.plan import Shard
 from ultra.suites import ModelUnavailable, Suite, TestSpec
+
+
+MAX_ERROR_GROUPS = 20  # distinct (reason, status, message) kept per shard for the summary
+
+
+class ErrorGroup(msgspec.Struct, frozen=True, kw_only=True):
+    """Errored tests of one shard with one reason, HTTP status and server message."""
+
+    reason: str
+    http_status: int | None
+    message: str
+    count: int
+
+
+class KeyBudget:
+    """The budgets of one API key that several shards share (`key_qps`, `key_tpm`)."""
+
+    __slots__ = ("limiter", "tokens")
+
+    def __init__(self, qps: float | None, tpm: float | None) -> None:
+        self.limiter = RateLimiter(qps) if qps else None
+        self.tokens = TokenBudget(tpm) if tpm else None
 
 
 class ShardSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,6 +69,11 @@ class ShardSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     min_rate: float = 0.0  # the lowest the pacer went
     finished: bool = False
     interrupted: bool = False
+    broken: str | None = None  # why the route broke: "HTTP 401: <server message>"
+    errors: list[ErrorGroup] = []
+    prompt_tokens: int = 0  # every request of the shard, errored tests' too
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def done(self) -> int:
@@ -56,7 +84,8 @@ class ShardProgress:
     """Live tallies of one shard (read by the progress reporter)."""
 
     __slots__ = ("shard_id", "planned", "completed", "succeeded", "errored", "counters",
-                 "limiter", "started", "ended", "finished", "interrupted")
+                 "limiter", "budget", "health", "errors", "started", "ended", "finished",
+                 "interrupted")
 
     def __init__(self, shard: Shard) -> None:
         self.shard_id = shard.shard_id
@@ -66,6 +95,9 @@ class ShardProgress:
         self.errored = 0
         self.counters = ShardCounters()
         self.limiter = RateLimiter(shard.qps)
+        self.budget = TokenBudget(shard.tpm) if shard.tpm else None
+        self.health = RouteHealth(shard.broken_after)
+        self.errors: dict[tuple[str, int | None, str], int] = {}
         self.started = time.monotonic()
         self.ended: float | None = None
         self.finished = False
@@ -79,12 +111,22 @@ class ShardProgress:
             retries=c.retries, throttled=c.throttled,
             seconds=round((self.ended or time.monotonic()) - self.started, 3),
             rate=round(self.limiter.rate, 3), min_rate=round(self.limiter.min_rate, 3),
-            finished=self.finished, interrupted=self.interrupted,
+            finished=self.finished, interrupted=self.interrupted, broken=self.health.broken,
+            errors=[ErrorGroup(reason=r, http_status=st, message=m, count=n)
+                    for (r, st, m), n in self.errors.items()],
+            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+            reasoning_tokens=c.reasoning_tokens,
         )
+
+    def record_error(self, reason: str, http_status: int | None, message: str) -> None:
+        key = (reason, http_status, message)
+        if key not in self.errors and len(self.errors) >= MAX_ERROR_GROUPS:
+            key = (reason, http_status, "(other messages)")
+        self.errors[key] = self.errors.get(key, 0) + 1
 
 
 async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Event], None],
-                    progress: ShardProgress, shared: RateLimiter | None = None) -> None:
+                    progress: ShardProgress, shared: KeyBudget | None = None) -> None:
     """Run the shard's tests; `shared` is the key budget it shares with other shards."""
     emit(ShardStarted(
         run_id=run_id, shard_id=shard.shard_id, model=shard.model, instance=shard.instance,
@@ -95,8 +137,7 @@ async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Eve
     finished = False
     try:
         if shard.tests:
-            limiters = (progress.limiter, shared) if shared else (progress.limiter,)
-            await _run_tests(shard, suite, run_id, emit, progress, limiters)
+            await _run_tests(shard, suite, run_id, emit, progress, shared)
         finished = True
     finally:
         progress.ended = time.monotonic()
@@ -110,16 +151,23 @@ async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Eve
 
 
 async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Event], None],
-                     progress: ShardProgress, limiters: tuple[RateLimiter, ...]) -> None:
+                     progress: ShardProgress, shared: KeyBudget | None) -> None:
     pending = iter(shard.tests)  # workers pull from one iterator: the pool never idles early
+    limiters = tuple(x for x in (progress.limiter, shared and shared.limiter) if x)
+    budgets = tuple(x for x in (progress.budget, shared and shared.tokens) if x)
+    health = progress.health
+    secrets = (resolve_secret(shard.route),)  # only to redact it from server messages
     async with open_client(shard.route, shard.workers) as client:
 
         async def worker() -> None:
             for spec in pending:
+                if health.broken:
+                    return  # a broken route takes no more tests; the next run retakes them
                 model = HttpChatModel(
                     client, shard.route, limiters, progress.counters,
                     request_timeout=shard.request_timeout, max_retries=shard.max_retries,
-                    rng=random.Random(spec.test_key),
+                    rng=random.Random(spec.test_key), options=shard.options, budgets=budgets,
+                    health=health, secrets=secrets,
                 )
                 emit(await _run_test(shard, suite, run_id, spec, model, progress))
 
@@ -135,31 +183,37 @@ async def _run_test(shard: Shard, suite: Suite, run_id: str, spec: TestSpec,
     common: dict[str, Any] = dict(
         run_id=run_id, shard_id=shard.shard_id, test_key=spec.test_key, suite=spec.suite,
         model=shard.model, instance=shard.instance, provider=shard.provider,
-        simulated=shard.simulated, task_id=spec.task_id, task_type=spec.task_type,
+        task_id=spec.task_id, task_type=spec.task_type,
         difficulty=spec.difficulty, prompt_type=spec.prompt_type,
         tool_success_rate=spec.tool_success_rate, started_at=started_at,
     )
     reason = message = None
+    http_status: int | None = None
     result = None
     with trio.move_on_after(shard.test_timeout):
         try:
             result = await suite.run(spec, model, max_turns=shard.max_turns)
         except ModelUnavailable as exc:
-            reason, message = exc.reason, exc.message
+            reason, message, http_status = exc.reason, exc.message, exc.http_status
         except Exception as exc:  # a suite bug must cost one test, not the run
-            reason, message = "other", f"{type(exc).__name__}: {exc}"[:300]
+            reason, message = "other", f"{type(exc).__name__}: {exc}"[:200]
     elapsed = time.perf_counter() - t0
+    # The server's mark says whether this was the simulator, whatever the provider kind.
+    common["simulated"] = model.simulated or shard.simulated
     if result is None:
         progress.errored += 1
         if reason is None:
             reason, message = "timeout", f"test exceeded {shard.test_timeout:g}s"
+        if reason == "connection":  # unreachable once retries are spent: counts as a refusal
+            progress.health.refused(message or "cannot reach the server")
+        progress.record_error(reason, http_status, message or "")
         return TestErrored(**common, reason=reason, message=message or "",
-                           retries=model.retries, execution_time=elapsed)
+                           http_status=http_status, retries=model.retries, execution_time=elapsed)
     progress.completed += 1
     if result.outcome != "failure":
         progress.succeeded += 1
     return TestCompleted(
         **common, result=result, retries=model.retries,
         execution_time=elapsed,
-        usage=Usage(prompt_tokens=model.prompt_tokens, completion_tokens=model.completion_tokens),
+        usage=model.usage,
     )

@@ -19,11 +19,14 @@ COUNTER_FIELDS: tuple[str, ...] = (
     "in_flight",  # being handled right now
     "max_in_flight",
     "max_per_second",  # most arrivals in any half-open 1 s window (t - 1, t]
+    "tokens",  # prompt tokens at admission plus completion tokens at the reply
+    "max_tokens_10s",  # most tokens in any half-open 10 s window (t - 10, t]
 )
+TOKEN_PERIOD = 10.0  # tpm is evaluated as tpm / 6 over this window, as Azure does
 
 
 class RouteStats:
-    __slots__ = (*COUNTER_FIELDS, "_arrivals")
+    __slots__ = (*COUNTER_FIELDS, "_arrivals", "_charges", "_charged")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -34,7 +37,23 @@ class RouteStats:
         self.in_flight = 0
         self.max_in_flight = 0
         self.max_per_second = 0
+        self.tokens = 0
+        self.max_tokens_10s = 0
         self._arrivals: deque[float] = deque()
+        self._charges: deque[tuple[float, int]] = deque()
+        self._charged = 0  # tokens within the last TOKEN_PERIOD
+
+    def charge(self, now: float, tokens: int) -> None:
+        """Tokens processed at `now`; keeps the busiest 10 s window exact (it ends at a charge)."""
+        self.tokens += tokens
+        charges = self._charges
+        charges.append((now, tokens))
+        self._charged += tokens
+        cutoff = now - TOKEN_PERIOD
+        while charges[0][0] <= cutoff:
+            self._charged -= charges.popleft()[1]
+        if self._charged > self.max_tokens_10s:
+            self.max_tokens_10s = self._charged
 
     def arrive(self, now: float) -> None:
         self.requests += 1
@@ -87,6 +106,49 @@ class SlidingWindow:
 
     def take(self, now: float) -> None:
         self._times.append(now)
+
+    def remaining(self, now: float) -> int:
+        self.is_full(now)  # drops what left the window
+        return max(0, self.capacity - len(self._times))
+
+    def reset_in(self, now: float) -> float:
+        """Seconds until the oldest admission leaves the window (0 when it is empty)."""
+        return max(0.0, self._times[0] + self.period - now) if self._times else 0.0
+
+
+class TokenWindow:
+    """Tokens per minute as Azure evaluates them: at most `tpm / 6` in any 10 s window.
+    A request is refused while the window is full: the tokens it already holds and the
+    prompt it brings must fit (its completion is charged when it is made)."""
+
+    __slots__ = ("tpm", "capacity", "_charges", "_total")
+
+    def __init__(self, tpm: float) -> None:
+        self.tpm = tpm
+        self.capacity = tpm * TOKEN_PERIOD / 60.0
+        self._charges: deque[tuple[float, int]] = deque()
+        self._total = 0
+
+    def _expire(self, now: float) -> None:
+        charges = self._charges
+        cutoff = now - TOKEN_PERIOD
+        while charges and charges[0][0] <= cutoff:
+            self._total -= charges.popleft()[1]
+
+    def is_full(self, now: float, prompt: int) -> bool:
+        self._expire(now)
+        return self._total + prompt > self.capacity and bool(self._charges)
+
+    def take(self, now: float, tokens: int) -> None:
+        self._charges.append((now, tokens))
+        self._total += tokens
+
+    def remaining(self, now: float) -> int:
+        self._expire(now)
+        return max(0, int(self.capacity - self._total))
+
+    def reset_in(self, now: float) -> float:
+        return max(0.0, self._charges[0][0] + TOKEN_PERIOD - now) if self._charges else 0.0
 
 
 class Stats:

@@ -47,10 +47,14 @@ class Faults(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
         )
 
 
-class Limits(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Rate limits in requests per second over a sliding 1 s window (None = unlimited).
+RETRY_HEADERS = ("retry-after", "retry-after-ms", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
 
-    A request must pass both its key's and (on the Azure route) its deployment's limit.
+
+class Limits(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Rate limits in requests per second over a sliding 1 s window, and in tokens per
+    minute evaluated as `tpm / 6` over a sliding 10 s window, as Azure does (None = unlimited).
+
+    A request must pass both its key's and (on the Azure route) its deployment's limits.
     Overrides name a key by its fingerprint (`key_fingerprint(key)`), never by the key,
     and a deployment by its name.
     """
@@ -59,8 +63,15 @@ class Limits(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     deployment_rps: float | None = None
     key_overrides: dict[str, float] = {}
     deployment_overrides: dict[str, float] = {}
-    retry_after_s: int = 1
+    key_tpm: float | None = None
+    deployment_tpm: float | None = None
+    retry_after_s: float = 1.0
     retry_after_http_date: bool = False  # send Retry-After as an HTTP date instead
+    # Which headers a 429 carries (each says "wait retry_after_s"): any of RETRY_HEADERS.
+    retry_headers: tuple[str, ...] = ("retry-after",)
+    # x-ratelimit-limit/remaining/reset-requests (and -tokens) on every reply of a limited
+    # route, as OpenAI and Azure send them.
+    rate_headers: bool = True
 
 
 class Storm(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -71,6 +82,19 @@ class Storm(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     fraction: float = 1.0
 
 
+class Routes(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Which routes work. Keys are named by fingerprint (`key_fingerprint(key)`), never
+    by the key itself."""
+
+    # Only these keys are valid (401 for any other); None accepts every key.
+    accept_keys: list[str] | None = None
+    # A route that starts refusing after N accepted requests (a revoked key: 401; a
+    # deleted deployment: 404): key fingerprint or deployment name -> N.
+    refuse_after: dict[str, int] = {}
+    # Real model names served as simulated ones: name -> skill in [0, 1].
+    models: dict[str, float] = {}
+
+
 class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 0  # 0 = pick a free port; the listening line says which
@@ -79,6 +103,8 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     faults: Faults = Faults()
     limits: Limits = Limits()
     storm: Storm = Storm()
+    routes: Routes = Routes()
+    record_requests: int = 0  # keep the last N request bodies for GET /requests
     # Who writes the assistant message: "suites" (the registered suites' simulated
     # policies, with a trivial fallback), "echo" (always the trivial reply), or an import
     # path "package.module:function" with the signature of `replies.Responder`.
@@ -99,11 +125,21 @@ def validate(config: SimConfig) -> SimConfig:
     rates = {"limits.key_rps": lim.key_rps, "limits.deployment_rps": lim.deployment_rps}
     rates |= {f"limits.key_overrides[{k}]": v for k, v in lim.key_overrides.items()}
     rates |= {f"limits.deployment_overrides[{k}]": v for k, v in lim.deployment_overrides.items()}
+    rates |= {"limits.key_tpm": lim.key_tpm, "limits.deployment_tpm": lim.deployment_tpm}
     for name, rps in rates.items():
         if rps is not None and rps <= 0:
             problems.append(f"{name} must be > 0, got {rps}")
     if lim.retry_after_s < 0:
         problems.append(f"limits.retry_after_s must be >= 0, got {lim.retry_after_s}")
+    for h in lim.retry_headers:
+        if h not in RETRY_HEADERS:
+            problems.append(f"limits.retry_headers: unknown header {h!r} (known: {', '.join(RETRY_HEADERS)})")
+    for name, skill in config.routes.models.items():
+        if not 0.0 <= skill <= 1.0:
+            problems.append(f"routes.models[{name}] must lie in [0, 1], got {skill}")
+    for name, n in config.routes.refuse_after.items():
+        if n < 0:
+            problems.append(f"routes.refuse_after[{name}] must be >= 0, got {n}")
     if not 0.0 <= config.storm.fraction <= 1.0:
         problems.append(f"storm.fraction must lie in [0, 1], got {config.storm.fraction}")
     if config.latency.distribution not in ("lognormal", "uniform"):
@@ -155,6 +191,8 @@ OVERRIDABLE: dict[str, tuple[str | None, str]] = {
     "key_rps": ("limits", "key_rps"),
     "deployment_rps": ("limits", "deployment_rps"),
     "retry_after": ("limits", "retry_after_s"),
+    "key_tpm": ("limits", "key_tpm"),
+    "deployment_tpm": ("limits", "deployment_tpm"),
     "retry_after_http_date": ("limits", "retry_after_http_date"),
     "storm_seconds": ("storm", "duration_s"),
     "storm_fraction": ("storm", "fraction"),

@@ -28,3 +28,12 @@ def sim_skill(model: str) -> float | None:
     if m and int(m.group(1)) <= 100:
         return int(m.group(1)) / 100
     return None
+
+
+_REASONING = re.compile(r"^(o\d|gpt-5)", re.I)
+
+
+def is_reasoning_model(model: str) -> bool:
+    """Models that take `max_completion_tokens` and refuse `temperature` (o-series, gpt-5),
+    and the simulator's own reasoning style (`sim-*-reasoner`)."""
+    return bool(_REASONING.match(model)) or "reasoner" in model

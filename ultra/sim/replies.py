@@ -89,6 +89,7 @@ def model_skill(model: str) -> float | None:
 
 
 def is_reasoner(model: str) -> bool:
+    """The reasoning wire shape: text in `reasoning_content`, `content` left empty."""
     return "reasoner" in model
 
 
@@ -107,8 +108,8 @@ def prompt_tokens(messages: list[Message]) -> int:
 
 def completion_body(
     *, completion_id: str, created: int, model: str, message: Message, prompt_toks: int, empty_content: bool = False
-) -> bytes:
-    """An OpenAI `chat.completion` object, encoded."""
+) -> tuple[bytes, int]:
+    """An OpenAI `chat.completion` object, encoded, and its completion tokens."""
     message = dict(message)
     message.setdefault("role", "assistant")
     if empty_content:
@@ -122,6 +123,13 @@ def completion_body(
     for call in tool_calls or ():
         chars += len(call.get("function", {}).get("arguments", ""))
     completion_toks = _approx_tokens(chars)
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_toks,
+        "completion_tokens": completion_toks,
+        "total_tokens": prompt_toks + completion_toks,
+    }
+    if message.get("reasoning_content"):  # reasoning tokens are part of completion_tokens
+        usage["completion_tokens_details"] = {"reasoning_tokens": _approx_tokens(len(message["reasoning_content"]))}
     return msgspec.json.encode(
         {
             "id": completion_id,
@@ -135,13 +143,9 @@ def completion_body(
                     "finish_reason": "tool_calls" if tool_calls else "stop",
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt_toks,
-                "completion_tokens": completion_toks,
-                "total_tokens": prompt_toks + completion_toks,
-            },
+            "usage": usage,
         }
-    )
+    ), completion_toks
 
 
 def empty_choices_body(*, completion_id: str, created: int, model: str) -> bytes:

@@ -42,6 +42,7 @@ import signal
 import sys
 import time
 import traceback
+from collections import deque
 from typing import Any
 from urllib.parse import unquote
 
@@ -52,9 +53,10 @@ import trio
 from ultra.errors import UserError
 from ultra.function_schema import tools_problem
 from ultra.naming import canonical_model
-from ultra.sim.accounting import RouteStats, SlidingWindow, Stats
+from ultra.sim.accounting import RouteStats, SlidingWindow, Stats, TokenWindow
 from ultra.sim.config import SimConfig, from_json, validate
 from ultra.sim.process import SimProcess
+from ultra.sim.models import is_reasoning_model
 from ultra.sim.replies import (
     MALFORMED_BODY,
     Responder,
@@ -81,7 +83,28 @@ class ChatRequest(msgspec.Struct):
     model: str = ""
     messages: list[dict[str, Any]] = []
     tools: list[dict[str, Any]] | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
 
+
+SIMULATED_HEADER = b"x-ultra-simulated"  # on every reply: what ultra records as `simulated`
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI's reset form: `20ms`, `1.5s`, `6m0s`, `1h2m3s` (rounded up to the millisecond)."""
+    ms = math.ceil(seconds * 1000 - 1e-9)
+    if ms < 1000:
+        return f"{ms}ms"
+    h, rest = divmod(ms, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    sec = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    return (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{sec}s"
+
+
+def masked_key(key: str) -> str:
+    """How OpenAI quotes a wrong key back: its first and last characters only."""
+    return key[:3] + "*" * max(4, len(key) - 7) + key[-4:] if len(key) > 10 else "*" * len(key)
 
 _decode_chat = msgspec.json.Decoder(ChatRequest).decode
 _encode = msgspec.json.encode
@@ -114,6 +137,12 @@ _NO_KEY = error_body(
     "invalid_request_error",
     "invalid_api_key",
 )
+_AZURE_BAD_KEY = msgspec.json.encode({"error": {"code": "401", "message": (
+    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a "
+    "valid key for an active subscription and use a correct regional API endpoint for your resource.")}})
+_MAX_TOKENS_UNSUPPORTED = error_body(
+    "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+    "invalid_request_error", "unsupported_parameter", "max_tokens")
 _NO_API_VERSION = error_body("The api-version query parameter is required.", "invalid_request_error", "missing_api_version")
 
 
@@ -129,6 +158,10 @@ class Simulator:
         self.storm_until = now + config.storm.duration_s
         self._key_windows: dict[str, SlidingWindow | None] = {}
         self._deployment_windows: dict[str, SlidingWindow | None] = {}
+        self._key_tokens: dict[str, TokenWindow | None] = {}
+        self._deployment_tokens: dict[str, TokenWindow | None] = {}
+        self._served: dict[str, int] = {}  # accepted requests per route, for refuse_after
+        self.recorded: deque[Any] = deque(maxlen=max(1, config.record_requests))
         self._fingerprints: dict[str, str] = {}
         self._skills: dict[str, float | None] = {}
         self._next_id = 0
@@ -158,7 +191,11 @@ class Simulator:
         except KeyError:
             if len(self._skills) > 10_000:
                 self._skills.clear()
-            skill = self._skills[model] = model_skill(model)
+            skill = model_skill(model)
+            if skill is None:
+                extra = self.config.routes.models
+                skill = extra.get(model, extra.get(canonical_model(model)))
+            self._skills[model] = skill
             return skill
 
     def _window(self, table: dict[str, SlidingWindow | None], name: str, default: float | None, overrides: dict[str, float]) -> SlidingWindow | None:
@@ -169,20 +206,66 @@ class Simulator:
             window = table[name] = SlidingWindow(rps) if rps is not None else None
             return window
 
+    @staticmethod
+    def _tokens(table: dict[str, TokenWindow | None], name: str | None, tpm: float | None) -> TokenWindow | None:
+        if name is None:
+            return None
+        try:
+            return table[name]
+        except KeyError:
+            window = table[name] = TokenWindow(tpm) if tpm is not None else None
+            return window
+
     def reset(self) -> None:
         now = trio.current_time()
         self.stats.reset(now)
         self.storm_until = now + self.config.storm.duration_s
         self._key_windows.clear()
         self._deployment_windows.clear()
+        self._key_tokens.clear()
+        self._deployment_tokens.clear()
+        self._served.clear()
+        self.recorded.clear()
 
     # -- the chat routes -----------------------------------------------------------------
 
-    def _retry_after(self) -> bytes:
+    def _retry_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers a 429 carries, each saying "wait retry_after_s" in its own form."""
         limits = self.config.limits
-        if limits.retry_after_http_date:
-            return email.utils.formatdate(time.time() + limits.retry_after_s, usegmt=True).encode()
-        return str(limits.retry_after_s).encode()
+        wait = limits.retry_after_s
+        out: list[tuple[bytes, bytes]] = []
+        for name in limits.retry_headers:
+            if name == "retry-after":
+                value = (email.utils.formatdate(time.time() + wait, usegmt=True) if limits.retry_after_http_date
+                         else str(math.ceil(wait)))
+            elif name == "retry-after-ms":
+                value = str(math.ceil(wait * 1000))
+            else:
+                value = format_duration(wait)
+                remaining = b"x-ratelimit-remaining-" + name.rsplit("-", 1)[1].encode()
+                out.append((remaining, b"0"))
+            out.append((name.encode(), value.encode()))
+        return out
+
+    @staticmethod
+    def _rate_headers(now: float, window: SlidingWindow | None, tokens: TokenWindow | None) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        if window is not None:
+            out += [(b"x-ratelimit-limit-requests", str(window.capacity).encode()),
+                    (b"x-ratelimit-remaining-requests", str(window.remaining(now)).encode()),
+                    (b"x-ratelimit-reset-requests", format_duration(window.reset_in(now)).encode())]
+        if tokens is not None:
+            out += [(b"x-ratelimit-limit-tokens", str(int(tokens.tpm)).encode()),
+                    (b"x-ratelimit-remaining-tokens", str(tokens.remaining(now)).encode()),
+                    (b"x-ratelimit-reset-tokens", format_duration(tokens.reset_in(now)).encode())]
+        return out
+
+    def _bad_key(self, counters: list[RouteStats], key: str, deployment: str | None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        if deployment is not None:
+            return self._reject(counters, 401, _AZURE_BAD_KEY)
+        msg = (f"Incorrect API key provided: {masked_key(key)}. You can find your API key at "
+               "https://platform.openai.com/account/api-keys.")
+        return self._reject(counters, 401, error_body(msg, "invalid_request_error", "invalid_api_key"))
 
     async def chat(
         self, req: h11.Request, path: bytes, query: bytes, body: bytes, counters: list[RouteStats]
@@ -238,8 +321,13 @@ class Simulator:
         # -- refusals before admission -----------------------------------------------------
         if chat is None:
             return self._reject(counters, 400, error_body("The body is not a valid chat request.", "invalid_request_error"))
+        if self.config.record_requests:
+            self.recorded.append({"path": path.decode("latin-1"), "body": msgspec.json.decode(body)})
         if key is None:
             return self._reject(counters, 401, _NO_KEY)
+        routes = self.config.routes
+        if routes.accept_keys is not None and fp not in routes.accept_keys:
+            return self._bad_key(counters, key, deployment)
         if deployment is not None and b"api-version=" not in query:
             return self._reject(counters, 400, _NO_API_VERSION)
         if chat.tools:  # one invalid tool schema refuses the whole request, as the API does
@@ -254,6 +342,20 @@ class Simulator:
                 return self._reject(counters, 404, error_body(msg, "invalid_request_error", "DeploymentNotFound"))
             msg = f"The model {model} does not exist or you do not have access to it."
             return self._reject(counters, 404, error_body(msg, "invalid_request_error", "model_not_found"))
+        if routes.refuse_after:  # a key revoked, a deployment deleted, after N requests
+            assert fp is not None
+            if self._served.get(fp, 0) >= routes.refuse_after.get(fp, 1 << 62):
+                return self._bad_key(counters, key, deployment)
+            if deployment is not None and self._served.get(deployment, 0) >= routes.refuse_after.get(deployment, 1 << 62):
+                msg = f"The API deployment {deployment} does not exist."
+                return self._reject(counters, 404, error_body(msg, "invalid_request_error", "DeploymentNotFound"))
+        if is_reasoning_model(model):  # what o-series and gpt-5 models refuse
+            if chat.max_tokens is not None:
+                return self._reject(counters, 400, _MAX_TOKENS_UNSUPPORTED)
+            if chat.temperature is not None and chat.temperature != 1:
+                msg = (f"Unsupported value: 'temperature' does not support {chat.temperature:g} with this model. "
+                       "Only the default (1) value is supported.")
+                return self._reject(counters, 400, error_body(msg, "invalid_request_error", "unsupported_value", "temperature"))
 
         # -- storm, then rate limits -------------------------------------------------------
         if now < self.storm_until:
@@ -267,14 +369,31 @@ class Simulator:
             if deployment is not None
             else None
         )
-        if (key_window is not None and key_window.is_full(now)) or (dep_window is not None and dep_window.is_full(now)):
+        key_tokens = self._tokens(self._key_tokens, fp, limits.key_tpm)
+        dep_tokens = self._tokens(self._deployment_tokens, deployment, limits.deployment_tpm)
+        prompt_toks = prompt_tokens(chat.messages)
+        if ((key_window is not None and key_window.is_full(now)) or (dep_window is not None and dep_window.is_full(now))
+                or (key_tokens is not None and key_tokens.is_full(now, prompt_toks))
+                or (dep_tokens is not None and dep_tokens.is_full(now, prompt_toks))):
             return self._rate_limited(counters)
         if key_window is not None:
             key_window.take(now)
         if dep_window is not None:
             dep_window.take(now)
+        token_windows = [w for w in (key_tokens, dep_tokens) if w is not None]
+        for w in token_windows:
+            w.take(now, prompt_toks)
         for c in counters:
             c.accepted += 1
+            c.charge(now, prompt_toks)
+        if routes.refuse_after:
+            assert fp is not None
+            self._served[fp] = self._served.get(fp, 0) + 1
+            if deployment is not None:
+                self._served[deployment] = self._served.get(deployment, 0) + 1
+        headers = [(SIMULATED_HEADER, b"true")]
+        if limits.rate_headers:
+            headers += self._rate_headers(now, dep_window or key_window, dep_tokens or key_tokens)
 
         # -- faults, latency, the reply ----------------------------------------------------
         fault = None
@@ -299,35 +418,42 @@ class Simulator:
             try:
                 message = self.responder(model, skill, chat.messages, chat.tools)
             except Exception as exc:  # a responder bug is a visible 500, not a dead server
-                return 500, responder_failure(exc), []
-            return 200, completion_body(
+                return 500, responder_failure(exc), headers
+            reply, completion_toks = completion_body(
                 completion_id=completion_id,
                 created=created,
                 model=reply_model,
                 message=message,
-                prompt_toks=prompt_tokens(chat.messages),
+                prompt_toks=prompt_toks,
                 empty_content=fault == "empty_content",
-            ), []
+            )
+            done = trio.current_time()  # the completion's tokens count when it is made
+            for w in token_windows:
+                w.take(done, completion_toks)
+            for c in counters:
+                c.charge(done, completion_toks)
+            return 200, reply, headers
         if fault == "server_error":
             status = self.rng.choice((500, 502, 503))
-            return status, _SERVER_ERRORS[status], []
+            return status, _SERVER_ERRORS[status], headers
         if fault == "hang":
             return _HANG, b"", []
         if fault == "malformed":
-            return 200, MALFORMED_BODY, []
+            return 200, MALFORMED_BODY, headers
         if fault == "empty_choices":
-            return 200, empty_choices_body(completion_id=completion_id, created=created, model=reply_model), []
-        return 400, _CONTEXT_LENGTH, []  # context_length
+            return 200, empty_choices_body(completion_id=completion_id, created=created, model=reply_model), headers
+        return 400, _CONTEXT_LENGTH, headers  # context_length
 
     def _reject(self, counters: list[RouteStats], status: int, body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         for c in counters:
             c.rejected += 1
-        return status, body, []
+        return status, body, [(SIMULATED_HEADER, b"true")]
 
     def _rate_limited(self, counters: list[RouteStats]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         for c in counters:
             c.rate_limited += 1
-        return 429, _RATE_LIMITED, [(b"retry-after", self._retry_after())]
+        headers = [(SIMULATED_HEADER, b"true"), *self._retry_headers()]
+        return 429, _RATE_LIMITED, headers
 
     def _latency_s(self) -> float:
         lat = self.config.latency
@@ -421,6 +547,8 @@ class Simulator:
             return 200, b'{"status":"ok"}'
         if path == b"/stats" and method == b"GET":
             return 200, _encode(self.stats.as_dict(trio.current_time()))
+        if path == b"/requests" and method == b"GET":
+            return 200, _encode(list(self.recorded))
         if path == b"/stats/reset" and method == b"POST":
             self.reset()
             return 200, b'{"reset":true}'

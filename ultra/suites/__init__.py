@@ -63,11 +63,13 @@ class ChatModel(Protocol):
 
 
 class ModelUnavailable(Exception):
-    def __init__(self, reason: str, message: str = "", retries: int = 0) -> None:
+    def __init__(self, reason: str, message: str = "", retries: int = 0,
+                 http_status: int | None = None) -> None:
         super().__init__(f"{reason}: {message}" if message else reason)
         self.reason = reason
-        self.message = message
+        self.message = message  # the server's own words where it gave any (redacted)
         self.retries = retries
+        self.http_status = http_status  # the last HTTP answer; None when none came
 
 
 class ContextLengthExceeded(Exception):

@@ -1,0 +1,27 @@
+"""The end of `ultra run` in words (pure): broken routes, errored tests by route and
+reason with the server's message, tokens and cost per model."""
+
+from __future__ import annotations
+
+from ultra.runner import RunResult
+
+
+def summary_lines(r: RunResult) -> list[str]:
+    lines = [f"route broken: {b.route}: {b.reason}; its untaken tests wait for the next run"
+             for b in r.broken_routes]
+    if r.errors:
+        lines.append("errored tests by route and reason:")
+        for e in sorted(r.errors, key=lambda e: (e.route, -e.count)):
+            status = f"HTTP {e.http_status}" if e.http_status else "no HTTP answer"
+            lines.append(f"  {e.count:>5}  {e.route}: {e.reason} ({status}): {e.message}")
+    if r.max_errors and r.errored:
+        lines.append(f"errored tests within --max-errors: {r.planned - r.completed} "
+                     f"of {r.max_errors} accepted")
+    for t in sorted(r.tokens, key=lambda t: t.model):
+        if not (t.prompt_tokens or t.completion_tokens):
+            continue
+        reasoning = f" ({t.reasoning_tokens:,} reasoning)" if t.reasoning_tokens else ""
+        cost = f", cost {t.cost:,.4f}" if t.cost is not None else ""
+        lines.append(f"tokens {t.model}: {t.prompt_tokens:,} in, {t.completion_tokens:,} out"
+                     f"{reasoning}{cost}")
+    return lines
