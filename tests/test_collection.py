@@ -81,7 +81,8 @@ def test_routing_and_limits(tmp_path):
 
 
 def test_429_storm_slows_down_recovers_and_loses_nothing(tmp_path):
-    sim_cfg = SimConfig(latency=Latency(median_ms=5), storm=Storm(duration_s=2.0, fraction=1.0))
+    sim_cfg = SimConfig(latency=Latency(median_ms=5), storm=Storm(duration_s=2.0, fraction=1.0,
+                                                                   from_first_request=True))
     with SimProcess(sim_cfg) as sim:
         config = write(tmp_path, sim_models_config(sim.url, instances=5, models=model(
             "sim-good", "gw", "single", workers=4, qps=20)))

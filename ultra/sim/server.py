@@ -156,6 +156,7 @@ class Simulator:
         now = trio.current_time()
         self.stats = Stats(now)
         self.storm_until = now + config.storm.duration_s
+        self._storm_pending = config.storm.from_first_request
         self._key_windows: dict[str, SlidingWindow | None] = {}
         self._deployment_windows: dict[str, SlidingWindow | None] = {}
         self._key_tokens: dict[str, TokenWindow | None] = {}
@@ -220,6 +221,7 @@ class Simulator:
         now = trio.current_time()
         self.stats.reset(now)
         self.storm_until = now + self.config.storm.duration_s
+        self._storm_pending = self.config.storm.from_first_request
         self._key_windows.clear()
         self._deployment_windows.clear()
         self._key_tokens.clear()
@@ -358,6 +360,9 @@ class Simulator:
                 return self._reject(counters, 400, error_body(msg, "invalid_request_error", "unsupported_value", "temperature"))
 
         # -- storm, then rate limits -------------------------------------------------------
+        if self._storm_pending:
+            self._storm_pending = False
+            self.storm_until = now + self.config.storm.duration_s
         if now < self.storm_until:
             fraction = self.config.storm.fraction
             if fraction >= 1.0 or self.rng.random() < fraction:
