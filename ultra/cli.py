@@ -487,6 +487,9 @@ def run(
     max_errors: Annotated[Optional[str], typer.Option(
         "--max-errors", help="Errored tests accepted with exit code 0: a count (10) or a share (5%).")] = None,
     json_output: JsonOpt = False,
+    progress: Annotated[str, typer.Option(
+        "--progress", help="rich (live table) | plain (a line every 10 s) | none | auto "
+                           "(rich on a terminal, else plain; none with --json).")] = "auto",
 ) -> None:
     """Plan, run every shard, project. Tests already completed are skipped (resume).
 
@@ -507,11 +510,15 @@ def run(
         num_instances=num_instances, max_turns=max_turns)
     if processes is not None and processes < 1:
         raise UserError(f"invalid --processes {processes} (must be >= 1)")
+    from ultra.progress import MODES, summary_text
+
+    if progress not in MODES:
+        raise UserError(f"--progress {progress!r}: must be one of {', '.join(MODES)}")
     error_allowance(max_errors, 0)  # a malformed budget is bad input, before anything runs
     result = execute(cfg, digest(cfg), sel, db=db, out=out,
                      processes=processes or os.cpu_count() or 1, tasks=tasks_path,
                      argv=sys.argv[1:], json_output=json_output,
-                     check_first=not no_preflight, max_errors=max_errors)
+                     check_first=not no_preflight, max_errors=max_errors, progress=progress)
     if json_output:
         print(msgspec.json.encode(result).decode())
     else:
@@ -525,6 +532,15 @@ def run(
         for line in summary_lines(result):
             print(line)
         print(f"events: {result.db}\nresults: {result.out}")
+        more = ["ultra report", "--run", result.run_id]
+        for flag, value, default in (("--db", db, DEFAULT_DB), ("--out", out, DEFAULT_OUT),
+                                     ("--config", config, None)):
+            if value is not None and str(value) != str(default):
+                more += [flag, str(value)]
+        if result.shards:
+            print()
+            print(summary_text({s.shard: s for s in result.shards}, result.shard_models,
+                               " ".join(more)), end="")
     raise typer.Exit(result.exit_code)
 
 

@@ -181,6 +181,7 @@ class RunResult(msgspec.Struct, kw_only=True):
     errors: list[RouteErrors] = []
     tokens: list[ModelTokens] = []
     max_errors: int = 0  # errored tests accepted (--max-errors) before the exit code is 1
+    shard_models: dict[str, str] = {}  # shard id -> canonical model
     db: str
     out: str
     exit_code: int
@@ -329,7 +330,8 @@ def missing_secrets(plan: Plan) -> list[str]:
 
 def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | str, out: Path,
             processes: int, tasks: str | None, argv: list[str], json_output: bool,
-            check_first: bool = True, max_errors: str | None = None) -> RunResult:
+            check_first: bool = True, max_errors: str | None = None,
+            progress: str = "auto") -> RunResult:
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
     done_keys = _completed_keys(db)
@@ -354,7 +356,8 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
                                  skipped_completed=plan.skipped_completed),
             )])
             snapshots, interrupted, crashed = _supervise(
-                plan, run_id, sel, db, tasks, processes, show=not json_output)
+                plan, run_id, sel, db, tasks, processes,
+                progress="none" if json_output and progress == "auto" else progress)
             # A shard process that got SIGTERM (or Ctrl-C while we ignore it) was interrupted.
             interrupted = interrupted or any(s.interrupted for s in snapshots.values())
             completed = sum(s.completed for s in snapshots.values())
@@ -376,6 +379,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
         crashed_processes=crashed,
         shards=list(snapshots.values()), broken_routes=broken, errors=errors,
         tokens=_tokens(config, sel, plan, snapshots), max_errors=allowance,
+        shard_models={s.shard_id: s.model for s in plan.shards},
         db=str(db), out=str(out),
         exit_code=exit_code(planned=plan.planned, completed=completed, allowance=allowance,
                             interrupted=interrupted, crashed=crashed, broken=len(broken)),
@@ -383,7 +387,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
 
 
 def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: str | None,
-               processes: int, *, show: bool) -> tuple[dict[str, ShardSnapshot], bool, int]:
+               processes: int, *, progress: str) -> tuple[dict[str, ShardSnapshot], bool, int]:
     """Start the shard processes and follow them to the end; forward Ctrl-C / SIGTERM."""
     ctx = mp.get_context("spawn")
     progress_queue: mp.Queue = ctx.Queue()
@@ -403,7 +407,7 @@ def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: s
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
-    display = Display(enabled=show)
+    display = Display(progress)  # type: ignore[arg-type]  # checked by the command line
 
     def drain(timeout: float) -> None:
         try:

@@ -53,6 +53,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "delta": lambda x: f"{100 * x:+.1f}",
     "p": lambda x: f"{x:.3f}",
     "number": lambda x: f"{x:g}",
+    "figure": str,  # formatted by the caller, aligned right
 }
 
 

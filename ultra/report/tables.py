@@ -18,7 +18,7 @@ from ultra.naming import canonical_model, rate_key
 from ultra.report.intervals import two_proportion_p, wilson
 
 Kind = Literal["text", "count", "rate", "interval", "score", "mean", "tokens", "cost", "delta",
-               "p", "number"]
+               "p", "number", "figure"]
 
 TABLES: tuple[str, ...] = (
     "overview", "prompt-types", "flaws", "tool-reliability", "difficulty", "task-types",

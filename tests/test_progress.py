@@ -1,0 +1,88 @@
+"""Progress of `ultra run`: the live table fits 80 columns, plain lines every 10 s for logs,
+and a run ends with a per-model table and the report command that shows more."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from collection_helpers import ultra
+
+from ultra.progress import PLAIN_EVERY, Display, plain_line, shard_table
+from ultra.shard import ShardSnapshot
+
+SHARDS = {
+    "Llama-3.3-70B-Instruct@Llama-3.3-70B-Instruct-3": ShardSnapshot(
+        shard="Llama-3.3-70B-Instruct@Llama-3.3-70B-Instruct-3", planned=1200, completed=610,
+        succeeded=500, errored=3, requests=2400, retries=12, throttled=7, seconds=40.0, rate=96.5),
+    "qwen2.5-72b-instruct@qwen2.5-72b-instruct-key2": ShardSnapshot(
+        shard="qwen2.5-72b-instruct@qwen2.5-72b-instruct-key2", planned=400, completed=100,
+        succeeded=81, errored=0, requests=500, retries=0, throttled=0, seconds=40.0, rate=10.0),
+    "gpt-5-mini@gpt-5-mini": ShardSnapshot(shard="gpt-5-mini@gpt-5-mini", planned=50,
+                                           completed=50, succeeded=50, seconds=12.0, rate=200.0),
+}
+
+
+def test_live_table_fits_80_columns_with_suffixes_totals_and_elapsed_time():
+    text = shard_table(SHARDS, elapsed=83.0)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "1:23 elapsed" in lines[0]
+    names = [line.split()[0] for line in lines if "/" in line and not line.startswith("ultra")]
+    assert any(n.startswith("Llama") and n.endswith("-3") for n in names)  # the deployment
+    assert any(n.startswith("qwen") and n.endswith("-key2") for n in names)  # and the key
+    assert "gpt-5-mini" in names
+    total = next(line for line in lines if line.startswith("total")).split()
+    # done/total, success %, errored, req/s over elapsed, summed pace, retries, 429s, ETA
+    assert total[1:8] == ["763/1650", f"{100 * 631 / 760:.1f}", "3", f"{2900 / 83:.1f}", "306.5",
+                          "12", "7"]
+    row = next(line for line in lines if line.startswith("gpt-5-mini")).split()
+    assert row[1:] == ["50/50", "100.0", "0", "0.0", "200.0", "0", "0", "done"]
+
+
+def test_plain_lines_come_every_10_seconds_and_once_at_the_end():
+    now = [0.0]
+    out = io.StringIO()
+    with Display("plain", stream=out, now=lambda: now[0]) as display:
+        while now[0] < 35.0:
+            display.update(SHARDS)
+            now[0] += 0.25
+    lines = out.getvalue().splitlines()
+    assert [line.split("]")[0] for line in lines] == ["[0:10", "[0:20", "[0:30", "[0:35"]
+    assert lines[0] == plain_line(SHARDS, PLAIN_EVERY)
+    assert re.fullmatch(r"\[0:10\] 763/1650 tests \(46%\), success 83\.0%, errored 3, "
+                        r"290\.0 req/s, 429s 7, ETA 0:11", lines[0]), lines[0]
+
+
+def test_none_is_silent_and_auto_is_plain_off_a_terminal():
+    out = io.StringIO()
+    with Display("none", stream=out, now=lambda: 100.0) as d:
+        d.update(SHARDS)
+    assert out.getvalue() == ""
+    assert Display("auto", stream=io.StringIO()).mode == "plain"
+
+
+def test_a_run_ends_with_a_model_table_and_the_report_command(tmp_path):
+    db, out = tmp_path / "e.db", tmp_path / "m.json"
+    p = ultra("run", "--db", str(db), "--out", str(out), "--models", "sim-strong,sim-weak",
+              "--prompt-types", "baseline", "--num-instances", "1", "--progress", "plain",
+              "--processes", "1")
+    assert p.returncode == 0, p.stderr
+    progress = p.stderr.strip().splitlines()
+    assert re.fullmatch(r"\[\d+:\d\d\] 10/10 tests \(100%\), success .*ETA done", progress[-1])
+    lines = p.stdout.splitlines()
+    table = lines[lines.index("This run, per model"):-1]  # the last line is the command
+    assert max(len(line) for line in table) <= 80
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith("sim-")}
+    assert set(rows) == {"sim-strong", "sim-weak"} and all(r[1] == "5" for r in rows.values())
+    command = lines[-1].removeprefix("more: ")
+    run_id = re.search(r"--run (\w+)", command).group(1)
+    assert command == f"ultra report --run {run_id} --db {db} --out {out}"
+    shown = ultra(*command.split()[1:])
+    assert shown.returncode == 0, shown.stderr
+    assert "sim-strong" in shown.stdout and "sim-weak" in shown.stdout
+
+
+def test_progress_mode_is_checked():
+    p = ultra("run", "--progress", "loud")
+    assert p.returncode == 2 and "--progress 'loud'" in p.stderr and p.stderr.count("\n") == 1
