@@ -75,6 +75,7 @@ def test_a_run_ends_with_a_model_table_and_the_report_command(tmp_path):
     assert max(len(line) for line in table) <= 80
     rows = {line.split()[0]: line.split() for line in lines if line.startswith("sim-")}
     assert set(rows) == {"sim-strong", "sim-weak"} and all(r[1] == "5" for r in rows.values())
+    assert all(r[3] == "0" and r[4].endswith("k") for r in rows.values())  # errored, tokens
     command = lines[-1].removeprefix("more: ")
     run_id = re.search(r"--run (\w+)", command).group(1)
     assert command == f"ultra report --run {run_id} --db {db} --out {out}"
