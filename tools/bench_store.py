@@ -12,6 +12,11 @@ sequence, no append lock, no hash) as the reference the chain may cost at most 1
 full rebuild events/s of both logs and peak RSS (in a child process, from its own
 ru_maxrss); chain verification rate (what `ultra audit` reads); and the time of an
 incremental projection after one new event.
+
+SQLite also gets a physical reference: a bare `executemany` of the same rows into a table
+with one unique `event_id` index and nothing else (no chain, no guard, no other index),
+and the bytes each append path writes per event (`wchar` of /proc/self/io: every byte
+handed to write(2), WAL and checkpoints included).
 """
 
 from __future__ import annotations
@@ -90,6 +95,38 @@ def batches(n: int, size: int, seed: int) -> Iterator[list[ev.TestCompleted]]:
         ]
 
 
+def _written() -> int:
+    """Bytes this process has handed to write(2) so far."""
+    with open("/proc/self/io") as fh:
+        for line in fh:
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Physical:
+    """The physical reference: the same rows, one unique `event_id` index, nothing else."""
+
+    def __init__(self, db: Path) -> None:
+        self.conn = sqlite3.connect(db, isolation_level=None, timeout=60)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.execute(
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, type TEXT,"
+            " recorded_at TEXT, test_key TEXT, model TEXT, run_id TEXT, payload TEXT)")
+
+    def append(self, batch: list[ev.TestCompleted]) -> None:
+        rows = [event_row(e) for e in batch]
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.executemany(
+            "INSERT INTO events (event_id, type, recorded_at, test_key, model, run_id, payload)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def _warm(db: Path | str) -> None:
     EventLog.open(db).close()
 
@@ -132,18 +169,25 @@ class Unchained:
         self.conn.close()
 
 
-def append_timed(db: Path | str, n: int, size: int, seed: int, chained: bool = True) -> float:
-    """Seconds spent appending n events (generation not counted)."""
+def append_timed(db: Path | str, n: int, size: int, seed: int, chained: bool = True,
+                 physical: bool = False) -> tuple[float, int]:
+    """Seconds spent appending n events (generation not counted), and bytes written."""
     spent = 0.0
-    log: EventLog | Unchained = EventLog.open(db) if chained else Unchained(db)
+    log: EventLog | Unchained | Physical = (
+        Physical(Path(db)) if physical else EventLog.open(db) if chained else Unchained(db))
+    written = 0
     try:
         for batch in batches(n, size, seed):
+            w = _written()
             t = time.perf_counter()
             log.append(batch)
             spent += time.perf_counter() - t
+            written += _written() - w
     finally:
-        log.close()
-    return spent
+        w = _written()
+        log.close()  # the last checkpoint belongs to the append
+        written += _written() - w
+    return spent, written
 
 
 def verify_timed(db: Path | str) -> tuple[float, int | None]:
@@ -199,14 +243,17 @@ def rebuild(db: Path | str, out: Path) -> dict:
     return json.loads(child.stdout)
 
 
-def backend_figures(new_db: Callable[[str], Path | str], d: Path, n: int, size: int) -> dict:
+def backend_figures(new_db: Callable[[str], Path | str], d: Path, n: int, size: int,
+                    sqlite: bool = True) -> dict:
     """Every figure of one backend; `new_db(name)` gives a fresh empty log location."""
     append_timed(new_db("warm"), max(1, n // 20), size, seed=3)  # caches, page cache, JIT of the OS
+    if sqlite:  # side by side: the physical reference, then ultra's append
+        phys_s, phys_w = append_timed(d / "physical.db", n, size, seed=1, physical=True)
     bare_db = new_db("bare")
-    bare_s = append_timed(bare_db, n, size, seed=1, chained=False)
+    bare_s, _ = append_timed(bare_db, n, size, seed=1, chained=False)
     bare_rebuild = rebuild(bare_db, d / "bare.json")
     one_db = new_db("one")
-    one_s = append_timed(one_db, n, size, seed=1)
+    one_s, one_w = append_timed(one_db, n, size, seed=1)
     verify_s, broken = verify_timed(one_db)
     four_s = writers(new_db("four"), d / "go", n, size, 4, chained=True)
     four_bare_s = writers(new_db("fourbare"), d / "go", n, size, 4, chained=False)
@@ -224,7 +271,14 @@ def backend_figures(new_db: Callable[[str], Path | str], d: Path, n: int, size: 
                     str(d / "master_database.json")], cwd=ROOT, check=True, capture_output=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     cli_s = time.perf_counter() - t
+    physical = {} if not sqlite else {
+        "physical_reference_eps": round(n / phys_s),
+        "append_vs_physical": round(phys_s / one_s, 3),
+        "physical_bytes_per_event": round(phys_w / n),
+        "append_bytes_per_event": round(one_w / n),
+    }
     return {
+        **physical,
         "append_1_writer_eps": round(n / one_s),
         "append_4_writers_eps": round(n // 4 * 4 / four_s),
         "append_unchained_1_writer_eps": round(n / bare_s),
@@ -270,7 +324,7 @@ def main() -> None:
             from pg_server import PgServer
 
             with PgServer.start(durable=True) as pg:
-                result["postgresql"] = backend_figures(pg.create_database, d, n, size)
+                result["postgresql"] = backend_figures(pg.create_database, d, n, size, sqlite=False)
     print(json.dumps(result))
 
 

@@ -27,7 +27,7 @@ import trio
 from ultra.client import preflight
 from ultra.config import Config, effective_model
 from ultra.errors import UserError
-from ultra.events import Event, PlanSummary, RunFinished, RunStarted, TestCompleted
+from ultra.events import Event, PlanSummary, RunFinished, RunStarted
 from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
 from ultra.projecting import log_repairs, project
@@ -295,13 +295,8 @@ def _simulator(config: Config, models: list[str]):
 def completed_test_keys(log: EventLog) -> set[str]:
     """Keys of tests with a `test.completed` that no `tests.retracted` removed: `ultra run`
     resumes with this (completed tests are not taken again; tests that only errored are)."""
-    repairs = log_repairs(log)
-    keys: set[str] = set()
-    for _, event in log.stream(types=["test.completed"]):
-        assert isinstance(event, TestCompleted)
-        if event.test_key not in keys and not repairs.retracts(event):
-            keys.add(event.test_key)
-    return keys
+    withdrawn = log_repairs(log).withdrawn
+    return {key for key, event_id in log.completions() if event_id not in withdrawn}
 
 
 def _completed_keys(db: Path | str) -> set[str]:

@@ -43,6 +43,21 @@ _any_decoder = msgspec.json.Decoder()
 
 Row = tuple[str, str, str, str | None, str | None, str | None, str]
 
+# The queries whose access paths tests/test_store_plans.py pins with EXPLAIN QUERY PLAN.
+# Resume: test keys and event ids of completions, from the covering (type, seq, ...) index.
+RESUME_QUERY = (
+    "SELECT seq, test_key, event_id FROM events WHERE type = 'test.completed' AND seq > ?"
+    " ORDER BY seq LIMIT ?"
+)
+# Duplicates: keys completed more than once, an ordered scan of completion_keys' key.
+REPEATED_KEYS_QUERY = (
+    "SELECT test_key FROM completion_keys WHERE seq <= ? GROUP BY test_key HAVING COUNT(*) > 1"
+)
+# Duplicates, incrementally: is an earlier completion of `e`'s test key stored?
+EARLIER_COMPLETION = (
+    "EXISTS (SELECT 1 FROM completion_keys p WHERE p.test_key = e.test_key AND p.seq < e.seq)"
+)
+
 
 def is_server_url(db: str | Path) -> bool:
     return isinstance(db, str) and db.startswith(SERVER_SCHEMES)
@@ -209,12 +224,17 @@ class EventStream:
         self._types = list(types) if types is not None else None
         self._batch = batch
         self._mark = mark_repeats
-        # A replay from zero asks SQLite once for the keys completed more than once (an
-        # ordered scan of the test-key index); only those need a probe. Memory grows with
-        # duplicated keys, not with events. Incremental runs probe per new row instead.
+        # Duplicate detection reads completion_keys, brought up to the stream's end first.
+        # A replay from zero asks once for the keys completed more than once (an ordered
+        # scan of that table: no sort, no memory that grows with the log); only those need
+        # a probe. Incremental runs probe per new row instead.
         self._repeat_keys: set[str] | None = None
-        if mark_repeats and after_seq == 0:
-            self._repeat_keys = log.repeated_test_keys(until_seq)
+        if mark_repeats:
+            if self._until is None:
+                self._until = log.last_seq()
+            log.index_completions(self._until)
+            if after_seq == 0:
+                self._repeat_keys = log.repeated_test_keys(self._until)
         self.skipped_unknown = 0
         self.undecodable = 0
         self.undecodable_seqs: list[int] = []
@@ -225,12 +245,8 @@ class EventStream:
             cols += ", e.test_key"
         elif self._mark:
             # Is an earlier completion of the same test stored? Plain SQL, answered from
-            # the (test_key, type, seq) index, so duplicate detection costs no memory.
-            cols += (
-                ", CASE WHEN e.type = 'test.completed' AND EXISTS (SELECT 1 FROM events p"
-                " WHERE p.test_key = e.test_key AND p.type = 'test.completed'"
-                " AND p.seq < e.seq) THEN 1 ELSE 0 END"
-            )
+            # completion_keys' primary key, so duplicate detection costs no memory.
+            cols += f", CASE WHEN e.type = 'test.completed' AND {EARLIER_COMPLETION} THEN 1 ELSE 0 END"
         where = ["e.seq > ?"]
         params: list[Any] = []
         if self._until is not None:
@@ -475,9 +491,10 @@ class EventLog:
 
     def earlier_completions(self, test_key: str, before_seq: int) -> list[tuple[int, ev.TestCompleted]]:
         """Stored completions of `test_key` with a smaller `seq` (decodable ones)."""
+        self.index_completions(min(before_seq - 1, self.last_seq()))
         rows = self._read(
-            "SELECT seq, payload FROM events WHERE test_key = ? AND type = 'test.completed'"
-            " AND seq < ? ORDER BY seq",
+            "SELECT e.seq, e.payload FROM completion_keys k JOIN events e ON e.seq = k.seq"
+            " WHERE k.test_key = ? AND k.seq < ? ORDER BY k.seq",
             (test_key, before_seq),
         )
         out = []
@@ -492,12 +509,48 @@ class EventLog:
 
     def repeated_test_keys(self, until_seq: int | None = None) -> set[str]:
         """Test keys with more than one stored completion (up to `until_seq`)."""
-        rows = self._read(
-            "SELECT test_key FROM events WHERE type = 'test.completed' AND seq <= ?"
-            " GROUP BY test_key HAVING COUNT(*) > 1",
-            (until_seq if until_seq is not None else 2**62,),
-        )
-        return {r[0] for r in rows}
+        until = self.last_seq() if until_seq is None else until_seq
+        self.index_completions(until)
+        return {r[0] for r in self._read(REPEATED_KEYS_QUERY, (until,))}
+
+    def index_completions(self, until_seq: int) -> None:
+        """Extend completion_keys (test key, seq, event id of every completion) up to
+        `until_seq`. Appenders never touch it: a random-key index on the append path
+        dirtied a page per event. Readers that detect duplicates fill it here, in bulk
+        and in key order, in one write transaction that racing readers serialize on."""
+        if self._indexed_seq(self._read) >= until_seq:
+            return
+        with self._transaction() as tx:
+            self._lock_appends(tx)
+            done = self._indexed_seq(lambda sql: tx.execute(sql).fetchall())
+            if done >= until_seq:
+                return
+            tx.execute(
+                "INSERT INTO completion_keys (test_key, seq, event_id)"
+                " SELECT test_key, seq, event_id FROM events WHERE type = 'test.completed'"
+                " AND test_key IS NOT NULL AND seq > ? AND seq <= ? ORDER BY test_key, seq",
+                (done, until_seq),
+            )
+            tx.execute(
+                "UPDATE projection_state SET last_seq = ? WHERE name = 'completion_keys'",
+                (until_seq,),
+            )
+
+    @staticmethod
+    def _indexed_seq(read: Any) -> int:
+        return read("SELECT last_seq FROM projection_state WHERE name = 'completion_keys'")[0][0]
+
+    def completions(self, *, batch: int = 5000) -> Iterator[tuple[str, str]]:
+        """(test key, event id) of every stored completion, by `seq`: what resume needs,
+        read from a covering index without decoding a payload."""
+        after = 0
+        while True:
+            rows = self._read(RESUME_QUERY, (after, batch))
+            for _, key, event_id in rows:
+                yield key, event_id
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
 
     def raw(
         self,

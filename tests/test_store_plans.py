@@ -1,0 +1,73 @@
+"""Access paths of the log's hot queries, pinned with EXPLAIN QUERY PLAN (SQLite), and the
+duplicate index that readers, not appenders, fill (both backends)."""
+
+from __future__ import annotations
+
+from storage_helpers import completed, errored, raw_sql
+
+from ultra.store import EARLIER_COMPLETION, REPEATED_KEYS_QUERY, RESUME_QUERY, EventLog
+
+
+def plan(log: EventLog, sql: str, params: tuple) -> str:
+    rows = log.connection.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+    return "\n".join(r[-1] for r in rows)
+
+
+def filled(tmp_path) -> EventLog:
+    log = EventLog.open(tmp_path / "events.db")
+    log.append([completed(i) for i in range(50)] + [errored(i) for i in range(10)])
+    log.connection.execute("ANALYZE")  # the planner's choice with statistics, too
+    return log
+
+
+def test_resume_reads_a_covering_index_without_sorting(tmp_path):
+    with filled(tmp_path) as log:
+        got = plan(log, RESUME_QUERY, (0, 5000))
+        assert "USING COVERING INDEX events_by_type" in got, got
+        assert "TEMP B-TREE" not in got, got
+
+
+def test_repeated_keys_scan_completion_keys_in_key_order(tmp_path):
+    with filled(tmp_path) as log:
+        got = plan(log, REPEATED_KEYS_QUERY, (10**9,))
+        # A WITHOUT ROWID table is its primary key: scanning it is the covering index.
+        assert "completion_keys" in got and "TEMP B-TREE" not in got, got
+        assert "events" not in got, got
+
+
+def test_earlier_completion_probe_is_a_primary_key_search(tmp_path):
+    with filled(tmp_path) as log:
+        sql = (f"SELECT e.seq, {EARLIER_COMPLETION} FROM events e WHERE e.seq > ?"
+               " ORDER BY e.seq LIMIT ?")
+        got = plan(log, sql, (0, 10))
+        assert "SEARCH p USING PRIMARY KEY (test_key=? AND seq<?)" in got, got
+        assert "TEMP B-TREE" not in got, got
+
+
+def test_appends_maintain_no_index_keyed_by_test_key(tmp_path):
+    """Random test keys would dirty a page per insert; event ids are time-ordered."""
+    with filled(tmp_path) as log:
+        conn = log.connection
+        for (name,) in conn.execute("SELECT name FROM pragma_index_list('events')").fetchall():
+            first = conn.execute(
+                "SELECT name FROM pragma_index_info(?) ORDER BY seqno LIMIT 1", (name,)).fetchone()
+            assert first[0] in ("event_id", "type"), (name, first)
+
+
+def test_readers_fill_completion_keys_and_find_duplicates(db):
+    with EventLog.open(db) as log:
+        log.append([completed(i) for i in range(5)])
+        assert raw_sql(log, "SELECT COUNT(*) FROM completion_keys") == [(0,)]  # not appenders
+        again = completed(2, event_id="again-2")
+        log.append([again, errored(7)])
+        assert log.repeated_test_keys() == {again.test_key}
+        assert raw_sql(log, "SELECT COUNT(*) FROM completion_keys") == [(6,)]
+        assert [s for s, _ in log.earlier_completions(again.test_key, 6)] == [3]
+        later = completed(4, event_id="again-4")
+        log.append([later])  # past the indexed seq: the probe catches up first
+        assert [s for s, _ in log.earlier_completions(later.test_key, log.last_seq())] == [5]
+        assert log.repeated_test_keys() == {again.test_key, later.test_key}
+        stream = log.stream_marked(after_seq=7)
+        assert [(s, bool(r)) for s, _, r in stream.marked()] == [(8, True)]
+        keys = list(log.completions(batch=2))
+        assert len(keys) == 7 and keys[-1] == (later.test_key, "again-4")
