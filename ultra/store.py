@@ -42,6 +42,7 @@ _encoder = msgspec.json.Encoder()
 _any_decoder = msgspec.json.Decoder()
 
 Row = tuple[str, str, str, str | None, str | None, str | None, str]
+INDEX_CHUNK = 100_000  # seqs of completion_keys indexed per transaction
 
 # The queries whose access paths tests/test_store_plans.py pins with EXPLAIN QUERY PLAN.
 # Resume: test keys and event ids of completions, from the covering (type, seq, ...) index.
@@ -258,7 +259,7 @@ class EventStream:
         sql = f"SELECT {cols} FROM events e WHERE {' AND '.join(where)} ORDER BY e.seq LIMIT ?"
         return sql, params
 
-    def _decoded(self) -> Iterator[tuple[int, ev.Event, int]]:
+    def _decoded(self, probe: bool = False) -> Iterator[tuple[int, ev.Event, Any]]:
         if self._types == []:
             return
         sql, params = self._query()
@@ -282,9 +283,15 @@ class EventStream:
                         self.undecodable_seqs.append(seq)
                     continue
                 if repeat_keys is not None:
-                    yield seq, event, tag == "test.completed" and row[3] in repeat_keys
+                    repeat = tag == "test.completed" and row[3] in repeat_keys
                 else:
-                    yield seq, event, row[3] if mark else 0
+                    repeat = row[3] if mark else 0
+                if not probe:
+                    yield seq, event, repeat
+                elif repeat and isinstance(event, ev.TestCompleted):
+                    yield seq, event, [e for _, e in self._log.earlier_completions(event.test_key, seq)]
+                else:
+                    yield seq, event, ()
             if len(rows) < self._batch:
                 return
             after = rows[-1][0]
@@ -297,6 +304,11 @@ class EventStream:
         """(seq, event, repeat): repeat is truthy when the event is a completion whose test
         key may have an earlier stored completion (a probe with `earlier_completions` says)."""
         return self._decoded()
+
+    def with_earlier(self) -> Iterator[tuple[int, ev.Event, Sequence[ev.TestCompleted]]]:
+        """(seq, event, earlier): the stored completions of a completion's test key with a
+        smaller seq, probed only for keys that repeat (usually none, so usually `()`)."""
+        return self._decoded(probe=True)
 
     @property
     def skipped(self) -> int:
@@ -518,23 +530,24 @@ class EventLog:
         `until_seq`. Appenders never touch it: a random-key index on the append path
         dirtied a page per event. Readers that detect duplicates fill it here, in bulk
         and in key order, in one write transaction that racing readers serialize on."""
-        if self._indexed_seq(self._read) >= until_seq:
-            return
-        with self._transaction() as tx:
-            self._lock_appends(tx)
-            done = self._indexed_seq(lambda sql: tx.execute(sql).fetchall())
-            if done >= until_seq:
-                return
-            tx.execute(
-                "INSERT INTO completion_keys (test_key, seq, event_id)"
-                " SELECT test_key, seq, event_id FROM events WHERE type = 'test.completed'"
-                " AND test_key IS NOT NULL AND seq > ? AND seq <= ? ORDER BY test_key, seq",
-                (done, until_seq),
-            )
-            tx.execute(
-                "UPDATE projection_state SET last_seq = ? WHERE name = 'completion_keys'",
-                (until_seq,),
-            )
+        while self._indexed_seq(self._read) < until_seq:
+            with self._transaction() as tx:
+                self._lock_appends(tx)
+                done = self._indexed_seq(lambda sql: tx.execute(sql).fetchall())
+                # Chunks bound the sort's memory and let appenders in between.
+                upto = min(until_seq, done + INDEX_CHUNK)
+                if done >= upto:
+                    return
+                tx.execute(
+                    "INSERT INTO completion_keys (test_key, seq, event_id)"
+                    " SELECT test_key, seq, event_id FROM events WHERE type = 'test.completed'"
+                    " AND test_key IS NOT NULL AND seq > ? AND seq <= ? ORDER BY test_key, seq",
+                    (done, upto),
+                )
+                tx.execute(
+                    "UPDATE projection_state SET last_seq = ? WHERE name = 'completion_keys'",
+                    (upto,),
+                )
 
     @staticmethod
     def _indexed_seq(read: Any) -> int:
