@@ -50,6 +50,7 @@ AVERAGED: tuple[tuple[str, str, str], ...] = _marked_fields()
 _averaged_values = operator.attrgetter(*(f for f, _, _ in AVERAGED))  # 2 or more: a tuple
 TOKENS: tuple[str, ...] = tuple(f.name for f in msgspec.structs.fields(Usage))  # summed as counts
 _token_values = operator.attrgetter(*TOKENS)
+_plus = operator.add
 # The plain counters of an accumulator, merged field by field (lists and dicts apart).
 _COUNTERS: tuple[str, ...] = ("total", "full_success", "partial_success", "failure",
                               "with_assistance", "execution_time", "simulated")
@@ -86,15 +87,11 @@ class Acc(msgspec.Struct, array_like=True):
         if r.error_category is not None:
             self.errors[_CATEGORY_INDEX[r.error_category]] += 1
         self.execution_time += e.execution_time
-        sums = self.sums
-        for i, x in enumerate(_averaged_values(r)):
-            sums[i] += x
+        self.sums = list(map(_plus, self.sums, _averaged_values(r)))  # C loops: once per event
         metrics = self.metrics
         for name, value in r.metrics.items():
             metrics[name] = metrics.get(name, 0.0) + value
-        tokens = self.tokens
-        for i, n in enumerate(_token_values(e.usage)):
-            tokens[i] += n
+        self.tokens = list(map(_plus, self.tokens, _token_values(e.usage)))
         if e.simulated:
             self.simulated += 1
         if e.recorded_at > self.last_test_time:

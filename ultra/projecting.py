@@ -17,17 +17,20 @@ import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import sqlite_utils
 
 from projections import master_database as mdb
 from projections import results_db as rdb
 from projections.counting import Counting
 from projections.repairs import REPAIR_TYPES, Repairs, collect_repairs
 from ultra.errors import UserError
-from ultra.events import RunFinished, RunStarted, TestCompleted
+from ultra.events import RunFinished, RunStarted
 from ultra.store import EventLog, EventStream
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 PROJECTION_NAME = "master_database"
 RESULTS_NAME = "results.db"
@@ -49,15 +52,6 @@ def log_repairs(log: EventLog, until_seq: int | None = None) -> Repairs:
     return collect_repairs(log.stream(until_seq=until_seq, types=REPAIR_TYPES))
 
 
-def _items(log: EventLog, stream: EventStream) -> Iterator[mdb.Item]:
-    """Attach earlier completions of the same test key, probed only when one exists."""
-    for seq, event, repeat in stream.marked():
-        if repeat and isinstance(event, TestCompleted):
-            yield seq, event, [e for _, e in log.earlier_completions(event.test_key, seq)]
-        else:
-            yield seq, event, ()
-
-
 def fold_log(
     log: EventLog,
     state: mdb.FoldState,
@@ -68,7 +62,7 @@ def fold_log(
     if repairs is None:
         repairs = log_repairs(log, until_seq)
     stream = log.stream_marked(after_seq=state.last_seq, until_seq=until_seq)
-    n = mdb.fold(state, _items(log, stream), repairs)
+    n = mdb.fold(state, stream.with_earlier(), repairs)
     state.skipped_events += stream.skipped
     state.last_seq = until_seq
     state.chain_head = log.chain_head(until_seq) or ""
@@ -166,9 +160,26 @@ def read_results_meta(conn: sqlite3.Connection) -> ResultsMeta | None:
         return None
 
 
-def _open_results(path: Path) -> sqlite_utils.Database:
-    conn = sqlite3.connect(path, timeout=30.0)
-    return sqlite_utils.Database(conn)
+def _open_results(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, timeout=30.0)
+
+
+def _new_results(path: Path | str) -> sqlite_utils.Database:
+    """sqlite-utils writes the schema; it is imported only when a results.db is built."""
+    import sqlite_utils
+
+    return sqlite_utils.Database(sqlite3.connect(path, timeout=30.0))
+
+
+def _upsert(conn: sqlite3.Connection, table: str, row: dict[str, Any], pk: str) -> None:
+    """Insert `row`, or set its columns on the stored row with the same `pk`."""
+    cols = list(row)
+    sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c != pk)
+    conn.execute(
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        f" ON CONFLICT ({pk}) DO " + (f"UPDATE SET {sets}" if sets else "NOTHING"),
+        list(row.values()),
+    )
 
 
 def _create_schema(db: sqlite_utils.Database) -> None:
@@ -189,7 +200,7 @@ def _create_indexes_and_views(db: sqlite_utils.Database) -> None:
         db.create_view(name, sql)
 
 
-def _fold_results(db: sqlite_utils.Database, log: EventLog, meta: ResultsMeta, until: int,
+def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, until: int,
                   repairs: Repairs) -> int:
     """Append the rows of events in `(meta.last_seq, until]` and advance `meta` (in the
     caller's transaction)."""
@@ -197,7 +208,7 @@ def _fold_results(db: sqlite_utils.Database, log: EventLog, meta: ResultsMeta, u
     runs: dict[str, dict] = {}
 
     def items() -> Iterator[mdb.Item]:
-        for item in _items(log, stream):
+        for item in stream.with_earlier():
             e = item[1]
             if type(e) is RunStarted or type(e) is RunFinished:
                 runs[e.run_id] = {**runs.get(e.run_id, {}), **rdb.run_update(e)}  # type: ignore[union-attr]
@@ -208,8 +219,15 @@ def _fold_results(db: sqlite_utils.Database, log: EventLog, meta: ResultsMeta, u
     buffers: dict[str, list] = {"tests": [], "errored": []}
     columns = {"tests": list(rdb.TEST_COLUMNS), "errored": list(rdb.ERRORED_COLUMNS)}
 
+    inserts = {
+        table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        for table, cols in columns.items()
+    }
+
     def flush(table: str) -> None:
-        db[table].insert_all([columns[table], *buffers[table]], batch_size=1000)
+        # Rows are tuples of scalars in column order: plain executemany, not sqlite-utils'
+        # per-value conversion (which took 2/3 of a full rebuild).
+        conn.executemany(inserts[table], buffers[table])
         buffers[table].clear()
 
     for table, row in rdb.rows(counting.events(items())):
@@ -220,18 +238,19 @@ def _fold_results(db: sqlite_utils.Database, log: EventLog, meta: ResultsMeta, u
     for table in buffers:
         if buffers[table]:
             flush(table)
+    # Plain SQL upserts: the incremental path (one CLI call per run) needs no sqlite-utils.
     for row in runs.values():
-        db["runs"].upsert(row, pk="run_id")
+        _upsert(conn, "runs", row, "run_id")
     if repairs.aliases:  # the final table: a new alias rebuilds the file, so this is complete
-        db["aliases"].upsert_all([{"alias": a, "canonical": c} for a, c in repairs.aliases.items()],
-                                 pk="alias")
+        for a, c in repairs.aliases.items():
+            _upsert(conn, "aliases", {"alias": a, "canonical": c}, "alias")
     meta.last_seq = until
     meta.generated_at = counting.last_recorded_at
     meta.duplicate_completions += counting.duplicates
     meta.retracted_completions += counting.retracted
     meta.skipped_events += stream.skipped
     meta.chain_head = log.chain_head(until) or ""
-    db["meta"].upsert({"key": "state", "value": msgspec.json.encode(meta).decode()}, pk="key")
+    _upsert(conn, "meta", {"key": "state", "value": msgspec.json.encode(meta).decode()}, "key")
     return counting.folded
 
 
@@ -240,8 +259,7 @@ def update_results(log: EventLog, path: Path, until: int, *, rebuild: bool = Fal
     path.parent.mkdir(parents=True, exist_ok=True)
     if not rebuild and path.exists():
         try:
-            db = _open_results(path)
-            conn = db.conn
+            conn = _open_results(path)
             conn.execute("BEGIN IMMEDIATE")  # one projector at a time reads meta and appends
             meta = read_results_meta(conn)
             if (
@@ -249,7 +267,7 @@ def update_results(log: EventLog, path: Path, until: int, *, rebuild: bool = Fal
                 and not log.has_types_after(meta.last_seq, until, REPAIR_TYPES)
             ):
                 try:
-                    n = _fold_results(db, log, meta, until, log_repairs(log, until))
+                    n = _fold_results(conn, log, meta, until, log_repairs(log, until))
                     conn.execute("COMMIT")
                 finally:
                     if conn.in_transaction:
@@ -259,7 +277,7 @@ def update_results(log: EventLog, path: Path, until: int, *, rebuild: bool = Fal
         except sqlite3.DatabaseError:
             pass  # not a results.db we can use: rebuild it
         finally:
-            db.close()
+            conn.close()
     return ResultsReport(events_folded=build_results(log, path, until), last_seq=until,
                          rebuilt=True)
 
@@ -269,13 +287,13 @@ def build_results(log: EventLog, path: Path, until: int) -> int:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        db = _open_results(Path(tmp))
+        db = _new_results(tmp)
         try:
             db.conn.execute("PRAGMA journal_mode = OFF")  # a new file: nothing to roll back to
             db.conn.execute("PRAGMA synchronous = OFF")  # fsynced once below, before the rename
             with db.atomic():
                 _create_schema(db)
-                n = _fold_results(db, log, ResultsMeta(), until, log_repairs(log, until))
+                n = _fold_results(db.conn, log, ResultsMeta(), until, log_repairs(log, until))
                 _create_indexes_and_views(db)
         finally:
             db.close()
@@ -292,10 +310,10 @@ def build_results(log: EventLog, path: Path, until: int) -> int:
 
 def fresh_results(log: EventLog, until: int) -> sqlite_utils.Database:
     """results.db folded from zero in memory (the audit's reference)."""
-    db = sqlite_utils.Database(sqlite3.connect(":memory:"))
+    db = _new_results(":memory:")
     with db.atomic():
         _create_schema(db)
-        _fold_results(db, log, ResultsMeta(), until, log_repairs(log, until))
+        _fold_results(db.conn, log, ResultsMeta(), until, log_repairs(log, until))
     return db
 
 
