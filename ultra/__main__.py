@@ -1,3 +1,3 @@
-from ultra.cli import main
+from ultra.launch import main
 
 main()

@@ -29,8 +29,7 @@ config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 app.add_typer(sim_app, name="sim")
 app.add_typer(config_app, name="config")
 
-DEFAULT_DB = Path("ultra-data/events.db")
-DEFAULT_OUT = Path("ultra-data/master_database.json")
+from ultra.launch import DEFAULT_DB, DEFAULT_OUT, project_message  # noqa: E402
 
 def _db_location(text: str | Path) -> Path | str:
     from ultra.store import db_location
@@ -48,12 +47,10 @@ ConfigOpt = Annotated[
 
 
 def main() -> None:
-    try:
-        app()
-    except UserError as exc:
-        for line in str(exc).splitlines() or [""]:  # one line per problem
-            print(f"ultra: error: {line}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """The entry point lives in ultra.launch (quick commands skip typer)."""
+    from ultra.launch import main
+
+    main()
 
 
 # ---- storage commands (event log, projection, audit) ----------------------------------
@@ -73,13 +70,7 @@ def project_command(
     (incrementally)."""
     from ultra.projecting import project
 
-    r = project(db, out, rebuild=rebuild, results=results)
-    skipped = r.skipped_unknown + r.undecodable
-    note = f"; {skipped} events skipped (run `ultra audit`)" if skipped else ""
-    how = "rebuilt" if r.rebuilt else "updated"
-    also = "rebuilt" if r.results_rebuilt else "updated"
-    typer.echo(f"{how} {r.out}: {r.events_folded} events folded, up to seq {r.last_seq}{note}"
-               f"; {also} {r.results}")
+    typer.echo(project_message(project(db, out, rebuild=rebuild, results=results)))
 
 
 def _since(value: str) -> str:

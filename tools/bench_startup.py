@@ -1,0 +1,72 @@
+"""Benchmark of quick commands; prints ONE JSON line of figures and asserts nothing.
+
+    .venv/bin/python tools/bench_startup.py [--events 100000] [--runs 7]
+
+`ultra project` after one new event, as a CLI process (the median of `--runs`), beside
+the same work in-process, the same command through the typer app (what every other
+command pays), and a bare `python -c pass` for the interpreter's own start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_store import batches  # noqa: E402
+from ultra.projecting import project  # noqa: E402
+from ultra.store import EventLog  # noqa: E402
+
+TYPER = "import sys; from ultra.cli import app; sys.argv[0] = 'ultra'; app()"
+
+
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=7)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_startup.") as tmp:
+        db, out = Path(tmp) / "events.db", Path(tmp) / "master_database.json"
+        with EventLog.open(db) as log:
+            for batch in batches(args.events, 5000, seed=1):
+                log.append(batch)
+        project(db, out)  # the projections exist: each run below folds one new event
+        argv = ["project", "--db", str(db), "--out", str(out)]
+        figures: dict[str, list[float]] = {"cli": [], "typer": [], "in_process": [], "python": []}
+        for i in range(args.runs):  # interleaved, so load changes hit every figure alike
+            def one_more() -> None:
+                with EventLog.open(db) as log:
+                    log.append(next(batches(1, 1, seed=1000 + len(figures["cli"]) * 3 + i)))
+            one_more()
+            figures["cli"].append(timed([sys.executable, "-m", "ultra", *argv]))
+            one_more()
+            figures["typer"].append(timed([sys.executable, "-c", TYPER, *argv]))
+            one_more()
+            t = time.perf_counter()
+            project(db, out)
+            figures["in_process"].append(time.perf_counter() - t)
+            figures["python"].append(timed([sys.executable, "-c", "pass"]))
+    result = {"events": args.events, "runs": args.runs, "load": os.getloadavg()[0]}
+    result.update({f"{k}_s": round(statistics.median(v), 4) for k, v in figures.items()})
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
