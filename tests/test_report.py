@@ -42,6 +42,8 @@ params_b = 7
 provider = "p"
 family = "qwen2.5"
 params_b = 72
+input_price = 0.4
+output_price = 1.2
 
 [models."DeepSeek-V3-0324"]
 provider = "p"
@@ -217,7 +219,9 @@ def test_overview_numbers_come_from_the_events(demo):
             "avg_final_score": math.fsum(t.result.metrics["final_score"] for t in ts_) / n,
             "avg_turns": sum(t.result.turns for t in ts_) / n,
             "avg_tokens": sum(t.usage.prompt_tokens + t.usage.completion_tokens for t in ts_) / n,
-            "cost": None, "errored": errored[model],
+            "cost": (sum(t.usage.prompt_tokens * 0.4 + t.usage.completion_tokens * 1.2 for t in ts_) / 1e6
+                     if model == "qwen2.5-72b-instruct" else None),
+            "errored": errored[model],
         }
     [table] = report(demo, "overview")
     assert set(want) == {"qwen2.5-7b-instruct", "qwen2.5-72b-instruct", "DeepSeek-V3-0324", "gpt-4o-mini"}

@@ -19,9 +19,7 @@ def model_info(config_path: Path | str | None) -> dict[str, ModelInfo]:
     return {
         canonical_model(name): ModelInfo(
             family=m.family, params_b=m.params_b,
-            # prices per million tokens, where the config has them
-            input_price=getattr(m, "input_price", None),
-            output_price=getattr(m, "output_price", None),
+            input_price=m.input_price, output_price=m.output_price,  # per million tokens
         )
         for name, m in config.models.items()
     }
