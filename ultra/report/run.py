@@ -28,9 +28,9 @@ def model_info(config_path: Path | str | None) -> dict[str, ModelInfo]:
 def refresh(db: Path | str, results: Path) -> None:
     """Fold the log's new events into results.db, when the log is here."""
     from ultra.projecting import update_results
-    from ultra.store import EventLog
+    from ultra.store import EventLog, is_server_url
 
-    if not str(db).startswith("postgresql") and not Path(db).exists():
+    if not is_server_url(db) and not Path(db).exists():
         return  # a results.db on its own (copied from elsewhere) is read as it is
     with EventLog.open(db, create=False) as log:
         update_results(log, results, log.last_seq())
