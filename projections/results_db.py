@@ -16,7 +16,7 @@ from typing import Any
 from projections.counting import Counted
 from ultra.events import ERROR_CATEGORIES, RunFinished, RunStarted, TestCompleted
 
-VERSION = 2  # bump when tables, rows or views change: an older results.db is rebuilt
+VERSION = 3  # bump when tables, rows or views change: an older results.db is rebuilt
 
 # Column name -> SQLite type, in table order. The dimensions come first.
 TEST_COLUMNS: dict[str, type] = {
@@ -88,6 +88,56 @@ RUN_COLUMNS: dict[str, type] = {
     "config_digest": str,
     "argv": str,
 }
+
+# `cells`: the tests' sums per cell of the matrix and run, kept as rows are added, so that a
+# report reads a few thousand rows instead of scanning every test. `timeout_failure` keeps
+# the failures by timeout apart (`ultra report --exclude-timeouts` leaves them out).
+CELL_KEYS: tuple[str, ...] = (
+    "model", "run_id", "prompt_type", "tool_success_rate", "difficulty", "task_type",
+    "timeout_failure",
+)
+CELL_SUMS: tuple[str, ...] = (
+    "n", "success", "full_success", "partial_success", "failure", "final_score", "turns",
+    "prompt_tokens", "completion_tokens", *(f"{c}_errors" for c in ERROR_CATEGORIES),
+)
+CELL_COLUMNS: dict[str, type] = {
+    **{k: (float if k == "tool_success_rate" else int if k == "timeout_failure" else str)
+       for k in CELL_KEYS},
+    **{k: (float if k == "final_score" else int) for k in CELL_SUMS},
+}
+_CATEGORY_SLOT = {c: 9 + i for i, c in enumerate(ERROR_CATEGORIES)}
+_AT = {name: i for i, name in enumerate(TEST_COLUMNS)}
+_KEY_AT = tuple(_AT[k] for k in CELL_KEYS[:-1])
+_OUTCOME, _CATEGORY, _SUCCESS, _SCORE, _TURNS, _PROMPT, _COMPLETION = (
+    _AT[k] for k in ("outcome", "error_category", "success", "final_score", "turns",
+                     "prompt_tokens", "completion_tokens"))
+
+
+def add_to_cells(cells: dict[tuple[Any, ...], list[Any]], row: tuple[Any, ...]) -> None:
+    """Add one `tests` row (TEST_COLUMNS order) to the cell sums in `cells`."""
+    outcome, category = row[_OUTCOME], row[_CATEGORY]
+    key = (*(row[i] for i in _KEY_AT), int(outcome == "failure" and category == "timeout"))
+    sums = cells.get(key)
+    if sums is None:
+        sums = cells[key] = [0, 0, 0, 0, 0, 0.0, 0, 0, 0, *([0] * len(ERROR_CATEGORIES))]
+    sums[0] += 1
+    sums[1] += row[_SUCCESS]
+    sums[2 if outcome == "full_success" else 3 if outcome == "partial_success" else 4] += 1
+    sums[5] += row[_SCORE] or 0.0
+    sums[6] += row[_TURNS]
+    sums[7] += row[_PROMPT]
+    sums[8] += row[_COMPLETION]
+    if category is not None:
+        sums[_CATEGORY_SLOT[category]] += 1
+
+
+def cells_upsert_sql() -> str:
+    """Adds a batch of cell sums to the stored ones (plain SQL upsert)."""
+    cols = [*CELL_KEYS, *CELL_SUMS]
+    return (f"INSERT INTO cells ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+            f" ON CONFLICT ({', '.join(CELL_KEYS)}) DO UPDATE SET "
+            + ", ".join(f"{c} = {c} + excluded.{c}" for c in CELL_SUMS))
+
 
 DIMENSIONS: tuple[str, ...] = (
     "model", "run_id", "prompt_type", "tool_success_rate", "difficulty", "task_type",

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from storage_helpers import completed, errored, event_lists, ts
 
+from projections import results_db as rdb
 from ultra import events as ev
 from ultra.audit import audit
 from ultra.projecting import fresh_results, project
@@ -46,9 +47,28 @@ def test_incremental_updates_over_any_split_equal_a_fresh_fold(events, splits):
         with sqlite3.connect(path) as conn, EventLog.open(Path(tmp) / "events.db") as log:
             fresh = fresh_results(log, log.last_seq())
             assert dump(conn) == dump(fresh.conn)
+            assert_cells_are_the_tests_sums(conn)
+            assert_cells_are_the_tests_sums(fresh.conn)
             # and the views say what master_database.json says, level by level
             doc = json.loads((Path(tmp) / "master_database.json").read_bytes())
             assert_views_match(conn, doc)
+
+
+def assert_cells_are_the_tests_sums(conn: sqlite3.Connection) -> None:
+    """`cells` holds, per cell, run and timeout-failure flag, the sums of its tests."""
+    keys = ", ".join(rdb.CELL_KEYS[:-1])
+    want = conn.execute(
+        f"SELECT {keys}, outcome = 'failure' AND error_category IS 'timeout' AS tf, COUNT(*),"
+        " SUM(success), SUM(outcome = 'full_success'), SUM(outcome = 'partial_success'),"
+        " SUM(outcome = 'failure'), SUM(final_score), SUM(turns), SUM(prompt_tokens),"
+        " SUM(completion_tokens), "
+        + ", ".join(f"SUM(error_category IS '{c}')" for c in ev.ERROR_CATEGORIES)
+        + f" FROM tests GROUP BY {keys}, tf ORDER BY {keys}, tf").fetchall()
+    got = conn.execute(f"SELECT * FROM cells ORDER BY {keys}, timeout_failure").fetchall()
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g[:7] == w[:7] and g[7:12] == w[7:12] and g[13:] == w[13:], (g, w)
+        assert math.isclose(g[12], w[12], rel_tol=1e-9, abs_tol=1e-9)
 
 
 def assert_views_match(conn: sqlite3.Connection, doc: dict) -> None:
@@ -120,6 +140,11 @@ def test_a_repair_rebuilds_and_audit_checks_the_file(tmp_path):
     conn.close()
     report = audit(db, out)
     assert any("results.db: table tests differs" in f for f in report.findings)
+    project(db, out, rebuild=True)
+    with sqlite3.connect(tmp_path / "results.db") as conn:
+        conn.execute("UPDATE cells SET final_score = final_score + 0.5")
+    conn.close()
+    assert any("results.db: table cells differs" in f for f in audit(db, out).findings)
     project(db, out, rebuild=True)
     assert audit(db, out).clean
     (tmp_path / "results.db").write_bytes(b"not a database at all, not even close to one")

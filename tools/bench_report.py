@@ -74,10 +74,10 @@ def main() -> None:
     conn = sqlite3.connect(f"file:{results}?mode=ro", uri=True)
     for name in TABLES:
         _, t = timed(lambda: to_terminal(tables_for(conn, Selection(), info, [name], None)))
-        fig[f"table_{name}_s"] = round(t, 3)
+        fig[f"table_{name}_s"] = round(t, 4)
     _, t = timed(lambda: to_terminal(tables_for(
         conn, Selection(), info, ["overview"], ("bench-run", "bench-run"))))
-    fig["table_compare_s"] = round(t, 3)
+    fig["table_compare_s"] = round(t, 4)
     page, t = timed(lambda: to_html(tables_for(conn, Selection(), info, list(TABLES), None),
                                     source=str(results)))
     fig["html_s"] = round(t, 3)

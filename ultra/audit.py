@@ -10,6 +10,7 @@ started but never finished (interrupted runs are normal; `ultra run` resumes the
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import msgspec
 
 from projections import master_database as mdb
+from projections import results_db as rdb
 from projections.repairs import Repairs
 from ultra.events import ShardFinished, ShardStarted
 from ultra import chain
@@ -139,6 +141,11 @@ def _check_results(log: EventLog, path: Path, until: int, notes: list[str]) -> l
                 if got != want:
                     bad.append(f"{path}: table {table} differs from a fresh fold of the log up to"
                                f" seq {meta.last_seq} ({len(got)} rows, fresh {len(want)}); {restore}")
+            keys = ", ".join(rdb.CELL_KEYS)
+            sql = f"SELECT * FROM cells ORDER BY {keys}"
+            if not _same_sums(conn.execute(sql).fetchall(), fresh.conn.execute(sql).fetchall()):
+                bad.append(f"{path}: table cells differs from a fresh fold of the log up to"
+                           f" seq {meta.last_seq}; {restore}")
         finally:
             fresh.close()
         return bad
@@ -146,6 +153,21 @@ def _check_results(log: EventLog, path: Path, until: int, notes: list[str]) -> l
         return [f"{path}: unreadable ({exc}); {restore}"]
     finally:
         conn.close()
+
+
+def _same_sums(got: list[tuple], want: list[tuple]) -> bool:
+    """Rows equal, floats up to rounding (sums added in another grouping)."""
+    if len(got) != len(want):
+        return False
+    for a, b in zip(got, want):
+        for x, y in zip(a, b):
+            if isinstance(x, float) or isinstance(y, float):
+                if not (isinstance(x, (int, float)) and isinstance(y, (int, float))
+                        and math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9)):
+                    return False
+            elif x != y:
+                return False
+    return True
 
 
 def _read_projection(out: Path, until: int, findings: list[str]) -> tuple[bytes | None, Any, int]:

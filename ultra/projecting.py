@@ -187,6 +187,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db["errored"].create(rdb.ERRORED_COLUMNS, pk="event_id")
     db["runs"].create(rdb.RUN_COLUMNS, pk="run_id")
     db["aliases"].create({"alias": str, "canonical": str}, pk="alias")
+    db["cells"].create(rdb.CELL_COLUMNS, pk=rdb.CELL_KEYS)
     db["meta"].create({"key": str, "value": str}, pk="key")
 
 
@@ -230,14 +231,18 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
         conn.executemany(inserts[table], buffers[table])
         buffers[table].clear()
 
+    cells: dict[tuple, list] = {}
     for table, row in rdb.rows(counting.events(items())):
         buf = buffers[table]
         buf.append(row)
+        if table == "tests":
+            rdb.add_to_cells(cells, row)
         if len(buf) >= 20_000:
             flush(table)
     for table in buffers:
         if buffers[table]:
             flush(table)
+    conn.executemany(rdb.cells_upsert_sql(), [(*k, *v) for k, v in sorted(cells.items())])
     # Plain SQL upserts: the incremental path (one CLI call per run) needs no sqlite-utils.
     for row in runs.values():
         _upsert(conn, "runs", row, "run_id")

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from projections.results_db import CELL_SUMS
 from ultra.errors import UserError
 from ultra.events import ERROR_CATEGORIES
 from ultra.naming import canonical_model, rate_key
@@ -85,13 +86,9 @@ class Counts(msgspec.Struct):
         return self.success / self.n if self.n else None
 
 
-_SUMS = (
-    "COUNT(*), SUM(success), SUM(outcome = 'full_success'), SUM(outcome = 'partial_success'),"
-    " SUM(outcome = 'failure'), SUM(final_score), SUM(turns), SUM(prompt_tokens),"
-    " SUM(completion_tokens), "
-    + ", ".join(f"SUM(error_category IS '{c}')" for c in ERROR_CATEGORIES)
-)
-_TIMEOUT_FAILURE = "(outcome = 'failure' AND error_category IS 'timeout')"
+# Reports read results.db's `cells` (the tests' sums per cell and run), not every test.
+_SUMS = ", ".join(f"SUM({c})" for c in CELL_SUMS)
+_TIMEOUT_FAILURE = "timeout_failure = 1"
 
 
 def _counts(row: Sequence[Any]) -> Counts:
@@ -108,7 +105,7 @@ class Source:
         self.conn = conn
         self.sel = sel
         self.info = info or {}
-        known = [r[0] for r in conn.execute("SELECT DISTINCT model FROM tests ORDER BY model")]
+        known = [r[0] for r in conn.execute("SELECT DISTINCT model FROM cells ORDER BY model")]
         if not known:
             raise UserError("results.db holds no counted tests yet (run `ultra run`, or "
                             "`ultra project` over a log that has some)")
@@ -127,15 +124,15 @@ class Source:
             self._check_run(sel.run)
         where, params = self._where(sel.run)
         self.where, self.params = where, params
-        n = conn.execute(f"SELECT COUNT(*) FROM tests WHERE {where}", params).fetchone()[0]
+        n = conn.execute(f"SELECT COALESCE(SUM(n), 0) FROM cells WHERE {where}", params).fetchone()[0]
         if n == 0:
             raise UserError("no counted tests match this selection")
         self.timeouts_excluded = 0
         if sel.exclude_timeouts:
             base, base_params = self._where(sel.run, with_timeouts=True)
             self.timeouts_excluded = conn.execute(
-                f"SELECT COUNT(*) FROM tests WHERE {base} AND {_TIMEOUT_FAILURE}", base_params
-            ).fetchone()[0]
+                f"SELECT COALESCE(SUM(n), 0) FROM cells WHERE {base} AND {_TIMEOUT_FAILURE}",
+                base_params).fetchone()[0]
 
     def _check_run(self, run: str) -> None:
         found = self.conn.execute(
@@ -145,7 +142,7 @@ class Source:
             raise UserError(f"unknown run id {run!r}: results.db has no such run")
 
     def _where(self, run: str | None, *, with_timeouts: bool = False,
-               table: str = "tests") -> tuple[str, list[Any]]:
+               table: str = "cells") -> tuple[str, list[Any]]:
         sel = self.sel
         parts: list[str] = ["1 = 1"]
         params: list[Any] = []
@@ -173,8 +170,8 @@ class Source:
         if run is not None:
             parts.append("run_id = ?")
             params.append(run)
-        if sel.exclude_timeouts and not with_timeouts and table == "tests":
-            parts.append(f"NOT {_TIMEOUT_FAILURE}")
+        if sel.exclude_timeouts and not with_timeouts and table == "cells":
+            parts.append("timeout_failure = 0")
         return " AND ".join(parts), params
 
     def grouped(self, *dims: str, run: str | None = None,
@@ -186,9 +183,9 @@ class Source:
         else:
             where, params = self._where(run)
         keys = ", ".join(("model", *dims))
-        sums = "COUNT(*), SUM(success)" if light else _SUMS
+        sums = "SUM(n), SUM(success)" if light else _SUMS
         rows = self.conn.execute(
-            f"SELECT {keys}, {sums} FROM tests WHERE {where} GROUP BY {keys} ORDER BY {keys}",
+            f"SELECT {keys}, {sums} FROM cells WHERE {where} GROUP BY {keys} ORDER BY {keys}",
             params).fetchall()
         width = 1 + len(dims)
         if light:
