@@ -352,6 +352,8 @@ def _csv(values: list[str] | None) -> list[str] | None:
 
 
 def _rates(values: list[str] | None) -> list[float] | None:
+    from ultra.config import Rate, checked
+
     items = _csv(values)
     if items is None:
         return None
@@ -361,9 +363,7 @@ def _rates(values: list[str] | None) -> list[float] | None:
             rate = float(item)
         except ValueError:
             raise UserError(f"invalid tool success rate {item!r} (a number in [0, 1])") from None
-        if not 0.0 <= rate <= 1.0:
-            raise UserError(f"invalid tool success rate {item} (must be in [0, 1])")
-        rates.append(rate)
+        rates.append(checked(rate, Rate, "tool success rate"))
     return rates
 
 
@@ -373,9 +373,14 @@ def _selection(
     rates: ListOpt, num_instances: Optional[int], max_turns: Optional[int],
 ) -> "tuple[Config, Selection, str | None]":
     """Config plus flags -> (config, Selection, task library path): shared by plan and run."""
-    from ultra.config import load_config
-    from ultra.plan import Selection
+    from ultra.config import MaxTurns, NumInstances, checked, load_config
+    from ultra.plan import Selection, expand_prompt_types
     from ultra.suites import get_suite
+
+    if num_instances is not None:  # flags are checked before the config is even read
+        checked(num_instances, NumInstances, "--num-instances")
+    if max_turns is not None:
+        checked(max_turns, MaxTurns, "--max-turns")
 
     config, path = load_config(config_path)
     r = config.run
@@ -384,18 +389,10 @@ def _selection(
     else:  # a library named in the config is relative to the config file
         tasks_path = str((path.parent / r.tasks).resolve()) if r.tasks else None
     suite = get_suite(suite_name or r.suite, tasks_path)
-    expanded: list[str] = []
-    for p in _csv(prompt_types) or r.prompt_types:
-        if p == "all":
-            expanded += [t for t in suite.prompt_types if not t.startswith("flawed_")]
-        elif p == "all_with_flawed":
-            expanded += list(suite.prompt_types)
-        else:
-            expanded.append(p)
     sel = Selection(
         suite=suite_name or r.suite,
         models=_csv(models) or r.models or list(config.models),
-        prompt_types=list(dict.fromkeys(expanded)),
+        prompt_types=expand_prompt_types(suite, _csv(prompt_types) or r.prompt_types),
         difficulties=_csv(difficulty) or r.difficulties,
         task_types=_csv(task_types) or r.task_types or list(suite.task_types),
         tool_success_rates=_rates(rates) or r.tool_success_rates,
@@ -499,8 +496,10 @@ def run(
         config, suite_name=suite, tasks=tasks, models=models, prompt_types=prompt_types,
         difficulty=difficulty, task_types=task_types, rates=tool_success_rate,
         num_instances=num_instances, max_turns=max_turns)
-    if processes is not None and processes < 1:
-        raise UserError(f"invalid --processes {processes} (must be >= 1)")
+    if processes is not None:
+        from ultra.config import Processes, checked
+
+        checked(processes, Processes, "--processes")
     from ultra.progress import MODES, summary_text
 
     if progress not in MODES:

@@ -11,15 +11,43 @@ import os
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from ultra.errors import UserError
 from ultra.sim.config import SimConfig
 
 Strategy = Literal["per-key", "per-deployment", "single"]
 STRATEGIES: tuple[str, ...] = ("per-key", "per-deployment", "single")
+
+# Every number of a config (and of the command line, which checks its flags against the
+# same types): a range, so no value can overflow, hang or allocate without bound later.
+Rate = Annotated[float, Meta(ge=0.0, le=1.0)]
+Workers = Annotated[int, Meta(ge=1, le=10_000)]
+Qps = Annotated[float, Meta(gt=0.0, le=1_000_000.0)]
+Tpm = Annotated[float, Meta(gt=0.0, le=1e12)]
+Seconds = Annotated[float, Meta(gt=0.0, le=7 * 86_400.0)]
+Retries = Annotated[int, Meta(ge=0, le=100)]
+Keys = Annotated[int, Meta(ge=1, le=1_000)]
+KeyIndex = Annotated[int, Meta(ge=0, le=999)]
+Tokens = Annotated[int, Meta(ge=1, le=10_000_000)]
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
+Price = Annotated[float, Meta(ge=0.0, le=1e6)]
+BrokenAfter = Annotated[int, Meta(ge=1, le=1_000_000)]
+NumInstances = Annotated[int, Meta(ge=1, le=100_000)]
+MaxTurns = Annotated[int, Meta(ge=1, le=1_000)]
+Processes = Annotated[int, Meta(ge=1, le=1_024)]
+ParamsB = Annotated[float, Meta(gt=0.0, le=1_000_000.0)]
+
+
+def checked(value: object, kind: object, what: str) -> Any:
+    """`value` if it lies in the range of `kind` (one of the types above), else UserError."""
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        raise UserError(f"invalid {what} {value!r}: {str(exc).split(' - at ')[0].lower()}") from None
 
 
 class ProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -40,13 +68,13 @@ class ProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api_version: str = "2024-12-01-preview"
     api_key_env: str | None = None
     shape: Literal["openai", "azure"] = "openai"
-    keys: int = 1
+    keys: Keys = 1
     url: str | None = None
     route_prefix: str | None = None  # per-key route names: {route_prefix}-key{i}
     # A budget per API key shared by every model on that key (a gateway that limits keys,
     # not models); each shard keeps its own `qps` and `tpm` within it.
-    key_qps: float | None = None
-    key_tpm: float | None = None  # tokens per minute per key, shared the same way
+    key_qps: Qps | None = None
+    key_tpm: Tpm | None = None  # tokens per minute per key, shared the same way
 
 
 class ModelPreset(msgspec.Struct, kw_only=True, frozen=True):
@@ -67,29 +95,29 @@ MODEL_CLASSES: dict[str, ModelPreset] = {
 class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     provider: str
     model_class: str | None = msgspec.field(default=None, name="class")
-    strategy: str | None = None
-    workers: int | None = None
-    qps: float | None = None
-    request_timeout: float = 120.0  # seconds for one HTTP request
-    test_timeout: float = 900.0  # seconds for one whole test, retries included
-    max_retries: int = 5  # failed requests retried per test (429 waits are bounded by time)
+    strategy: Strategy | None = None
+    workers: Workers | None = None
+    qps: Qps | None = None
+    request_timeout: Seconds = 120.0  # seconds for one HTTP request
+    test_timeout: Seconds = 900.0  # seconds for one whole test, retries included
+    max_retries: Retries = 5  # failed requests retried per test (429 waits are bounded by time)
     deployments: list[str] | None = None  # azure: defaults to [name, name-2, name-3]
     api_model: str | None = None  # the name sent in the request body; default: the model name
     family: str | None = None  # for `ultra report scale`: models of one family by size
-    params_b: float | None = None  # parameters, in billions
+    params_b: ParamsB | None = None  # parameters, in billions
     # single-route model on a multi-key provider: which key (default: a stable hash of the
     # model name spreads such models over the keys)
-    key: int | None = None
-    tpm: float | None = None  # tokens per minute per shard (prompt + completion)
+    key: KeyIndex | None = None
+    tpm: Tpm | None = None  # tokens per minute per shard (prompt + completion)
     # Request options, sent as given. Reasoning models (o-series, gpt-5) take
     # `max_completion_tokens` and refuse `temperature`; others take `max_tokens`.
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
+    max_tokens: Tokens | None = None
+    max_completion_tokens: Tokens | None = None
+    temperature: Temperature | None = None
     extra_body: dict[str, Any] = {}  # merged into every request body as it is
-    input_price: float | None = None  # per million prompt tokens, for the cost at the end of a run
-    output_price: float | None = None  # per million completion tokens (reasoning included)
-    broken_after: int = 3  # consecutive non-retryable answers that mark a route broken
+    input_price: Price | None = None  # per million prompt tokens, for the cost at the end of a run
+    output_price: Price | None = None  # per million completion tokens (reasoning included)
+    broken_after: BrokenAfter = 3  # consecutive non-retryable answers that mark a route broken
 
 
 class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -99,9 +127,9 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prompt_types: list[str] = msgspec.field(default_factory=lambda: ["baseline"])
     difficulties: list[str] = msgspec.field(default_factory=lambda: ["easy"])
     task_types: list[str] | None = None  # default: all of the suite's
-    tool_success_rates: list[float] = msgspec.field(default_factory=lambda: [0.8])
-    num_instances: int = 1
-    max_turns: int = 10
+    tool_success_rates: list[Rate] = msgspec.field(default_factory=lambda: [0.8])
+    num_instances: NumInstances = 1
+    max_turns: MaxTurns = 10
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -175,11 +203,25 @@ def load_config(path: Path | str | None) -> tuple[Config, Path]:
     try:
         config = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
-        raise UserError(f"invalid config {source}: {exc}") from None
+        raise UserError(f"invalid config {source}: {_where(data, exc)}") from None
     problems = validate(config)
     if problems:
         raise UserError("\n".join(problems))
     return config, source
+
+
+def _where(data: object, exc: msgspec.ValidationError) -> str:
+    """msgspec's message, naming the provider or model (its path shows `[...]` for them)."""
+    sections = {"providers": ProviderConfig, "models": ModelConfig}
+    if isinstance(data, dict):
+        for section, kind in sections.items():
+            entries = data.get(section)
+            for name, entry in (entries.items() if isinstance(entries, dict) else ()):
+                try:
+                    msgspec.convert(entry, kind)
+                except msgspec.ValidationError as inner:
+                    return f"{section.rstrip('s')} {name!r}: {str(inner).replace('`$.', '`')}"
+    return str(exc)
 
 
 def digest(config: Config) -> str:
@@ -193,7 +235,7 @@ def effective_model(config: Config, name: str) -> EffectiveModel:
     return EffectiveModel(
         name=name,
         provider=m.provider,
-        strategy=strategy,  # type: ignore[arg-type]  # checked by validate()
+        strategy=strategy,
         workers=m.workers if m.workers is not None else (preset.workers if preset else 5),
         qps=m.qps if m.qps is not None else (preset.qps if preset else 10.0),
         request_timeout=m.request_timeout,
@@ -229,12 +271,6 @@ def validate(config: Config) -> list[str]:
                 problems.append(f"provider {pname!r}: kind azure needs endpoint")
             if not p.api_key_env:
                 problems.append(f"provider {pname!r}: kind azure needs api_key_env")
-        elif p.kind == "sim" and p.keys < 1:
-            problems.append(f"provider {pname!r}: keys must be at least 1")
-        for field in ("key_qps", "key_tpm"):
-            value = getattr(p, field)
-            if value is not None and not value > 0:
-                problems.append(f"provider {pname!r}: {field} must be > 0 (got {value})")
     for mname, m in config.models.items():
         if m.provider not in config.providers:
             problems.append(f"model {mname!r}: unknown provider {m.provider!r}")
@@ -243,40 +279,15 @@ def validate(config: Config) -> list[str]:
                 f"model {mname!r}: unknown class {m.model_class!r} "
                 f"(known: {', '.join(MODEL_CLASSES)})"
             )
-        if m.strategy is not None and m.strategy not in STRATEGIES:
-            problems.append(
-                f"model {mname!r}: unknown strategy {m.strategy!r} (known: {', '.join(STRATEGIES)})"
-            )
-        if m.qps is not None and not m.qps > 0:
-            problems.append(f"model {mname!r}: qps must be > 0 (got {m.qps})")
-        if m.workers is not None and m.workers < 1:
-            problems.append(f"model {mname!r}: workers must be >= 1 (got {m.workers})")
-        for field in ("request_timeout", "test_timeout"):
-            if not getattr(m, field) > 0:
-                problems.append(f"model {mname!r}: {field} must be > 0")
-        if m.max_retries < 0:
-            problems.append(f"model {mname!r}: max_retries must be >= 0")
-        if m.params_b is not None and not m.params_b > 0:
-            problems.append(f"model {mname!r}: params_b must be > 0 (got {m.params_b})")
         if m.max_tokens is not None and m.max_completion_tokens is not None:
             problems.append(f"model {mname!r}: set max_tokens or max_completion_tokens, not both")
-        for field in ("max_tokens", "max_completion_tokens", "broken_after"):
-            value = getattr(m, field)
-            if value is not None and value < 1:
-                problems.append(f"model {mname!r}: {field} must be >= 1 (got {value})")
-        if m.temperature is not None and not 0.0 <= m.temperature <= 2.0:
-            problems.append(f"model {mname!r}: temperature must lie in [0, 2] (got {m.temperature})")
-        for field in ("tpm", "input_price", "output_price"):
-            value = getattr(m, field)
-            if value is not None and (value < 0 or (field == "tpm" and value == 0)):
-                problems.append(f"model {mname!r}: {field} must be > 0 (got {value})")
         if m.key is not None and m.provider in config.providers:
             p = config.providers[m.provider]
             n = len(p.api_key_envs) if p.kind == "openai" else p.keys if p.kind == "sim" else 1
             if not 0 <= m.key < n:
                 problems.append(f"model {mname!r}: key {m.key} is not a key of provider "
                                 f"{m.provider!r} (0..{n - 1})")
-        if m.provider not in config.providers or (m.strategy or "single") not in STRATEGIES:
+        if m.provider not in config.providers:
             continue
         eff = effective_model(config, mname)
         kind = config.providers[m.provider].kind
@@ -285,14 +296,6 @@ def validate(config: Config) -> list[str]:
             problems.append(f"model {mname!r}: strategy per-key needs an openai-shaped provider")
         if eff.strategy == "per-deployment" and shape != "azure":
             problems.append(f"model {mname!r}: strategy per-deployment needs an azure-shaped provider")
-    r = config.run
-    for rate in r.tool_success_rates:
-        if not 0.0 <= rate <= 1.0:
-            problems.append(f"run: invalid tool success rate {rate} (must be in [0, 1])")
-    if r.num_instances < 1:
-        problems.append("run: num_instances must be >= 1")
-    if r.max_turns < 1:
-        problems.append("run: max_turns must be >= 1")
     return problems
 
 

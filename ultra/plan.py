@@ -9,12 +9,18 @@ from collections.abc import Iterable
 
 import msgspec
 
-from ultra.config import Config, EffectiveModel, RequestOptions, effective_model
+from ultra.config import (
+    Config, EffectiveModel, MaxTurns, NumInstances, Rate, RequestOptions, checked, effective_model,
+)
 from ultra.errors import UserError
 from ultra.naming import canonical_model, rate_key
 from ultra.suites import Suite, TestSpec
 
 SIM_API_VERSION = "2024-12-01-preview"
+DEFAULT_MAX_TURNS = 10
+# One run plans at most this many tests: the plan is held in memory (a few hundred bytes a
+# test), so a typo such as `--num-instances 100000000` is refused before anything is built.
+MAX_PLANNED_TESTS = 1_000_000
 
 
 class Selection(msgspec.Struct, kw_only=True, frozen=True):
@@ -27,7 +33,7 @@ class Selection(msgspec.Struct, kw_only=True, frozen=True):
     task_types: list[str]
     tool_success_rates: list[float]
     num_instances: int
-    max_turns: int = 10
+    max_turns: int = DEFAULT_MAX_TURNS
 
 
 class Route(msgspec.Struct, kw_only=True, frozen=True):
@@ -79,12 +85,32 @@ class Plan(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def test_key(suite: str, model: str, prompt_type: str, rate: float, difficulty: str,
-             task_type: str, index: int, task_id: str) -> str:
-    """Deterministic identity of one test: same cell, instance and task -> same key."""
-    material = "|".join(
-        (suite, model, prompt_type, rate_key(rate), difficulty, task_type, str(index), task_id)
-    )
-    return hashlib.sha256(material.encode()).hexdigest()[:24]
+             task_type: str, index: int, task_id: str, *,
+             max_turns: int = DEFAULT_MAX_TURNS) -> str:
+    """Deterministic identity of one test: every input that changes its result is in it
+    (same cell, instance, task and settings -> same key; any other -> another key).
+
+    A setting that joined the key later (`max_turns`) enters it only when it differs from
+    its default, so the keys of logs written before stay valid and resume still works.
+    """
+    parts = [suite, model, prompt_type, rate_key(rate), difficulty, task_type, str(index), task_id]
+    if max_turns != DEFAULT_MAX_TURNS:
+        parts.append(f"max_turns={max_turns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def expand_prompt_types(suite: Suite, names: Iterable[str]) -> list[str]:
+    """Prompt type names with `all` (the suite's unflawed types) and `all_with_flawed`
+    (every type it knows) expanded, in order, without repeats."""
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            out += [t for t in suite.prompt_types if not t.startswith("flawed_")]
+        elif name == "all_with_flawed":
+            out += list(suite.prompt_types)
+        else:
+            out.append(name)
+    return list(dict.fromkeys(out))
 
 
 def check_selection(config: Config, suite: Suite, sel: Selection) -> None:
@@ -101,10 +127,14 @@ def check_selection(config: Config, suite: Suite, sel: Selection) -> None:
     unknown("difficulty", sel.difficulties, suite.difficulties)
     unknown("task type", sel.task_types, suite.task_types)
     for rate in sel.tool_success_rates:
-        if not 0.0 <= rate <= 1.0:
-            raise UserError(f"invalid tool success rate {rate} (must be in [0, 1])")
-    if sel.num_instances < 1:
-        raise UserError(f"invalid --num-instances {sel.num_instances} (must be >= 1)")
+        checked(rate, Rate, "tool success rate")
+    checked(sel.num_instances, NumInstances, "--num-instances")
+    checked(sel.max_turns, MaxTurns, "--max-turns")
+    tests = len(sel.models) * len(sel.prompt_types) * len(sel.tool_success_rates) * \
+        len(sel.difficulties) * len(sel.task_types) * sel.num_instances
+    if tests > MAX_PLANNED_TESTS:
+        raise UserError(f"the selection is {tests:,} tests; one run plans at most "
+                        f"{MAX_PLANNED_TESTS:,} (fewer --num-instances, models or cells)")
 
 
 def expand(suite: Suite, sel: Selection, model: str) -> list[TestSpec]:
@@ -118,7 +148,7 @@ def expand(suite: Suite, sel: Selection, model: str) -> list[TestSpec]:
                         task_id = suite.task_id(task_type, difficulty, index)
                         tests.append(TestSpec(
                             test_key=test_key(suite.name, model, prompt_type, rate, difficulty,
-                                              task_type, index, task_id),
+                                              task_type, index, task_id, max_turns=sel.max_turns),
                             suite=suite.name, model=model, prompt_type=prompt_type,
                             tool_success_rate=rate, difficulty=difficulty,
                             task_type=task_type, index=index, task_id=task_id,

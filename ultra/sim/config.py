@@ -7,34 +7,44 @@ with no limits and no faults, which is what a speed benchmark wants.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from ultra.errors import UserError
+
+
+# Ranges of the numbers (msgspec Meta: checked on every decode, and on CLI overrides by
+# `with_overrides`), so NaN, infinities and absurd sizes are refused with one line.
+Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+Millis = Annotated[float, Meta(ge=0.0, le=86_400_000.0)]
+SimSeconds = Annotated[float, Meta(ge=0.0, le=7 * 86_400.0)]
+Rps = Annotated[float, Meta(gt=0.0, le=1e9)]
+Tpm = Annotated[float, Meta(gt=0.0, le=1e12)]
 
 
 class Latency(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """How long a reply takes. `median_ms == 0` means reply at once, without any sleep."""
 
     distribution: Literal["lognormal", "uniform"] = "lognormal"
-    median_ms: float = 0.0
+    median_ms: Millis = 0.0
     # lognormal: one sigma multiplies the median by (1 + spread/median);
     # uniform: the delay is drawn from [median - spread, median + spread].
-    spread_ms: float = 0.0
-    max_ms: float = 60_000.0  # a lognormal tail must not turn into an accidental hang
+    spread_ms: Millis = 0.0
+    max_ms: Millis = 60_000.0  # a lognormal tail must not turn into an accidental hang
 
 
 class Faults(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Probabilities (per accepted request) of each injected fault; they must sum to <= 1."""
 
-    server_error: float = 0.0  # 500, 502 or 503 with an OpenAI-style error body
-    hang: float = 0.0  # no reply for `hang_s` (or until the client goes away)
-    malformed: float = 0.0  # 200 with a body that is not JSON
-    empty_content: float = 0.0  # 200, one choice whose message has no content
-    empty_choices: float = 0.0  # 200 with "choices": []
-    context_length: float = 0.0  # 400, code context_length_exceeded
-    hang_s: float = 3600.0  # far longer than any sane client timeout
+    server_error: Probability = 0.0  # 500, 502 or 503 with an OpenAI-style error body
+    hang: Probability = 0.0  # no reply for `hang_s` (or until the client goes away)
+    malformed: Probability = 0.0  # 200 with a body that is not JSON
+    empty_content: Probability = 0.0  # 200, one choice whose message has no content
+    empty_choices: Probability = 0.0  # 200 with "choices": []
+    context_length: Probability = 0.0  # 400, code context_length_exceeded
+    hang_s: SimSeconds = 3600.0  # far longer than any sane client timeout
 
     def total(self) -> float:
         return (
@@ -59,13 +69,13 @@ class Limits(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     and a deployment by its name.
     """
 
-    key_rps: float | None = None
-    deployment_rps: float | None = None
-    key_overrides: dict[str, float] = {}
-    deployment_overrides: dict[str, float] = {}
-    key_tpm: float | None = None
-    deployment_tpm: float | None = None
-    retry_after_s: float = 1.0
+    key_rps: Rps | None = None
+    deployment_rps: Rps | None = None
+    key_overrides: dict[str, Rps] = {}
+    deployment_overrides: dict[str, Rps] = {}
+    key_tpm: Tpm | None = None
+    deployment_tpm: Tpm | None = None
+    retry_after_s: SimSeconds = 1.0
     retry_after_http_date: bool = False  # send Retry-After as an HTTP date instead
     # Which headers a 429 carries (each says "wait retry_after_s"): any of RETRY_HEADERS.
     retry_headers: tuple[str, ...] = ("retry-after",)
@@ -78,8 +88,8 @@ class Storm(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     """A 429 storm: for the first `duration_s` after start (or /stats/reset), a `fraction`
     of the requests (1.0 = all) are refused with 429, whatever the limits say."""
 
-    duration_s: float = 0.0
-    fraction: float = 1.0
+    duration_s: SimSeconds = 0.0
+    fraction: Probability = 1.0
     # Start the storm at the first chat request instead: a test then sees it whatever
     # its client's start-up costs on a busy machine.
     from_first_request: bool = False
@@ -93,21 +103,21 @@ class Routes(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     accept_keys: list[str] | None = None
     # A route that starts refusing after N accepted requests (a revoked key: 401; a
     # deleted deployment: 404): key fingerprint or deployment name -> N.
-    refuse_after: dict[str, int] = {}
+    refuse_after: dict[str, Annotated[int, Meta(ge=0)]] = {}
     # Real model names served as simulated ones: name -> skill in [0, 1].
-    models: dict[str, float] = {}
+    models: dict[str, Probability] = {}
 
 
 class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
-    port: int = 0  # 0 = pick a free port; the listening line says which
+    port: Annotated[int, Meta(ge=0, le=65535)] = 0  # 0 = pick a free port; the listening line says which
     seed: int = 0
     latency: Latency = Latency()
     faults: Faults = Faults()
     limits: Limits = Limits()
     storm: Storm = Storm()
     routes: Routes = Routes()
-    record_requests: int = 0  # keep the last N request bodies for GET /requests
+    record_requests: Annotated[int, Meta(ge=0, le=1_000_000)] = 0  # keep the last N request bodies for GET /requests
     # Who writes the assistant message: "suites" (the registered suites' simulated
     # policies, with a trivial fallback), "echo" (always the trivial reply), or an import
     # path "package.module:function" with the signature of `replies.Responder`.
@@ -223,4 +233,12 @@ def with_overrides(config: SimConfig, **options: object) -> SimConfig:
             sections.setdefault(section, {})[field] = value
     for section, fields in sections.items():
         top[section] = msgspec.structs.replace(getattr(config, section), **fields)
-    return validate(msgspec.structs.replace(config, **top))
+    merged = msgspec.structs.replace(config, **top)
+    try:  # a round trip applies the field ranges to the option values too
+        merged = msgspec.convert(msgspec.to_builtins(merged), SimConfig)
+    except msgspec.ValidationError as exc:
+        path = str(exc).rpartition(" - at `$.")[2].rstrip("`")
+        option = next((o for o, (sec, f) in OVERRIDABLE.items()
+                       if (f"{sec}.{f}" if sec else f) == path), path)
+        raise UserError(f"invalid --{option.replace('_', '-')}: {str(exc).split(' - at ')[0]}") from None
+    return validate(merged)
