@@ -134,3 +134,47 @@ def test_per_key_base_urls_and_azure_single_route():
     assert mini.route.url == ("http://az.invalid/openai/deployments/gpt-4o-mini/chat/completions"
                               "?api-version=2025-01-01")
     assert mini.route.key_env == "AZ" and (mini.workers, mini.qps) == (50, 100)
+
+
+def test_deployment_names_are_escaped_path_segments():
+    from ultra.config import Config, ModelConfig, ProviderConfig
+
+    config = Config(
+        providers={"az": ProviderConfig(kind="azure", endpoint="http://az.invalid", api_key_env="AZ")},
+        models={"m": ModelConfig(provider="az", strategy="per-deployment",
+                                 deployments=["../../../stats/reset?", "a b/c#d"])},
+    )
+    plan = make_plan(config, SUITE, selection(["m"]), completed=set())
+    urls = sorted(s.route.url for s in plan.shards)
+    assert urls == [
+        "http://az.invalid/openai/deployments/..%2F..%2F..%2Fstats%2Freset%3F/chat/completions"
+        "?api-version=2024-12-01-preview",
+        "http://az.invalid/openai/deployments/a%20b%2Fc%23d/chat/completions"
+        "?api-version=2024-12-01-preview",
+    ]
+
+
+def test_every_input_that_changes_a_result_is_in_the_test_key():
+    from ultra.plan import DEFAULT_MAX_TURNS, test_key
+
+    cell = ("grid", "m", "baseline", 0.8, "easy", "a", 0, "a-0")
+    # The default keeps the key every earlier log was written with (resume keeps working).
+    assert test_key(*cell) == test_key(*cell, max_turns=DEFAULT_MAX_TURNS) == "3c60b9636609efbd713dc443"
+    for rate in (0.6, 0.75, 0.9999, 1.0, 0.0):  # keys as before for every 4-digit rate
+        old = "|".join(("grid", "m", "baseline", str(round(rate, 4)), "easy", "a", "0", "a-0"))
+        assert test_key("grid", "m", "baseline", rate, "easy", "a", 0, "a-0") == \
+            __import__("hashlib").sha256(old.encode()).hexdigest()[:24]
+    keys = {test_key(*cell, max_turns=n) for n in (1, 5, 10, 11, 50)}
+    assert len(keys) == 5
+    config, _ = load_config("presets")
+    short = make_plan(config, SUITE, selection(["kimi-k2"], max_turns=3), completed=set())
+    normal = make_plan(config, SUITE, selection(["kimi-k2"]), completed=set())
+    done = {t.test_key for s in normal.shards for t in s.tests}
+    assert make_plan(config, SUITE, selection(["kimi-k2"], max_turns=3), completed=done).planned \
+        == short.planned == normal.planned  # tests at 10 turns are not tests at 3 turns
+    assert all(s.max_turns == 3 for s in short.shards)
+    # each field of the cell changes the key
+    for i, other in enumerate(("x", "m2", "optimal", 0.80004, "hard", "b", 1, "b-0")):
+        changed = list(cell)
+        changed[i] = other
+        assert test_key(*changed) != test_key(*cell), i

@@ -128,7 +128,7 @@ def test_append_raw_is_all_or_nothing_and_names_the_line(db):
          "not an ultra event log"),
         (lambda p: sqlite3.connect(p).execute("CREATE TABLE other (x)").connection.commit(), False,
          "not an ultra event log"),
-        (lambda p: p.write_bytes(b"SQLite format 3\x00" + b"\xff" * 200), True, "not a usable SQLite"),
+        (lambda p: p.write_bytes(b"SQLite format 3\x00" + b"\xff" * 200), True, "the event log is corrupted"),
     ],
 )
 def test_bad_files_raise_one_line_user_errors(tmp_path, make, create, message):

@@ -21,15 +21,29 @@ _PROJECT_VALUES = ("--db", "--out", "--results")
 
 
 def main() -> None:
+    import sqlite3
+
+    from ultra.errors import storage_problem
+
     try:
         if not _quick_project(sys.argv[1:]):
             from ultra.cli import app
 
             app()
     except UserError as exc:
-        for line in str(exc).splitlines() or [""]:  # one line per problem
-            print(f"ultra: error: {line}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(exc))
+    except (sqlite3.DatabaseError, OSError) as exc:
+        # What the stores did not already name (results.db, an output file): still one line.
+        line = storage_problem(getattr(exc, "filename", None) or "ultra", exc)
+        if line is None:
+            raise
+        _fail(line)
+
+
+def _fail(message: str) -> None:
+    for line in message.splitlines() or [""]:  # one line per problem
+        print(f"ultra: error: {line}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def _quick_project(argv: list[str]) -> bool:

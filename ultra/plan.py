@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from urllib.parse import quote
 
 import msgspec
 
@@ -13,7 +14,7 @@ from ultra.config import (
     Config, EffectiveModel, MaxTurns, NumInstances, Rate, RequestOptions, checked, effective_model,
 )
 from ultra.errors import UserError
-from ultra.naming import canonical_model, rate_key
+from ultra.naming import canonical_model
 from ultra.suites import Suite, TestSpec
 
 SIM_API_VERSION = "2024-12-01-preview"
@@ -93,7 +94,9 @@ def test_key(suite: str, model: str, prompt_type: str, rate: float, difficulty: 
     A setting that joined the key later (`max_turns`) enters it only when it differs from
     its default, so the keys of logs written before stay valid and resume still works.
     """
-    parts = [suite, model, prompt_type, rate_key(rate), difficulty, task_type, str(index), task_id]
+    # The rate exactly (repr), not its 4-digit projection key: 0.80004 is not 0.8. For rates
+    # of at most 4 decimals both spell the same, so keys written before are unchanged.
+    parts = [suite, model, prompt_type, repr(float(rate)), difficulty, task_type, str(index), task_id]
     if max_turns != DEFAULT_MAX_TURNS:
         parts.append(f"max_turns={max_turns}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
@@ -190,7 +193,9 @@ def _routes(config: Config, eff: EffectiveModel, sim_url: str) -> list[tuple[str
     deployments = eff.deployments if eff.strategy == "per-deployment" else eff.deployments[:1]
     return [
         (dep, None, dep,
-         Route(url=f"{endpoint}/openai/deployments/{dep}/chat/completions?api-version={version}",
+         # A deployment name is one path segment, escaped: `../x?` must not reach another URL.
+         Route(url=f"{endpoint}/openai/deployments/{quote(dep, safe='')}/chat/completions"
+                   f"?api-version={quote(version, safe='')}",
                shape="azure", api_model=None,
                key_env=None if p.kind == "sim" else p.api_key_env,
                key_literal="sim-azure-key" if p.kind == "sim" else None))

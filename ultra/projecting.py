@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,7 +325,26 @@ def fresh_results(log: EventLog, until: int) -> sqlite_utils.Database:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename: readers see old or new, never half."""
+    """Temp file in the same directory, fsync, rename: readers see old or new, never half.
+
+    The path given is written through, never replaced by a regular file: a symlink's target
+    is written (atomically), and a device or FIFO is written into directly; both are said
+    on stderr.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        target = Path(os.path.realpath(path))
+        print(f"ultra: note: {path} is a symlink; writing its target {target}", file=sys.stderr)
+        path = target
+    if path.exists() and not path.is_file() and not path.is_dir():
+        kind = "a character device" if stat.S_ISCHR(path.stat().st_mode) else "not a regular file"
+        print(f"ultra: note: {path} is {kind}; writing into it, not replacing it", file=sys.stderr)
+        try:
+            with path.open("wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot write ({exc.strerror})") from None
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -119,9 +119,23 @@ def _child_main(payload: bytes, progress_queue: mp.Queue) -> None:
     job = msgspec.msgpack.decode(payload, type=ChildJob)
     try:
         trio.run(run_process, job, progress_queue.put)
-    except UserError as exc:
-        print(f"ultra: error: {exc}", file=sys.stderr)
+    except (UserError, BaseExceptionGroup) as exc:
+        user = _user_error(exc)  # trio groups the errors of a nursery's tasks
+        if user is None:
+            raise
+        print(f"ultra: error: {user}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _user_error(exc: BaseException) -> UserError | None:
+    """The first UserError in `exc` or its (nested) exception groups."""
+    if isinstance(exc, UserError):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _user_error(inner)
+        if found is not None:
+            return found
+    return None
 
 
 # ---- the parent ---------------------------------------------------------------------------
@@ -314,12 +328,18 @@ def plan_run(config: Config, sel: Selection, db: Path | str, tasks: str | None) 
 
 
 def missing_secrets(plan: Plan) -> list[str]:
-    """The key variables that the planned routes read but the environment lacks."""
+    """The key variables that the planned routes read but the environment lacks (or holds
+    something no HTTP header can carry)."""
     missing: dict[str, str] = {}
     for s in plan.shards:
         env = s.route.key_env
-        if env and not os.environ.get(env):
+        value = os.environ.get(env) if env else None
+        if env and not value:
             missing[env] = f"provider {s.provider!r}: environment variable {env} is not set"
+        elif env and value and not (value.isascii() and value.isprintable()):
+            # An HTTP header cannot carry it: refused here, before any shard process starts.
+            missing[env] = (f"provider {s.provider!r}: environment variable {env} holds characters"
+                            " an API key cannot have (non-ASCII or control characters); check it")
     return list(missing.values())
 
 
@@ -343,6 +363,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
             if broken:
                 raise UserError("\n".join(broken))
         run_id = uuid.uuid4().hex[:12]
+        failed = ""
         with EventLog.open(db) as log:
             log.append([RunStarted(
                 run_id=run_id, argv=argv, config_digest=config_digest,
@@ -357,9 +378,18 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
             interrupted = interrupted or any(s.interrupted for s in snapshots.values())
             completed = sum(s.completed for s in snapshots.values())
             errored = sum(s.errored for s in snapshots.values())
-            log.append([RunFinished(run_id=run_id, completed=completed, errored=errored,
-                                    interrupted=interrupted)])
-    project(db, out)
+            try:  # a full disk now fails the run (exit 1), and says why in one line
+                log.append([RunFinished(run_id=run_id, completed=completed, errored=errored,
+                                        interrupted=interrupted)])
+            except UserError as exc:
+                failed = str(exc)
+    if not failed:
+        try:
+            project(db, out)
+        except UserError as exc:
+            failed = str(exc)
+    if failed:
+        print(f"ultra: error: {failed}", file=sys.stderr)
     by_id = {s.shard_id: s for s in plan.shards}
     broken = [BrokenRoute(shard=s.shard, route=route_label(by_id[s.shard]), reason=s.broken)
               for s in snapshots.values() if s.broken]
@@ -376,8 +406,9 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
         tokens=_tokens(config, sel, plan, snapshots), max_errors=allowance,
         shard_models={s.shard_id: s.model for s in plan.shards},
         db=str(db), out=str(out),
-        exit_code=exit_code(planned=plan.planned, completed=completed, allowance=allowance,
-                            interrupted=interrupted, crashed=crashed, broken=len(broken)),
+        exit_code=max(exit_code(planned=plan.planned, completed=completed, allowance=allowance,
+                                interrupted=interrupted, crashed=crashed, broken=len(broken)),
+                      1 if failed and not interrupted else 0),
     )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ultra import chain
-from ultra.errors import UserError
+from ultra.errors import UserError, storage_problem
 from ultra.store import MIGRATIONS_TABLE, EventLog
 
 BUSY_TIMEOUT_S = 5.0  # SQLite's own wait for a lock, per attempt
@@ -122,7 +122,8 @@ class SqliteLog(EventLog):
             log._prepare(create)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise UserError(f"{path}: not a usable SQLite database ({exc})") from None
+            line = storage_problem(path, exc)
+            raise UserError(line or f"{path}: not a usable SQLite database ({exc})") from None
         except BaseException:
             conn.close()
             raise
@@ -165,7 +166,7 @@ class SqliteLog(EventLog):
                 return op()
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
-                    raise
+                    raise self._problem(exc) from None
                 if time.monotonic() > deadline:
                     raise UserError(
                         f"{self.path}: event log busy for {LOCK_PATIENCE_S:.0f} s; is a writer stuck?"
@@ -181,15 +182,25 @@ class SqliteLog(EventLog):
             self._retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
                 yield conn
-            except BaseException:
+            except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.DatabaseError):
+                    raise self._problem(exc) from None
                 raise
             self._retrying(lambda: conn.execute("COMMIT"))
 
+    def _problem(self, exc: sqlite3.DatabaseError) -> Exception:
+        """A read-only, full or corrupted file as one line for the user; else `exc`."""
+        line = storage_problem(self.path, exc)
+        return UserError(line) if line is not None else exc
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
-            return self._retrying(lambda: self._conn.execute(sql, params).fetchall())
+            try:
+                return self._retrying(lambda: self._conn.execute(sql, params).fetchall())
+            except sqlite3.DatabaseError as exc:  # not busy: a corrupted page, say
+                raise self._problem(exc) from None
 
     def _after_append(self) -> None:
         self._bound_wal()

@@ -143,6 +143,9 @@ def _import_suite(ref: str) -> Suite:
         suite = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
         raise UserError(f"cannot load suite {ref!r}: {exc}") from None
+    if not isinstance(suite, Suite):
+        raise UserError(f"{ref!r} is not a suite (a suite has name, difficulties, prompt_types,"
+                        " task_types, task_id, run and simulated_reply)")
     return suite
 
 
