@@ -178,3 +178,16 @@ def test_every_input_that_changes_a_result_is_in_the_test_key():
         changed = list(cell)
         changed[i] = other
         assert test_key(*changed) != test_key(*cell), i
+
+
+def test_request_options_are_part_of_the_test_key():
+    from ultra.config import RequestOptions
+    from ultra.plan import test_key
+
+    cell = ("grid", "m", "baseline", 0.8, "easy", "a", 0, "a-0")
+    plain = test_key(*cell)
+    assert test_key(*cell, options=RequestOptions()) == plain  # defaults: the key as before
+    keys = {test_key(*cell, options=o) for o in (
+        RequestOptions(temperature=0.0), RequestOptions(temperature=0.7), RequestOptions(max_tokens=256),
+        RequestOptions(max_completion_tokens=256), RequestOptions(extra_body={"top_p": 0.5}))}
+    assert len(keys) == 5 and plain not in keys

@@ -87,18 +87,22 @@ class Plan(msgspec.Struct, kw_only=True, frozen=True):
 
 def test_key(suite: str, model: str, prompt_type: str, rate: float, difficulty: str,
              task_type: str, index: int, task_id: str, *,
-             max_turns: int = DEFAULT_MAX_TURNS) -> str:
+             max_turns: int = DEFAULT_MAX_TURNS,
+             options: RequestOptions | None = None) -> str:
     """Deterministic identity of one test: every input that changes its result is in it
     (same cell, instance, task and settings -> same key; any other -> another key).
 
-    A setting that joined the key later (`max_turns`) enters it only when it differs from
-    its default, so the keys of logs written before stay valid and resume still works.
+    Settings that joined the key later (`max_turns`, the request options such as
+    temperature) enter it only when they differ from their defaults, so the keys of logs
+    written before stay valid and resume still works.
     """
     # The rate exactly (repr), not its 4-digit projection key: 0.80004 is not 0.8. For rates
     # of at most 4 decimals both spell the same, so keys written before are unchanged.
     parts = [suite, model, prompt_type, repr(float(rate)), difficulty, task_type, str(index), task_id]
     if max_turns != DEFAULT_MAX_TURNS:
         parts.append(f"max_turns={max_turns}")
+    if options is not None and options != RequestOptions():
+        parts.append("options=" + msgspec.json.encode(options, order="sorted").decode())
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
@@ -140,7 +144,8 @@ def check_selection(config: Config, suite: Suite, sel: Selection) -> None:
                         f"{MAX_PLANNED_TESTS:,} (fewer --num-instances, models or cells)")
 
 
-def expand(suite: Suite, sel: Selection, model: str) -> list[TestSpec]:
+def expand(suite: Suite, sel: Selection, model: str,
+           options: RequestOptions | None = None) -> list[TestSpec]:
     """Every test of the selection for one (canonical) model, in a stable order."""
     tests = []
     for prompt_type in sel.prompt_types:
@@ -151,7 +156,8 @@ def expand(suite: Suite, sel: Selection, model: str) -> list[TestSpec]:
                         task_id = suite.task_id(task_type, difficulty, index)
                         tests.append(TestSpec(
                             test_key=test_key(suite.name, model, prompt_type, rate, difficulty,
-                                              task_type, index, task_id, max_turns=sel.max_turns),
+                                              task_type, index, task_id, max_turns=sel.max_turns,
+                                              options=options),
                             suite=suite.name, model=model, prompt_type=prompt_type,
                             tool_success_rate=rate, difficulty=difficulty,
                             task_type=task_type, index=index, task_id=task_id,
@@ -215,7 +221,7 @@ def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
     for name in sel.models:
         eff = effective_model(config, name)
         model = canonical_model(name)
-        all_tests = expand(suite, sel, model)
+        all_tests = expand(suite, sel, model, eff.options)
         todo = [t for t in all_tests if t.test_key not in completed]
         skipped += len(all_tests) - len(todo)
         planned += len(todo)
