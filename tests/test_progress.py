@@ -87,3 +87,12 @@ def test_a_run_ends_with_a_model_table_and_the_report_command(tmp_path):
 def test_progress_mode_is_checked():
     p = ultra("run", "--progress", "loud")
     assert p.returncode == 2 and "--progress 'loud'" in p.stderr and p.stderr.count("\n") == 1
+
+
+def test_rich_mode_draws_the_table_within_80_columns():
+    out = io.StringIO()
+    with Display("rich", stream=out, now=lambda: 83.0) as display:
+        display.update(SHARDS)
+    text = out.getvalue()
+    assert "ultra run" in text and "total" in text and "763/1650" in text
+    assert max(len(line) for line in text.splitlines()) <= 80

@@ -375,3 +375,20 @@ def test_an_empty_log_and_no_log_are_one_line_and_exit_2(tmp_path):
     os.unlink(tmp_path / "results.db")
     p = ultra(tmp_path, "report", check=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no results database" in p.stderr
+
+
+def test_a_results_db_of_another_layout_without_its_log_is_one_line_and_exit_2(demo, tmp_path):
+    import shutil
+    import sqlite3
+
+    shutil.copy(demo["tmp"] / "results.db", tmp_path / "results.db")
+    (tmp_path / "config.toml").write_text(CONFIG)
+    with sqlite3.connect(tmp_path / "results.db") as conn:
+        state = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()[0])
+        ok = ultra(tmp_path, "report", check=False)  # no log beside it: read as it is
+        assert ok.returncode == 0 and "qwen2.5-72b-instruct" in ok.stdout
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'state'",
+                     (json.dumps({**state, "version": 1}),))
+    conn.close()
+    p = ultra(tmp_path, "report", check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "another version" in p.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from projections import results_db as rdb
 from ultra.errors import UserError
 from ultra.report import formats
 from ultra.report.tables import ModelInfo, Selection, Source, Table, build, compare as compare_runs
@@ -50,6 +51,10 @@ def open_results(path: Path) -> sqlite3.Connection:
     if meta is None:
         conn.close()
         raise UserError(f"{path}: not a results database (`ultra project --rebuild` makes one)")
+    if meta.version != rdb.VERSION:
+        conn.close()
+        raise UserError(f"{path}: written by another version of ultra (layout {meta.version}, "
+                        f"this one reads {rdb.VERSION}); `ultra project --rebuild` rebuilds it")
     return conn
 
 
@@ -89,6 +94,8 @@ def make_report(*, db: Path | str, out: Path, results: Path | None, config: Path
     conn = open_results(path)
     try:
         built = tables_for(conn, selection, info, tables, compare)
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"{path}: unreadable ({exc}); `ultra project --rebuild` rebuilds it") from None
     finally:
         conn.close()
     return render(built, fmt, selection, source=str(path))
