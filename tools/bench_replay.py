@@ -1,0 +1,119 @@
+"""Benchmark of replay and resume at several log sizes; prints ONE JSON line, asserts nothing.
+
+    .venv/bin/python tools/bench_replay.py [--sizes 100000,1000000]
+
+For each size, on one log of synthetic completions (tools/bench_store.py's), side by side
+and each in a fresh child process (time and peak RSS from its own ru_maxrss):
+
+- `floor`: the bare read (`seq, type, payload` by seq, 5,000 a query), msgspec decode and a
+  minimal fold (a count per model and outcome): the physical reference of a replay;
+- `replay`: the master_database fold from zero (what `ultra project --rebuild` folds);
+- `rebuild`: `project(rebuild=True)`, both projections (master_database.json, results.db);
+- `plan_cli`: `ultra plan` as a CLI process (the resume read of every completed key).
+
+The first `project` of a log indexes its completion keys once (`index_completions`); that
+one-off is timed apart as `index_completions_s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_store import batches  # noqa: E402
+
+
+def child(mode: str, db: str, out: str) -> None:
+    from ultra import events as ev
+    from ultra.projecting import project, replay
+    from ultra.store import EventLog
+
+    t = time.perf_counter()
+    if mode == "floor":
+        with EventLog.open(Path(db), create=False) as log:
+            conn, counts, after, decode = log.connection, {}, 0, ev.decode
+            while True:
+                rows = conn.execute("SELECT seq, type, payload FROM events WHERE seq > ?"
+                                    " ORDER BY seq LIMIT 5000", (after,)).fetchall()
+                for _seq, _type, payload in rows:
+                    e = decode(payload)
+                    k = (e.model, e.result.outcome)  # type: ignore[union-attr]
+                    counts[k] = counts.get(k, 0) + 1
+                if len(rows) < 5000:
+                    break
+                after = rows[-1][0]
+    elif mode == "replay":
+        with EventLog.open(Path(db), create=False) as log:
+            replay(log, log.last_seq())
+    elif mode == "rebuild":
+        project(Path(db), out, rebuild=True)
+    elif mode == "index":
+        with EventLog.open(Path(db), create=False) as log:
+            log.index_completions(log.last_seq())
+    spent = time.perf_counter() - t
+    print(json.dumps({"s": spent, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run_child(mode: str, db: Path, out: Path) -> dict:
+    p = subprocess.run([sys.executable, __file__, "--child", mode, str(db), str(out)],
+                       capture_output=True, text=True, check=True)
+    return json.loads(p.stdout)
+
+
+def cli_seconds(args: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ultra", *args], cwd=ROOT, check=True,
+                   capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(*args.child)
+    from ultra.store import EventLog
+
+    result: dict = {"load_at_start": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_replay.") as tmp:
+        for n in (int(x) for x in args.sizes.split(",")):
+            db, out = Path(tmp) / f"{n}.db", Path(tmp) / f"{n}.json"
+            with EventLog.open(db) as log:
+                for batch in batches(n, 5000, seed=1):
+                    log.append(batch)
+            index = run_child("index", db, out)
+            floor, rep, reb = (run_child(m, db, out) for m in ("floor", "replay", "rebuild"))
+            plan_s = sorted(cli_seconds(["plan", "--db", str(db)]) for _ in range(3))[1]
+            result[str(n)] = {
+                "floor_eps": round(n / floor["s"]), "replay_eps": round(n / rep["s"]),
+                "rebuild_eps": round(n / reb["s"]),
+                "replay_vs_floor": round(floor["s"] / rep["s"], 3),
+                "rebuild_vs_floor": round(floor["s"] / reb["s"], 3),
+                "floor_rss_mb": round(floor["rss_mb"], 1), "replay_rss_mb": round(rep["rss_mb"], 1),
+                "rebuild_rss_mb": round(reb["rss_mb"], 1),
+                "index_completions_s": round(index["s"], 2),
+                "plan_cli_s": round(plan_s, 3),
+            }
+            db.unlink()
+            for extra in (f"{db}-wal", f"{db}-shm"):
+                Path(extra).unlink(missing_ok=True)
+    result["load_at_end"] = os.getloadavg()[0]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
