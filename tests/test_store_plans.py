@@ -71,3 +71,22 @@ def test_readers_fill_completion_keys_and_find_duplicates(db):
         assert [(s, bool(r)) for s, _, r in stream.marked()] == [(8, True)]
         keys = list(log.completions(batch=2))
         assert len(keys) == 7 and keys[-1] == (later.test_key, "again-4")
+
+
+def test_resume_of_a_selection_is_a_primary_key_search(tmp_path):
+    from ultra.store import COMPLETIONS_OF_QUERY
+
+    with filled(tmp_path) as log:
+        got = plan(log, f"{COMPLETIONS_OF_QUERY} (?, ?)", ("a", "b"))
+        assert "SEARCH completion_keys USING PRIMARY KEY (test_key=?)" in got, got
+
+
+def test_resume_among_keys_matches_the_full_scan(db):
+    from ultra.runner import completed_test_keys
+
+    with EventLog.open(db) as log:
+        log.append([completed(i) for i in range(6)] + [errored(9), completed(2, event_id="dup")])
+        everything = completed_test_keys(log)
+        some = {completed(i).test_key for i in (1, 2, 7)} | {errored(9).test_key}
+        assert completed_test_keys(log, some) == everything & some == {
+            completed(1).test_key, completed(2).test_key}

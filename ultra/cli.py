@@ -426,7 +426,7 @@ def plan(
     """Print the shard table of a run; nothing runs."""
     import msgspec
 
-    from ultra.runner import plan_run
+    from ultra.resume import plan_run
 
     cfg, sel, tasks_path = _selection(
         config, suite_name=suite, tasks=tasks, models=models, prompt_types=prompt_types,
@@ -469,7 +469,8 @@ def run(
     task_types: TaskTypesOpt = None, tool_success_rate: RateOpt = None,
     num_instances: InstancesOpt = None, max_turns: TurnsOpt = None,
     processes: Annotated[Optional[int], typer.Option(
-        "--processes", help="Shard processes (default: CPU count).")] = None,
+        "--processes",
+        help="Shard processes (default: what the load needs, at most the CPU count).")] = None,
     no_preflight: Annotated[bool, typer.Option(
         "--no-preflight", help="Skip the one cheap request per route before any test.")] = False,
     max_errors: Annotated[Optional[str], typer.Option(
@@ -506,7 +507,7 @@ def run(
         raise UserError(f"--progress {progress!r}: must be one of {', '.join(MODES)}")
     error_allowance(max_errors, 0)  # a malformed budget is bad input, before anything runs
     result = execute(cfg, digest(cfg), sel, db=db, out=out,
-                     processes=processes or os.cpu_count() or 1, tasks=tasks_path,
+                     processes=processes, tasks=tasks_path,
                      argv=sys.argv[1:], json_output=json_output,
                      check_first=not no_preflight, max_errors=max_errors, progress=progress)
     if json_output:

@@ -209,6 +209,11 @@ def _routes(config: Config, eff: EffectiveModel, sim_url: str) -> list[tuple[str
     ]
 
 
+def selection_keys(suite: Suite, sel: Selection) -> set[str]:
+    """The test keys of every test the selection names (what resume looks up)."""
+    return {t.test_key for name in sel.models for t in expand(suite, sel, canonical_model(name))}
+
+
 def split_evenly(tests: list[TestSpec], n: int) -> list[list[TestSpec]]:
     """n parts whose sizes differ by at most one (round robin keeps cells mixed)."""
     return [tests[i::n] for i in range(n)]

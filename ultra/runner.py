@@ -30,7 +30,8 @@ from ultra.errors import UserError
 from ultra.events import Event, PlanSummary, RunFinished, RunStarted
 from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
-from ultra.projecting import log_repairs, project
+from ultra.projecting import project
+from ultra.resume import completed_keys, completed_test_keys, plan_run  # noqa: F401 (re-exported)
 from ultra.progress import Display
 from ultra.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
 from ultra.store import EventLog
@@ -306,27 +307,6 @@ def _simulator(config: Config, models: list[str]):
         yield sim.url
 
 
-def completed_test_keys(log: EventLog) -> set[str]:
-    """Keys of tests with a `test.completed` that no `tests.retracted` removed: `ultra run`
-    resumes with this (completed tests are not taken again; tests that only errored are)."""
-    withdrawn = log_repairs(log).withdrawn
-    return {key for key, event_id in log.completions() if event_id not in withdrawn}
-
-
-def _completed_keys(db: Path | str) -> set[str]:
-    if isinstance(db, Path) and not db.exists():
-        return set()
-    with EventLog.open(db, create=False) as log:
-        return completed_test_keys(log)
-
-
-def plan_run(config: Config, sel: Selection, db: Path | str, tasks: str | None) -> Plan:
-    """Check the selection, read what the log already holds, and plan what is left."""
-    suite = get_suite(sel.suite, tasks)
-    check_selection(config, suite, sel)
-    return make_plan(config, suite, sel, _completed_keys(db))
-
-
 def missing_secrets(plan: Plan) -> list[str]:
     """The key variables that the planned routes read but the environment lacks (or holds
     something no HTTP header can carry)."""
@@ -343,13 +323,25 @@ def missing_secrets(plan: Plan) -> list[str]:
     return list(missing.values())
 
 
+# What one shard process drives with room to spare, in requests/s offered (the sum of its
+# shards' qps): tools/bench_dispatch.py --seed-load.
+PROCESS_RPS = 500.0
+
+
+def needed_processes(plan: Plan) -> int:
+    """Shard processes for the plan's load: its offered rate over what one process drives,
+    at least 1, at most one per CPU (and per shard). A small run starts one process."""
+    offered = sum(s.qps for s in plan.shards)
+    return max(1, min(os.cpu_count() or 1, len(plan.shards), math.ceil(offered / PROCESS_RPS)))
+
+
 def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | str, out: Path,
-            processes: int, tasks: str | None, argv: list[str], json_output: bool,
+            processes: int | None, tasks: str | None, argv: list[str], json_output: bool,
             check_first: bool = True, max_errors: str | None = None,
             progress: str = "auto") -> RunResult:
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
-    done_keys = _completed_keys(db)
+    done_keys = completed_keys(db, suite, sel)
     plan = make_plan(config, suite, sel, done_keys)
     missing = missing_secrets(plan)
     if missing:  # before anything is created or started
@@ -372,7 +364,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
                                  skipped_completed=plan.skipped_completed),
             )])
             snapshots, interrupted, crashed = _supervise(
-                plan, run_id, sel, db, tasks, processes,
+                plan, run_id, sel, db, tasks, processes or needed_processes(plan),
                 progress="none" if json_output and progress == "auto" else progress)
             # A shard process that got SIGTERM (or Ctrl-C while we ignore it) was interrupted.
             interrupted = interrupted or any(s.interrupted for s in snapshots.values())

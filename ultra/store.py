@@ -50,6 +50,8 @@ RESUME_QUERY = (
     "SELECT seq, test_key, event_id FROM events WHERE type = 'test.completed' AND seq > ?"
     " ORDER BY seq LIMIT ?"
 )
+# Resume of a selection: its keys looked up in completion_keys' primary key.
+COMPLETIONS_OF_QUERY = "SELECT test_key, event_id FROM completion_keys WHERE test_key IN"
 # Duplicates: keys completed more than once, an ordered scan of completion_keys' key.
 REPEATED_KEYS_QUERY = (
     "SELECT test_key FROM completion_keys WHERE seq <= ? GROUP BY test_key HAVING COUNT(*) > 1"
@@ -552,6 +554,16 @@ class EventLog:
     @staticmethod
     def _indexed_seq(read: Any) -> int:
         return read("SELECT last_seq FROM projection_state WHERE name = 'completion_keys'")[0][0]
+
+    def completions_of(self, keys: Iterable[str]) -> Iterator[tuple[str, str]]:
+        """(test key, event id) of the stored completions of `keys`: primary-key look-ups
+        in completion_keys (brought up to date first), so the cost follows `keys`."""
+        self.index_completions(self.last_seq())
+        wanted = list(keys)
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            yield from self._read(
+                f"{COMPLETIONS_OF_QUERY} ({', '.join('?' * len(part))})", part)
 
     def completions(self, *, batch: int = 5000) -> Iterator[tuple[str, str]]:
         """(test key, event id) of every stored completion, by `seq`: what resume needs,

@@ -1,0 +1,38 @@
+"""Resume: which tests of a selection the log already holds, and the plan of the rest.
+
+Kept apart from the runner so that `ultra plan` loads no HTTP or trio code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ultra.config import Config
+from ultra.plan import Plan, Selection, check_selection, make_plan, selection_keys
+from ultra.projecting import log_repairs
+from ultra.store import EventLog
+from ultra.suites import Suite, get_suite
+
+
+def completed_test_keys(log: EventLog, among: set[str] | None = None) -> set[str]:
+    """Keys of tests with a `test.completed` that no `tests.retracted` removed: `ultra run`
+    resumes with this (completed tests are not taken again; tests that only errored are).
+    With `among` (the selection's keys), only those are looked up, by key: the cost follows
+    the selection, not the log."""
+    withdrawn = log_repairs(log).withdrawn
+    found = log.completions() if among is None else log.completions_of(among)
+    return {key for key, event_id in found if event_id not in withdrawn}
+
+
+def completed_keys(db: Path | str, suite: Suite, sel: Selection) -> set[str]:
+    if isinstance(db, Path) and not db.exists():
+        return set()
+    with EventLog.open(db, create=False) as log:
+        return completed_test_keys(log, selection_keys(suite, sel))
+
+
+def plan_run(config: Config, sel: Selection, db: Path | str, tasks: str | None) -> Plan:
+    """Check the selection, read what the log already holds, and plan what is left."""
+    suite = get_suite(sel.suite, tasks)
+    check_selection(config, suite, sel)
+    return make_plan(config, suite, sel, completed_keys(db, suite, sel))
