@@ -7,10 +7,10 @@ import random
 import pytest
 import trio
 
-from ultra.client import HttpChatModel, ShardCounters, open_client
+from ultra.client import CONNECTIONS_PER_CLIENT, HttpChatModel, ShardCounters, open_client, open_clients
 from ultra.limits import RateLimiter
 from ultra.plan import Route
-from ultra.sim.config import Faults, Limits, SimConfig
+from ultra.sim.config import Faults, Latency, Limits, SimConfig
 from ultra.sim.process import SimProcess
 from ultra.suites import ContextLengthExceeded, ModelUnavailable
 
@@ -94,3 +94,27 @@ def test_429_is_waited_out_not_counted_as_a_failure():
         (_, second), counters = complete(openai_route(sim.url), max_retries=0, qps=50)
     assert first.retries == 0
     assert second.retries >= 1 and counters.throttled == second.retries
+
+
+def test_a_shards_connections_split_over_small_clients_all_in_flight_at_once():
+    """20 workers: 3 clients of at most 7 connections, and all 20 requests in flight together
+    (nothing queues for a connection)."""
+    workers = 20
+
+    async def main(url: str) -> int:
+        r = Route(url=f"{url}/v1/chat/completions", shape="openai", api_model="sim-strong",
+                  key_literal="sim-key-0")
+        async with open_clients(r, workers) as clients:
+            assert len(clients) == -(-workers // CONNECTIONS_PER_CLIENT) == 3
+            counters = ShardCounters()
+            async with trio.open_nursery() as nursery:
+                for i in range(workers):
+                    model = HttpChatModel(clients[i % len(clients)], r, (RateLimiter(1000),),
+                                          counters, request_timeout=30.0, max_retries=0,
+                                          rng=random.Random(i))
+                    nursery.start_soon(model.complete, MESSAGES, None)
+        return counters.retries
+
+    with SimProcess(SimConfig(responder="echo", latency=Latency(median_ms=1500))) as sim:
+        assert trio.run(main, sim.url) == 0
+        assert sim.stats()["total"]["max_in_flight"] == workers

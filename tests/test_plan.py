@@ -191,3 +191,18 @@ def test_request_options_are_part_of_the_test_key():
         RequestOptions(temperature=0.0), RequestOptions(temperature=0.7), RequestOptions(max_tokens=256),
         RequestOptions(max_completion_tokens=256), RequestOptions(extra_body={"top_p": 0.5}))}
     assert len(keys) == 5 and plain not in keys
+
+
+def test_processes_follow_the_load():
+    """A small load runs in one shard process; the presets' full load (1,280 qps offered)
+    takes every CPU, never more processes than CPUs or shards."""
+    import os
+
+    from ultra.runner import needed_processes
+
+    demo, _ = load_config("demo")
+    small = make_plan(demo, SUITE, selection(list(demo.models)), completed=set())
+    assert needed_processes(small) == 1
+    config, _ = load_config("presets")
+    full = make_plan(config, SUITE, selection(list(config.models)), completed=set())
+    assert needed_processes(full) == min(os.cpu_count() or 1, len(full.shards), 3)

@@ -12,12 +12,23 @@ prints one JSON line with:
   workers), beside the bare client's.
 
 It asserts nothing about time. Usage: python tools/bench_dispatch.py [--seconds 5]
+
+`--seed-load` measures the seed's full load instead (13 models of the four classes, 1,095
+workers, simulator latency lognormal with median 1 s): achieved / offered requests per
+second over a window after warm-up with `--processes` shard processes (offered: every
+shard's min(qps, workers / median latency)), the client CPU per request of those
+processes, and beside it a bare loop of 128 tasks on one httpx pool of 128 connections
+against the same loop on 16 pools of 8 (the split ultra's shards use), at 200 ms latency:
+client CPU per request of each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ultra.config import Config, ModelConfig, ProviderConfig  # noqa: E402
 from ultra.plan import Selection, make_plan  # noqa: E402
 from ultra.runner import ChildJob, run_process  # noqa: E402
-from ultra.sim.config import SimConfig  # noqa: E402
+from ultra.sim.config import Latency, SimConfig  # noqa: E402
 from ultra.sim.process import SimProcess  # noqa: E402
 from ultra.suites import ChatResponse, get_suite  # noqa: E402
 
@@ -116,11 +127,152 @@ def run_bare(url: str, body: bytes, *, workers: int, requests: int) -> float:
     return trio.run(main)
 
 
+# ---- --seed-load ---------------------------------------------------------------------
+
+# The seed's load: (class, models, workers, qps) per shard. 5 x 3 x 2 + 3 x 3 x 100 + 3 x 5
+# + 2 x 75 = 1,095 workers.
+SEED_CLASSES = (("open-multikey", 5, 2, 10.0), ("open-azure", 3, 100, 200.0),
+                ("closed-multikey", 3, 5, 10.0), ("closed-azure", 2, 75, 150.0))
+SEED_LATENCY = Latency(median_ms=1000, spread_ms=300)
+
+
+def seed_plan(url: str, instances: int):
+    providers = {
+        "gateway": ProviderConfig(kind="sim", shape="openai", keys=3, url=url),
+        "azure": ProviderConfig(kind="sim", shape="azure", url=url),
+        "closed": ProviderConfig(kind="sim", shape="openai", keys=1, url=url),
+        "azure-closed": ProviderConfig(kind="sim", shape="azure", url=url),
+    }
+    provider_of = {"open-multikey": "gateway", "open-azure": "azure",
+                   "closed-multikey": "closed", "closed-azure": "azure-closed"}
+    # Deployments X-2, X-3 name their model through canonical_model, which knows the
+    # simulator's named policies; the other routes may use any `sim-skill-N`.
+    azure_names = iter(["sim-strong", "sim-good", "sim-medium"])
+    models, skill = {}, 40
+    for cls, count, workers, qps in SEED_CLASSES:
+        for _ in range(count):
+            name = next(azure_names) if cls == "open-azure" else f"sim-skill-{skill}"
+            skill += 3
+            models[name] = ModelConfig(provider=provider_of[cls], model_class=cls,
+                                       workers=workers, qps=qps)
+    config = Config(providers=providers, models=models)
+    suite = get_suite("workflow")
+    sel = Selection(suite="workflow", models=list(models), prompt_types=["baseline", "optimal"],
+                    difficulties=["easy"], task_types=list(suite.task_types),
+                    tool_success_rates=[0.9], num_instances=instances)
+    return make_plan(config, suite, sel, completed=set(), sim_url=url)
+
+
+def seed_child(url: str, db: str, processes: int, index: int, instances: int,
+               per_client: int) -> None:
+    import ultra.client
+    from ultra.runner import assign
+
+    ultra.client.CONNECTIONS_PER_CLIENT = per_client  # this benchmark's variable
+
+    groups = assign(seed_plan(url, instances).shards, processes)
+    job = ChildJob(run_id="bench-seed", db=db, suite="workflow", tasks=None, shards=groups[index])
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # measured already: stop at once
+    trio.run(run_process, job, lambda snapshots: None)
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def seed_load(processes: int, warmup: float, window: float, per_client: int) -> dict:
+    instances = 200  # enough tests that no shard runs dry within the window
+    with SimProcess(SimConfig(latency=SEED_LATENCY)) as sim, tempfile.TemporaryDirectory() as tmp:
+        plan = seed_plan(sim.url, instances)
+        offered = sum(min(s.qps, s.workers / (SEED_LATENCY.median_ms / 1000)) for s in plan.shards)
+        db = str(Path(tmp) / "events.db")
+        procs = [subprocess.Popen([sys.executable, __file__, "--seed-child", sim.url, db,
+                                   str(processes), str(i), str(instances), str(per_client)])
+                 for i in range(min(processes, len(plan.shards)))]
+        try:
+            time.sleep(warmup)
+            r0, t0 = sim.stats()["total"]["accepted"], time.perf_counter()
+            c0 = sum(_cpu_seconds(p.pid) for p in procs)
+            time.sleep(window)
+            stats = sim.stats()
+            r1, t1 = stats["total"]["accepted"], time.perf_counter()
+            c1 = sum(_cpu_seconds(p.pid) for p in procs)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait()
+        achieved = (r1 - r0) / (t1 - t0)
+        return dict(processes=processes, connections_per_client=per_client, shards=len(plan.shards),
+                    workers=sum(s.workers for s in plan.shards), offered_rps=round(offered, 1),
+                    achieved_rps=round(achieved, 1), achieved_vs_offered=round(achieved / offered, 3),
+                    client_cpu_ms_per_request=round(1000 * (c1 - c0) / max(1, r1 - r0), 3),
+                    sim_status=stats["status"], sim_in_flight=stats["total"]["in_flight"],
+                    rejected=[m for part in ("models", "deployments", "keys") for m, c in stats[part].items() if c["rejected"]])
+
+
+def bare_cpu(url: str, body: bytes, *, tasks: int, per_client: int, seconds: float) -> dict:
+    """Client CPU per request of `tasks` tasks posting `body`, on pools of `per_client`."""
+
+    async def main() -> tuple[int, float, float]:
+        n = -(-tasks // per_client)
+        limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+        headers = {"authorization": "Bearer sim-key-0", "content-type": "application/json"}
+        clients = [httpx.AsyncClient(limits=limits, headers=headers, timeout=None) for _ in range(n)]
+        done = 0
+        stop = trio.current_time() + seconds
+
+        async def worker(client: httpx.AsyncClient) -> None:
+            nonlocal done
+            while trio.current_time() < stop:
+                r = await client.post(f"{url}/v1/chat/completions", content=body)
+                r.raise_for_status()
+                done += 1
+
+        c0, t0 = time.process_time(), time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(tasks):
+                nursery.start_soon(worker, clients[i % n])
+        c1, t1 = time.process_time(), time.perf_counter()
+        for c in clients:
+            await c.aclose()
+        return done, c1 - c0, t1 - t0
+
+    done, cpu, wall = trio.run(main)
+    return dict(clients=-(-tasks // per_client), per_client=per_client, rps=round(done / wall, 1),
+                cpu_ms_per_request=round(1000 * cpu / max(1, done), 3))
+
+
+def seed_main(args: argparse.Namespace) -> None:
+    out: dict = {"load_at_start": os.getloadavg()[0]}
+    # ultra's split (8 connections a client) beside one pool per shard, side by side.
+    out["seed_load"] = seed_load(args.processes, args.warmup, args.seconds, 8)
+    out["seed_load_one_pool_per_shard"] = seed_load(args.processes, args.warmup, args.seconds, 10**6)
+    spec = shard_plan("http://x", workers=1, qps=1, tests=10).shards[0].tests[0]
+    body = first_turn_body(spec)
+    with SimProcess(SimConfig(latency=Latency(median_ms=200, spread_ms=50))) as sim:
+        out["bare_128"] = {str(k): bare_cpu(sim.url, body, tasks=128, per_client=k, seconds=args.seconds)
+                           for k in (128, 8)}
+    out["load_at_end"] = os.getloadavg()[0]
+    print(json.dumps(out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="rough length of each QPS run")
     ap.add_argument("--workers", type=int, default=32)
+    ap.add_argument("--seed-load", action="store_true", help="the seed's full load (see above)")
+    ap.add_argument("--processes", type=int, default=2, help="--seed-load: shard processes")
+    ap.add_argument("--warmup", type=float, default=8.0, help="--seed-load: seconds before measuring")
+    ap.add_argument("--seed-child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.seed_child:
+        url, db, processes, index, instances, per_client = args.seed_child
+        return seed_child(url, db, int(processes), int(index), int(instances), int(per_client))
+    if args.seed_load:
+        return seed_main(args)
     suite = get_suite("workflow")
     spec = shard_plan("http://x", workers=1, qps=1, tests=10).shards[0].tests[0]
     body = first_turn_body(spec)

@@ -20,9 +20,11 @@ provider kind says.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -182,6 +184,22 @@ def resolve_secret(route: Route) -> str:
     if not value:
         raise ModelUnavailable("bad_request", f"environment variable {route.key_env} is not set")
     return value
+
+
+# httpx's pool scans every pooled connection on each request (a readability system call
+# each), so one pool's CPU per request grows with its size: 128 connections in one pool
+# cost ~3x the CPU per request of 16 pools of 8 (tools/bench_dispatch.py --seed-load).
+CONNECTIONS_PER_CLIENT = 8
+
+
+@contextlib.asynccontextmanager
+async def open_clients(route: Route, workers: int) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """A shard's connections split over small clients of at most CONNECTIONS_PER_CLIENT
+    each; worker `i` uses client `i % len(clients)`, so no pool outgrows its size."""
+    n = max(1, -(-workers // CONNECTIONS_PER_CLIENT))
+    size = -(-workers // n)
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(open_client(route, size)) for _ in range(n)]
 
 
 def open_client(route: Route, workers: int) -> httpx.AsyncClient:

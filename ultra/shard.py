@@ -15,9 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import httpx
 import trio
 
-from ultra.client import HttpChatModel, RouteHealth, ShardCounters, open_client, resolve_secret
+from ultra.client import HttpChatModel, RouteHealth, ShardCounters, open_clients, resolve_secret
 from ultra.events import (
     Event,
     ShardFinished,
@@ -157,9 +158,9 @@ async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Ev
     budgets = tuple(x for x in (progress.budget, shared and shared.tokens) if x)
     health = progress.health
     secrets = (resolve_secret(shard.route),)  # only to redact it from server messages
-    async with open_client(shard.route, shard.workers) as client:
+    async with open_clients(shard.route, shard.workers) as clients:
 
-        async def worker() -> None:
+        async def worker(client: httpx.AsyncClient) -> None:
             for spec in pending:
                 if health.broken:
                     return  # a broken route takes no more tests; the next run retakes them
@@ -172,8 +173,8 @@ async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Ev
                 emit(await _run_test(shard, suite, run_id, spec, model, progress))
 
         async with trio.open_nursery() as nursery:
-            for _ in range(min(shard.workers, len(shard.tests))):
-                nursery.start_soon(worker)
+            for i in range(min(shard.workers, len(shard.tests))):
+                nursery.start_soon(worker, clients[i % len(clients)])
 
 
 async def _run_test(shard: Shard, suite: Suite, run_id: str, spec: TestSpec,
