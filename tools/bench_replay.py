@@ -11,7 +11,9 @@ and each in a fresh child process (time and peak RSS from its own ru_maxrss):
 - `rebuild`: `project(rebuild=True)`, both projections (master_database.json, results.db);
 - `plan_cli`: `ultra plan` as a CLI process (the resume read of every completed key).
 
-The first `project` of a log indexes its completion keys once (`index_completions`); that
+Each figure comes as wall time and as CPU time (`*_cpu`: user + system of the child, imports
+apart), which a busy machine does not inflate. The first `project` of a log indexes its
+completion keys once (`index_completions`); that
 one-off is timed apart as `index_completions_s`.
 """
 
@@ -39,6 +41,8 @@ def child(mode: str, db: str, out: str) -> None:
     from ultra.projecting import project, replay
     from ultra.store import EventLog
 
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = use.ru_utime + use.ru_stime  # imports apart
     t = time.perf_counter()
     if mode == "floor":
         with EventLog.open(Path(db), create=False) as log:
@@ -62,7 +66,8 @@ def child(mode: str, db: str, out: str) -> None:
         with EventLog.open(Path(db), create=False) as log:
             log.index_completions(log.last_seq())
     spent = time.perf_counter() - t
-    print(json.dumps({"s": spent, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"s": spent, "cpu": use.ru_utime + use.ru_stime - cpu0, "rss_mb": use.ru_maxrss / 1024}))
 
 
 def run_child(mode: str, db: Path, out: Path) -> dict:
@@ -71,11 +76,15 @@ def run_child(mode: str, db: Path, out: Path) -> dict:
     return json.loads(p.stdout)
 
 
-def cli_seconds(args: list[str]) -> float:
+def cli_seconds(args: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one CLI process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "ultra", *args], cwd=ROOT, check=True,
                    capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -97,16 +106,19 @@ def main() -> None:
                     log.append(batch)
             index = run_child("index", db, out)
             floor, rep, reb = (run_child(m, db, out) for m in ("floor", "replay", "rebuild"))
-            plan_s = sorted(cli_seconds(["plan", "--db", str(db)]) for _ in range(3))[1]
+            plans = sorted(cli_seconds(["plan", "--db", str(db)]) for _ in range(3))
+            plan_s, plan_cpu = plans[1]
             result[str(n)] = {
                 "floor_eps": round(n / floor["s"]), "replay_eps": round(n / rep["s"]),
                 "rebuild_eps": round(n / reb["s"]),
                 "replay_vs_floor": round(floor["s"] / rep["s"], 3),
                 "rebuild_vs_floor": round(floor["s"] / reb["s"], 3),
+                "replay_vs_floor_cpu": round(floor["cpu"] / rep["cpu"], 3),
+                "rebuild_vs_floor_cpu": round(floor["cpu"] / reb["cpu"], 3),
                 "floor_rss_mb": round(floor["rss_mb"], 1), "replay_rss_mb": round(rep["rss_mb"], 1),
                 "rebuild_rss_mb": round(reb["rss_mb"], 1),
                 "index_completions_s": round(index["s"], 2),
-                "plan_cli_s": round(plan_s, 3),
+                "plan_cli_s": round(plan_s, 3), "plan_cli_cpu_s": round(plan_cpu, 3),
             }
             db.unlink()
             for extra in (f"{db}-wal", f"{db}-shm"):

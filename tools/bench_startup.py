@@ -4,7 +4,9 @@
 
 `ultra project` after one new event, as a CLI process (the median of `--runs`), beside
 the same work in-process, the same command through the typer app (what every other
-command pays), and a bare `python -c pass` for the interpreter's own start-up.
+command pays), and a bare `python -c pass` for the interpreter's own start-up. `*_cpu_s`
+are the CPU seconds of those processes (user + system): on a busy machine wall time
+includes waiting for a core, CPU time does not.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,11 +33,19 @@ from ultra.store import EventLog  # noqa: E402
 TYPER = "import sys; from ultra.cli import app; sys.argv[0] = 'ultra'; app()"
 
 
-def timed(cmd: list[str]) -> float:
+CPU: dict[str, list[float]] = {}  # CPU seconds of each child: what load does not inflate
+
+
+def timed(cmd: list[str], name: str = "") -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return time.perf_counter() - t
+    spent = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    CPU.setdefault(name, []).append(cpu)
+    return spent
 
 
 def main() -> None:
@@ -55,16 +66,17 @@ def main() -> None:
                 with EventLog.open(db) as log:
                     log.append(next(batches(1, 1, seed=1000 + len(figures["cli"]) * 3 + i)))
             one_more()
-            figures["cli"].append(timed([sys.executable, "-m", "ultra", *argv]))
+            figures["cli"].append(timed([sys.executable, "-m", "ultra", *argv], "cli"))
             one_more()
-            figures["typer"].append(timed([sys.executable, "-c", TYPER, *argv]))
+            figures["typer"].append(timed([sys.executable, "-c", TYPER, *argv], "typer"))
             one_more()
             t = time.perf_counter()
             project(db, out)
             figures["in_process"].append(time.perf_counter() - t)
-            figures["python"].append(timed([sys.executable, "-c", "pass"]))
+            figures["python"].append(timed([sys.executable, "-c", "pass"], "python"))
     result = {"events": args.events, "runs": args.runs, "load": os.getloadavg()[0]}
     result.update({f"{k}_s": round(statistics.median(v), 4) for k, v in figures.items()})
+    result.update({f"{k}_cpu_s": round(statistics.median(v), 4) for k, v in CPU.items()})
     print(json.dumps(result))
 
 
