@@ -209,9 +209,11 @@ def _routes(config: Config, eff: EffectiveModel, sim_url: str) -> list[tuple[str
     ]
 
 
-def selection_keys(suite: Suite, sel: Selection) -> set[str]:
-    """The test keys of every test the selection names (what resume looks up)."""
-    return {t.test_key for name in sel.models for t in expand(suite, sel, canonical_model(name))}
+def selection_keys(config: Config, suite: Suite, sel: Selection) -> set[str]:
+    """The test keys of every test the selection names (what resume looks up), expanded
+    as `make_plan` expands them."""
+    return {t.test_key for name in sel.models
+            for t in expand(suite, sel, canonical_model(name), effective_model(config, name).options)}
 
 
 def split_evenly(tests: list[TestSpec], n: int) -> list[list[TestSpec]]:

@@ -24,15 +24,15 @@ def completed_test_keys(log: EventLog, among: set[str] | None = None) -> set[str
     return {key for key, event_id in found if event_id not in withdrawn}
 
 
-def completed_keys(db: Path | str, suite: Suite, sel: Selection) -> set[str]:
+def completed_keys(db: Path | str, config: Config, suite: Suite, sel: Selection) -> set[str]:
     if isinstance(db, Path) and not db.exists():
         return set()
     with EventLog.open(db, create=False) as log:
-        return completed_test_keys(log, selection_keys(suite, sel))
+        return completed_test_keys(log, selection_keys(config, suite, sel))
 
 
 def plan_run(config: Config, sel: Selection, db: Path | str, tasks: str | None) -> Plan:
     """Check the selection, read what the log already holds, and plan what is left."""
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
-    return make_plan(config, suite, sel, completed_keys(db, suite, sel))
+    return make_plan(config, suite, sel, completed_keys(db, config, suite, sel))

@@ -341,7 +341,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
             progress: str = "auto") -> RunResult:
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
-    done_keys = completed_keys(db, suite, sel)
+    done_keys = completed_keys(db, config, suite, sel)
     plan = make_plan(config, suite, sel, done_keys)
     missing = missing_secrets(plan)
     if missing:  # before anything is created or started

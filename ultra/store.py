@@ -558,8 +558,13 @@ class EventLog:
     def completions_of(self, keys: Iterable[str]) -> Iterator[tuple[str, str]]:
         """(test key, event id) of the stored completions of `keys`: primary-key look-ups
         in completion_keys (brought up to date first), so the cost follows `keys`."""
-        self.index_completions(self.last_seq())
         wanted = list(keys)
+        try:
+            self.index_completions(self.last_seq())
+        except UserError:  # a log we may not write (a read-only file): scan it instead
+            chosen = set(wanted)
+            yield from ((k, e) for k, e in self.completions() if k in chosen)
+            return
         for i in range(0, len(wanted), 500):
             part = wanted[i:i + 500]
             yield from self._read(
