@@ -12,18 +12,21 @@ from ultra.report.tables import ModelInfo, Selection, Source, Table, build, comp
 
 
 def model_info(config_path: Path | str | None) -> dict[str, ModelInfo]:
-    """Family, size and prices of the configured models, under their canonical names."""
+    """Family, size and prices of the models under their canonical names: from the config
+    (default: the demo's), and from the bundled presets for models it does not name."""
     from ultra.config import load_config
     from ultra.naming import canonical_model
 
-    config, _ = load_config(config_path)
-    return {
-        canonical_model(name): ModelInfo(
-            family=m.family, params_b=m.params_b,
-            input_price=m.input_price, output_price=m.output_price,  # per million tokens
-        )
-        for name, m in config.models.items()
-    }
+    info: dict[str, ModelInfo] = {}
+    for source in ("presets", config_path):
+        config, _ = load_config(source)
+        info.update({
+            canonical_model(name): ModelInfo(family=m.family, params_b=m.params_b,
+                                             input_price=m.input_price,  # per million tokens
+                                             output_price=m.output_price)
+            for name, m in config.models.items()
+        })
+    return info
 
 
 def refresh(db: Path | str, results: Path) -> None:
