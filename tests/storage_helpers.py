@@ -83,7 +83,7 @@ MODELS = ["DeepSeek-V3-0324", "DeepSeek-V3-0324-2", "deepseek-v3-0324", "qwen2.5
           "qwen2.5-7b-instruct-key1", "grok-3", "team-qwen"]
 ALIASES = [("team-qwen", "qwen2.5-7b-instruct"), ("grok-3", "grok-3-beta")]
 PROMPTS = ["baseline", "optimal", "flawed_sequence_disorder"]
-RATES = [0.6, 0.8, 0.9]
+RATES = [0.6, 0.8, 0.9, 0.80004, 0.8125]  # 0.80004 keys as "0.8": rounding is to 4 digits
 DIFFS = ["easy", "medium"]
 TASKS = ["simple_task", "data_pipeline"]
 OUTCOMES = ["full_success", "partial_success", "failure"]

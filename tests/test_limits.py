@@ -262,3 +262,36 @@ def test_slowing_down_before_a_429():
     assert tokens_pause(tokens, next_tokens=500) == 1.0  # the next request would not fit
     assert tokens_pause(read_rate_headers({"x-ratelimit-remaining-tokens": "90000",
                                            "x-ratelimit-reset-tokens": "1s"}), next_tokens=500) == 0.0
+
+
+def test_the_429_cool_down_holds_the_rate_then_climbs_by_half_a_second():
+    """After the last 429 the rate stays down for the cool-down (1 s), then climbs by 50 %
+    at most once a second, up to the limit. A 429 inside the burst window (0.5 s) does not
+    halve again but restarts the cool-down."""
+    seen: list[tuple[float, float]] = []
+
+    async def main():
+        limiter = RateLimiter(100)
+        await limiter.acquire()
+        limiter.sent()
+        t0 = trio.current_time()
+        limiter.on_429(retry_after=None)
+        assert limiter.rate == 50
+        while trio.current_time() - t0 < 0.3:
+            await limiter.acquire()
+            limiter.sent()
+            seen.append((trio.current_time() - t0, limiter.rate))
+        limiter.on_429(retry_after=None)  # 0.3 s later: the same burst, cool-down restarts
+        assert limiter.rate == 50
+        while trio.current_time() - t0 < 4.0:
+            await limiter.acquire()
+            limiter.sent()
+            seen.append((trio.current_time() - t0, limiter.rate))
+
+    run_virtual(main)
+    assert all(rate == 50 for t, rate in seen if t < 1.3)  # held through the cool-down
+    up = [t for t, rate in seen if rate > 50]
+    assert up and 1.3 <= up[0] < 1.4  # climbs as soon as it ends
+    assert sorted({rate for _, rate in seen}) == [50, 75, 100]  # x1.5, capped at the limit
+    t75, t100 = (min(t for t, rate in seen if rate == r) for r in (75, 100))
+    assert 1.0 <= t100 - t75 < 1.1  # one step a second

@@ -391,3 +391,34 @@ def test_keys_come_in_the_documented_order(tmp_path):
     assert (s["simulated_tests"], s["simulated_share"]) == (1, 0.333333)
     group = doc["test_groups"]["DeepSeek-V3-0324|baseline|0.8|easy|simple_task"]
     assert group["num_instances"] == 3  # three tests (instances), on two routes
+
+
+def test_a_saved_state_is_used_only_when_it_is_this_fold_and_not_ahead_of_the_log(tmp_path):
+    """The guards on the saved state: another fold version, a state ahead of the log (say,
+    saved for a longer log) or a garbled one means a rebuild, never a wrong increment."""
+    from ultra.projecting import PROJECTION_NAME
+
+    db, out = tmp_path / "e.db", tmp_path / "m.json"
+    with EventLog.open(db) as log:
+        log.append([completed(1), completed(2)])
+    assert project(db, out).rebuilt
+    with EventLog.open(db) as log:
+        log.append([completed(3)])
+    r = project(db, out)
+    assert not r.rebuilt and r.events_folded == 1  # the ordinary increment
+    want = out.read_bytes()
+    with EventLog.open(db) as log:
+        version, seq, text = log.load_projection_state(PROJECTION_NAME)
+        ahead = mdb.load_state(text)
+        ahead.last_seq = 99  # a state for events this log does not have
+        ahead.leaves = {}
+        bad = [(version, 99, mdb.dump_state(ahead).decode()),  # ahead of the log
+               (version + 1, seq, text),  # another fold version
+               (version, seq, "{not json")]  # garbled
+    for saved in bad:
+        with EventLog.open(db) as log:
+            log.connection.execute("DELETE FROM projection_state WHERE name = ?", (PROJECTION_NAME,))
+            log.save_projection_state(PROJECTION_NAME, *saved)
+        r = project(db, out)
+        assert r.rebuilt and r.last_seq == 3 and r.events_folded == 3, saved
+        assert out.read_bytes() == want

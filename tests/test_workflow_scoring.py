@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,3 +83,66 @@ def test_categories_of_a_group_sum_to_its_errors(group: list[Trajectory]) -> Non
 def test_lcs_bounds(a: list[str], b: list[str]) -> None:
     n = lcs(a, b)
     assert 0 <= n <= min(len(a), len(b)) and lcs(a, a) == len(a) and lcs(a, b) == lcs(b, a)
+
+
+# ---- hand-scored trajectories: the weights, the thresholds and the categories, pinned ----
+#
+# Each row was scored by hand from the formulas in ultra/suites/workflow/scoring.py:
+#   workflow = .4 coverage + .3 order + .3 execution;  phase2 = .5 achievement + .3 workflow
+#   + .2 efficiency;  quality = 1 - .25 malformed - .2 bad args - .15 dependency - .15 wrong
+#   tool - .1 redundant - .1 assisted (>= 0);  final = .4 workflow + .4 phase2 + .2 quality.
+
+
+def _c(name: str, status: str = "success", turn: int = 1, needs: tuple[str, ...] = ()) -> Call:
+    return Call(turn=turn, name=name, status=status, needs=needs)  # type: ignore[arg-type]
+
+
+def _t(required: str, calls: list[Call], end: str = "completed", **kw) -> Trajectory:
+    return Trajectory(required=tuple(required), calls=tuple(calls), end=end,  # type: ignore[arg-type]
+                      completed=kw.pop("completed", end == "completed"), **kw)
+
+
+HAND_SCORED = [
+    # name, trajectory, outcome, category, workflow, phase2, quality, final, coverage
+    ("perfect", _t("abc", [_c("a"), _c("b"), _c("c")]),
+     "full_success", None, 1.0, 1.0, 1.0, 1.0, 1.0),
+    ("half the tools: partial at the threshold", _t("abcd", [_c("a"), _c("b")], "max_turns"),
+     "partial_success", "max_turns", 0.65, 0.645, 1.0, 0.718, 0.5),
+    ("a third of the tools: failure below it", _t("abc", [_c("a")], "stalled"),
+     "failure", "timeout", 0.533333, 0.36, 1.0, 0.557333, 0.333333),
+    ("all tools, wrong order", _t("abc", [_c("b"), _c("a"), _c("c")]),
+     "partial_success", "sequence_order", 0.9, 0.72, 1.0, 0.848, 1.0),
+    ("every penalty once", _t("ab", [_c("a", "malformed"), _c("a"), _c("x"), _c("a"),
+                                     _c("b", "bad_arguments"), _c("b")], assisted_turns=1),
+     "full_success", None, 0.9, 0.836667, 0.2, 0.734667, 1.0),
+    ("quality floors at zero", _t("a", [_c("a", "malformed")] * 5, "max_turns"),
+     "failure", "tool_call_format", 0.0, 0.04, 0.0, 0.016, 0.0),
+    ("refused as too long", _t("ab", [_c("a"), _c("b")], "context_length"),
+     "failure", "other", 1.0, 0.5, 1.0, 0.8, 1.0),
+    ("a dependency not met", _t("ab", [_c("a", "failed"), _c("b", "dependency", needs=("a",))], "max_turns"),
+     "failure", "dependency", 0.0, 0.2, 0.85, 0.25, 0.0),
+    ("bad arguments", _t("a", [_c("a", "bad_arguments")], "stalled"),
+     "failure", "parameter_config", 0.0, 0.2, 0.8, 0.24, 0.0),
+    ("a tool the task does not need", _t("ab", [_c("a"), _c("z")], "max_turns"),
+     "partial_success", "tool_selection", 0.65, 0.645, 0.85, 0.688, 0.5),
+    ("turns without a call", _t("a", [], "stalled", idle_turns=2, turns=2),
+     "failure", "tool_call_format", 0.0, 0.0, 1.0, 0.2, 0.0),
+    ("completion stated after a tool error", _t("ab", [_c("a"), _c("b", "failed")]),
+     "partial_success", "other", 0.5, 0.6, 1.0, 0.64, 0.5),
+    ("all tools, no completion, stalled", _t("a", [_c("a")], "stalled"),
+     "partial_success", "timeout", 1.0, 0.75, 1.0, 0.9, 1.0),
+    ("all tools, no completion, out of turns", _t("a", [_c("a")], "max_turns"),
+     "partial_success", "max_turns", 1.0, 0.75, 1.0, 0.9, 1.0),
+    ("a step skipped, completion stated", _t("abc", [_c("a"), _c("c")]),
+     "partial_success", "tool_selection", 0.766667, 0.68, 1.0, 0.778667, 0.666667),
+]
+
+
+@pytest.mark.parametrize("row", HAND_SCORED, ids=[r[0] for r in HAND_SCORED])
+def test_hand_scored_trajectories(row) -> None:
+    _, t, outcome, category, wf, p2, q, final, coverage = row
+    r = score(t)
+    assert (r.outcome, r.error_category) == (outcome, category)
+    m = r.metrics
+    got = (m["workflow_score"], m["phase2_score"], m["quality_score"], m["final_score"], r.tool_coverage)
+    assert got == pytest.approx((wf, p2, q, final, coverage), abs=1e-6)
