@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import random
 
+import msgspec
 import pytest
 import trio
 
-from ultra.client import CONNECTIONS_PER_CLIENT, HttpChatModel, ShardCounters, open_client, open_clients
+from ultra.client import (
+    CONNECTIONS_PER_CLIENT,
+    HttpChatModel,
+    ShardCounters,
+    open_client,
+    open_clients,
+    redact,
+    server_message,
+)
 from ultra.limits import RateLimiter
 from ultra.plan import Route
-from ultra.sim.config import Faults, Latency, Limits, SimConfig
+from ultra.sim.config import Faults, Latency, Limits, Routes, SimConfig
 from ultra.sim.process import SimProcess
+from ultra.sim.server import key_fingerprint
 from ultra.suites import ContextLengthExceeded, ModelUnavailable
 
 MESSAGES = [{"role": "system", "content": "hi"}, {"role": "user", "content": "hello"}]
@@ -118,3 +128,101 @@ def test_a_shards_connections_split_over_small_clients_all_in_flight_at_once():
     with SimProcess(SimConfig(responder="echo", latency=Latency(median_ms=1500))) as sim:
         assert trio.run(main, sim.url) == 0
         assert sim.stats()["total"]["max_in_flight"] == workers
+
+
+def timed_completes(route: Route, n: int, *, qps: float = 1000, max_retries: int = 0):
+    """n requests one after another on one model: (seconds, model, counters)."""
+    counters = ShardCounters()
+
+    async def main():
+        async with open_client(route, 1) as client:
+            model = HttpChatModel(client, route, (RateLimiter(qps),), counters,
+                                  request_timeout=10, max_retries=max_retries,
+                                  rng=random.Random(0))
+            t0 = trio.current_time()
+            for _ in range(n):
+                await model.complete(MESSAGES, None)
+            return trio.current_time() - t0, model
+
+    elapsed, model = trio.run(main)
+    return elapsed, model, counters
+
+
+@pytest.mark.parametrize("header, http_date, wait", [
+    ("retry-after", False, 2.0),  # whole seconds: 1.5 rounds up
+    ("retry-after", True, 1.0),  # an HTTP date has whole seconds: at least 1 s away
+    ("retry-after-ms", False, 1.5),
+    ("x-ratelimit-reset-requests", False, 1.5),
+    ("x-ratelimit-reset-tokens", False, 1.5),
+])
+def test_each_rate_limit_header_makes_the_next_request_wait_as_long_as_it_says(header, http_date, wait):
+    # One request per second: the second request gets a 429 whose one header says 1.5 s.
+    # Waiting as told, one retry suffices; a client that ignored it would collect more 429s.
+    limits = Limits(key_rps=1, retry_after_s=1.5, retry_headers=(header,),
+                    retry_after_http_date=http_date, rate_headers=False)
+    with SimProcess(SimConfig(responder="echo", limits=limits)) as sim:
+        elapsed, model, counters = timed_completes(openai_route(sim.url), 2)
+        stats = sim.stats()
+    assert counters.throttled == 1 and model.retries == 1
+    assert stats["total"]["rate_limited"] == 1
+    assert elapsed >= wait - 0.05
+
+
+def test_remaining_requests_running_low_slows_down_before_a_429():
+    with SimProcess(SimConfig(responder="echo", limits=Limits(key_rps=3, rate_headers=True))) as sim:
+        elapsed, _, counters = timed_completes(openai_route(sim.url), 8, qps=100)
+        stats = sim.stats()
+    assert stats["total"]["rate_limited"] == counters.throttled == 0
+    assert stats["total"]["max_per_second"] <= 3
+    assert elapsed >= 1.9  # 8 requests at 3 a second
+
+
+def test_remaining_tokens_running_low_slows_down_before_a_429():
+    # 300 tokens a minute: 50 in any 10 s; each exchange takes a dozen or so.
+    with SimProcess(SimConfig(responder="echo", limits=Limits(key_tpm=300, rate_headers=True))) as sim:
+        elapsed, model, counters = timed_completes(openai_route(sim.url), 5, qps=100)
+        stats = sim.stats()
+    per_request = (model.prompt_tokens + model.completion_tokens) / 5
+    assert 50 / per_request < 5  # so the five did not fit in one window
+    assert stats["total"]["rate_limited"] == counters.throttled == 0
+    assert stats["keys"][key_fingerprint("sim-key-0")]["max_tokens_10s"] <= 50
+    assert elapsed >= 5
+
+
+def test_the_simulator_mark_makes_a_reply_simulated_whatever_the_route_says():
+    with SimProcess(SimConfig(responder="echo")) as sim:
+        (_, model), _ = complete(openai_route(sim.url))
+    assert model.simulated
+
+
+def test_a_refusal_keeps_the_status_and_the_server_message_without_the_key():
+    key = "sk-test-0123456789abcdefXYZW"
+    route = Route(url="", shape="openai", api_model="sim-strong", key_literal=key)
+    with SimProcess(SimConfig(responder="echo", routes=Routes(accept_keys=["nobody"]))) as sim:
+        route = msgspec.structs.replace(route, url=f"{sim.url}/v1/chat/completions")
+        counters = ShardCounters()
+
+        async def main():
+            async with open_client(route, 1) as client:
+                model = HttpChatModel(client, route, (RateLimiter(100),), counters,
+                                      request_timeout=5, max_retries=3, rng=random.Random(0),
+                                      secrets=(key,))
+                await model.complete(MESSAGES, None)
+
+        with pytest.raises(ModelUnavailable) as info:
+            trio.run(main)
+        assert sim.stats()["total"]["requests"] == 1  # final: not retried
+    exc = info.value
+    assert exc.http_status == 401 and exc.reason == "bad_request"
+    assert exc.message.startswith("Incorrect API key provided: ***")
+    assert key not in exc.message and key[-4:] not in exc.message
+
+
+def test_redaction_of_what_servers_echo():
+    secret = "0123456789abcdef0123456789abcdef"
+    text = f"bad key {secret} from Bearer abc.def and sk-proj-abcdef123456 or sk-ab***********wxyz"
+    out = redact(text, (secret,))
+    assert secret not in out and "abc.def" not in out and "abcdef123456" not in out
+    assert "wxyz" not in out
+    assert server_message(b'{"error": {"message": "' + b"word " * 100 + b'"}}') == ("word " * 40).strip()
+    assert server_message(b"<html>502 Bad Gateway</html>") == "<html>502 Bad Gateway</html>"

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ultra.config import load_config
+from ultra.config import load_config, masked
 from ultra.errors import UserError
-from ultra.plan import Selection, check_selection, make_plan, split_evenly
+from ultra.plan import Selection, check_selection, default_key, make_plan, split_evenly
 from ultra.suites import TestResult
 
 
@@ -206,3 +206,42 @@ def test_processes_follow_the_load():
     config, _ = load_config("presets")
     full = make_plan(config, SUITE, selection(list(config.models)), completed=set())
     assert needed_processes(full) == min(os.cpu_count() or 1, len(full.shards), 3)
+
+
+def test_single_route_models_spread_over_the_gateway_keys_and_share_their_budget():
+    config, _ = load_config("presets")
+    closed = ["o3-0416-global", "gemini-2.5-flash-06-17", "kimi-k2"]
+    plan = make_plan(config, SUITE, selection(closed + ["qwen2.5-7b-instruct"]), set())
+    keys = {s.model: s.key_index for s in plan.shards if s.model in closed}
+    assert keys == {m: default_key(m, 3) for m in closed}  # stable: a hash of the name
+    assert len(set(default_key(f"model-{i}", 3) for i in range(30))) == 3  # spread, not all 0
+    # every gateway shard on key k draws from one budget per key, named by the key
+    for s in plan.shards:
+        if s.provider == "gateway":
+            assert s.shared_limit is not None and s.shared_limit.qps == 10
+            assert s.shared_limit.name == f"gateway/key{s.key_index}"
+
+
+def test_a_configured_key_is_the_key_used(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[providers.gw]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+                    'api_key_envs = ["K0", "K1", "K2"]\n'
+                    '[models.m]\nprovider = "gw"\nstrategy = "single"\nkey = 2\n'
+                    '[models.bad]\nprovider = "gw"\nstrategy = "single"\nkey = 3\n')
+    with pytest.raises(UserError, match=r"model 'bad': key 3 is not a key of provider 'gw' \(0..2\)"):
+        load_config(path)
+    path.write_text(path.read_text().split("[models.bad]")[0])
+    config, _ = load_config(path)
+    (shard,) = make_plan(config, SUITE, selection(["m"]), set()).shards
+    assert shard.key_index == 2 and shard.route.key_env == "K2"
+
+
+def test_config_show_lists_only_real_routes():
+    config, _ = load_config("presets")
+    shown = masked(config)["models"]
+    assert shown["gpt-4o-mini"]["routes"] == [{"instance": "gpt-4o-mini", "deployment": "gpt-4o-mini"}]
+    assert [r["deployment"] for r in shown["DeepSeek-V3-0324"]["routes"]] == [
+        "DeepSeek-V3-0324", "DeepSeek-V3-0324-2", "DeepSeek-V3-0324-3"]
+    assert shown["kimi-k2"]["routes"] == [{"instance": "kimi-k2", "key": default_key("kimi-k2", 3)}]
+    assert all("deployments" not in m for m in shown.values())
+    assert shown["o3-0416-global"]["options"] == {"max_completion_tokens": 8192}

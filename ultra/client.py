@@ -173,7 +173,7 @@ def server_message(content: bytes, secrets: tuple[str, ...] = ()) -> str:
     if not text:
         text = content.decode("utf-8", "replace")
     text = " ".join(redact(text, secrets).split())
-    return text[:MESSAGE_CHARS]
+    return text[:MESSAGE_CHARS].rstrip()
 
 
 def resolve_secret(route: Route) -> str:
@@ -376,7 +376,6 @@ class HttpChatModel:
             for budget in self._budgets:
                 budget.pause(wait or 0.0)
             return _Failure("rate_limited", server_message(resp.content, self._secrets), 429)
-        self._heed(headers)
         if status == 200:
             try:
                 parsed = _to_chat_response(_decode_response(resp.content))
@@ -394,7 +393,9 @@ class HttpChatModel:
             c.prompt_tokens += u.prompt_tokens
             c.completion_tokens += u.completion_tokens
             c.reasoning_tokens += u.reasoning_tokens
+            self._heed(headers, u.prompt_tokens + u.completion_tokens)
             return parsed
+        self._heed(headers, COMPLETION_GUESS)
         message = server_message(resp.content, self._secrets)
         if status >= 500 or status == 408:
             return _Failure("server_error", message, status)
@@ -406,13 +407,14 @@ class HttpChatModel:
             self._health.refused(f"HTTP {status}: {message}")
         return _Failure("bad_request", message, status, retryable=False)
 
-    def _heed(self, h: Any) -> None:
-        """Slow down before a 429 when the provider says its limit is running low."""
+    def _heed(self, h: Any, next_tokens: int) -> None:
+        """Slow down before a 429 when the provider says its limit is running low (the next
+        request is assumed to be about as large as the last)."""
         wait = requests_pause(h)
         if wait:
             for limiter in self._limiters:
                 limiter.pause(wait)
-        wait = tokens_pause(h, self.completion_tokens or COMPLETION_GUESS)
+        wait = tokens_pause(h, next_tokens)
         if wait:
             for limiter in self._limiters:
                 limiter.pause(wait)

@@ -308,7 +308,13 @@ def masked(config: Config) -> dict:
             out["providers"][pname]["secrets"] = {
                 env: "<set>" if os.environ.get(env) else "<unset>" for env in envs
             }
+    from ultra.plan import route_names  # here: plan builds on this module
+
     for mname in config.models:
         eff = effective_model(config, mname)
-        out["models"][mname] = msgspec.to_builtins(eff)
+        shown = msgspec.to_builtins(eff)
+        # Only the routes a run really uses (not every deployment a default could name).
+        del shown["deployments"], shown["key"]
+        shown["routes"] = route_names(config, eff)
+        out["models"][mname] = shown
     return out

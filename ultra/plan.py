@@ -216,6 +216,13 @@ def selection_keys(config: Config, suite: Suite, sel: Selection) -> set[str]:
             for t in expand(suite, sel, canonical_model(name), effective_model(config, name).options)}
 
 
+def route_names(config: Config, eff: EffectiveModel) -> list[dict[str, str | int]]:
+    """The routes a model's shards use, for people: instance and key index or deployment."""
+    return [{"instance": instance, **({"key": key} if key is not None else {}),
+             **({"deployment": dep} if dep is not None else {})}
+            for instance, key, dep, _ in _routes(config, eff, "http://127.0.0.1:0")]
+
+
 def split_evenly(tests: list[TestSpec], n: int) -> list[list[TestSpec]]:
     """n parts whose sizes differ by at most one (round robin keeps cells mixed)."""
     return [tests[i::n] for i in range(n)]

@@ -376,7 +376,7 @@ class Simulator:
         )
         key_tokens = self._tokens(self._key_tokens, fp, limits.key_tpm)
         dep_tokens = self._tokens(self._deployment_tokens, deployment, limits.deployment_tpm)
-        prompt_toks = prompt_tokens(chat.messages)
+        prompt_toks = prompt_tokens(body)
         if ((key_window is not None and key_window.is_full(now)) or (dep_window is not None and dep_window.is_full(now))
                 or (key_tokens is not None and key_tokens.is_full(now, prompt_toks))
                 or (dep_tokens is not None and dep_tokens.is_full(now, prompt_toks))):
@@ -397,8 +397,12 @@ class Simulator:
             if deployment is not None:
                 self._served[deployment] = self._served.get(deployment, 0) + 1
         headers = [(SIMULATED_HEADER, b"true")]
-        if limits.rate_headers:
-            headers += self._rate_headers(now, dep_window or key_window, dep_tokens or key_tokens)
+        rate_window, token_window = dep_window or key_window, dep_tokens or key_tokens
+        if limits.rate_headers and (rate_window or token_window):
+            # what is left once this request's tokens are all counted
+            headers_at = self._rate_headers
+        else:
+            headers_at = None
 
         # -- faults, latency, the reply ----------------------------------------------------
         fault = None
@@ -437,7 +441,11 @@ class Simulator:
                 w.take(done, completion_toks)
             for c in counters:
                 c.charge(done, completion_toks)
+            if headers_at is not None:
+                headers += headers_at(done, rate_window, token_window)
             return 200, reply, headers
+        if headers_at is not None:
+            headers += headers_at(trio.current_time(), rate_window, token_window)
         if fault == "server_error":
             status = self.rng.choice((500, 502, 503))
             return status, _SERVER_ERRORS[status], headers
