@@ -238,7 +238,8 @@ class Simulator:
         out: list[tuple[bytes, bytes]] = []
         for name in limits.retry_headers:
             if name == "retry-after":
-                value = (email.utils.formatdate(time.time() + wait, usegmt=True) if limits.retry_after_http_date
+                # an HTTP date has whole seconds: round up, never tell a client to come early
+                value = (email.utils.formatdate(math.ceil(time.time() + wait), usegmt=True) if limits.retry_after_http_date
                          else str(math.ceil(wait)))
             elif name == "retry-after-ms":
                 value = str(math.ceil(wait * 1000))
