@@ -15,8 +15,9 @@ from typing import Any
 
 from projections.counting import Counted
 from ultra.events import ERROR_CATEGORIES, RunFinished, RunStarted, TestCompleted
+from ultra.naming import rate_key
 
-VERSION = 3  # bump when tables, rows or views change: an older results.db is rebuilt
+VERSION = 4  # bump when tables, rows or views change: an older results.db is rebuilt
 
 # Column name -> SQLite type, in table order. The dimensions come first.
 TEST_COLUMNS: dict[str, type] = {
@@ -151,6 +152,11 @@ LEVELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def _rate(rate: float) -> float:
+    """The rate as master_database.json keys it (4 digits): 0.80004 is the cell of 0.8."""
+    return float(rate_key(rate))
+
+
 def test_row(seq: int, e: TestCompleted, model: str) -> tuple[Any, ...]:
     """The row of one counted completion, in TEST_COLUMNS order (a suite's metrics that
     are not columns here are left out; the workflow suite's four are columns)."""
@@ -159,7 +165,7 @@ def test_row(seq: int, e: TestCompleted, model: str) -> tuple[Any, ...]:
     m = r.metrics
     return (
         seq, e.event_id, e.test_key, model, e.instance, e.provider, e.run_id, e.shard_id,
-        e.suite, e.prompt_type, e.tool_success_rate, e.difficulty, e.task_type, e.task_id,
+        e.suite, e.prompt_type, _rate(e.tool_success_rate), e.difficulty, e.task_type, e.task_id,
         int(e.simulated), r.outcome, int(r.outcome != "failure"),
         m.get("final_score"), m.get("workflow_score"), m.get("phase2_score"),
         m.get("quality_score"),
@@ -174,7 +180,7 @@ def errored_row(seq: int, e: Any, model: str) -> tuple[Any, ...]:
     """The row of one `test.errored`, in ERRORED_COLUMNS order."""
     return (
         seq, e.event_id, e.test_key, model, e.instance, e.provider, e.run_id, e.shard_id,
-        e.prompt_type, e.tool_success_rate, e.difficulty, e.task_type, int(e.simulated),
+        e.prompt_type, _rate(e.tool_success_rate), e.difficulty, e.task_type, int(e.simulated),
         e.reason, getattr(e, "http_status", None), e.retries, e.execution_time, e.recorded_at,
     )
 
