@@ -164,6 +164,8 @@ def test_postgresql_locations_that_are_not_logs_raise_one_line_user_errors(pg_se
     for create in (True, False):
         with pytest.raises(UserError, match="not an ultra event log"):
             EventLog.open(pg_url, create=create)
+    with pytest.raises(UserError, match="no event log there"):
+        EventLog.open(pg_server.create_database("empty_one"), create=False)
     with pytest.raises(UserError, match="cannot connect") as info:
         EventLog.open("postgresql://someone:secret-pw@127.0.0.1:1/x")
     assert "secret-pw" not in str(info.value)

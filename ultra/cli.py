@@ -479,6 +479,12 @@ def run(
     progress: Annotated[str, typer.Option(
         "--progress", help="rich (live table) | plain (a line every 10 s) | none | auto "
                            "(rich on a terminal, else plain; none with --json).")] = "auto",
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait for routes and tests that other runs on this log hold, instead"
+        " of leaving them to those runs.")] = False,
+    lease_seconds: Annotated[float, typer.Option(
+        "--lease-seconds", help="How long a dead collector's routes and tests stay held"
+        " (renewed every sixth of it while alive).")] = 30.0,
 ) -> None:
     """Plan, run every shard, project. Tests already completed are skipped (resume).
 
@@ -506,10 +512,13 @@ def run(
     if progress not in MODES:
         raise UserError(f"--progress {progress!r}: must be one of {', '.join(MODES)}")
     error_allowance(max_errors, 0)  # a malformed budget is bad input, before anything runs
+    if not 1.0 <= lease_seconds <= 3600.0:
+        raise UserError(f"invalid --lease-seconds {lease_seconds} (must be in [1, 3600])")
     result = execute(cfg, digest(cfg), sel, db=db, out=out,
                      processes=processes, tasks=tasks_path,
                      argv=sys.argv[1:], json_output=json_output,
-                     check_first=not no_preflight, max_errors=max_errors, progress=progress)
+                     check_first=not no_preflight, max_errors=max_errors, progress=progress,
+                     wait=wait, lease_seconds=lease_seconds)
     if json_output:
         print(msgspec.json.encode(result).decode())
     else:
@@ -522,6 +531,8 @@ def run(
                   file=sys.stderr)
         for line in summary_lines(result):
             print(line)
+        if result.elsewhere:
+            print(f"{result.elsewhere} tests were completed by another run meanwhile")
         print(f"events: {result.db}\nresults: {result.out}")
         more = ["ultra report", "--run", result.run_id]
         for flag, value, default in (("--db", db, DEFAULT_DB), ("--out", out, DEFAULT_OUT),
@@ -532,6 +543,11 @@ def run(
             print()
             print(summary_text({s.shard: s for s in result.shards}, result.shard_models,
                                " ".join(more)), end="")
+    for line in result.held():  # on stderr also with --json: what this run left, and to whom
+        print(line, file=sys.stderr)
+    if result.not_taken:
+        print(f"{result.not_taken} tests left to the runs holding them; `ultra run --wait`"
+              " waits for them", file=sys.stderr)
     raise typer.Exit(result.exit_code)
 
 

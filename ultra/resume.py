@@ -27,7 +27,8 @@ def completed_test_keys(log: EventLog, among: set[str] | None = None) -> set[str
 def completed_keys(db: Path | str, config: Config, suite: Suite, sel: Selection) -> set[str]:
     if isinstance(db, Path) and not db.exists():
         return set()
-    with EventLog.open(db, create=False) as log:
+    # create=True: another collector may be creating this very log right now
+    with EventLog.open(db, create=True) as log:
         return completed_test_keys(log, selection_keys(config, suite, sel))
 
 

@@ -10,15 +10,18 @@ then records `run.finished(interrupted)`, projects, and exits 130.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import multiprocessing as mp
 import os
-import queue as queue_mod
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 
 import msgspec
@@ -27,7 +30,8 @@ import trio
 from ultra.client import preflight
 from ultra.config import Config, effective_model
 from ultra.errors import UserError
-from ultra.events import Event, PlanSummary, RunFinished, RunStarted
+from ultra.events import Event, PlanSummary, RunFinished, RunStarted, TestCompleted, TestErrored
+from ultra.leases import DEFAULT_TTL, ProcessLeases, holder_id, test_lease
 from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
 from ultra.projecting import project
@@ -40,6 +44,8 @@ from ultra.suites import get_suite
 BATCH_EVENTS = 500  # group commit: a batch, or
 BATCH_SECONDS = 0.2  # this long after the first pending event, whichever first
 REPORT_SECONDS = 0.25
+ORPHAN_CHECK_SECONDS = 0.5
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 EXIT_INTERRUPTED = 130
 
 
@@ -49,13 +55,19 @@ class ChildJob(msgspec.Struct, kw_only=True):
     suite: str
     tasks: str | None
     shards: list[Shard]
+    after_seq: int = 0  # the log's last seq when the plan was made (test claims check after it)
+    lease_seconds: float = DEFAULT_TTL
+    wait: bool = False  # wait for routes and tests other runs hold, instead of leaving them
+    leases: bool = True  # hold routes and claim tests in the store (off: benchmarks only)
 
 
 # ---- inside a shard process -------------------------------------------------------------
 
 
-async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog) -> None:
-    """Group commit: append a batch when it is full or BATCH_SECONDS old."""
+async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog,
+                       leases: ProcessLeases | None = None) -> None:
+    """Group commit: append a batch when it is full or BATCH_SECONDS old; the claims of the
+    tests it finishes are released in the same transaction."""
     async with recv:
         while True:
             try:
@@ -70,7 +82,14 @@ async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog) -> None:
                     except trio.EndOfChannel:
                         closed = True
                         break
-            await trio.to_thread.run_sync(log.append, batch)
+            if leases is None:
+                await trio.to_thread.run_sync(log.append, batch)
+            else:  # the claims of the tests this batch finishes end with it
+                done = {test_lease(e.test_key): e.event_id for e in batch
+                        if isinstance(e, TestCompleted)}
+                again = [test_lease(e.test_key) for e in batch if isinstance(e, TestErrored)]
+                await trio.to_thread.run_sync(
+                    lambda: log.append(batch, holder=leases.holder, release=again, done=done))
             if closed:
                 return
 
@@ -88,44 +107,127 @@ async def _report_loop(progresses: list[ShardProgress],
         report([p.snapshot() for p in progresses])
 
 
-async def run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], None]) -> None:
-    """Run a process's shards to the end (or to a signal), committing every event."""
+async def _cancel_when_orphaned(scope: trio.CancelScope, parent_alive: Callable[[], bool]) -> None:
+    """The parent-death signal's backstop (it can arrive before trio listens, or not at all
+    off Linux): a parent that is gone ends the run as an interrupt would."""
+    while parent_alive():
+        await trio.sleep(ORPHAN_CHECK_SECONDS)
+    scope.cancel()
+
+
+async def run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], None],
+                      parent_alive: Callable[[], bool] | None = None) -> None:
+    """Run a process's shards to the end (or to a signal, or the parent's death),
+    committing every event."""
     suite = get_suite(job.suite, job.tasks)
     progresses = [ShardProgress(s) for s in job.shards]
     # One pacer per shared key budget: `assign` put all shards of a key in this process.
     shared_limiters = {s.shared_limit.name: KeyBudget(s.shared_limit.qps, s.shared_limit.tpm)
                        for s in job.shards if s.shared_limit}
     with EventLog.open(job.db) as log:
-        send, recv = trio.open_memory_channel[Event](math.inf)
-        async with trio.open_nursery() as outer:
-            outer.start_soon(write_events, recv, log)
-            async with trio.open_nursery() as aux:
-                async with send:
-                    async with trio.open_nursery() as work:
-                        aux.start_soon(_cancel_on_signal, work.cancel_scope)
-                        aux.start_soon(_report_loop, progresses, report)
-                        for shard, progress in zip(job.shards, progresses):
-                            shared = shared_limiters.get(shard.shared_limit.name) if shard.shared_limit else None
-                            work.start_soon(run_shard, shard, suite, job.run_id,
-                                            send.send_nowait, progress, shared)
-                aux.cancel_scope.cancel()
+        leases = (ProcessLeases(log, job.run_id, ttl=job.lease_seconds, after_seq=job.after_seq,
+                                wait=job.wait) if job.leases else None)
+        try:
+            send, recv = trio.open_memory_channel[Event](math.inf)
+            async with trio.open_nursery() as outer:
+                outer.start_soon(write_events, recv, log, leases)
+                async with trio.open_nursery() as aux:
+                    async with send:
+                        async with trio.open_nursery() as work:
+                            aux.start_soon(_cancel_on_signal, work.cancel_scope)
+                            aux.start_soon(_report_loop, progresses, report)
+                            if parent_alive is not None:
+                                aux.start_soon(_cancel_when_orphaned, work.cancel_scope, parent_alive)
+                            if leases is not None:
+                                aux.start_soon(leases.heartbeat, work.cancel_scope)
+                            for shard, progress in zip(job.shards, progresses):
+                                shared = shared_limiters.get(shard.shared_limit.name) if shard.shared_limit else None
+                                work.start_soon(run_shard, shard, suite, job.run_id,
+                                                send.send_nowait, progress, shared, leases)
+                    aux.cancel_scope.cancel()
+        finally:
+            if leases is not None:  # after the last commit: every claim left is unfinished work
+                leases.release_all()
+                if leases.lost:
+                    print(f"ultra: lost the lease of {', '.join(sorted(leases.lost))} (this process"
+                          " stalled longer than the lease); stopped its shards", file=sys.stderr)
     report([p.snapshot() for p in progresses])
 
 
-def _child_main(payload: bytes, progress_queue: mp.Queue) -> None:
+class _Reporter:
+    """The child's end of its progress pipe. A thread sends the latest snapshots, so no trio
+    task ever blocks on a full pipe (older snapshots are simply replaced); a broken pipe
+    means the parent is gone."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._latest: bytes | None = None
+        self._closing = False
+        self._cv = threading.Condition()
+        self.broken = False
+        self._thread = threading.Thread(target=self._send_loop, daemon=True)
+        self._thread.start()
+
+    def __call__(self, snaps: list[ShardSnapshot]) -> None:
+        with self._cv:
+            self._latest = msgspec.msgpack.encode(snaps)
+            self._cv.notify()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cv:
+                while self._latest is None and not self._closing:
+                    self._cv.wait()
+                data, self._latest = self._latest, None
+            if data is None:
+                return
+            try:
+                self._conn.send_bytes(data)
+            except (OSError, ValueError, TypeError):  # broken pipe, or closed under us
+                self.broken = True
+                return
+
+    def close(self, timeout: float) -> None:
+        """Deliver the last snapshots if the parent still reads, within `timeout`."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM to this process when its parent dies (even by SIGKILL)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _child_main(payload: bytes, progress: Connection, parent_pid: int) -> None:
     # Outside the signal receiver's scope (start-up, the final flush) a signal must not kill
     # the process mid-commit: ignore them there. A stuck child is still SIGKILLed by the parent.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    reporter = _Reporter(progress)
+
+    def parent_alive() -> bool:
+        return os.getppid() == parent_pid and not reporter.broken
+
+    if not parent_alive():
+        return  # the parent died while this process started: nothing of ours runs
     job = msgspec.msgpack.decode(payload, type=ChildJob)
     try:
-        trio.run(run_process, job, progress_queue.put)
+        trio.run(run_process, job, reporter, parent_alive)
     except (UserError, BaseExceptionGroup) as exc:
         user = _user_error(exc)  # trio groups the errors of a nursery's tasks
         if user is None:
             raise
         print(f"ultra: error: {user}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        reporter.close(timeout=2.0)
 
 
 def _user_error(exc: BaseException) -> UserError | None:
@@ -191,6 +293,8 @@ class RunResult(msgspec.Struct, kw_only=True):
     succeeded: int
     interrupted: bool
     crashed_processes: int
+    not_taken: int = 0  # held by other runs when this one stopped (see the shards' held_by)
+    elsewhere: int = 0  # completed by another collector after this run's plan
     shards: list[ShardSnapshot]
     broken_routes: list[BrokenRoute] = []
     errors: list[RouteErrors] = []
@@ -200,6 +304,11 @@ class RunResult(msgspec.Struct, kw_only=True):
     db: str
     out: str
     exit_code: int
+
+    def held(self) -> list[str]:
+        """One line per shard that left tests to other runs: how many, and which runs."""
+        return [f"{s.shard}: {s.not_taken} tests not taken, held by run {', '.join(s.held_by)}"
+                for s in self.shards if s.not_taken]
 
 
 def route_label(s: Shard) -> str:
@@ -307,6 +416,15 @@ def _simulator(config: Config, models: list[str]):
         yield sim.url
 
 
+def _last_seq(db: Path | str) -> int:
+    """The log's last seq now (0 when there is no log yet)."""
+    if isinstance(db, Path) and not db.exists():
+        return 0
+    # create=True: another collector may be creating this very log right now
+    with EventLog.open(db, create=True) as log:
+        return log.last_seq()
+
+
 def missing_secrets(plan: Plan) -> list[str]:
     """The key variables that the planned routes read but the environment lacks (or holds
     something no HTTP header can carry)."""
@@ -338,9 +456,11 @@ def needed_processes(plan: Plan) -> int:
 def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | str, out: Path,
             processes: int | None, tasks: str | None, argv: list[str], json_output: bool,
             check_first: bool = True, max_errors: str | None = None,
-            progress: str = "auto") -> RunResult:
+            progress: str = "auto",
+            wait: bool = False, lease_seconds: float = DEFAULT_TTL) -> RunResult:
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
+    after_seq = _last_seq(db)  # before the keys: completions after it are the claims' to find
     done_keys = completed_keys(db, config, suite, sel)
     plan = make_plan(config, suite, sel, done_keys)
     missing = missing_secrets(plan)
@@ -365,7 +485,8 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
             )])
             snapshots, interrupted, crashed = _supervise(
                 plan, run_id, sel, db, tasks, processes or needed_processes(plan),
-                progress="none" if json_output and progress == "auto" else progress)
+                progress="none" if json_output and progress == "auto" else progress,
+                after_seq=after_seq, lease_seconds=lease_seconds, wait=wait)
             # A shard process that got SIGTERM (or Ctrl-C while we ignore it) was interrupted.
             interrupted = interrupted or any(s.interrupted for s in snapshots.values())
             completed = sum(s.completed for s in snapshots.values())
@@ -394,30 +515,40 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
         completed=completed, errored=errored,
         succeeded=sum(s.succeeded for s in snapshots.values()), interrupted=interrupted,
         crashed_processes=crashed,
+        not_taken=sum(s.not_taken for s in snapshots.values()),
+        elsewhere=(elsewhere := sum(s.elsewhere for s in snapshots.values())),
         shards=list(snapshots.values()), broken_routes=broken, errors=errors,
         tokens=_tokens(config, sel, plan, snapshots), max_errors=allowance,
         shard_models={s.shard_id: s.model for s in plan.shards},
         db=str(db), out=str(out),
-        exit_code=max(exit_code(planned=plan.planned, completed=completed, allowance=allowance,
-                                interrupted=interrupted, crashed=crashed, broken=len(broken)),
+        # tests another collector completed meanwhile are done, not owed by this run
+        exit_code=max(exit_code(planned=plan.planned, completed=completed + elsewhere,
+                                allowance=allowance, interrupted=interrupted, crashed=crashed,
+                                broken=len(broken)),
                       1 if failed and not interrupted else 0),
     )
 
 
 def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: str | None,
-               processes: int, *, progress: str) -> tuple[dict[str, ShardSnapshot], bool, int]:
+               processes: int, *, progress: str, after_seq: int = 0,
+               lease_seconds: float = DEFAULT_TTL,
+               wait: bool = False) -> tuple[dict[str, ShardSnapshot], bool, int]:
     """Start the shard processes and follow them to the end; forward Ctrl-C / SIGTERM."""
     ctx = mp.get_context("spawn")
-    progress_queue: mp.Queue = ctx.Queue()
     snapshots = {s.shard_id: ShardSnapshot(shard=s.shard_id, planned=len(s.tests))
                  for s in plan.shards}
     procs = []
+    readers: list[Connection] = []  # one progress pipe per child: its end of file is its exit
     for group in assign(plan.shards, processes):
-        job = ChildJob(run_id=run_id, db=str(db), suite=sel.suite, tasks=tasks, shards=group)
-        p = ctx.Process(target=_child_main, args=(msgspec.msgpack.encode(job), progress_queue),
-                        daemon=False)
+        job = ChildJob(run_id=run_id, db=str(db), suite=sel.suite, tasks=tasks, shards=group,
+                       after_seq=after_seq, lease_seconds=lease_seconds, wait=wait)
+        reader, writer = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_child_main,
+                        args=(msgspec.msgpack.encode(job), writer, os.getpid()), daemon=False)
         p.start()
+        writer.close()  # the child holds the only write end
         procs.append(p)
+        readers.append(reader)
 
     interrupted = False
 
@@ -427,14 +558,18 @@ def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: s
     previous = signal.signal(signal.SIGTERM, on_term)
     display = Display(progress)  # type: ignore[arg-type]  # checked by the command line
 
+    decoder = msgspec.msgpack.Decoder(list[ShardSnapshot])
+
     def drain(timeout: float) -> None:
-        try:
-            while True:
-                for snap in progress_queue.get(timeout=timeout):
-                    snapshots[snap.shard] = snap
-                timeout = 0.0
-        except queue_mod.Empty:
-            pass
+        for conn in mp_wait(readers, timeout=timeout):
+            assert isinstance(conn, Connection)
+            try:
+                while conn.poll():
+                    for snap in decoder.decode(conn.recv_bytes()):
+                        snapshots[snap.shard] = snap
+            except (EOFError, OSError):
+                readers.remove(conn)
+                conn.close()
 
     try:
         with display:
@@ -457,11 +592,17 @@ def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: s
                         p.kill()
             for p in procs:
                 p.join()
-            drain(0.0)
+            while readers:  # what the children sent last, up to each pipe's end
+                drain(REPORT_SECONDS)
             display.update(snapshots)
     finally:
         signal.signal(signal.SIGTERM, previous)
     crashed = sum(1 for p in procs if p.exitcode not in (0, None))
+    dead = [p.pid for p in procs if p.exitcode not in (0, None) and p.pid is not None]
+    if dead:  # what a crashed child held is free now, not only once its leases expire
+        with EventLog.open(db, create=False) as log:
+            for pid in dead:
+                log.release_all(holder_id(run_id, pid))
     if interrupted:
         crashed = 0  # children ended by our own signal are not crashes
     return snapshots, interrupted, crashed

@@ -27,6 +27,7 @@ from ultra.events import (
     TestErrored,
     utc_now,
 )
+from ultra.leases import ClaimedTests, ProcessLeases
 from ultra.limits import RateLimiter, TokenBudget
 from ultra.plan import Shard
 from ultra.suites import ModelUnavailable, Suite, TestSpec
@@ -75,6 +76,9 @@ class ShardSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: int = 0  # every request of the shard, errored tests' too
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    not_taken: int = 0  # held by another run (see held_by) when this shard gave up on them
+    elsewhere: int = 0  # completed by another collector after this run's plan
+    held_by: tuple[str, ...] = ()  # run ids holding this shard's route or its not-taken tests
 
     @property
     def done(self) -> int:
@@ -86,7 +90,7 @@ class ShardProgress:
 
     __slots__ = ("shard_id", "planned", "completed", "succeeded", "errored", "counters",
                  "limiter", "budget", "health", "errors", "started", "ended", "finished",
-                 "interrupted")
+                 "interrupted", "not_taken", "elsewhere", "held_by")
 
     def __init__(self, shard: Shard) -> None:
         self.shard_id = shard.shard_id
@@ -103,6 +107,9 @@ class ShardProgress:
         self.ended: float | None = None
         self.finished = False
         self.interrupted = False
+        self.not_taken = 0
+        self.elsewhere = 0
+        self.held_by: set[str] = set()
 
     def snapshot(self) -> ShardSnapshot:
         c = self.counters
@@ -117,6 +124,7 @@ class ShardProgress:
                     for (r, st, m), n in self.errors.items()],
             prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
             reasoning_tokens=c.reasoning_tokens,
+            not_taken=self.not_taken, elsewhere=self.elsewhere, held_by=tuple(sorted(self.held_by)),
         )
 
     def record_error(self, reason: str, http_status: int | None, message: str) -> None:
@@ -127,8 +135,10 @@ class ShardProgress:
 
 
 async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Event], None],
-                    progress: ShardProgress, shared: KeyBudget | None = None) -> None:
-    """Run the shard's tests; `shared` is the key budget it shares with other shards."""
+                    progress: ShardProgress, shared: KeyBudget | None = None,
+                    leases: ProcessLeases | None = None) -> None:
+    """Run the shard's tests; `shared` is the key budget it shares with other shards;
+    `leases`: hold the route and claim each test in the store (many collectors, one log)."""
     emit(ShardStarted(
         run_id=run_id, shard_id=shard.shard_id, model=shard.model, instance=shard.instance,
         provider=shard.provider, strategy=shard.strategy, key_index=shard.key_index,
@@ -137,8 +147,12 @@ async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Eve
     ))
     finished = False
     try:
-        if shard.tests:
-            await _run_tests(shard, suite, run_id, emit, progress, shared)
+        if shard.tests and (leases is None or await leases.hold_route(shard, progress)):
+            try:
+                await _run_tests(shard, suite, run_id, emit, progress, shared, leases)
+            finally:
+                if leases is not None:
+                    await leases.drop_route(shard)
         finished = True
     finally:
         progress.ended = time.monotonic()
@@ -152,8 +166,9 @@ async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Eve
 
 
 async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Event], None],
-                     progress: ShardProgress, shared: KeyBudget | None) -> None:
-    pending = iter(shard.tests)  # workers pull from one iterator: the pool never idles early
+                     progress: ShardProgress, shared: KeyBudget | None,
+                     leases: ProcessLeases | None = None) -> None:
+    pending = ClaimedTests(shard.tests, leases, progress)  # one queue: the pool never idles early
     limiters = tuple(x for x in (progress.limiter, shared and shared.limiter) if x)
     budgets = tuple(x for x in (progress.budget, shared and shared.tokens) if x)
     health = progress.health
@@ -161,7 +176,7 @@ async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Ev
     async with open_clients(shard.route, shard.workers) as clients:
 
         async def worker(client: httpx.AsyncClient) -> None:
-            for spec in pending:
+            while (spec := await pending.next()) is not None:
                 if health.broken:
                     return  # a broken route takes no more tests; the next run retakes them
                 model = HttpChatModel(

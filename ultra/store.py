@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.resources
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -60,6 +60,7 @@ REPEATED_KEYS_QUERY = (
 EARLIER_COMPLETION = (
     "EXISTS (SELECT 1 FROM completion_keys p WHERE p.test_key = e.test_key AND p.seq < e.seq)"
 )
+DONE = "done"  # `claim`'s answer for a test another collector completed meanwhile
 
 
 def is_server_url(db: str | Path) -> bool:
@@ -161,6 +162,16 @@ def raw_row(line: str | bytes, where: str) -> Row:
         text("run_id"),
         _encoder.encode(obj).decode(),
     )
+
+
+def _release(tx: Tx, names: Sequence[str], holder: str) -> None:
+    names = list(names)
+    for i in range(0, len(names), 500):
+        part = names[i : i + 500]
+        tx.execute(
+            f"DELETE FROM leases WHERE holder = ? AND name IN ({', '.join('?' * len(part))})",
+            [holder, *part],
+        )
 
 
 class _Identity(msgspec.Struct):
@@ -337,6 +348,7 @@ class EventLog:
     threads. `EventLog.open(db)` picks the implementation from `db`."""
 
     dialect: ClassVar[str]
+    clock_sql: ClassVar[str]  # the store's clock in SQL, seconds since the epoch (leases)
     guards: ClassVar[tuple[str, ...]]  # the immutability triggers `missing_guards` checks
     location: str  # what messages call this log (never a password)
 
@@ -415,19 +427,34 @@ class EventLog:
 
     # -- writing --
 
-    def append(self, events: Iterable[ev.Event]) -> int:
-        """Append a batch in one transaction; returns how many were new (by `event_id`)."""
+    def append(self, events: Iterable[ev.Event], *, holder: str | None = None,
+               release: Sequence[str] = (), done: Mapping[str, str] | None = None) -> int:
+        """Append a batch in one transaction; returns how many were new (by `event_id`).
+
+        The claims of the tests these events finish change in the same transaction, so a
+        finished test is always either claimed or stored: `release` names leases of
+        `holder` to drop (an errored test, to be taken again); `done` maps a lease to the
+        `event_id` that completed its test, and the lease stays as a marker of that event's
+        seq (see `claim`).
+        """
         rows = [event_row(e) for e in events]
-        if not rows:
+        if not rows and not release and not done:
             return 0
         with self._transaction() as tx:
-            stored = self._insert(tx, rows)
+            seqs = self._insert(tx, rows) if rows else {}
+            if holder is not None and (release or done):
+                _release(tx, [*release, *(n for n, e in (done or {}).items() if e not in seqs)], holder)
+                marks = [(seqs[e], name, holder) for name, e in (done or {}).items() if e in seqs]
+                if marks:
+                    tx.executemany(
+                        "UPDATE leases SET done_seq = ? WHERE name = ? AND holder = ?", marks)
         self._after_append()
-        return stored
+        return len(seqs)
 
-    def _insert(self, tx: Tx, rows: list[Row]) -> int:
+    def _insert(self, tx: Tx, rows: list[Row]) -> dict[str, int]:
         """Store the rows whose event ids are new, chained after the current head; under
-        the append lock, so seq and hash are assigned by one writer at a time."""
+        the append lock, so seq and hash are assigned by one writer at a time. Returns the
+        seq of each newly stored event id."""
         self._lock_appends(tx)
         fresh: dict[str, Row] = {}
         for row in rows:
@@ -442,7 +469,7 @@ class EventLog:
             for (event_id,) in stored:
                 del fresh[event_id]
         if not fresh:
-            return 0
+            return {}
         head = tx.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = head if head else (0, chain.GENESIS)
         out = []
@@ -452,7 +479,7 @@ class EventLog:
             prev = link(prev, seq, row[6])
             out.append((seq, *row, prev))
         self._insert_rows(tx, out)
-        return len(out)
+        return {r[1]: r[0] for r in out}
 
     def append_raw(self, lines: Iterable[str | bytes], *, source: str = "input") -> ImportResult:
         """Append JSON lines (as `ultra events` prints them): all of them, or none.
@@ -474,11 +501,11 @@ class EventLog:
                 batch.append((row, where))
                 if len(batch) >= 5000:
                     _check_conflicts(tx, batch)
-                    stored += self._insert(tx, [row for row, _ in batch])
+                    stored += len(self._insert(tx, [row for row, _ in batch]))
                     batch.clear()
             if batch:
                 _check_conflicts(tx, batch)
-                stored += self._insert(tx, [row for row, _ in batch])
+                stored += len(self._insert(tx, [row for row, _ in batch]))
         return ImportResult(read=read, stored=stored, unknown_types=unknown)
 
     # -- reading --
@@ -677,6 +704,68 @@ class EventLog:
             else:
                 return False
         return True
+
+    # -- leases (a table of their own: nothing here touches an event) --
+
+    def claim(self, name: str, holder: str, run_id: str, ttl: float, *,
+              plan_seq: int = 0) -> str | None:
+        """Take lease `name` for `ttl` seconds if it is free, expired or already `holder`'s.
+
+        None when taken; otherwise why not: the run id of its holder, or DONE when the
+        lease marks a test completed at a seq after `plan_seq` (the log's last seq when the
+        claimer planned: it could not know). A mark at or before `plan_seq` was known to
+        the planner (a retracted completion, say), so the test is taken again. `plan_seq`
+        also tells `release_all` which marks a running plan may still need.
+        """
+        now = self.clock_sql
+        with self._transaction() as tx:
+            tx.execute(
+                "INSERT INTO leases (name, holder, run_id, expires_at, plan_seq)"
+                f" VALUES (?, ?, ?, {now} + ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " run_id = excluded.run_id, expires_at = excluded.expires_at,"
+                " plan_seq = excluded.plan_seq, done_seq = NULL"
+                " WHERE (leases.done_seq IS NULL"
+                f" AND (leases.holder = excluded.holder OR leases.expires_at < {now}))"
+                " OR leases.done_seq <= excluded.plan_seq",
+                (name, holder, run_id, ttl, plan_seq),
+            )
+            owner, owner_run, done_seq = tx.execute(
+                "SELECT holder, run_id, done_seq FROM leases WHERE name = ?", (name,)
+            ).fetchone()
+        if done_seq is not None:
+            return DONE
+        return None if owner == holder else owner_run
+
+    def renew(self, holder: str, ttl: float) -> set[str]:
+        """Extend every lease of `holder` by `ttl` from now; the names it still holds."""
+        with self._transaction() as tx:
+            tx.execute(f"UPDATE leases SET expires_at = {self.clock_sql} + ?"
+                       " WHERE holder = ? AND done_seq IS NULL", (ttl, holder))
+            rows = tx.execute("SELECT name FROM leases WHERE holder = ? AND done_seq IS NULL",
+                              (holder,)).fetchall()
+        return {r[0] for r in rows}
+
+    def release(self, names: Sequence[str], holder: str) -> None:
+        with self._transaction() as tx:
+            _release(tx, names, holder)
+
+    def release_all(self, holder: str) -> None:
+        """Drop `holder`'s leases, and the completion marks no live plan predates."""
+        with self._transaction() as tx:
+            tx.execute("DELETE FROM leases WHERE holder = ? AND done_seq IS NULL", (holder,))
+            tx.execute(
+                "DELETE FROM leases WHERE done_seq IS NOT NULL AND done_seq <= COALESCE("
+                f"(SELECT MIN(plan_seq) FROM leases WHERE done_seq IS NULL AND expires_at >= {self.clock_sql}),"
+                " (SELECT MAX(seq) FROM events))"
+            )
+
+    def leases(self) -> list[tuple[str, str, str, float]]:
+        """(name, holder, run_id, seconds left) of every held lease, expired ones included."""
+        return self._read(
+            f"SELECT name, holder, run_id, expires_at - {self.clock_sql} FROM leases"
+            " WHERE done_seq IS NULL ORDER BY name"
+        )
 
     # -- lifetime --
 

@@ -57,6 +57,8 @@ class _Tx:
 
 class PostgresLog(EventLog):
     dialect = "postgresql"
+    # The server's clock: collectors on several machines agree on it whatever their own say.
+    clock_sql = "(EXTRACT(EPOCH FROM clock_timestamp())::double precision)"
     guards = ("events_no_update", "events_no_delete", "events_no_truncate")
 
     def __init__(self, conn: Any, location: str) -> None:
@@ -88,7 +90,9 @@ class PostgresLog(EventLog):
     def _prepare(self, create: bool) -> None:
         tables = {r[0] for r in self._read(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
-        if MIGRATIONS_TABLE not in tables and (tables or not create):
+        if not tables and not create:
+            raise UserError(f"{self.location}: no event log there (an empty database)")
+        if MIGRATIONS_TABLE not in tables and tables:
             raise UserError(f"{self.location}: a PostgreSQL database, but not an ultra event log")
         if MIGRATIONS_TABLE in tables and not self._pending_migrations():
             return

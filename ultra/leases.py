@@ -1,0 +1,172 @@
+"""Leases of one collector process: its routes and the tests it is running.
+
+A collector holds a route's lease (one key of a gateway, one deployment) while it sends on
+it, and claims each test before running it, so per-route limits (a provider's `key_qps`
+included) hold across collectors and no test runs twice at once. Leases live in the
+store's `leases` table, not in the immutable log; a heartbeat renews them every
+`ttl / HEARTBEATS_PER_TTL` seconds, and they expire `ttl` seconds after the last renewal
+when their holder dies.
+
+Default ttl 30 s, renewed every 5 s: a collector may stall for 25 s (a GC pause, a swapped
+or overloaded machine, a database failover) without losing its routes, and a crashed
+collector's routes and tests are free again half a minute later, which is short beside a
+collection of hours and long beside any one renewal round trip.
+
+A test claim ends in the transaction that stores the test's event, so there is no moment
+when a finished test is neither claimed nor stored: an errored test's claim is dropped (it
+is taken again), a completed test's claim stays as a mark of the completion's seq, and a
+collector whose plan is older than that mark is told the test is done (no search of the
+log). Marks that no running plan predates are dropped when a collector process ends.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import Counter, deque
+from typing import TYPE_CHECKING
+
+import trio
+
+from ultra.plan import Shard
+from ultra.store import DONE, EventLog
+from ultra.suites import TestSpec
+
+if TYPE_CHECKING:
+    from ultra.shard import ShardProgress
+
+DEFAULT_TTL = 30.0
+HEARTBEATS_PER_TTL = 6
+WAIT_POLL = 1.0  # how often a waiting collector asks again for a held route or test
+
+
+def holder_id(run_id: str, pid: int | None = None) -> str:
+    """One collector process: its run, host and pid (a holder is never shared)."""
+    return f"{run_id}/{socket.gethostname()}/{os.getpid() if pid is None else pid}"
+
+
+def route_lease(shard: Shard) -> str:
+    """What a shard's requests spend: a shared key budget when the provider limits keys,
+    else the shard's own route (key or deployment) of its provider."""
+    if shard.shared_limit is not None:
+        return f"route:{shard.shared_limit.name}"
+    return f"route:{shard.provider}/{shard.instance}"
+
+
+def test_lease(test_key: str) -> str:
+    return f"test:{test_key}"
+
+
+class ProcessLeases:
+    """The leases of one shard process, over its one store connection (calls in threads)."""
+
+    def __init__(self, log: EventLog, run_id: str, *, ttl: float, after_seq: int,
+                 wait: bool) -> None:
+        self.log = log
+        self.run_id = run_id
+        self.holder = holder_id(run_id)
+        self.ttl = ttl
+        self.after_seq = after_seq  # completions after this seq were not known to the plan
+        self.wait = wait
+        self._routes: Counter[str] = Counter()  # route lease -> shards of ours using it
+        self.lost: set[str] = set()
+        # Our plan's seq, held while we live (also while waiting for routes), so that the
+        # completion marks made after it are kept for us.
+        log.claim(f"plan:{self.holder}", self.holder, run_id, ttl, plan_seq=after_seq)
+
+    async def _claim(self, name: str) -> str | None:
+        return await trio.to_thread.run_sync(
+            lambda: self.log.claim(name, self.holder, self.run_id, self.ttl,
+                                   plan_seq=self.after_seq))
+
+    async def hold_route(self, shard: Shard, progress: ShardProgress) -> bool:
+        """Hold the shard's route (with `wait`, wait until it is free). False when another
+        run holds it: then none of the shard's tests is taken, and `progress` says by whom."""
+        name = route_lease(shard)
+        while True:
+            why = await self._claim(name)
+            if why is None:
+                self._routes[name] += 1
+                return True
+            if not self.wait:
+                progress.not_taken = len(shard.tests)
+                progress.held_by.add(why)
+                return False
+            await trio.sleep(WAIT_POLL)
+
+    async def drop_route(self, shard: Shard) -> None:
+        name = route_lease(shard)
+        if self._routes[name] <= 0:
+            return
+        self._routes[name] -= 1
+        if self._routes[name] == 0:
+            del self._routes[name]
+            with trio.CancelScope(shield=True):  # also on the way out of a cancelled shard
+                await trio.to_thread.run_sync(self.log.release, [name], self.holder)
+
+    async def take_test(self, test_key: str) -> str | None:
+        """None when the test is ours to run; DONE when another collector completed it;
+        else the run id that holds it now."""
+        return await self._claim(test_lease(test_key))
+
+    async def heartbeat(self, lost_route: trio.CancelScope) -> None:
+        """Renew every lease we hold; if a route was lost (we stalled past the ttl and
+        another collector took it), stop sending: cancel `lost_route`."""
+        while True:
+            await trio.sleep(self.ttl / HEARTBEATS_PER_TTL)
+            held = await trio.to_thread.run_sync(self.log.renew, self.holder, self.ttl)
+            lost = {name for name in self._routes if name not in held}
+            if f"plan:{self.holder}" not in held:  # stalled past the ttl: marks may be gone
+                lost.add("plan")
+            if lost:
+                self.lost |= lost
+                lost_route.cancel()
+                return
+
+    def release_all(self) -> None:
+        self.log.release_all(self.holder)
+
+
+class ClaimedTests:
+    """A shard's tests, handed to its workers one claimed test at a time.
+
+    Without leases it is the plain list. With them, a test held by another collector is
+    put back and asked for again once the rest are done (with `wait`, until it is ours or
+    completed); one completed elsewhere meanwhile is dropped; one still held at the end is
+    counted as not taken, with the run that holds it.
+    """
+
+    def __init__(self, tests: list[TestSpec], leases: ProcessLeases | None,
+                 progress: ShardProgress) -> None:
+        self._todo: deque[TestSpec] = deque(tests)
+        self._held: deque[TestSpec] = deque()
+        self._leases = leases
+        self._progress = progress
+
+    async def next(self) -> TestSpec | None:
+        leases = self._leases
+        while True:
+            if self._todo:
+                spec, again = self._todo.popleft(), False
+            elif self._held:
+                spec, again = self._held.popleft(), True
+                if leases is not None and leases.wait:
+                    await trio.sleep(WAIT_POLL)
+            else:
+                return None
+            if leases is None:
+                return spec
+            why = await leases.take_test(spec.test_key)
+            if why is None:
+                return spec
+            if why == DONE:
+                self._progress.elsewhere += 1
+            elif not again or leases.wait:
+                self._held.append(spec)
+            else:
+                self._progress.not_taken += 1
+                self._progress.held_by.add(why)
+
+
+__all__ = ["DONE", "DEFAULT_TTL", "ClaimedTests", "ProcessLeases", "holder_id", "route_lease",
+           "test_lease"]
