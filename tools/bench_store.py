@@ -243,6 +243,30 @@ def rebuild(db: Path | str, out: Path) -> dict:
     return json.loads(child.stdout)
 
 
+def lease_cost(db: Path | str, n: int = 2000) -> dict:
+    """What leases add per test, as a worker pays it: one claim before the test (its own
+    transaction), and the claim's end inside the group commit that stores the event."""
+    holder, events = "bench/host/1", [b for b in batches(n, 100, seed=5)]
+    with EventLog.open(db) as log:
+        t = time.perf_counter()
+        for batch in events:
+            for e in batch:
+                log.claim(f"test:{e.test_key}", holder, "bench", 30.0)
+        claim_s = time.perf_counter() - t
+        t = time.perf_counter()
+        for batch in events[: len(events) // 2]:
+            log.append(batch)
+        plain_s = time.perf_counter() - t
+        t = time.perf_counter()
+        for batch in events[len(events) // 2 :]:
+            log.append(batch, holder=holder, done={f"test:{e.test_key}": e.event_id for e in batch})
+        done_s = time.perf_counter() - t
+        log.release_all(holder)
+    half = n // 2
+    return {"lease_claim_ms_per_test": round(1000 * claim_s / n, 3),
+            "lease_end_ms_per_test": round(1000 * (done_s - plain_s) / half, 3)}
+
+
 def backend_figures(new_db: Callable[[str], Path | str], d: Path, n: int, size: int,
                     sqlite: bool = True) -> dict:
     """Every figure of one backend; `new_db(name)` gives a fresh empty log location."""
@@ -279,6 +303,7 @@ def backend_figures(new_db: Callable[[str], Path | str], d: Path, n: int, size: 
     }
     return {
         **physical,
+        **lease_cost(new_db("leases")),
         "append_1_writer_eps": round(n / one_s),
         "append_4_writers_eps": round(n // 4 * 4 / four_s),
         "append_unchained_1_writer_eps": round(n / bare_s),
