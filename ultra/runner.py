@@ -38,7 +38,7 @@ from ultra.projecting import project
 from ultra.resume import completed_keys, completed_test_keys, plan_run  # noqa: F401 (re-exported)
 from ultra.progress import Display
 from ultra.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
-from ultra.store import EventLog
+from ultra.store import EventLog, is_server_url
 from ultra.suites import get_suite
 
 BATCH_EVENTS = 500  # group commit: a batch, or
@@ -416,6 +416,17 @@ def _simulator(config: Config, models: list[str]):
         yield sim.url
 
 
+def _without_passwords(argv: list[str]) -> list[str]:
+    """The command line as recorded in `run.started`: a database URL loses its password."""
+    from ultra.store_postgres import redacted
+
+    def one(arg: str) -> str:
+        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        return flag + eq + redacted(value) if is_server_url(value) and "@" in value else arg
+
+    return [one(a) for a in argv]
+
+
 def _last_seq(db: Path | str) -> int:
     """The log's last seq now (0 when there is no log yet)."""
     if isinstance(db, Path) and not db.exists():
@@ -478,7 +489,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
         failed = ""
         with EventLog.open(db) as log:
             log.append([RunStarted(
-                run_id=run_id, argv=argv, config_digest=config_digest,
+                run_id=run_id, argv=_without_passwords(argv), config_digest=config_digest,
                 plan=PlanSummary(tests=plan.planned, shards=len(plan.shards),
                                  models=list(dict.fromkeys(s.model for s in plan.shards)),
                                  skipped_completed=plan.skipped_completed),
