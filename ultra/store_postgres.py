@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
+
 from ultra.errors import UserError
 from ultra.store import _COLUMNS, MIGRATIONS_TABLE, EventLog
 
@@ -59,6 +61,7 @@ class PostgresLog(EventLog):
     dialect = "postgresql"
     # The server's clock: collectors on several machines agree on it whatever their own say.
     clock_sql = "(EXTRACT(EPOCH FROM clock_timestamp())::double precision)"
+    conflict_errors = (psycopg.errors.UniqueViolation,)
     guards = ("events_no_update", "events_no_delete", "events_no_truncate")
 
     def __init__(self, conn: Any, location: str) -> None:
@@ -68,8 +71,6 @@ class PostgresLog(EventLog):
 
     @classmethod
     def connect(cls, url: str, *, create: bool = True) -> PostgresLog:
-        import psycopg
-
         where = redacted(url)
         try:
             conn = psycopg.connect(url, autocommit=True, connect_timeout=10)

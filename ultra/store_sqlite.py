@@ -82,6 +82,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 class SqliteLog(EventLog):
     dialect = "sqlite"
     clock_sql = "((julianday('now') - 2440587.5) * 86400.0)"
+    conflict_errors = (sqlite3.IntegrityError,)
     guards = ("events_no_update", "events_no_delete", "events_no_overwrite")
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
