@@ -140,7 +140,7 @@ class SqliteLog(EventLog):
         # NORMAL is durable against process crashes in WAL mode; only power loss may lose
         # the last commits, never tear one.
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: the unique/test-key indexes
+        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: the event_id index and reads
         # Checkpoint every ~40 MB of WAL rather than 4 MB: fewer stalls in the appender that
         # hits the threshold (tools/bench_store.py: 1.3-1.9x appends at 200k events).
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
