@@ -145,3 +145,26 @@ def test_import_keeps_unknown_types_and_events_prints_them_back(tmp_path):
     assert "1 events skipped" in project.stdout
     audit = cli("audit", "--db", str(db), "--out", str(tmp_path / "m.json"))
     assert audit.exit_code == 0 and "does not know" in audit.stdout
+
+
+def test_project_as_a_process_skips_typer_and_says_what_typer_says(tmp_path):
+    """`ultra project` with plain options runs without typer (ultra.launch); the same
+    command through the typer app prints the same line, and bad input is one line, exit 2."""
+    db, out = tmp_path / "events.db", tmp_path / "out" / "master_database.json"
+    with EventLog.open(db) as log:
+        log.append([completed(i) for i in range(3)])
+    quick = ultra_process("project", f"--db={db}", "--out", str(out), cwd=tmp_path)
+    assert quick.returncode == 0, quick.stderr
+    with EventLog.open(db) as log:
+        log.append([completed(7)])
+    quick2 = ultra_process("project", "--db", str(db), "--out", str(out), cwd=tmp_path)
+    via_typer = cli("project", "--db", str(db), "--out", str(out))
+    assert via_typer.exit_code == 0
+    assert quick.stdout.startswith(f"rebuilt {out}: 3 events folded, up to seq 3; rebuilt ")
+    assert quick2.stdout.startswith(f"updated {out}: 1 events folded, up to seq 4; updated ")
+    assert via_typer.stdout.startswith(f"updated {out}: 0 events folded, up to seq 4; updated ")
+    missing = ultra_process("project", "--db", str(tmp_path / "nope.db"), "--out", str(out), cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "Traceback" not in missing.stderr
+    helped = ultra_process("project", "--help", cwd=tmp_path)  # anything else: the typer app
+    assert helped.returncode == 0 and "--rebuild" in helped.stdout
