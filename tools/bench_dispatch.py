@@ -6,12 +6,14 @@ prints one JSON line with:
 - `executor_rps` / `bare_rps` / `ratio`: requests per second of one shard (workflow tests,
   events committed to a real SQLite log) and of a bare loop posting the same first-turn
   request, at the same concurrency (target ratio >= 0.7);
-- `qps`: achieved/limit at 20, 100 and 300 qps (the simulator's busiest 1 s window too;
-  target >= 0.95 and never above the limit + 1);
+- `qps`: achieved/limit at 20, 100 and 300 qps and the busiest 1 s window as the
+  simulator counts arrivals, measured while `--burners` (default 2) CPU burner processes
+  load the machine (target: achieved/limit >= 0.95, the busiest window never above qps);
 - `sweep`, `max_*`: the highest rate one shard process sustains (unlimited qps, 8 to 128
   workers), beside the bare client's.
 
 It asserts nothing about time. Usage: python tools/bench_dispatch.py [--seconds 5]
+[--burners 2] [--qps-only]
 
 `--seed-load` measures the seed's full load instead (13 models of the four classes, 1,095
 workers, simulator latency lognormal with median 1 s): achieved / offered requests per
@@ -263,6 +265,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="rough length of each QPS run")
     ap.add_argument("--workers", type=int, default=32)
+    ap.add_argument("--burners", type=int, default=2, help="CPU burners during the qps runs")
+    ap.add_argument("--qps-only", action="store_true", help="only the qps runs")
     ap.add_argument("--seed-load", action="store_true", help="the seed's full load (see above)")
     ap.add_argument("--processes", type=int, default=2, help="--seed-load: shard processes")
     ap.add_argument("--warmup", type=float, default=8.0, help="--seed-load: seconds before measuring")
@@ -278,21 +282,33 @@ def main() -> None:
     body = first_turn_body(spec)
     out: dict = {}
     with SimProcess(SimConfig()) as sim:
-        ex_rps, ex_n, _ = run_executor(sim.url, workers=args.workers, qps=1e6, tests=600)
-        bare = run_bare(sim.url, body, workers=args.workers, requests=max(ex_n, 2000))
-        out.update(workers=args.workers, executor_rps=round(ex_rps, 1), bare_rps=round(bare, 1),
-                   ratio=round(ex_rps / bare, 3))
+        if not args.qps_only:
+            ex_rps, ex_n, _ = run_executor(sim.url, workers=args.workers, qps=1e6, tests=600)
+            bare = run_bare(sim.url, body, workers=args.workers, requests=max(ex_n, 2000))
+            out.update(workers=args.workers, executor_rps=round(ex_rps, 1), bare_rps=round(bare, 1),
+                       ratio=round(ex_rps / bare, 3))
         qps_rows = {}
-        for qps in (20, 100, 300):
-            sim.reset()
-            # enough tests for ~`seconds` of traffic at this rate (about 4 turns a test)
-            rps, n, elapsed = run_executor(sim.url, workers=64, qps=qps,
-                                           tests=max(20, int(qps * args.seconds / 4)))
-            busiest = sim.stats()["total"]["max_per_second"]
-            qps_rows[str(qps)] = dict(achieved=round(rps, 1), ratio=round(rps / qps, 3),
-                                      busiest_1s_window=busiest, requests=n,
-                                      seconds=round(elapsed, 2))
+        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                   for _ in range(args.burners)]
+        try:
+            for qps in (20, 100, 300):
+                sim.reset()
+                # enough tests for ~`seconds` of traffic at this rate (about 4 turns a test)
+                rps, n, elapsed = run_executor(sim.url, workers=64, qps=qps,
+                                               tests=max(20, int(qps * args.seconds / 4)))
+                busiest = sim.stats()["total"]["max_per_second"]
+                qps_rows[str(qps)] = dict(achieved=round(rps, 1), ratio=round(rps / qps, 3),
+                                          busiest_1s_window=busiest, requests=n,
+                                          seconds=round(elapsed, 2))
+        finally:
+            for b in burners:
+                b.kill()
+                b.wait()
         out["qps"] = qps_rows
+        out["burners"] = args.burners
+        if args.qps_only:
+            print(json.dumps(out))
+            return
         # The highest sustained rate: httpx's pool slows as it grows, so sweep the size.
         sweep = {}
         for workers in (8, 16, 32, 64, 128):

@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 RUNS=${1:-10}
 shift || true
 TARGET=("$@")
-[ ${#TARGET[@]} -eq 0 ] && TARGET=(tests/test_collection.py tests/test_routes.py)
+[ ${#TARGET[@]} -eq 0 ] && TARGET=(tests/test_collection.py)
 
 burners=()
 for _ in 1 2; do

@@ -434,10 +434,11 @@ PREFLIGHT_TOKENS = 16  # a cap on the answer, where the model's options name one
 
 
 class RouteCheck(msgspec.Struct, frozen=True):
+    """What a route's preflight request found: it answers, or the status and message."""
+
     ok: bool
     http_status: int | None = None
     message: str = ""
-    simulated: bool = False
 
 
 async def preflight(route: Route, options: RequestOptions, *, request_timeout: float,
@@ -467,9 +468,9 @@ async def preflight(route: Route, options: RequestOptions, *, request_timeout: f
                 try:
                     outcome = await model._paced_attempt(payload)
                 except ContextLengthExceeded:
-                    return RouteCheck(ok=True, simulated=model.simulated)  # it answered
+                    return RouteCheck(ok=True)  # it answered
                 if isinstance(outcome, ChatResponse) or (outcome.http_status == 200):
-                    return RouteCheck(ok=True, simulated=model.simulated)  # any 200 will do
+                    return RouteCheck(ok=True)  # any 200 will do
                 last = outcome
                 if not outcome.retryable:
                     return RouteCheck(ok=False, http_status=outcome.http_status, message=outcome.message)

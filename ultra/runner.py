@@ -27,7 +27,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from ultra.client import preflight
+from ultra.client import RouteCheck, preflight
 from ultra.config import Config, effective_model
 from ultra.errors import UserError
 from ultra.events import Event, PlanSummary, RunFinished, RunStarted, TestCompleted, TestErrored
@@ -350,7 +350,7 @@ def exit_code(*, planned: int, completed: int, allowance: int, interrupted: bool
 def check_routes(plan: Plan) -> list[str]:
     """One cheap request per route that has tests, all at once: a line per broken route."""
     shards = [s for s in plan.shards if s.tests]
-    checks: dict[str, object] = {}
+    checks: dict[str, RouteCheck] = {}
 
     async def check(s: Shard) -> None:
         checks[s.shard_id] = await preflight(
@@ -366,9 +366,9 @@ def check_routes(plan: Plan) -> list[str]:
     lines = []
     for s in shards:
         c = checks[s.shard_id]
-        if not c.ok:  # type: ignore[attr-defined]
-            status = f"HTTP {c.http_status}" if c.http_status else "no answer"  # type: ignore[attr-defined]
-            lines.append(f"route broken at preflight: {route_label(s)}: {status}: {c.message}")  # type: ignore[attr-defined]
+        if not c.ok:
+            status = f"HTTP {c.http_status}" if c.http_status else "no answer"
+            lines.append(f"route broken at preflight: {route_label(s)}: {status}: {c.message}")
     return lines
 
 
