@@ -62,6 +62,7 @@ class PostgresLog(EventLog):
     # The server's clock: collectors on several machines agree on it whatever their own say.
     clock_sql = "(EXTRACT(EPOCH FROM clock_timestamp())::double precision)"
     conflict_errors = (psycopg.errors.UniqueViolation,)
+    check_first = False  # insert optimistically under a savepoint: one round trip less
     guards = ("events_no_update", "events_no_delete", "events_no_truncate")
 
     def __init__(self, conn: Any, location: str) -> None:
