@@ -121,7 +121,7 @@ def test_a_second_run_on_a_busy_log_reports_what_it_could_not_take(tmp_path, db)
 def test_three_collectors_on_postgresql_one_killed_the_others_finish_its_tests(tmp_path, pg_url):
     with SimProcess(SimConfig(latency=Latency(median_ms=60))) as sim:
         homes = [_collector(tmp_path, f"m{i}", sim.url, instances=3) for i in range(3)]
-        procs = [_start(home, config, pg_url, "--wait", "--lease-seconds", "3")
+        procs = [_start(home, config, pg_url, "--wait", "--lease-seconds", "8")
                  for home, config in homes]
         _wait_for(pg_url, 6, procs)
         os.killpg(procs[0].pid, signal.SIGKILL)  # the machine dies: parent and shard processes
