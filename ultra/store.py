@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.resources
 import re
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from importlib.resources.abc import Traversable
@@ -352,6 +353,9 @@ class EventLog:
     conflict_errors: ClassVar[tuple[type[Exception], ...]]  # an insert on a stored id
     check_first: ClassVar[bool] = True  # look up stored event ids before inserting a batch
     guards: ClassVar[tuple[str, ...]]  # the immutability triggers `missing_guards` checks
+    guards_sql: ClassVar[str]  # names the events table's enabled triggers
+    _conn: Any  # the implementation's connection, used under `_lock`
+    _lock: threading.RLock
     location: str  # what messages call this log (never a password)
 
     @classmethod
@@ -394,15 +398,17 @@ class EventLog:
 
     def missing_guards(self) -> list[str]:
         """Names of the immutability triggers that are not in place (or not enabled)."""
-        raise NotImplementedError
+        present = {r[0] for r in self._read(self.guards_sql)}
+        return [name for name in self.guards if name not in present]
 
     def close(self) -> None:
-        raise NotImplementedError
+        with self._lock:
+            self._conn.close()
 
     @property
     def connection(self) -> Any:
         """The raw connection, for checks and tests (prefer the methods)."""
-        raise NotImplementedError
+        return self._conn
 
     # -- migrations --
 

@@ -64,6 +64,8 @@ class PostgresLog(EventLog):
     conflict_errors = (psycopg.errors.UniqueViolation,)
     check_first = False  # insert optimistically under a savepoint: one round trip less
     guards = ("events_no_update", "events_no_delete", "events_no_truncate")
+    guards_sql = ("SELECT tgname FROM pg_trigger WHERE tgrelid = 'events'::regclass"
+                  " AND NOT tgisinternal AND tgenabled <> 'D'")
 
     def __init__(self, conn: Any, location: str) -> None:
         self._conn = conn
@@ -122,19 +124,3 @@ class PostgresLog(EventLog):
         with self._lock, self._conn.cursor() as cur:
             cur.execute(_dialect(sql), params or None)
             return cur.fetchall()
-
-    def missing_guards(self) -> list[str]:
-        rows = self._read(
-            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'events'::regclass"
-            " AND NOT tgisinternal AND tgenabled <> 'D'"
-        )
-        present = {r[0] for r in rows}
-        return [name for name in self.guards if name not in present]
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    @property
-    def connection(self) -> Any:
-        return self._conn

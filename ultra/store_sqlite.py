@@ -84,6 +84,7 @@ class SqliteLog(EventLog):
     clock_sql = "((julianday('now') - 2440587.5) * 86400.0)"
     conflict_errors = (sqlite3.IntegrityError,)
     guards = ("events_no_update", "events_no_delete", "events_no_overwrite")
+    guards_sql = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
@@ -218,18 +219,3 @@ class SqliteLog(EventLog):
                     self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 except sqlite3.OperationalError:
                     pass  # busy: the next append tries again
-
-    def missing_guards(self) -> list[str]:
-        rows = self._read(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
-        )
-        present = {r[0] for r in rows}
-        return [name for name in self.guards if name not in present]
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    @property
-    def connection(self) -> sqlite3.Connection:
-        return self._conn
