@@ -10,6 +10,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from hypothesis import strategies as st
@@ -230,3 +231,18 @@ def raw_sql(log: Any, sql: str, params: tuple = ()) -> list[tuple]:
         cur = log.connection.execute(sql.replace("?", "%s"), params or None)
         return cur.fetchall() if cur.description else []
     return log.connection.execute(sql, params).fetchall()
+
+
+def append_and_project(events: list, tmp: Path, splits: Sequence[int] = ()) -> tuple[Path, Path]:
+    """Append `events` in pieces cut at `splits`, projecting after each; (log, JSON path)."""
+    from ultra.projecting import project
+    from ultra.store import EventLog
+
+    db, out = tmp / "events.db", tmp / "master_database.json"
+    with EventLog.open(db) as log:
+        start = 0
+        for cut in [*sorted(splits), len(events)]:
+            log.append(events[start:cut])
+            start = max(start, cut)
+            project(db, out)
+    return db, out

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from storage_helpers import completed, errored, event_lists, ts
+from storage_helpers import append_and_project, completed, errored, event_lists, ts
 
 from projections import master_database as mdb
 from projections.repairs import collect_repairs
@@ -153,13 +153,7 @@ def pure_fold(events: list[ev.Event]) -> mdb.FoldState:
 
 def project_events(events: list[ev.Event], tmp: Path, splits: list[int] = ()) -> tuple[bytes, bytes]:
     """(bytes after incremental projections at each split, bytes of a rebuild)."""
-    db, out = tmp / "events.db", tmp / "master_database.json"
-    with EventLog.open(db) as log:
-        start = 0
-        for cut in [*sorted(splits), len(events)]:
-            log.append(events[start:cut])
-            start = max(start, cut)
-            project(db, out)
+    db, out = append_and_project(events, tmp, splits)
     incremental = out.read_bytes()
     project(db, out, rebuild=True)
     return incremental, out.read_bytes()

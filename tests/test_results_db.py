@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from storage_helpers import completed, errored, event_lists, ts
+from storage_helpers import append_and_project, completed, errored, event_lists, ts
 
 from projections import results_db as rdb
 from ultra import events as ev
@@ -29,13 +29,7 @@ def dump(conn: sqlite3.Connection) -> dict[str, list]:
 
 
 def project_at_splits(events: list[ev.Event], tmp: Path, splits: list[int]) -> Path:
-    db, out = tmp / "events.db", tmp / "master_database.json"
-    with EventLog.open(db) as log:
-        start = 0
-        for cut in [*sorted(splits), len(events)]:
-            log.append(events[start:cut])
-            start = max(start, cut)
-            project(db, out)
+    append_and_project(events, tmp, splits)
     return tmp / "results.db"
 
 

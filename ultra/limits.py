@@ -178,22 +178,21 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
-def _plain_seconds(value: str) -> float | None:
-    """A header value that is a plain number of seconds (never negative), else None."""
+def _plain_seconds(value: str | None) -> tuple[str | None, float | None]:
+    """(the stripped header value or None when absent, its plain seconds or None)."""
+    if not value:
+        return None, None
+    value = value.strip()
     try:
-        seconds = float(value)
+        return value, max(0.0, float(value))
     except ValueError:
-        return None
-    return max(0.0, seconds)
+        return value, None
 
 
 def parse_duration(value: str | None) -> float | None:
     """OpenAI's reset durations: `1s`, `6m0s`, `20ms`, `1h2m3.5s`, or plain seconds."""
-    if not value:
-        return None
-    value = value.strip()
-    seconds = _plain_seconds(value)
-    if seconds is not None:
+    value, seconds = _plain_seconds(value)
+    if value is None or seconds is not None:
         return seconds
     parts = _DURATION.findall(value)
     if not parts or "".join(n + u for n, u in parts) != value:
@@ -203,11 +202,8 @@ def parse_duration(value: str | None) -> float | None:
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    seconds = _plain_seconds(value)
-    if seconds is not None:
+    value, seconds = _plain_seconds(value)
+    if value is None or seconds is not None:
         return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
