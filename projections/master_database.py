@@ -12,6 +12,7 @@ set of every key in memory.
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from collections.abc import Iterable
 from typing import Any, get_type_hints
@@ -20,6 +21,7 @@ import msgspec
 
 from projections.counting import Counting, Item
 from projections.repairs import Repairs
+from ultra import __version__
 from ultra.events import ERROR_CATEGORIES, TestCompleted, TestResult, Usage
 from ultra.naming import rate_key
 
@@ -252,9 +254,11 @@ def _sum(accs: Iterable[Acc]) -> Acc:
     return total
 
 
-def render(state: FoldState, *, digits: int | None = DIGITS) -> dict[str, Any]:
-    """The master_database document (plain dicts), from the fold state alone."""
-    tree: dict[str, dict[str, dict[str, dict[str, dict[str, Acc]]]]] = {}
+Tree = dict[str, dict[str, dict[str, dict[str, dict[str, Acc]]]]]  # model > ... > task > leaf
+
+
+def _tree(state: FoldState) -> Tree:
+    tree: Tree = {}
     # Sorted, so float sums run in one order however the state was built or loaded.
     for key in sorted(state.leaves):
         model, prompt, rk, diff, task = key
@@ -262,44 +266,53 @@ def render(state: FoldState, *, digits: int | None = DIGITS) -> dict[str, Any]:
         tree.setdefault(model, {}).setdefault(prompt, {}).setdefault(rk, {}).setdefault(diff, {})[
             task
         ] = acc
+    return tree
 
-    models: dict[str, Any] = {}
-    model_totals: list[Acc] = []
-    for model in sorted(set(tree) | set(state.errored)):
-        prompts_out: dict[str, Any] = {}
-        prompt_accs: list[Acc] = []
-        for prompt, rates in tree.get(model, {}).items():
-            rates_out: dict[str, Any] = {}
-            rate_accs: list[Acc] = []
-            for rk, diffs in rates.items():
-                diffs_out: dict[str, Any] = {}
-                diff_accs: list[Acc] = []
-                for diff, tasks in diffs.items():
-                    d = _sum(tasks.values())
-                    diff_accs.append(d)
-                    diffs_out[diff] = {
-                        "overall_stats": stats(d, digits),
-                        "by_task_type": {t: stats(a, digits) for t, a in tasks.items()},
-                    }
-                ra = _sum(diff_accs)
-                rate_accs.append(ra)
-                rates_out[rk] = {"overall_stats": stats(ra, digits), "by_difficulty": diffs_out}
-            pa = _sum(rate_accs)
-            prompt_accs.append(pa)
-            prompts_out[prompt] = {
-                "overall_stats": stats(pa, digits),
-                "by_tool_success_rate": rates_out,
-            }
-        ma = _sum(prompt_accs)
-        model_totals.append(ma)
-        by_reason = state.errored.get(model, {})
-        models[model] = {
-            "overall_stats": stats(ma, digits),
-            "errored_attempts": sum(by_reason.values()),
-            "errored_by_reason": dict(sorted(by_reason.items())),
-            "by_prompt_type": prompts_out,
+
+def _model_node(
+    prompts: dict[str, dict[str, dict[str, dict[str, Acc]]]],
+    by_reason: dict[str, int],
+    digits: int | None,
+) -> tuple[dict[str, Any], Acc]:
+    """One model's subtree of the document, and its summed accumulator."""
+    prompts_out: dict[str, Any] = {}
+    prompt_accs: list[Acc] = []
+    for prompt, rates in prompts.items():
+        rates_out: dict[str, Any] = {}
+        rate_accs: list[Acc] = []
+        for rk, diffs in rates.items():
+            diffs_out: dict[str, Any] = {}
+            diff_accs: list[Acc] = []
+            for diff, tasks in diffs.items():
+                d = _sum(tasks.values())
+                diff_accs.append(d)
+                diffs_out[diff] = {
+                    "overall_stats": stats(d, digits),
+                    "by_task_type": {t: stats(a, digits) for t, a in tasks.items()},
+                }
+            ra = _sum(diff_accs)
+            rate_accs.append(ra)
+            rates_out[rk] = {"overall_stats": stats(ra, digits), "by_difficulty": diffs_out}
+        pa = _sum(rate_accs)
+        prompt_accs.append(pa)
+        prompts_out[prompt] = {
+            "overall_stats": stats(pa, digits),
+            "by_tool_success_rate": rates_out,
         }
+    ma = _sum(prompt_accs)
+    node = {
+        "overall_stats": stats(ma, digits),
+        "errored_attempts": sum(by_reason.values()),
+        "errored_by_reason": dict(sorted(by_reason.items())),
+        "by_prompt_type": prompts_out,
+    }
+    return node, ma
 
+
+def _document(
+    state: FoldState, model_totals: list[Acc], models: dict[str, Any], digits: int | None
+) -> dict[str, Any]:
+    """The whole document around its `models` (the totals in the same order)."""
     everything = _sum(model_totals)
     summary = {"total_tests": everything.total}
     summary.update((k, v) for k, v in stats(everything, digits).items() if k != "total")
@@ -341,6 +354,18 @@ def render(state: FoldState, *, digits: int | None = DIGITS) -> dict[str, Any]:
     }
 
 
+def render(state: FoldState, *, digits: int | None = DIGITS) -> dict[str, Any]:
+    """The master_database document (plain dicts), from the fold state alone."""
+    tree = _tree(state)
+    models: dict[str, Any] = {}
+    model_totals: list[Acc] = []
+    for model in sorted(set(tree) | set(state.errored)):
+        models[model], total = _model_node(tree.get(model, {}), state.errored.get(model, {}),
+                                           digits)
+        model_totals.append(total)
+    return _document(state, model_totals, models, digits)
+
+
 def encode_document(doc: dict[str, Any]) -> bytes:
     """Deterministic bytes: keys in the order `render` builds them (documented, and the
     same however the state was built), two-space indent, trailing newline."""
@@ -349,6 +374,71 @@ def encode_document(doc: dict[str, Any]) -> bytes:
 
 def render_bytes(state: FoldState) -> bytes:
     return encode_document(render(state))
+
+
+# ---- rendering again, reusing what did not change ---------------------------------------
+
+# Who rendered a file: a file another version of this code wrote is never reused.
+RENDERER = msgspec.json.encode(
+    [__version__, FILE_SCHEMA_VERSION, DIGITS, AVERAGED, TOKENS, ERROR_CATEGORIES]).decode()
+
+
+class ModelMemo(msgspec.Struct, array_like=True):
+    inputs: str  # sha256 of the model's leaves and errored counts: its subtree's only inputs
+    total: Acc  # the model's summed accumulator, which the summary adds up
+
+
+class RenderMemo(msgspec.Struct):
+    """What `render_file` leaves for the next render: the file it made, and what each
+    model's subtree in it was rendered from."""
+
+    renderer: str
+    sha256: str  # of the file's bytes: any other bytes are rendered afresh
+    models: dict[str, ModelMemo]
+
+
+class _Models(msgspec.Struct):
+    models: dict[str, msgspec.Raw]  # each model's subtree, undecoded
+
+
+def _reusable(previous: bytes | None, memo: RenderMemo | None) -> dict[str, tuple[msgspec.Raw, ModelMemo]]:
+    """The subtrees of `previous` that `memo` vouches for (none unless it is the very file
+    the memo describes, written by this renderer)."""
+    if previous is None or memo is None or memo.renderer != RENDERER:
+        return {}
+    if hashlib.sha256(previous).hexdigest() != memo.sha256:
+        return {}  # edited, foreign, or from another render: nothing of it propagates
+    try:
+        subtrees = msgspec.json.decode(previous, type=_Models).models
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return {}
+    return {m: (raw, memo.models[m]) for m, raw in subtrees.items() if m in memo.models}
+
+
+def render_file(
+    state: FoldState, previous: bytes | None = None, memo: RenderMemo | None = None
+) -> tuple[bytes, RenderMemo]:
+    """`render_bytes(state)` and its memo, byte for byte, rendering only the models whose
+    inputs changed since `memo`: the others are taken from `previous`, the file `memo`
+    describes (a new event touches one model's subtree; the summary and test groups are
+    rendered every time)."""
+    tree = _tree(state)
+    reusable = _reusable(previous, memo)
+    models: dict[str, Any] = {}
+    model_totals: list[Acc] = []
+    memos: dict[str, ModelMemo] = {}
+    for model in sorted(set(tree) | set(state.errored)):
+        prompts, by_reason = tree.get(model, {}), state.errored.get(model, {})
+        inputs = hashlib.sha256(msgspec.json.encode((prompts, by_reason))).hexdigest()
+        old = reusable.get(model)
+        if old is not None and old[1].inputs == inputs:
+            models[model], total = old[0], old[1].total
+        else:
+            models[model], total = _model_node(prompts, by_reason, DIGITS)
+        model_totals.append(total)
+        memos[model] = ModelMemo(inputs, total)
+    data = encode_document(_document(state, model_totals, models, DIGITS))
+    return data, RenderMemo(RENDERER, hashlib.sha256(data).hexdigest(), memos)
 
 
 # ---- invariants ------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -19,6 +20,7 @@ from storage_helpers import append_and_project, completed, errored, event_lists,
 from projections import master_database as mdb
 from projections.repairs import collect_repairs
 from ultra import events as ev
+from ultra.errors import UserError
 from ultra.naming import canonical_model
 from ultra.projecting import project
 from ultra.store import EventLog
@@ -416,3 +418,93 @@ def test_a_saved_state_is_used_only_when_it_is_this_fold_and_not_ahead_of_the_lo
         r = project(db, out)
         assert r.rebuilt and r.last_seq == 3 and r.events_folded == 3, saved
         assert out.read_bytes() == want
+
+
+# ---- rendering again: what did not change is reused, never an edit -------------------------
+
+
+@SETTINGS
+@given(event_lists(max_size=40), st.lists(st.integers(0, 40), max_size=5))
+def test_rendering_again_over_any_split_is_byte_identical_to_a_full_render(events, cuts):
+    """Each piece's state (any order of prefixes, repairs included) rendered with the
+    previous file and its memo gives the bytes of a full render."""
+    previous, memo = None, None
+    for cut in [*cuts, len(events)]:
+        state = pure_fold(events[:cut])
+        data, memo = mdb.render_file(state, previous, memo)
+        assert data == mdb.render_bytes(state)
+        assert memo.sha256 == hashlib.sha256(data).hexdigest()
+        previous = data
+
+
+def _two_models() -> tuple[mdb.FoldState, mdb.FoldState]:
+    """A state of two models, and the same after one more test of the first model."""
+    events = [completed(1, model="grok-3"), completed(2, model="kimi-k2", outcome="failure",
+                                                      error_category="timeout")]
+    return pure_fold(events), pure_fold([*events, completed(3, model="grok-3", turns=7)])
+
+
+def _forged(data: bytes, memo: mdb.RenderMemo) -> tuple[bytes, mdb.RenderMemo]:
+    """`data` with kimi-k2's errored_attempts set to 7, and a memo vouching for it."""
+    doc = json.loads(data)
+    doc["models"]["kimi-k2"]["errored_attempts"] = 7
+    forged = json.dumps(doc, indent=2).encode()
+    return forged, msgspec.structs.replace(memo, sha256=hashlib.sha256(forged).hexdigest())
+
+
+def test_only_the_models_whose_inputs_changed_are_rendered_again():
+    """Seen through a forged file that its memo vouches for: the untouched model's
+    subtree is taken from it as it is, the touched one is rendered afresh."""
+    before, after = _two_models()
+    forged, memo = _forged(*mdb.render_file(before))
+    data, _ = mdb.render_file(after, forged, memo)
+    got, want = json.loads(data), json.loads(mdb.render_bytes(after))
+    assert got["models"]["kimi-k2"]["errored_attempts"] == 7  # reused, not rendered
+    assert got["models"]["grok-3"] == want["models"]["grok-3"]
+    assert got["summary"] == want["summary"] and got["test_groups"] == want["test_groups"]
+
+
+def test_a_memo_of_another_renderer_or_file_reuses_nothing():
+    before, after = _two_models()
+    forged, memo = _forged(*mdb.render_file(before))
+    want = mdb.render_bytes(after)
+    for file, m in [(forged, msgspec.structs.replace(memo, renderer="another version")),
+                    (forged + b" ", memo),  # bytes the memo does not describe
+                    (forged, None), (None, memo)]:
+        assert mdb.render_file(after, file, m)[0] == want
+
+
+@pytest.mark.parametrize("damage", ["edited", "foreign", "missing", "not a file"])
+def test_project_renders_afresh_unless_the_file_is_the_one_it_wrote(tmp_path, damage):
+    """An edit of master_database.json, another file in its place, or none: the next
+    `ultra project` writes the bytes of a full render, so an edit never propagates."""
+    db, out = tmp_path / "e.db", tmp_path / "m.json"
+    with EventLog.open(db) as log:
+        log.append([completed(1, model="grok-3"), completed(2, model="kimi-k2")])
+    project(db, out)
+    if damage == "edited":  # same length, still JSON, inside the model the next event leaves alone
+        text = out.read_bytes()
+        at = text.index(b'"errored_attempts": 0', text.index(b'"kimi-k2": {'))
+        out.write_bytes(text[:at] + b'"errored_attempts": 5' + text[at + 21:])
+    elif damage == "foreign":
+        other = tmp_path / "other"
+        other.mkdir()
+        _, foreign = project_events([completed(1, model="kimi-k2", outcome="failure",
+                                               error_category="other")], other)
+        out.write_bytes(foreign)
+    elif damage == "missing":
+        out.unlink()
+    else:
+        out.unlink()
+        out.mkdir()  # a directory: unreadable as a file, and not writable over
+    with EventLog.open(db) as log:
+        log.append([completed(3, model="grok-3")])
+    if damage == "not a file":
+        with pytest.raises(UserError):
+            project(db, out)
+        out.rmdir()
+    r = project(db, out)
+    assert not r.rebuilt  # the fold is incremental; only the rendering starts afresh
+    incremental = out.read_bytes()
+    project(db, out, rebuild=True)
+    assert incremental == out.read_bytes()

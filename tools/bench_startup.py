@@ -7,6 +7,12 @@ the same work in-process, the same command through the typer app (what every oth
 command pays), and a bare `python -c pass` for the interpreter's own start-up. `*_cpu_s`
 are the CPU seconds of those processes (user + system): on a busy machine wall time
 includes waiting for a core, CPU time does not.
+
+The child processes run as an installed package runs: with bytecode cached (their own
+PYTHONPYCACHEPREFIX in the temp directory, PYTHONDONTWRITEBYTECODE removed, one warm-up
+run of each command first). `cli_nocache_*` is the same CLI process with
+PYTHONDONTWRITEBYTECODE=1 and no cache of ultra's own modules, which are then compiled
+from source on every start (a checkout run where bytecode may not be written).
 """
 
 from __future__ import annotations
@@ -36,15 +42,24 @@ TYPER = "import sys; from ultra.cli import app; sys.argv[0] = 'ultra'; app()"
 CPU: dict[str, list[float]] = {}  # CPU seconds of each child: what load does not inflate
 
 
-def timed(cmd: list[str], name: str = "") -> float:
+def child_envs(tmp: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(bytecode cached, ultra compiled on every start) environments of the children."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+    base["PYTHONPATH"] = str(ROOT)
+    cached = {**base, "PYTHONPYCACHEPREFIX": str(tmp / "pycache")}
+    return cached, {**base, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def timed(cmd: list[str], env: dict[str, str], name: str = "") -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env=env)
     spent = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    CPU.setdefault(name, []).append(cpu)
+    if name:
+        CPU.setdefault(name, []).append(cpu)
     return spent
 
 
@@ -55,26 +70,42 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_startup.") as tmp:
         db, out = Path(tmp) / "events.db", Path(tmp) / "master_database.json"
+        cached, nocache = child_envs(Path(tmp))
         with EventLog.open(db) as log:
             for batch in batches(args.events, 5000, seed=1):
                 log.append(batch)
         project(db, out)  # the projections exist: each run below folds one new event
         argv = ["project", "--db", str(db), "--out", str(out)]
-        figures: dict[str, list[float]] = {"cli": [], "typer": [], "in_process": [], "python": []}
-        for i in range(args.runs):  # interleaved, so load changes hit every figure alike
-            def one_more() -> None:
-                with EventLog.open(db) as log:
-                    log.append(next(batches(1, 1, seed=1000 + len(figures["cli"]) * 3 + i)))
+        cli = [sys.executable, "-m", "ultra", *argv]
+        typer = [sys.executable, "-c", TYPER, *argv]
+        added = 0
+
+        def one_more() -> None:
+            nonlocal added
+            added += 1
+            with EventLog.open(db) as log:
+                log.append(next(batches(1, 1, seed=1000 + added)))
+
+        for cmd in (cli, typer):  # the warm-up: writes the bytecode cache
             one_more()
-            figures["cli"].append(timed([sys.executable, "-m", "ultra", *argv], "cli"))
+            timed(cmd, cached)
+        figures: dict[str, list[float]] = {
+            "cli": [], "cli_nocache": [], "typer": [], "in_process": [], "python": []}
+        for _ in range(args.runs):  # interleaved, so load changes hit every figure alike
             one_more()
-            figures["typer"].append(timed([sys.executable, "-c", TYPER, *argv], "typer"))
+            figures["cli"].append(timed(cli, cached, "cli"))
+            one_more()
+            figures["cli_nocache"].append(timed(cli, nocache, "cli_nocache"))
+            one_more()
+            figures["typer"].append(timed(typer, cached, "typer"))
             one_more()
             t = time.perf_counter()
             project(db, out)
             figures["in_process"].append(time.perf_counter() - t)
-            figures["python"].append(timed([sys.executable, "-c", "pass"], "python"))
-    result = {"events": args.events, "runs": args.runs, "load": os.getloadavg()[0]}
+            figures["python"].append(timed([sys.executable, "-c", "pass"], cached, "python"))
+    result: dict[str, object] = {
+        "events": args.events, "runs": args.runs, "load": os.getloadavg()[0],
+        "bytecode": "cached (warm-up run first); cli_nocache_*: ultra compiled on each start"}
     result.update({f"{k}_s": round(statistics.median(v), 4) for k, v in figures.items()})
     result.update({f"{k}_cpu_s": round(statistics.median(v), 4) for k, v in CPU.items()})
     print(json.dumps(result))

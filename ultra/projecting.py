@@ -17,7 +17,6 @@ import os
 import sqlite3
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,8 @@ if TYPE_CHECKING:
     import sqlite_utils
 
 PROJECTION_NAME = "master_database"
+RENDER_MEMO_NAME = "master_database.file"  # what the last render wrote (mdb.RenderMemo)
+RENDER_MEMO_VERSION = 1
 RESULTS_NAME = "results.db"
 
 
@@ -110,6 +111,23 @@ def _saved_state(log: EventLog, until_seq: int) -> mdb.FoldState | None:
     return state
 
 
+def _rendered_before(log: EventLog, out: Path) -> tuple[bytes | None, mdb.RenderMemo | None]:
+    """The file at `out` and the memo of the last render, for `mdb.render_file` to reuse
+    what did not change (which it does only if the file is the one the memo describes)."""
+    saved = log.load_projection_state(RENDER_MEMO_NAME)
+    if saved is None or saved[0] != RENDER_MEMO_VERSION:
+        return None, None
+    try:
+        memo = msgspec.json.decode(saved[2], type=mdb.RenderMemo)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; only a regular file is read.
+        with open(os.open(out, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None, None
+            return fh.read(), memo
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None, None
+
+
 def results_path(out: Path | str, results: Path | str | None = None) -> Path:
     """results.db lives beside master_database.json unless named."""
     return Path(results) if results is not None else Path(out).parent / RESULTS_NAME
@@ -132,8 +150,11 @@ def project(
         log.save_projection_state(
             PROJECTION_NAME, mdb.STATE_VERSION, state.last_seq, mdb.dump_state(state).decode()
         )
-        data = mdb.render_bytes(state)
+        previous, memo = (None, None) if rebuild else _rendered_before(log, out)
+        data, memo = mdb.render_file(state, previous, memo)
         write_atomic(out, data)
+        log.save_projection_state(RENDER_MEMO_NAME, RENDER_MEMO_VERSION, state.last_seq,
+                                  msgspec.json.encode(memo).decode())
         results_rebuilt = update_results(log, results, until, rebuild=rebuild).rebuilt
     return ProjectReport(
         events_folded=n,
@@ -307,7 +328,7 @@ def update_results(log: EventLog, path: Path, until: int, *, rebuild: bool = Fal
 
 def build_results(log: EventLog, path: Path, until: int) -> int:
     """A fresh results.db from zero, built beside `path` and renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     os.close(fd)
     try:
         db = _new_results(tmp)
@@ -340,6 +361,18 @@ def fresh_results(log: EventLog, until: int) -> sqlite_utils.Database:
     return db
 
 
+def temp_beside(path: Path) -> tuple[int, str]:
+    """A new file only this call created, in `path`'s directory, open for writing: what
+    `tempfile.mkstemp` does, without importing tempfile (with shutil and random) into
+    every `ultra project`."""
+    while True:
+        tmp = os.path.join(path.parent, f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp
+        except FileExistsError:
+            continue  # 48 random bits taken: draw again
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp file in the same directory, fsync, rename: readers see old or new, never half.
 
@@ -363,7 +396,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = temp_beside(path)
     except OSError as exc:
         raise UserError(f"{path}: cannot write ({exc.strerror})") from None
     try:
