@@ -33,29 +33,33 @@ class Counting:
         repairs = self.repairs
         canonical = repairs.canonical
         retracts = repairs.retracts if repairs.retractions else None
+        models: dict[str, str] = {}  # raw name -> canonical: a subscript, not a call per event
         rate_keys: dict[float, str] = {}
         n = 0
-        last = self.last_recorded_at
+        e: Event | None = None
         try:
             for seq, e, earlier in items:
                 n += 1
-                last = e.recorded_at
                 kind = type(e)
                 if kind is TestCompleted:
-                    model = canonical(e.model)  # type: ignore[union-attr]
+                    try:
+                        model = models[e.model]  # type: ignore[union-attr]
+                    except KeyError:
+                        model = models[e.model] = canonical(e.model)  # type: ignore[union-attr]
                     if retracts is not None and retracts(e, model):  # type: ignore[arg-type]
                         self.retracted += 1
                         continue
                     if earlier and any(not repairs.retracts(p) for p in earlier):
                         self.duplicates += 1
                         continue
-                    rate = e.tool_success_rate  # type: ignore[union-attr]
-                    rk = rate_keys.get(rate)
-                    if rk is None:
-                        rk = rate_keys[rate] = rate_key(rate)
+                    try:
+                        rk = rate_keys[e.tool_success_rate]  # type: ignore[union-attr]
+                    except KeyError:
+                        rk = rate_keys[e.tool_success_rate] = rate_key(e.tool_success_rate)  # type: ignore[union-attr]
                     yield seq, e, model, rk
                 elif kind is TestErrored:
                     yield seq, e, canonical(e.model), ""  # type: ignore[union-attr]
         finally:
             self.folded += n
-            self.last_recorded_at = last
+            if e is not None:
+                self.last_recorded_at = e.recorded_at

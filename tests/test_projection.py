@@ -508,3 +508,30 @@ def test_project_renders_afresh_unless_the_file_is_the_one_it_wrote(tmp_path, da
     incremental = out.read_bytes()
     project(db, out, rebuild=True)
     assert incremental == out.read_bytes()
+
+
+def test_metric_names_that_vary_within_a_leaf_sum_by_name_in_first_seen_order():
+    """The fold keeps plain per-leaf records while it runs; names a suite adds later, or
+    gives in another order, still sum by name, and a fold resumed from its saved state at
+    any point sums exactly as one from zero."""
+    events = [
+        completed(1, metrics={"x": 0.5}),
+        completed(2),  # the workflow metrics only, x missing
+        completed(3, metrics={"y": 0.25}, workflow_score=0.1),
+        completed(4, metrics={"quality_score": 0.0, "x": 1e-17}),  # another order
+    ]
+    whole = pure_fold(events)
+    [acc] = whole.leaves.values()
+    assert list(acc.metrics) == ["x", "final_score", "workflow_score", "phase2_score",
+                                 "quality_score", "y"]
+    assert acc.metrics["x"] == 0.5 + 1e-17 and acc.metrics["y"] == 0.25
+    assert acc.metrics["workflow_score"] == 0.9 + 0.9 + 0.1 + 0.9
+    leaf = mdb.render(whole)["models"]["DeepSeek-V3-0324"]["by_prompt_type"]["baseline"]
+    assert leaf["overall_stats"]["avg_y"] == round(0.25 / 4, mdb.DIGITS)
+    for split in range(len(events) + 1):
+        first = pure_fold(events[:split])
+        resumed = mdb.load_state(mdb.dump_state(first))
+        rest = [(seq, e, ()) for seq, e in enumerate(events, 1) if seq > split]
+        mdb.fold(resumed, rest, collect_repairs([]))
+        resumed.last_seq = len(events)
+        assert mdb.render_bytes(resumed) == mdb.render_bytes(whole), split

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from storage_helpers import completed, errored, raw_sql
 
-from ultra.store import EARLIER_COMPLETION, REPEATED_KEYS_QUERY, RESUME_QUERY, EventLog
+from ultra.store import (
+    EARLIER_COMPLETION,
+    REPEATED_KEYS_QUERY,
+    REPEATED_SEQS_QUERY,
+    REPEATS_AFTER_QUERY,
+    RESUME_QUERY,
+    EventLog,
+)
 
 
 def plan(log: EventLog, sql: str, params: tuple) -> str:
@@ -44,6 +51,21 @@ def test_earlier_completion_probe_is_a_primary_key_search(tmp_path):
         assert "TEMP B-TREE" not in got, got
 
 
+def test_repeated_seqs_are_primary_key_searches_of_the_repeated_keys(tmp_path):
+    with filled(tmp_path) as log:
+        got = plan(log, REPEATED_SEQS_QUERY, (10**9, 10**9))
+        assert "SEARCH completion_keys USING PRIMARY KEY (test_key=?" in got, got
+        assert "TEMP B-TREE" not in got and "events" not in got, got
+
+
+def test_repeats_after_a_seq_probe_only_the_new_completions(tmp_path):
+    with filled(tmp_path) as log:
+        got = plan(log, REPEATS_AFTER_QUERY, (40, 60))
+        assert "USING COVERING INDEX events_by_type (type=? AND seq>? AND seq<?)" in got, got
+        assert "SEARCH p USING PRIMARY KEY (test_key=? AND seq<?)" in got, got
+        assert "TEMP B-TREE" not in got, got
+
+
 def test_appends_maintain_no_index_keyed_by_test_key(tmp_path):
     """Random test keys would dirty a page per insert; event ids are time-ordered."""
     with filled(tmp_path) as log:
@@ -69,6 +91,11 @@ def test_readers_fill_completion_keys_and_find_duplicates(db):
         assert log.repeated_test_keys() == {again.test_key, later.test_key}
         stream = log.stream_marked(after_seq=7)
         assert [(s, bool(r)) for s, _, r in stream.marked()] == [(8, True)]
+        # From zero: every completion of a repeated key is marked, the first ones too.
+        marked = [s for s, _, r in log.stream_marked().marked() if r]
+        assert marked == [3, 5, 6, 8]
+        earlier = {s: [e.event_id for e in r] for s, _, r in log.stream_marked().with_earlier() if r}
+        assert earlier == {6: [completed(2).event_id], 8: [completed(4).event_id]}
         keys = list(log.completions(batch=2))
         assert len(keys) == 7 and keys[-1] == (later.test_key, "again-4")
 

@@ -58,9 +58,18 @@ COMPLETIONS_OF_QUERY = "SELECT test_key, event_id FROM completion_keys WHERE tes
 REPEATED_KEYS_QUERY = (
     "SELECT test_key FROM completion_keys WHERE seq <= ? GROUP BY test_key HAVING COUNT(*) > 1"
 )
+# A replay from zero: the seqs of every completion of those keys (primary-key look-ups).
+REPEATED_SEQS_QUERY = (
+    f"SELECT seq FROM completion_keys WHERE test_key IN ({REPEATED_KEYS_QUERY}) AND seq <= ?"
+)
 # Duplicates, incrementally: is an earlier completion of `e`'s test key stored?
 EARLIER_COMPLETION = (
     "EXISTS (SELECT 1 FROM completion_keys p WHERE p.test_key = e.test_key AND p.seq < e.seq)"
+)
+# ... asked of the completions in a range of seqs.
+REPEATS_AFTER_QUERY = (
+    "SELECT e.seq FROM events e WHERE e.type = 'test.completed' AND e.seq > ? AND e.seq <= ?"
+    f" AND {EARLIER_COMPLETION}"
 )
 DONE = "done"  # `claim`'s answer for a test another collector completed meanwhile
 
@@ -247,74 +256,73 @@ class EventStream:
         self._types = list(types) if types is not None else None
         self._batch = batch
         self._mark = mark_repeats
-        # Duplicate detection reads completion_keys, brought up to the stream's end first.
-        # A replay from zero asks once for the keys completed more than once (an ordered
-        # scan of that table: no sort, no memory that grows with the log); only those need
-        # a probe. Incremental runs probe per new row instead.
-        self._repeat_keys: set[str] | None = None
+        # Duplicate detection reads completion_keys, brought up to the stream's end first,
+        # for the seqs of the completions that may repeat an earlier one (usually none), so
+        # the stream itself reads what a bare read does. A replay from zero asks for every
+        # completion of a key completed more than once (an ordered scan of that table: no
+        # sort, no memory that grows with the log); an incremental run probes its new rows.
+        # Only those seqs get a probe with `earlier_completions`.
+        self._repeats: set[int] | None = None
         if mark_repeats:
             if self._until is None:
                 self._until = log.last_seq()
             log.index_completions(self._until)
             if after_seq == 0:
-                self._repeat_keys = log.repeated_test_keys(self._until)
+                rows = log._read(REPEATED_SEQS_QUERY, (self._until, self._until))
+            else:
+                rows = log._read(REPEATS_AFTER_QUERY, (after_seq, self._until))
+            self._repeats = {r[0] for r in rows}
         self.skipped_unknown = 0
         self.undecodable = 0
         self.undecodable_seqs: list[int] = []
 
     def _query(self) -> tuple[str, list[Any]]:
-        cols = "e.seq, e.type, e.payload"
-        if self._repeat_keys is not None:
-            cols += ", e.test_key"
-        elif self._mark:
-            # Is an earlier completion of the same test stored? Plain SQL, answered from
-            # completion_keys' primary key, so duplicate detection costs no memory.
-            cols += f", CASE WHEN e.type = 'test.completed' AND {EARLIER_COMPLETION} THEN 1 ELSE 0 END"
-        where = ["e.seq > ?"]
+        where = ["seq > ?"]
         params: list[Any] = []
         if self._until is not None:
-            where.append("e.seq <= ?")
+            where.append("seq <= ?")
             params.append(self._until)
         if self._types is not None:
-            where.append(f"e.type IN ({', '.join('?' * len(self._types))})")
+            where.append(f"type IN ({', '.join('?' * len(self._types))})")
             params.extend(self._types)
-        sql = f"SELECT {cols} FROM events e WHERE {' AND '.join(where)} ORDER BY e.seq LIMIT ?"
+        sql = f"SELECT seq, type, payload FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
         return sql, params
 
     def _decoded(self, probe: bool = False) -> Iterator[tuple[int, ev.Event, Any]]:
+        """(seq, event, mark); mark: `()` or False unless the seq may repeat an earlier
+        completion, then True, or with `probe` its earlier completions."""
         if self._types == []:
             return
         sql, params = self._query()
         after = self._after
         known = ev.EVENT_TYPES
         decode = ev.decode
-        repeat_keys = self._repeat_keys
-        mark = self._mark
+        repeats = self._repeats
+        plain: Any = () if probe else False
+        read = self._log._read
+        batch = self._batch
         while True:
-            rows = self._log._read(sql, [after, *params, self._batch])
-            for row in rows:
-                seq, tag = row[0], row[1]
+            rows = read(sql, [after, *params, batch])
+            for seq, tag, payload in rows:
                 if tag not in known:
                     self.skipped_unknown += 1
                     continue
                 try:
-                    event = decode(row[2])
+                    event = decode(payload)
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     self.undecodable += 1
                     if len(self.undecodable_seqs) < 100:
                         self.undecodable_seqs.append(seq)
                     continue
-                if repeat_keys is not None:
-                    repeat = tag == "test.completed" and row[3] in repeat_keys
-                else:
-                    repeat = row[3] if mark else 0
-                if not probe:
-                    yield seq, event, repeat
-                elif repeat and isinstance(event, ev.TestCompleted):
+                if not repeats or seq not in repeats:
+                    yield seq, event, plain
+                elif not probe:
+                    yield seq, event, True
+                elif isinstance(event, ev.TestCompleted):
                     yield seq, event, [e for _, e in self._log.earlier_completions(event.test_key, seq)]
                 else:
                     yield seq, event, ()
-            if len(rows) < self._batch:
+            if len(rows) < batch:
                 return
             after = rows[-1][0]
 
