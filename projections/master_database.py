@@ -417,6 +417,7 @@ RENDERER = msgspec.json.encode(
 class ModelMemo(msgspec.Struct, array_like=True):
     inputs: str  # sha256 of the model's leaves and errored counts: its subtree's only inputs
     total: Acc  # the model's summed accumulator, which the summary adds up
+    span: tuple[int, int]  # where its subtree's bytes are in the file
 
 
 class RenderMemo(msgspec.Struct):
@@ -428,48 +429,61 @@ class RenderMemo(msgspec.Struct):
     models: dict[str, ModelMemo]
 
 
-class _Models(msgspec.Struct):
-    models: dict[str, msgspec.Raw]  # each model's subtree, undecoded
+_MODEL_INDENT = b"\n    "  # a model's subtree sits two levels deep in the file
+_NO_MODELS_END = b"{}\n}\n"  # how encode_document ends a document with no models
 
 
-def _reusable(previous: bytes | None, memo: RenderMemo | None) -> dict[str, tuple[msgspec.Raw, ModelMemo]]:
-    """The subtrees of `previous` that `memo` vouches for (none unless it is the very file
+def _reusable(previous: bytes | None, memo: RenderMemo | None) -> dict[str, ModelMemo]:
+    """What `memo` says of the subtrees in `previous` (nothing unless it is the very file
     the memo describes, written by this renderer)."""
     if previous is None or memo is None or memo.renderer != RENDERER:
         return {}
     if hashlib.sha256(previous).hexdigest() != memo.sha256:
         return {}  # edited, foreign, or from another render: nothing of it propagates
-    try:
-        subtrees = msgspec.json.decode(previous, type=_Models).models
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return {}
-    return {m: (raw, memo.models[m]) for m, raw in subtrees.items() if m in memo.models}
+    return memo.models
 
 
 def render_file(
     state: FoldState, previous: bytes | None = None, memo: RenderMemo | None = None
 ) -> tuple[bytes, RenderMemo]:
     """`render_bytes(state)` and its memo, byte for byte, rendering only the models whose
-    inputs changed since `memo`: the others are taken from `previous`, the file `memo`
+    inputs changed since `memo`: the others are copied from `previous`, the file `memo`
     describes (a new event touches one model's subtree; the summary and test groups are
-    rendered every time)."""
+    rendered every time).
+
+    The file is `encode_document`'s layout put together by hand: the document without
+    models, then each model's subtree, formatted alone and indented to its depth.
+    """
     tree = _tree(state)
     reusable = _reusable(previous, memo)
-    models: dict[str, Any] = {}
-    model_totals: list[Acc] = []
+    names = sorted(set(tree) | set(state.errored))
+    subtrees: list[bytes] = []
+    totals: list[Acc] = []
     memos: dict[str, ModelMemo] = {}
-    for model in sorted(set(tree) | set(state.errored)):
+    for model in names:
         prompts, by_reason = tree.get(model, {}), state.errored.get(model, {})
         inputs = hashlib.sha256(msgspec.json.encode((prompts, by_reason))).hexdigest()
         old = reusable.get(model)
-        if old is not None and old[1].inputs == inputs:
-            models[model], total = old[0], old[1].total
+        if old is not None and old.inputs == inputs:
+            subtrees.append(previous[old.span[0]:old.span[1]])  # type: ignore[index]
+            total = old.total
         else:
-            models[model], total = _model_node(prompts, by_reason, DIGITS)
-        model_totals.append(total)
-        memos[model] = ModelMemo(inputs, total)
-    data = encode_document(_document(state, model_totals, models, DIGITS))
-    return data, RenderMemo(RENDERER, hashlib.sha256(data).hexdigest(), memos)
+            node, total = _model_node(prompts, by_reason, DIGITS)
+            subtrees.append(msgspec.json.format(msgspec.json.encode(node), indent=2)
+                            .replace(b"\n", _MODEL_INDENT))  # newlines in strings are escaped
+        totals.append(total)
+        memos[model] = ModelMemo(inputs, total, (0, 0))
+    data = bytearray(encode_document(_document(state, totals, {}, DIGITS)))
+    if names:
+        del data[-len(_NO_MODELS_END):]
+        data += b"{"
+        for i, (model, subtree) in enumerate(zip(names, subtrees)):
+            data += b"," * (i > 0) + _MODEL_INDENT + msgspec.json.encode(model) + b": "
+            memos[model].span = (len(data), len(data) + len(subtree))
+            data += subtree
+        data += b"\n  }\n}\n"
+    out = bytes(data)
+    return out, RenderMemo(RENDERER, hashlib.sha256(out).hexdigest(), memos)
 
 
 # ---- invariants ------------------------------------------------------------------------

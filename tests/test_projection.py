@@ -446,9 +446,8 @@ def _two_models() -> tuple[mdb.FoldState, mdb.FoldState]:
 
 def _forged(data: bytes, memo: mdb.RenderMemo) -> tuple[bytes, mdb.RenderMemo]:
     """`data` with kimi-k2's errored_attempts set to 7, and a memo vouching for it."""
-    doc = json.loads(data)
-    doc["models"]["kimi-k2"]["errored_attempts"] = 7
-    forged = json.dumps(doc, indent=2).encode()
+    at = data.index(b'"errored_attempts": 0', data.index(b'"kimi-k2": {'))
+    forged = data[:at] + b'"errored_attempts": 7' + data[at + 21:]
     return forged, msgspec.structs.replace(memo, sha256=hashlib.sha256(forged).hexdigest())
 
 

@@ -8,7 +8,6 @@ reaches a user.
 from __future__ import annotations
 
 import os
-import random
 import sqlite3
 import threading
 import time
@@ -174,6 +173,8 @@ class SqliteLog(EventLog):
                     raise UserError(
                         f"{self.path}: event log busy for {LOCK_PATIENCE_S:.0f} s; is a writer stuck?"
                     ) from None
+                import random  # only a writer that waits jitters: kept out of every start
+
                 time.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 0.25)
 
