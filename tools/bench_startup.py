@@ -10,9 +10,9 @@ includes waiting for a core, CPU time does not.
 
 The child processes run as an installed package runs: with bytecode cached (their own
 PYTHONPYCACHEPREFIX in the temp directory, PYTHONDONTWRITEBYTECODE removed, one warm-up
-run of each command first). `cli_nocache_*` is the same CLI process with
-PYTHONDONTWRITEBYTECODE=1 and no cache of ultra's own modules, which are then compiled
-from source on every start (a checkout run where bytecode may not be written).
+run of each command first). `cli_nocache_*` is the same CLI process with everything but
+ultra's own modules cached: those are compiled from source on every start, as in a
+checkout run with PYTHONDONTWRITEBYTECODE=1.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,12 +44,26 @@ CPU: dict[str, list[float]] = {}  # CPU seconds of each child: what load does no
 
 
 def child_envs(tmp: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """(bytecode cached, ultra compiled on every start) environments of the children."""
+    """(bytecode cached, ultra compiled on every start) environments of the children.
+
+    Both read bytecode only from their own PYTHONPYCACHEPREFIX (never a `__pycache__`
+    beside the sources, which tests may have written); the second prefix is a copy of the
+    first without ultra's modules, and nothing is written there.
+    """
     base = {k: v for k, v in os.environ.items()
             if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
     base["PYTHONPATH"] = str(ROOT)
     cached = {**base, "PYTHONPYCACHEPREFIX": str(tmp / "pycache")}
-    return cached, {**base, "PYTHONDONTWRITEBYTECODE": "1"}
+    nocache = {**base, "PYTHONPYCACHEPREFIX": str(tmp / "pycache-no-ultra"),
+               "PYTHONDONTWRITEBYTECODE": "1"}
+    return cached, nocache
+
+
+def drop_ultra_bytecode(cached: dict[str, str], nocache: dict[str, str]) -> None:
+    """Fill the second prefix: everything the warm-up cached except the project's own."""
+    src, dst = Path(cached["PYTHONPYCACHEPREFIX"]), Path(nocache["PYTHONPYCACHEPREFIX"])
+    shutil.copytree(src, dst)
+    shutil.rmtree(dst / ROOT.relative_to(ROOT.anchor))
 
 
 def timed(cmd: list[str], env: dict[str, str], name: str = "") -> float:
@@ -89,6 +104,7 @@ def main() -> None:
         for cmd in (cli, typer):  # the warm-up: writes the bytecode cache
             one_more()
             timed(cmd, cached)
+        drop_ultra_bytecode(cached, nocache)
         figures: dict[str, list[float]] = {
             "cli": [], "cli_nocache": [], "typer": [], "in_process": [], "python": []}
         for _ in range(args.runs):  # interleaved, so load changes hit every figure alike
