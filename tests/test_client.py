@@ -107,15 +107,15 @@ def test_429_is_waited_out_not_counted_as_a_failure():
 
 
 def test_a_shards_connections_split_over_small_clients_all_in_flight_at_once():
-    """20 workers: 3 clients of at most 7 connections, and all 20 requests in flight together
-    (nothing queues for a connection)."""
-    workers = 20
+    """23 workers: clients of at most CONNECTIONS_PER_CLIENT connections, and all 23 requests
+    in flight together (nothing queues for a connection)."""
+    workers = 23
 
     async def main(url: str) -> int:
         r = Route(url=f"{url}/v1/chat/completions", shape="openai", api_model="sim-strong",
                   key_literal="sim-key-0")
         async with open_clients(r, workers) as clients:
-            assert len(clients) == -(-workers // CONNECTIONS_PER_CLIENT) == 3
+            assert len(clients) == -(-workers // CONNECTIONS_PER_CLIENT) > 1
             counters = ShardCounters()
             async with trio.open_nursery() as nursery:
                 for i in range(workers):

@@ -1,7 +1,7 @@
 """The HTTP side of a shard: an OpenAI-compatible or Azure `ChatModel` on httpx.
 
-One `httpx.AsyncClient` per shard (its pool sized to the shard's workers, the route's
-auth header set once); one cheap `HttpChatModel` per test, which counts that test's
+A shard's connections are split over small httpx pools (`RouteClient`: the route's URL
+and auth header built once); one cheap `HttpChatModel` per test, which counts that test's
 retries and tokens. Failures are classified here, once:
 
 - 429: wait as the provider says (retry-after-ms, Retry-After, x-ratelimit-reset-*), slow
@@ -21,9 +21,12 @@ provider kind says.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import re
+import ssl
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -188,12 +191,69 @@ def resolve_secret(route: Route) -> str:
 
 # httpx's pool scans every pooled connection on each request (a readability system call
 # each), so one pool's CPU per request grows with its size: 128 connections in one pool
-# cost ~3x the CPU per request of 16 pools of 8 (tools/bench_dispatch.py --seed-load).
-CONNECTIONS_PER_CLIENT = 8
+# cost ~10x the CPU per request of 32 pools of 4, and pools of 4 cost ~10 % less than
+# pools of 8 (tools/bench_dispatch.py --seed-load).
+CONNECTIONS_PER_CLIENT = 4
+
+
+class RouteClient:
+    """One small connection pool on a route: httpx's transport, called directly.
+
+    `httpx.AsyncClient.send` adds cookies, auth, redirects and event hooks around the
+    transport, none of which a chat request uses; skipping them halves httpx's CPU per
+    request outside the connection itself (tools/bench_dispatch.py). The URL and the headers
+    (auth set once) are built once per route, not per request.
+    """
+
+    __slots__ = ("transport", "url", "headers")
+
+    def __init__(self, route: Route, connections: int) -> None:
+        secret = resolve_secret(route)
+        auth = ("authorization", f"Bearer {secret}") if route.shape == "openai" else ("api-key", secret)
+        self.url = httpx.URL(route.url)
+        self.headers = [auth, ("content-type", "application/json")]
+        self.transport = httpx.AsyncHTTPTransport(
+            verify=_tls_context(), proxy=_environment_proxy(self.url),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
+
+    async def post(self, payload: bytes, trace: Any) -> tuple[int, dict[str, str], bytes]:
+        """POST `payload`: the status, the headers (lower-case names) and the body."""
+        request = httpx.Request("POST", self.url, headers=self.headers, content=payload,
+                                extensions={"trace": trace})
+        response = await self.transport.handle_async_request(request)
+        try:
+            body = b"".join([part async for part in response.stream])  # type: ignore[union-attr]
+        finally:
+            await response.aclose()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers.raw}
+        return response.status_code, headers, body
+
+    async def __aenter__(self) -> RouteClient:
+        await self.transport.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.transport.aclose()
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context per process: building one loads the CA bundle (~30 ms),
+    and a shard of 128 workers has 16 pools."""
+    return httpx.create_ssl_context()
+
+
+def _environment_proxy(url: httpx.URL) -> str | None:
+    """The proxy HTTP(S)_PROXY / ALL_PROXY name for `url`, unless NO_PROXY exempts it (what
+    httpx.AsyncClient would use; the transport alone does not read the environment)."""
+    if urllib.request.proxy_bypass_environment(url.host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    return proxies.get(url.scheme) or proxies.get("all")
 
 
 @contextlib.asynccontextmanager
-async def open_clients(route: Route, workers: int) -> AsyncIterator[list[httpx.AsyncClient]]:
+async def open_clients(route: Route, workers: int) -> AsyncIterator[list[RouteClient]]:
     """A shard's connections split over small clients of at most CONNECTIONS_PER_CLIENT
     each; worker `i` uses client `i % len(clients)`, so no pool outgrows its size."""
     n = max(1, -(-workers // CONNECTIONS_PER_CLIENT))
@@ -202,18 +262,12 @@ async def open_clients(route: Route, workers: int) -> AsyncIterator[list[httpx.A
         yield [await stack.enter_async_context(open_client(route, size)) for _ in range(n)]
 
 
-def open_client(route: Route, workers: int) -> httpx.AsyncClient:
-    secret = resolve_secret(route)
-    auth = {"authorization": f"Bearer {secret}"} if route.shape == "openai" else {"api-key": secret}
-    return httpx.AsyncClient(
-        headers={**auth, "content-type": "application/json"},
-        limits=httpx.Limits(max_connections=workers, max_keepalive_connections=workers),
-        timeout=None,  # the request timeout is a trio cancel scope, below
-    )
+def open_client(route: Route, workers: int) -> RouteClient:
+    return RouteClient(route, workers)
 
 
 def request_body(route: Route, options: RequestOptions, messages: list[dict[str, Any]],
-                 tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+                 tools: list[dict[str, Any]] | msgspec.Raw | None) -> dict[str, Any]:
     """The chat request as the provider receives it: the model (OpenAI shape), messages,
     tools, then the model's request options and its `extra_body`."""
     body: dict[str, Any] = {}
@@ -272,7 +326,7 @@ class _Failure(msgspec.Struct, frozen=True):
 class HttpChatModel:
     """A `ChatModel` for one test on one shard's route."""
 
-    def __init__(self, client: httpx.AsyncClient, route: Route, limiters: tuple[RateLimiter, ...],
+    def __init__(self, client: RouteClient, route: Route, limiters: tuple[RateLimiter, ...],
                  counters: ShardCounters, *, request_timeout: float, max_retries: int,
                  rng: random.Random, options: RequestOptions = RequestOptions(),
                  budgets: tuple[TokenBudget, ...] = (), health: RouteHealth | None = None,
@@ -293,6 +347,8 @@ class HttpChatModel:
         self.completion_tokens = 0
         self.reasoning_tokens = 0
         self.simulated = False  # a reply carried the simulator's mark
+        self._tools: list[dict[str, Any]] | None = None  # encoded once, as self._tools_json
+        self._tools_json = msgspec.Raw(b"")
 
     @property
     def usage(self) -> Usage:
@@ -306,7 +362,10 @@ class HttpChatModel:
 
     async def complete(self, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None) -> ChatResponse:
-        payload = _encode(request_body(self._route, self._options, messages, tools))
+        if tools and tools is not self._tools:  # a test offers one list on every turn
+            self._tools, self._tools_json = tools, msgspec.Raw(_encode(tools))
+        payload = _encode(request_body(self._route, self._options, messages,
+                                       self._tools_json if tools else None))
         failures = 0
         while True:
             outcome = await self._paced_attempt(payload)
@@ -354,20 +413,19 @@ class HttpChatModel:
 
     async def _attempt(self, payload: bytes, trace: Any) -> ChatResponse | _Failure:
         """One request: an answer, or why not. Raises when the model took and failed it."""
+        scope = trio.CancelScope(deadline=trio.current_time() + self._timeout)
         try:
-            with trio.fail_after(self._timeout):
-                resp = await self._client.post(self._route.url, content=payload,
-                                               extensions={"trace": trace})
-        except trio.TooSlowError:
-            return _Failure("timeout", f"no response within {self._timeout:g}s")
+            with scope:  # not trio.fail_after: its generator costs CPU on every request
+                status, headers_in, content = await self._client.post(payload, trace)
         except httpx.TimeoutException:
             return _Failure("timeout", "httpx timeout")
         except httpx.TransportError as exc:
             return _Failure("connection", _transport_message(exc, self._route.url))
-        if SIMULATED_HEADER in resp.headers:
+        if scope.cancelled_caught:
+            return _Failure("timeout", f"no response within {self._timeout:g}s")
+        if SIMULATED_HEADER in headers_in:
             self.simulated = True
-        status = resp.status_code
-        headers = read_rate_headers(resp.headers)
+        headers = read_rate_headers(headers_in)
         if status == 429:
             self._counters.throttled += 1
             wait = wait_after_429(headers)
@@ -375,10 +433,10 @@ class HttpChatModel:
                 limiter.on_429(wait)
             for budget in self._budgets:
                 budget.pause(wait or 0.0)
-            return _Failure("rate_limited", server_message(resp.content, self._secrets), 429)
+            return _Failure("rate_limited", server_message(content, self._secrets), 429)
         if status == 200:
             try:
-                parsed = _to_chat_response(_decode_response(resp.content))
+                parsed = _to_chat_response(_decode_response(content))
             except (msgspec.DecodeError, msgspec.ValidationError):
                 return _Failure("malformed_response", "body is not a chat completion", 200)
             if parsed is None:
@@ -396,12 +454,12 @@ class HttpChatModel:
             self._heed(headers, u.prompt_tokens + u.completion_tokens)
             return parsed
         self._heed(headers, COMPLETION_GUESS)
-        message = server_message(resp.content, self._secrets)
+        message = server_message(content, self._secrets)
         if status >= 500 or status == 408:
             return _Failure("server_error", message, status)
-        if status == 400 and b"context_length" in resp.content:
+        if status == 400 and b"context_length" in content:
             raise ContextLengthExceeded(f"HTTP 400: {message}")
-        if status == 400 and (b"content_filter" in resp.content or b"content_policy" in resp.content):
+        if status == 400 and (b"content_filter" in content or b"content_policy" in content):
             return _Failure("bad_request", message, status, retryable=False)  # the prompt, not the route
         if self._health is not None:
             self._health.refused(f"HTTP {status}: {message}")

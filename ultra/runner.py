@@ -244,18 +244,34 @@ def _user_error(exc: BaseException) -> UserError | None:
 # ---- the parent ---------------------------------------------------------------------------
 
 
+# A chat completion seldom comes back in under a second: a shard's workers drive at most
+# about this many requests per second each, whatever its qps limit allows.
+REQUESTS_PER_WORKER = 1.0
+
+
+def offered_rps(shard: Shard) -> float:
+    """The request rate a shard can drive: its qps limit, or its workers, whichever binds."""
+    return min(shard.qps, shard.workers * REQUESTS_PER_WORKER)
+
+
 def assign(shards: list[Shard], processes: int) -> list[list[Shard]]:
-    """Longest work first onto the least-loaded process (balanced by planned tests).
-    Shards that share a key budget travel together: their pacer lives in one process."""
+    """The busiest work first onto the least-loaded process, balanced by the request rate
+    (a process's CPU goes per request), then by planned tests. Shards that share a key
+    budget travel together: their pacer lives in one process."""
     units: dict[str, list[Shard]] = {}
     for s in shards:
         units.setdefault(s.shared_limit.name if s.shared_limit else s.shard_id, []).append(s)
+
+    def load(unit: list[Shard]) -> tuple[float, int]:
+        return sum(offered_rps(s) for s in unit), sum(len(s.tests) for s in unit)
+
     groups: list[list[Shard]] = [[] for _ in range(max(1, processes))]
-    loads = [0] * len(groups)
-    for unit in sorted(units.values(), key=lambda u: -sum(len(s.tests) for s in u)):
+    loads = [(0.0, 0)] * len(groups)
+    for unit in sorted(units.values(), key=load, reverse=True):
         i = loads.index(min(loads))
         groups[i].extend(unit)
-        loads[i] += sum(len(s.tests) for s in unit)
+        rps, tests = load(unit)
+        loads[i] = (loads[i][0] + rps, loads[i][1] + tests)
     return [g for g in groups if g]
 
 
@@ -453,14 +469,14 @@ def missing_secrets(plan: Plan) -> list[str]:
 
 
 # What one shard process drives with room to spare, in requests/s offered (the sum of its
-# shards' qps): tools/bench_dispatch.py --seed-load.
+# shards' `offered_rps`): tools/bench_dispatch.py --seed-load.
 PROCESS_RPS = 500.0
 
 
 def needed_processes(plan: Plan) -> int:
     """Shard processes for the plan's load: its offered rate over what one process drives,
     at least 1, at most one per CPU (and per shard). A small run starts one process."""
-    offered = sum(s.qps for s in plan.shards)
+    offered = sum(offered_rps(s) for s in plan.shards)
     return max(1, min(os.cpu_count() or 1, len(plan.shards), math.ceil(offered / PROCESS_RPS)))
 
 

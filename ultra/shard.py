@@ -15,10 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import httpx
 import trio
 
-from ultra.client import HttpChatModel, RouteHealth, ShardCounters, open_clients, resolve_secret
+from ultra.client import (
+    HttpChatModel,
+    RouteClient,
+    RouteHealth,
+    ShardCounters,
+    open_clients,
+    resolve_secret,
+)
 from ultra.events import (
     Event,
     ShardFinished,
@@ -175,7 +181,7 @@ async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Ev
     secrets = (resolve_secret(shard.route),)  # only to redact it from server messages
     async with open_clients(shard.route, shard.workers) as clients:
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        async def worker(client: RouteClient) -> None:
             while (spec := await pending.next()) is not None:
                 if health.broken:
                     return  # a broken route takes no more tests; the next run retakes them
