@@ -226,3 +226,23 @@ def test_redaction_of_what_servers_echo():
     assert "wxyz" not in out
     assert server_message(b'{"error": {"message": "' + b"word " * 100 + b'"}}') == ("word " * 40).strip()
     assert server_message(b"<html>502 Bad Gateway</html>") == "<html>502 Bad Gateway</html>"
+
+
+def test_routes_use_the_proxy_the_environment_names(monkeypatch):
+    """The transport alone reads no environment: HTTP(S)_PROXY / ALL_PROXY and NO_PROXY are
+    applied as httpx.AsyncClient would."""
+    import httpx
+
+    from ultra.client import _environment_proxy
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy",
+                 "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert _environment_proxy(httpx.URL("https://api.openai.com/v1/chat/completions")) is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.corp,127.0.0.1")
+    assert _environment_proxy(httpx.URL("https://api.openai.com/v1")) == "http://proxy.corp:3128"
+    assert _environment_proxy(httpx.URL("https://x.internal.corp/v1")) is None
+    assert _environment_proxy(httpx.URL("http://127.0.0.1:8000/v1")) is None
+    monkeypatch.setenv("ALL_PROXY", "http://all.corp:8080")
+    assert _environment_proxy(httpx.URL("http://plain.example/v1")) == "http://all.corp:8080"

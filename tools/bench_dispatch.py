@@ -19,9 +19,11 @@ It asserts nothing about time. Usage: python tools/bench_dispatch.py [--seconds 
 workers, simulator latency lognormal with median 1 s): achieved / offered requests per
 second over a window after warm-up with `--processes` shard processes (offered: every
 shard's min(qps, workers / median latency)), the client CPU per request of those
-processes, and beside it a bare loop of 128 tasks on one httpx pool of 128 connections
-against the same loop on 16 pools of 8 (the split ultra's shards use), at 200 ms latency:
-client CPU per request of each.
+processes, each the median of `--runs` runs; beside it the same load with one httpx pool
+per shard; and a bare loop of 128 tasks at 200 ms latency on one `httpx.AsyncClient` of 128
+connections, on pools of `CONNECTIONS_PER_CLIENT` through `AsyncClient.post`, and on the
+same pools through ultra's `RouteClient` (httpx's transport called directly): client CPU
+per request of each.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -215,22 +218,38 @@ def seed_load(processes: int, warmup: float, window: float, per_client: int) -> 
                     rejected=[m for part in ("models", "deployments", "keys") for m, c in stats[part].items() if c["rejected"]])
 
 
-def bare_cpu(url: str, body: bytes, *, tasks: int, per_client: int, seconds: float) -> dict:
-    """Client CPU per request of `tasks` tasks posting `body`, on pools of `per_client`."""
+def bare_cpu(url: str, body: bytes, *, tasks: int, per_client: int, seconds: float,
+             direct: bool = False) -> dict:
+    """Client CPU per request of `tasks` tasks posting `body`, on pools of `per_client`:
+    through `httpx.AsyncClient.post`, or (`direct`) through ultra's `RouteClient`, which
+    calls httpx's transport directly."""
+    from ultra.client import RouteClient
+    from ultra.plan import Route
+
+    route = Route(url=f"{url}/v1/chat/completions", shape="openai", api_model=MODEL,
+                  key_literal="sim-key-0")
 
     async def main() -> tuple[int, float, float]:
         n = -(-tasks // per_client)
         limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
         headers = {"authorization": "Bearer sim-key-0", "content-type": "application/json"}
-        clients = [httpx.AsyncClient(limits=limits, headers=headers, timeout=None) for _ in range(n)]
+        clients = [RouteClient(route, per_client) if direct else
+                   httpx.AsyncClient(limits=limits, headers=headers, timeout=None) for _ in range(n)]
         done = 0
         stop = trio.current_time() + seconds
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        async def trace(event: str, info: dict) -> None:
+            pass
+
+        async def worker(client) -> None:
             nonlocal done
             while trio.current_time() < stop:
-                r = await client.post(f"{url}/v1/chat/completions", content=body)
-                r.raise_for_status()
+                if direct:
+                    status, _, _ = await client.post(body, trace)
+                    assert status == 200
+                else:
+                    r = await client.post(route.url, content=body)
+                    r.raise_for_status()
                 done += 1
 
         c0, t0 = time.process_time(), time.perf_counter()
@@ -239,24 +258,44 @@ def bare_cpu(url: str, body: bytes, *, tasks: int, per_client: int, seconds: flo
                 nursery.start_soon(worker, clients[i % n])
         c1, t1 = time.process_time(), time.perf_counter()
         for c in clients:
-            await c.aclose()
+            await (c.__aexit__() if direct else c.aclose())
         return done, c1 - c0, t1 - t0
 
     done, cpu, wall = trio.run(main)
-    return dict(clients=-(-tasks // per_client), per_client=per_client, rps=round(done / wall, 1),
-                cpu_ms_per_request=round(1000 * cpu / max(1, done), 3))
+    return dict(clients=-(-tasks // per_client), per_client=per_client, direct=direct,
+                rps=round(done / wall, 1), cpu_ms_per_request=round(1000 * cpu / max(1, done), 3))
 
 
 def seed_main(args: argparse.Namespace) -> None:
-    out: dict = {"load_at_start": os.getloadavg()[0]}
-    # ultra's split (8 connections a client) beside one pool per shard, side by side.
-    out["seed_load"] = seed_load(args.processes, args.warmup, args.seconds, 8)
-    out["seed_load_one_pool_per_shard"] = seed_load(args.processes, args.warmup, args.seconds, 10**6)
+    from ultra.client import CONNECTIONS_PER_CLIENT
+
+    out: dict = {"load_at_start": os.getloadavg()[0], "runs": args.runs}
+    # ultra's split beside one pool per shard, interleaved run by run so load changes hit
+    # both alike; each figure is the median of the runs.
+    runs: dict[str, list[dict]] = {"seed_load": [], "seed_load_one_pool_per_shard": []}
+    for _ in range(args.runs):
+        runs["seed_load"].append(seed_load(args.processes, args.warmup, args.seconds,
+                                           CONNECTIONS_PER_CLIENT))
+        runs["seed_load_one_pool_per_shard"].append(
+            seed_load(args.processes, args.warmup, args.seconds, 10**6))
+    for name, rs in runs.items():
+        med = dict(rs[0])
+        for k in ("achieved_rps", "achieved_vs_offered", "client_cpu_ms_per_request", "sim_in_flight"):
+            med[k] = statistics.median(r[k] for r in rs)
+        med["achieved_vs_offered_each_run"] = [r["achieved_vs_offered"] for r in rs]
+        med["sim_status"] = rs[-1]["sim_status"]
+        out[name] = med
     spec = shard_plan("http://x", workers=1, qps=1, tests=10).shards[0].tests[0]
     body = first_turn_body(spec)
     with SimProcess(SimConfig(latency=Latency(median_ms=200, spread_ms=50))) as sim:
-        out["bare_128"] = {str(k): bare_cpu(sim.url, body, tasks=128, per_client=k, seconds=args.seconds)
-                           for k in (128, 8)}
+        out["bare_128"] = {
+            "one_pool_of_128": bare_cpu(sim.url, body, tasks=128, per_client=128, seconds=args.seconds),
+            f"pools_of_{CONNECTIONS_PER_CLIENT}": bare_cpu(
+                sim.url, body, tasks=128, per_client=CONNECTIONS_PER_CLIENT, seconds=args.seconds),
+            f"pools_of_{CONNECTIONS_PER_CLIENT}_direct": bare_cpu(
+                sim.url, body, tasks=128, per_client=CONNECTIONS_PER_CLIENT, seconds=args.seconds,
+                direct=True),
+        }
     out["load_at_end"] = os.getloadavg()[0]
     print(json.dumps(out))
 
@@ -269,7 +308,8 @@ def main() -> None:
     ap.add_argument("--qps-only", action="store_true", help="only the qps runs")
     ap.add_argument("--seed-load", action="store_true", help="the seed's full load (see above)")
     ap.add_argument("--processes", type=int, default=2, help="--seed-load: shard processes")
-    ap.add_argument("--warmup", type=float, default=8.0, help="--seed-load: seconds before measuring")
+    ap.add_argument("--warmup", type=float, default=12.0, help="--seed-load: seconds before measuring")
+    ap.add_argument("--runs", type=int, default=3, help="--seed-load: runs of each (median)")
     ap.add_argument("--seed-child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.seed_child:

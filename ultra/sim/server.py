@@ -82,7 +82,7 @@ def key_fingerprint(key: str) -> str:
 class ChatRequest(msgspec.Struct):
     model: str = ""
     messages: list[dict[str, Any]] = []
-    tools: list[dict[str, Any]] | None = None
+    tools: msgspec.Raw = msgspec.Raw(b"")  # decoded and checked once per distinct list: Simulator._tools
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     temperature: float | None = None
@@ -107,6 +107,10 @@ def masked_key(key: str) -> str:
     return key[:3] + "*" * max(4, len(key) - 7) + key[-4:] if len(key) > 10 else "*" * len(key)
 
 _decode_chat = msgspec.json.Decoder(ChatRequest).decode
+_decode_tools = msgspec.json.Decoder(list[dict[str, Any]] | None).decode
+TOOL_LISTS_KEPT = 512  # distinct tool lists remembered, decoded and checked
+
+ToolsSeen = tuple[list[dict[str, Any]] | None, tuple[str, str] | None]  # (tools, problem)
 _encode = msgspec.json.encode
 
 _CHAT_PATHS = frozenset({b"/v1/chat/completions", b"/chat/completions"})
@@ -166,6 +170,9 @@ class Simulator:
         self._fingerprints: dict[str, str] = {}
         self._skills: dict[str, float | None] = {}
         self._next_id = 0
+        # A benchmark offers the same few tool lists on every turn: decoding and checking
+        # them once each, not per request, is a third of the simulator's CPU per request.
+        self._tools_seen: dict[bytes, ToolsSeen] = {}
         # Cumulative fault probabilities, so one uniform draw picks at most one fault.
         cumulative, table = 0.0, []
         for kind in _FAULT_KINDS:
@@ -270,6 +277,19 @@ class Simulator:
                "https://platform.openai.com/account/api-keys.")
         return self._reject(counters, 401, error_body(msg, "invalid_request_error", "invalid_api_key"))
 
+    def _tools(self, raw: msgspec.Raw) -> ToolsSeen:
+        """The request's tools, decoded, and what is wrong with their schemas if anything
+        (raises msgspec errors when they are not a list of objects)."""
+        key = bytes(raw)
+        seen = self._tools_seen.get(key)
+        if seen is None:
+            tools = _decode_tools(key)
+            seen = (tools, tools_problem(tools) if tools else None)
+            if len(self._tools_seen) >= TOOL_LISTS_KEPT:
+                self._tools_seen.clear()
+            self._tools_seen[key] = seen
+        return seen
+
     async def chat(
         self, req: h11.Request, path: bytes, query: bytes, body: bytes, counters: list[RouteStats]
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -291,8 +311,9 @@ class Simulator:
                 key = value.strip().decode("latin-1") or None
         try:
             chat = _decode_chat(body)
+            seen = self._tools(chat.tools) if chat.tools else (None, None)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            chat = None
+            chat = seen = None
         model = deployment if deployment is not None else (chat.model if chat is not None else "")
         skill = self._skill(model) if model else None
 
@@ -322,8 +343,9 @@ class Simulator:
             counters.append(c)
 
         # -- refusals before admission -----------------------------------------------------
-        if chat is None:
+        if chat is None or seen is None:
             return self._reject(counters, 400, error_body("The body is not a valid chat request.", "invalid_request_error"))
+        tools, bad_tools = seen
         if self.config.record_requests:
             self.recorded.append({"path": path.decode("latin-1"), "body": msgspec.json.decode(body)})
         if key is None:
@@ -333,12 +355,10 @@ class Simulator:
             return self._bad_key(counters, key, deployment)
         if deployment is not None and b"api-version=" not in query:
             return self._reject(counters, 400, _NO_API_VERSION)
-        if chat.tools:  # one invalid tool schema refuses the whole request, as the API does
-            bad = tools_problem(chat.tools)
-            if bad is not None:
-                message, param = bad
-                return self._reject(counters, 400, error_body(
-                    message, "invalid_request_error", "invalid_function_parameters", param))
+        if bad_tools is not None:  # one invalid tool schema refuses the whole request, as the API does
+            message, param = bad_tools
+            return self._reject(counters, 400, error_body(
+                message, "invalid_request_error", "invalid_function_parameters", param))
         if skill is None:
             if deployment is not None:
                 msg = f"The API deployment {deployment} does not exist."
@@ -426,7 +446,7 @@ class Simulator:
         created = int(time.time())
         if fault is None or fault == "empty_content":
             try:
-                message = self.responder(model, skill, chat.messages, chat.tools)
+                message = self.responder(model, skill, chat.messages, tools)
             except Exception as exc:  # a responder bug is a visible 500, not a dead server
                 return 500, responder_failure(exc), headers
             reply, completion_toks = completion_body(
