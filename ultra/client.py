@@ -34,6 +34,7 @@ import httpx
 import msgspec
 import trio
 
+from ultra import __version__
 from ultra.config import RequestOptions
 from ultra.events import Usage
 from ultra.limits import (
@@ -194,6 +195,7 @@ def resolve_secret(route: Route) -> str:
 # cost ~10x the CPU per request of 32 pools of 4, and pools of 4 cost ~10 % less than
 # pools of 8 (tools/bench_dispatch.py --seed-load).
 CONNECTIONS_PER_CLIENT = 4
+USER_AGENT = f"ultra/{__version__} httpx/{httpx.__version__}"  # some gateways refuse none
 
 
 class RouteClient:
@@ -211,7 +213,8 @@ class RouteClient:
         secret = resolve_secret(route)
         auth = ("authorization", f"Bearer {secret}") if route.shape == "openai" else ("api-key", secret)
         self.url = httpx.URL(route.url)
-        self.headers = [auth, ("content-type", "application/json")]
+        self.headers = [auth, ("content-type", "application/json"), ("accept", "application/json"),
+                        ("user-agent", USER_AGENT)]
         self.transport = httpx.AsyncHTTPTransport(
             verify=_tls_context(), proxy=_environment_proxy(self.url),
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
@@ -222,7 +225,7 @@ class RouteClient:
                                 extensions={"trace": trace})
         response = await self.transport.handle_async_request(request)
         try:
-            body = b"".join([part async for part in response.stream])  # type: ignore[union-attr]
+            body = await response.aread()  # undoes any content-encoding, as AsyncClient would
         finally:
             await response.aclose()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers.raw}
