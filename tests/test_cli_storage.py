@@ -168,3 +168,25 @@ def test_project_as_a_process_skips_typer_and_says_what_typer_says(tmp_path):
     assert "Traceback" not in missing.stderr
     helped = ultra_process("project", "--help", cwd=tmp_path)  # anything else: the typer app
     assert helped.returncode == 0 and "--rebuild" in helped.stdout
+
+
+def test_project_as_a_process_imports_only_what_it_needs(tmp_path):
+    """The incremental `ultra project` loads no CLI framework and nothing that only other
+    commands use (`-X importtime` lists every module a process imports)."""
+    db, out = tmp_path / "events.db", tmp_path / "master_database.json"
+    with EventLog.open(db) as log:
+        log.append([completed(1), completed(2)])
+    assert ultra_process("project", "--db", str(db), "--out", str(out), cwd=tmp_path).returncode == 0
+    with EventLog.open(db) as log:
+        log.append([completed(3)])
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ultra", "project", "--db", str(db), "--out",
+         str(out)], cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "1 events folded" in proc.stdout, proc.stderr
+    imported = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert {"msgspec", "sqlite3", "ultra.projecting"} <= imported  # the listing is real
+    needless = {"typer", "click", "pydantic", "rich", "httpx", "trio", "sqlite_utils",
+                "tempfile", "shutil", "random", "zipfile", "importlib.resources"}
+    assert imported & needless == set()
