@@ -425,6 +425,7 @@ class RenderMemo(msgspec.Struct):
     model's subtree in it was rendered from."""
 
     renderer: str
+    size: int  # of the file: a file of another size is not even read
     sha256: str  # of the file's bytes: any other bytes are rendered afresh
     models: dict[str, ModelMemo]
 
@@ -438,7 +439,7 @@ def _reusable(previous: bytes | None, memo: RenderMemo | None) -> dict[str, Mode
     the memo describes, written by this renderer)."""
     if previous is None or memo is None or memo.renderer != RENDERER:
         return {}
-    if hashlib.sha256(previous).hexdigest() != memo.sha256:
+    if len(previous) != memo.size or hashlib.sha256(previous).hexdigest() != memo.sha256:
         return {}  # edited, foreign, or from another render: nothing of it propagates
     return memo.models
 
@@ -483,7 +484,7 @@ def render_file(
             data += subtree
         data += b"\n  }\n}\n"
     out = bytes(data)
-    return out, RenderMemo(RENDERER, hashlib.sha256(out).hexdigest(), memos)
+    return out, RenderMemo(RENDERER, len(out), hashlib.sha256(out).hexdigest(), memos)
 
 
 # ---- invariants ------------------------------------------------------------------------

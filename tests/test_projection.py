@@ -469,6 +469,7 @@ def test_a_memo_of_another_renderer_or_file_reuses_nothing():
     want = mdb.render_bytes(after)
     for file, m in [(forged, msgspec.structs.replace(memo, renderer="another version")),
                     (forged + b" ", memo),  # bytes the memo does not describe
+                    (forged.replace(b'"errored_attempts": 7', b'"errored_attempts": 8'), memo),
                     (forged, None), (None, memo)]:
         assert mdb.render_file(after, file, m)[0] == want
 

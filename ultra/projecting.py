@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 PROJECTION_NAME = "master_database"
 RENDER_MEMO_NAME = "master_database.file"  # what the last render wrote (mdb.RenderMemo)
-RENDER_MEMO_VERSION = 1
+RENDER_MEMO_VERSION = 2
 RESULTS_NAME = "results.db"
 
 
@@ -121,8 +121,9 @@ def _rendered_before(log: EventLog, out: Path) -> tuple[bytes | None, mdb.Render
         memo = msgspec.json.decode(saved[2], type=mdb.RenderMemo)
         # O_NONBLOCK: opening a FIFO must not wait for a writer; only a regular file is read.
         with open(os.open(out, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                return None, None
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size != memo.size:
+                return None, None  # not the file the memo describes: no need to read it
             return fh.read(), memo
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return None, None
