@@ -19,7 +19,9 @@ It asserts nothing about time. Usage: python tools/bench_dispatch.py [--seconds 
 workers, simulator latency lognormal with median 1 s): achieved / offered requests per
 second over a window after warm-up with `--processes` shard processes (offered: every
 shard's min(qps, workers / median latency)), the client CPU per request of those
-processes, each the median of `--runs` runs; beside it the same load with one httpx pool
+processes, each the median of `--runs` runs (with `ceiling_rps`, what a client that costs
+nothing reaches at the latency's mean, and the simulator's own CPU per request and mean
+residency, by Little's law: above the latency's mean, it waited for a core); beside it the same load with one httpx pool
 per shard; and a bare loop of 128 tasks at 200 ms latency on one `httpx.AsyncClient` of 128
 connections, on pools of `CONNECTIONS_PER_CLIENT` through `AsyncClient.post`, and on the
 same pools through ultra's `RouteClient` (httpx's transport called directly): client CPU
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import statistics
@@ -192,6 +195,11 @@ def seed_load(processes: int, warmup: float, window: float, per_client: int) -> 
     with SimProcess(SimConfig(latency=SEED_LATENCY)) as sim, tempfile.TemporaryDirectory() as tmp:
         plan = seed_plan(sim.url, instances)
         offered = sum(min(s.qps, s.workers / (SEED_LATENCY.median_ms / 1000)) for s in plan.shards)
+        # A lognormal's mean is above its median: what the workers could do with a client
+        # that costs nothing, the ceiling of achieved / offered.
+        sigma = math.log1p(SEED_LATENCY.spread_ms / SEED_LATENCY.median_ms)
+        mean_s = SEED_LATENCY.median_ms / 1000 * math.exp(sigma ** 2 / 2)
+        ceiling = sum(min(s.qps, s.workers / mean_s) for s in plan.shards)
         db = str(Path(tmp) / "events.db")
         procs = [subprocess.Popen([sys.executable, __file__, "--seed-child", sim.url, db,
                                    str(processes), str(i), str(instances), str(per_client)])
@@ -200,10 +208,12 @@ def seed_load(processes: int, warmup: float, window: float, per_client: int) -> 
             time.sleep(warmup)
             r0, t0 = sim.stats()["total"]["accepted"], time.perf_counter()
             c0 = sum(_cpu_seconds(p.pid) for p in procs)
+            s0 = _cpu_seconds(sim.pid)
             time.sleep(window)
             stats = sim.stats()
             r1, t1 = stats["total"]["accepted"], time.perf_counter()
             c1 = sum(_cpu_seconds(p.pid) for p in procs)
+            s1 = _cpu_seconds(sim.pid)
         finally:
             for p in procs:
                 p.terminate()
@@ -212,8 +222,14 @@ def seed_load(processes: int, warmup: float, window: float, per_client: int) -> 
         achieved = (r1 - r0) / (t1 - t0)
         return dict(processes=processes, connections_per_client=per_client, shards=len(plan.shards),
                     workers=sum(s.workers for s in plan.shards), offered_rps=round(offered, 1),
+                    ceiling_rps=round(ceiling, 1),
+                    # Little's law: how long a request stayed at the simulator (its mean
+                    # latency is mean_s; more means the simulator waited for a core).
+                    sim_residency_s=round(stats["total"]["in_flight"] / achieved, 3),
+                    latency_mean_s=round(mean_s, 3),
                     achieved_rps=round(achieved, 1), achieved_vs_offered=round(achieved / offered, 3),
                     client_cpu_ms_per_request=round(1000 * (c1 - c0) / max(1, r1 - r0), 3),
+                    sim_cpu_ms_per_request=round(1000 * (s1 - s0) / max(1, r1 - r0), 3),
                     sim_status=stats["status"], sim_in_flight=stats["total"]["in_flight"],
                     rejected=[m for part in ("models", "deployments", "keys") for m, c in stats[part].items() if c["rejected"]])
 
@@ -280,7 +296,8 @@ def seed_main(args: argparse.Namespace) -> None:
             seed_load(args.processes, args.warmup, args.seconds, 10**6))
     for name, rs in runs.items():
         med = dict(rs[0])
-        for k in ("achieved_rps", "achieved_vs_offered", "client_cpu_ms_per_request", "sim_in_flight"):
+        for k in ("achieved_rps", "achieved_vs_offered", "client_cpu_ms_per_request", "sim_in_flight",
+                  "sim_residency_s"):
             med[k] = statistics.median(r[k] for r in rs)
         med["achieved_vs_offered_each_run"] = [r["achieved_vs_offered"] for r in rs]
         med["sim_status"] = rs[-1]["sim_status"]
