@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 import msgspec
 
@@ -210,19 +210,21 @@ def _check_conflicts(conn: Tx, batch: list[tuple[Row, str]]) -> None:
         if seen[0] is not row and not _same_event(seen[0][-1], row[-1]):
             raise UserError(f"{where}: event {row[0]!r} differs from the one on {seen[1]} under"
                             " the same event_id; nothing imported")
-    ids = list(first)
+    for event_id, seq, payload in _stored(conn, list(first), "event_id, seq, payload"):
+        row, where = first[event_id]
+        if not _same_event(payload, row[-1]):
+            raise UserError(f"{where}: event {event_id!r} differs from the stored event seq"
+                            f" {seq} with that event_id (a changed event is a conflict);"
+                            " nothing imported")
+
+
+def _stored(tx: Tx, ids: list[str], columns: str) -> Iterator[tuple[Any, ...]]:
+    """`columns` of the stored events among `ids` (500 ids a query)."""
     for i in range(0, len(ids), 500):
-        chunk = ids[i:i + 500]
-        found = conn.execute(
-            f"SELECT event_id, seq, payload FROM events WHERE event_id IN ({', '.join('?' * len(chunk))})",
-            chunk,
+        part = ids[i:i + 500]
+        yield from tx.execute(
+            f"SELECT {columns} FROM events WHERE event_id IN ({', '.join('?' * len(part))})", part
         ).fetchall()
-        for event_id, seq, payload in found:
-            row, where = first[event_id]
-            if not _same_event(payload, row[-1]):
-                raise UserError(f"{where}: event {event_id!r} differs from the stored event seq"
-                                f" {seq} with that event_id (a changed event is a conflict);"
-                                " nothing imported")
 
 
 def _same_event(a: str, b: str) -> bool:
@@ -390,6 +392,24 @@ class EventLog:
 
     # -- what each implementation provides --
 
+    def _prepare(self, create: bool) -> None:
+        """Check the schema, and with `create` make or migrate it."""
+        raise NotImplementedError
+
+    def _prepared(self, create: bool, refused: type[Exception],
+                  problem: Callable[[Exception], str]) -> Self:
+        """This log once `_prepare`d, or closed: a `refused` error (the driver's) becomes
+        one line, `problem(exc)`; anything else propagates."""
+        try:
+            self._prepare(create)
+        except refused as exc:
+            self.close()
+            raise UserError(problem(exc)) from None
+        except BaseException:
+            self.close()
+            raise
+        return self
+
     def _transaction(self) -> AbstractContextManager[Tx]:
         """One write transaction (all or nothing)."""
         raise NotImplementedError
@@ -491,15 +511,8 @@ class EventLog:
         fresh: dict[str, Row] = {}
         for row in rows:
             fresh.setdefault(row[0], row)
-        ids = list(fresh) if checked else []
-        for i in range(0, len(ids), 500):
-            part = ids[i : i + 500]
-            stored = tx.execute(
-                f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * len(part))})",
-                part,
-            ).fetchall()
-            for (event_id,) in stored:
-                del fresh[event_id]
+        for (event_id,) in _stored(tx, list(fresh) if checked else [], "event_id"):
+            del fresh[event_id]
         if not fresh:
             return {}
         head = tx.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()

@@ -80,16 +80,9 @@ class PostgresLog(EventLog):
         except psycopg.Error as exc:
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{where}: cannot connect to the event log ({reason})") from None
-        log = cls(conn, where)
-        try:
-            log._prepare(create)
-        except psycopg.Error as exc:
-            conn.close()
-            raise UserError(f"{where}: not a usable event log ({str(exc).strip().splitlines()[0]})") from None
-        except BaseException:
-            conn.close()
-            raise
-        return log
+        return cls(conn, where)._prepared(
+            create, psycopg.Error,
+            lambda exc: f"{where}: not a usable event log ({str(exc).strip().splitlines()[0]})")
 
     def _prepare(self, create: bool) -> None:
         tables = {r[0] for r in self._read(

@@ -119,17 +119,9 @@ class SqliteLog(EventLog):
             )
         except sqlite3.Error as exc:
             raise UserError(f"{path}: cannot open the event log ({exc})") from None
-        log = cls(conn, path)
-        try:
-            log._prepare(create)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            line = storage_problem(path, exc)
-            raise UserError(line or f"{path}: not a usable SQLite database ({exc})") from None
-        except BaseException:
-            conn.close()
-            raise
-        return log
+        return cls(conn, path)._prepared(
+            create, sqlite3.DatabaseError,
+            lambda exc: storage_problem(path, exc) or f"{path}: not a usable SQLite database ({exc})")
 
     def _prepare(self, create: bool) -> None:
         conn = self._conn
