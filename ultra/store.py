@@ -298,7 +298,7 @@ class EventStream:
         sql, params = self._query()
         after = self._after
         known = ev.EVENT_TYPES
-        decode = ev.decode
+        decode, decode_current = ev.decode, ev.decode_current
         repeats = self._repeats
         plain: Any = () if probe else False
         read = self._log._read
@@ -310,12 +310,15 @@ class EventStream:
                     self.skipped_unknown += 1
                     continue
                 try:
-                    event = decode(payload)
+                    event = decode_current(payload)
                 except (msgspec.DecodeError, msgspec.ValidationError):
-                    self.undecodable += 1
-                    if len(self.undecodable_seqs) < 100:
-                        self.undecodable_seqs.append(seq)
-                    continue
+                    try:
+                        event = decode(payload)  # an older version, upgraded
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        self.undecodable += 1
+                        if len(self.undecodable_seqs) < 100:
+                            self.undecodable_seqs.append(seq)
+                        continue
                 if not repeats or seq not in repeats:
                     yield seq, event, plain
                 elif not probe:
