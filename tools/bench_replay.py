@@ -12,7 +12,9 @@ and each in a fresh child process (time and peak RSS from its own ru_maxrss):
 - `plan_cli`: `ultra plan` as a CLI process (the resume read of every completed key).
 
 Each figure comes as wall time and as CPU time (`*_cpu`: user + system of the child, imports
-apart), which a busy machine does not inflate. The first `project` of a log indexes its
+apart), which a busy machine does not inflate; `floor` and `replay` are the median of
+`--repeat` children each, run alternately. Peak RSS at each size is also given relative to the
+first size (`*_rss_vs_first`: the memory a larger log adds). The first `project` of a log indexes its
 completion keys once (`index_completions`); that
 one-off is timed apart as `index_completions_s`.
 """
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,6 +79,12 @@ def run_child(mode: str, db: Path, out: Path) -> dict:
     return json.loads(p.stdout)
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The median of each figure over the runs (peak RSS: the largest)."""
+    return {"s": statistics.median(r["s"] for r in runs), "cpu": statistics.median(r["cpu"] for r in runs),
+            "rss_mb": max(r["rss_mb"] for r in runs)}
+
+
 def cli_seconds(args: list[str]) -> tuple[float, float]:
     """Wall and CPU seconds of one CLI process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -91,6 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--repeat", type=int, default=3, help="children per floor and replay figure")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -98,6 +108,7 @@ def main() -> None:
     from ultra.store import EventLog
 
     result: dict = {"load_at_start": os.getloadavg()[0]}
+    first: dict | None = None  # the figures of the first size
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_replay.") as tmp:
         for n in (int(x) for x in args.sizes.split(",")):
             db, out = Path(tmp) / f"{n}.db", Path(tmp) / f"{n}.json"
@@ -105,7 +116,12 @@ def main() -> None:
                 for batch in batches(n, 5000, seed=1):
                     log.append(batch)
             index = run_child("index", db, out)
-            floor, rep, reb = (run_child(m, db, out) for m in ("floor", "replay", "rebuild"))
+            runs: dict[str, list[dict]] = {"floor": [], "replay": []}
+            for _ in range(args.repeat):
+                for m in runs:
+                    runs[m].append(run_child(m, db, out))
+            floor, rep = (median_run(runs[m]) for m in ("floor", "replay"))
+            reb = run_child("rebuild", db, out)
             plans = sorted(cli_seconds(["plan", "--db", str(db)]) for _ in range(3))
             plan_s, plan_cpu = plans[1]
             result[str(n)] = {
@@ -120,6 +136,12 @@ def main() -> None:
                 "index_completions_s": round(index["s"], 2),
                 "plan_cli_s": round(plan_s, 3), "plan_cli_cpu_s": round(plan_cpu, 3),
             }
+            if first is None:
+                first = result[str(n)]
+            else:
+                for name in ("replay", "rebuild"):
+                    result[str(n)][f"{name}_rss_vs_first"] = round(
+                        result[str(n)][f"{name}_rss_mb"] / first[f"{name}_rss_mb"] - 1, 3)
             db.unlink()
             for extra in (f"{db}-wal", f"{db}-shm"):
                 Path(extra).unlink(missing_ok=True)
