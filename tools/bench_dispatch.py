@@ -21,8 +21,8 @@ second over a window after warm-up with `--processes` shard processes (offered: 
 shard's min(qps, workers / median latency)), the client CPU per request of those
 processes, each the median of `--runs` runs (with `ceiling_rps`, what a client that costs
 nothing reaches at the latency's mean, and the simulator's own CPU per request and mean
-residency, by Little's law: above the latency's mean, it waited for a core); beside it the same load with one httpx pool
-per shard; and a bare loop of 128 tasks at 200 ms latency on one `httpx.AsyncClient` of 128
+residency, by Little's law: above the latency's mean, it waited for a core); beside it
+the same load with one httpx pool per shard; and a bare loop of 128 tasks at 200 ms latency on one `httpx.AsyncClient` of 128
 connections, on pools of `CONNECTIONS_PER_CLIENT` through `AsyncClient.post`, and on the
 same pools through ultra's `RouteClient` (httpx's transport called directly): client CPU
 per request of each.
@@ -297,7 +297,7 @@ def seed_main(args: argparse.Namespace) -> None:
     for name, rs in runs.items():
         med = dict(rs[0])
         for k in ("achieved_rps", "achieved_vs_offered", "client_cpu_ms_per_request", "sim_in_flight",
-                  "sim_residency_s"):
+                  "sim_residency_s", "sim_cpu_ms_per_request"):
             med[k] = statistics.median(r[k] for r in rs)
         med["achieved_vs_offered_each_run"] = [r["achieved_vs_offered"] for r in rs]
         med["sim_status"] = rs[-1]["sim_status"]

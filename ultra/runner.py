@@ -10,8 +10,8 @@ then records `run.finished(interrupted)`, projects, and exits 130.
 from __future__ import annotations
 
 import contextlib
-import gc
 import ctypes
+import gc
 import math
 import multiprocessing as mp
 import os
