@@ -76,6 +76,21 @@ def test_the_simulator_refuses_an_invalid_tool_like_the_openai_api():
     assert az.status_code == 400 and az.json() == expected
 
 
+def test_each_request_is_judged_by_its_own_tools_however_often_a_list_repeats():
+    """The simulator decodes and checks a distinct tool list once: the same lists again,
+    interleaved, get the same answers; tools that are not a list of objects are a 400."""
+    by_name = default_library().tools
+    good = [openai_tool(by_name[n]) for n in ("read_file", "parse_csv")]
+    broken = json.loads(json.dumps(good))
+    broken[0]["function"]["parameters"] = {"type": "object"}
+    body = {"model": "sim-strong", "messages": [{"role": "user", "content": "hi"}]}
+    with SimProcess(SimConfig(responder="echo")) as sim, httpx.Client(base_url=sim.url) as c:
+        headers = {"authorization": "Bearer k"}
+        codes = [c.post("/v1/chat/completions", json={**body, "tools": t}, headers=headers).status_code
+                 for t in (good, broken, good, broken, None, {"not": "a list"}, [1, 2])]
+    assert codes == [200, 400, 200, 400, 200, 400, 400]
+
+
 def test_a_team_library_with_an_invalid_tool_is_refused(tmp_path):
     from ultra.errors import UserError
 

@@ -171,7 +171,7 @@ class Simulator:
         self._skills: dict[str, float | None] = {}
         self._next_id = 0
         # A benchmark offers the same few tool lists on every turn: decoding and checking
-        # them once each, not per request, is a third of the simulator's CPU per request.
+        # them once each, not per request, saves a quarter of the simulator's CPU per request.
         self._tools_seen: dict[bytes, ToolsSeen] = {}
         # Cumulative fault probabilities, so one uniform draw picks at most one fault.
         cumulative, table = 0.0, []
