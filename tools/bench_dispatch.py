@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ultra.config import Config, ModelConfig, ProviderConfig  # noqa: E402
 from ultra.plan import Selection, make_plan  # noqa: E402
-from ultra.runner import ChildJob, run_process  # noqa: E402
+from ultra.runner import ChildJob, assign, offered_rps, run_process  # noqa: E402
 from ultra.sim.config import Latency, SimConfig  # noqa: E402
 from ultra.sim.process import SimProcess  # noqa: E402
 from ultra.suites import ChatResponse, get_suite  # noqa: E402
@@ -113,7 +113,6 @@ def run_bare(url: str, body: bytes, *, workers: int, requests: int) -> float:
     done = 0
 
     async def main() -> float:
-        nonlocal done
         limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
         headers = {"authorization": "Bearer sim-key-0", "content-type": "application/json"}
         async with httpx.AsyncClient(limits=limits, headers=headers, timeout=None) as client:
@@ -174,7 +173,6 @@ def seed_plan(url: str, instances: int):
 def seed_child(url: str, db: str, processes: int, index: int, instances: int,
                per_client: int) -> None:
     import ultra.client
-    from ultra.runner import assign
 
     ultra.client.CONNECTIONS_PER_CLIENT = per_client  # this benchmark's variable
 
@@ -223,6 +221,8 @@ def seed_load(processes: int, warmup: float, window: float, per_client: int) -> 
         return dict(processes=processes, connections_per_client=per_client, shards=len(plan.shards),
                     workers=sum(s.workers for s in plan.shards), offered_rps=round(offered, 1),
                     ceiling_rps=round(ceiling, 1),
+                    # how `assign` shares the offered rate between the shard processes
+                    process_offered_rps=[sum(map(offered_rps, g)) for g in assign(plan.shards, processes)],
                     # Little's law: how long a request stayed at the simulator (its mean
                     # latency is mean_s; more means the simulator waited for a core).
                     sim_residency_s=round(stats["total"]["in_flight"] / achieved, 3),
