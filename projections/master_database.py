@@ -22,7 +22,7 @@ import msgspec
 from projections.counting import Counting, Item
 from projections.repairs import Repairs
 from ultra import __version__
-from ultra.events import ERROR_CATEGORIES, Outcome, TestCompleted, TestResult, Usage
+from ultra.events import ERROR_CATEGORIES, Outcome, TestResult, Usage
 from ultra.naming import rate_key
 
 FILE_SCHEMA_VERSION = 2  # 2: documented key order, num_instances, simulated share, tokens

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from tests.collection_helpers import ultra
 from tests.storage_helpers import completed
 from ultra.cli import app
-from ultra.runner import completed_test_keys
+from ultra.resume import completed_test_keys
 from ultra.store import EventLog
 
 runner = CliRunner()

@@ -11,8 +11,8 @@ import trio
 from ultra.client import (
     CONNECTIONS_PER_CLIENT,
     HttpChatModel,
+    RouteClient,
     ShardCounters,
-    open_client,
     open_clients,
     redact,
     server_message,
@@ -41,7 +41,7 @@ def complete(route: Route, *, max_retries: int = 2, request_timeout: float = 5.0
     counters = ShardCounters()
 
     async def main():
-        async with open_client(route, 2) as client:
+        async with RouteClient(route, 2) as client:
             model = HttpChatModel(client, route, (RateLimiter(qps),), counters,
                                   request_timeout=request_timeout, max_retries=max_retries,
                                   rng=random.Random(0))
@@ -135,7 +135,7 @@ def timed_completes(route: Route, n: int, *, qps: float = 1000, max_retries: int
     counters = ShardCounters()
 
     async def main():
-        async with open_client(route, 1) as client:
+        async with RouteClient(route, 1) as client:
             model = HttpChatModel(client, route, (RateLimiter(qps),), counters,
                                   request_timeout=10, max_retries=max_retries,
                                   rng=random.Random(0))
@@ -203,7 +203,7 @@ def test_a_refusal_keeps_the_status_and_the_server_message_without_the_key():
         counters = ShardCounters()
 
         async def main():
-            async with open_client(route, 1) as client:
+            async with RouteClient(route, 1) as client:
                 model = HttpChatModel(client, route, (RateLimiter(100),), counters,
                                       request_timeout=5, max_retries=3, rng=random.Random(0),
                                       secrets=(key,))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from storage_helpers import completed, errored, ts
 
 from ultra import events as ev
-from ultra.runner import completed_test_keys
+from ultra.resume import completed_test_keys
 from ultra.store import EventLog
 
 

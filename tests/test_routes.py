@@ -190,7 +190,7 @@ def test_no_server_listening_is_a_clear_message_and_a_non_zero_exit(tmp_path, pr
     elapsed = time.monotonic() - t0
     assert "Traceback" not in proc.stderr
     assert elapsed < 60  # bounded by test_timeout and the retries, not by luck
-    where = f"provider 'gw', model 'sim-good', key "
+    where = "provider 'gw', model 'sim-good', key "
     if preflight:
         assert proc.returncode == 2
         (line,) = proc.stderr.strip().splitlines()

@@ -109,7 +109,7 @@ def test_resume_of_a_selection_is_a_primary_key_search(tmp_path):
 
 
 def test_resume_among_keys_matches_the_full_scan(db):
-    from ultra.runner import completed_test_keys
+    from ultra.resume import completed_test_keys
 
     with EventLog.open(db) as log:
         log.append([completed(i) for i in range(6)] + [errored(9), completed(2, event_id="dup")])

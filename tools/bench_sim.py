@@ -20,7 +20,6 @@ import json
 import multiprocessing as mp
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

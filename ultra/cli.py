@@ -491,8 +491,6 @@ def run(
     Exit code: 0 every planned test completed (or the errored ones are within --max-errors);
     1 tests errored, a route broke or a shard process crashed; 2 bad input or a route refused
     at preflight; 130 interrupted."""
-    import os
-
     import msgspec
 
     from ultra.config import digest

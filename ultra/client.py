@@ -262,11 +262,7 @@ async def open_clients(route: Route, workers: int) -> AsyncIterator[list[RouteCl
     n = max(1, -(-workers // CONNECTIONS_PER_CLIENT))
     size = -(-workers // n)
     async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(open_client(route, size)) for _ in range(n)]
-
-
-def open_client(route: Route, workers: int) -> RouteClient:
-    return RouteClient(route, workers)
+        yield [await stack.enter_async_context(RouteClient(route, size)) for _ in range(n)]
 
 
 def request_body(route: Route, options: RequestOptions, messages: list[dict[str, Any]],
@@ -517,7 +513,7 @@ async def preflight(route: Route, options: RequestOptions, *, request_timeout: f
     )
     messages = [{"role": "user", "content": "Reply with OK."}]
     rng = random.Random(route.url)
-    async with open_client(route, 1) as client:
+    async with RouteClient(route, 1) as client:
         model = HttpChatModel(client, route, (RateLimiter(1000),), ShardCounters(),
                               request_timeout=request_timeout, max_retries=max_retries, rng=rng,
                               options=capped, secrets=(secret,))

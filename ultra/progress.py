@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from ultra.report.formats import shorten, to_terminal
+from ultra.report.formats import to_terminal
 from ultra.report.tables import Column, Table
 from ultra.shard import ShardSnapshot
 

@@ -36,7 +36,7 @@ from ultra.leases import DEFAULT_TTL, ProcessLeases, holder_id, test_lease
 from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
 from ultra.projecting import project
-from ultra.resume import completed_keys, completed_test_keys, plan_run  # noqa: F401 (re-exported)
+from ultra.resume import completed_keys
 from ultra.progress import Display
 from ultra.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
 from ultra.store import EventLog, is_server_url
