@@ -5,7 +5,14 @@ it, and claims each test before running it, so per-route limits (a provider's `k
 included) hold across collectors and no test runs twice at once. Leases live in the
 store's `leases` table, not in the immutable log; a heartbeat renews them every
 `ttl / HEARTBEATS_PER_TTL` seconds, and they expire `ttl` seconds after the last renewal
-when their holder dies.
+when their holder dies. A lease also records its holder's host, pid and start time
+(ultra/liveness.py): on the same host a dead holder's leases are freed at once (when a
+collector starts, and when it finds a claim held), so a crashed run resumes at once;
+across hosts the ttl decides.
+
+Fencing: a test's events are stored only while their collector still holds its claim,
+checked in the storing transaction (`EventLog.append_held`); a collector that stalled
+past its lease and lost a claim to another has those events dropped and counted.
 
 Default ttl 30 s, renewed every 5 s: a collector may stall for 25 s (a GC pause, a swapped
 or overloaded machine, a database failover) without losing its routes, and a crashed
@@ -70,14 +77,26 @@ class ProcessLeases:
         self.wait = wait
         self._routes: Counter[str] = Counter()  # route lease -> shards of ours using it
         self.lost: set[str] = set()
+        self.fenced = 0  # tests whose events were dropped: another collector took the claim
+        self._freed_at = float("-inf")  # when we last looked for dead holders on a conflict
+        log.free_dead_holders()  # a crashed run on this host holds nothing any more
         # Our plan's seq, held while we live (also while waiting for routes), so that the
         # completion marks made after it are kept for us.
         log.claim(f"plan:{self.holder}", self.holder, run_id, ttl, plan_seq=after_seq)
 
     async def _claim(self, name: str) -> str | None:
-        return await trio.to_thread.run_sync(
-            lambda: self.log.claim(name, self.holder, self.run_id, self.ttl,
-                                   plan_seq=self.after_seq))
+        def claim() -> str | None:
+            return self.log.claim(name, self.holder, self.run_id, self.ttl,
+                                  plan_seq=self.after_seq)
+
+        why = await trio.to_thread.run_sync(claim)
+        if why is None or why == DONE or trio.current_time() - self._freed_at < WAIT_POLL:
+            return why
+        # Held by another run: if that run died on this host meanwhile, its claim is free.
+        self._freed_at = trio.current_time()
+        if await trio.to_thread.run_sync(self.log.free_dead_holders):
+            why = await trio.to_thread.run_sync(claim)
+        return why
 
     async def hold_route(self, shard: Shard, progress: ShardProgress) -> bool:
         """Hold the shard's route (with `wait`, wait until it is free). False when another

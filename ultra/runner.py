@@ -66,9 +66,12 @@ class ChildJob(msgspec.Struct, kw_only=True):
 
 
 async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog,
-                       leases: ProcessLeases | None = None) -> None:
+                       leases: ProcessLeases | None = None,
+                       owners: dict[str, ShardProgress] | None = None) -> None:
     """Group commit: append a batch when it is full or BATCH_SECONDS old; the claims of the
-    tests it finishes are released in the same transaction."""
+    tests it finishes are released in the same transaction. A test whose claim this process
+    lost (it stalled past the lease) is not stored: counted as fenced in its shard's
+    progress (`owners`: test key -> progress), instead of completed or errored."""
     async with recv:
         while True:
             try:
@@ -89,10 +92,27 @@ async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog,
                 done = {test_lease(e.test_key): e.event_id for e in batch
                         if isinstance(e, TestCompleted)}
                 again = [test_lease(e.test_key) for e in batch if isinstance(e, TestErrored)]
-                await trio.to_thread.run_sync(
-                    lambda: log.append(batch, holder=leases.holder, release=again, done=done))
+                stored = await trio.to_thread.run_sync(
+                    lambda: log.append_held(batch, holder=leases.holder, release=again, done=done))
+                if stored.fenced:
+                    _count_fenced(batch, set(stored.fenced), leases, owners or {})
             if closed:
                 return
+
+
+def _count_fenced(batch: list[Event], lost: set[str], leases: ProcessLeases,
+                  owners: dict[str, ShardProgress]) -> None:
+    leases.fenced += len(lost)
+    for e in batch:
+        progress = owners.get(e.test_key) if isinstance(e, (TestCompleted, TestErrored)) else None
+        if progress is None or e.test_key not in lost:
+            continue
+        progress.fenced += 1
+        if isinstance(e, TestCompleted):
+            progress.completed -= 1
+            progress.succeeded -= e.result.outcome != "failure"
+        else:
+            progress.errored -= 1
 
 
 async def _cancel_on_signal(scope: trio.CancelScope) -> None:
@@ -153,7 +173,8 @@ async def _run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], No
         try:
             send, recv = trio.open_memory_channel[Event](math.inf)
             async with trio.open_nursery() as outer:
-                outer.start_soon(write_events, recv, log, leases)
+                owners = {t.test_key: p for s, p in zip(job.shards, progresses) for t in s.tests}
+                outer.start_soon(write_events, recv, log, leases, owners)
                 async with trio.open_nursery() as aux:
                     async with send:
                         async with trio.open_nursery() as work:
@@ -174,6 +195,9 @@ async def _run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], No
                 if leases.lost:
                     print(f"ultra: lost the lease of {', '.join(sorted(leases.lost))} (this process"
                           " stalled longer than the lease); stopped its shards", file=sys.stderr)
+                if leases.fenced:
+                    print(f"ultra: dropped the results of {leases.fenced} tests whose claims"
+                          " another collector took while this process stalled", file=sys.stderr)
     report([p.snapshot() for p in progresses])
 
 
@@ -334,6 +358,7 @@ class RunResult(msgspec.Struct, kw_only=True):
     crashed_processes: int
     not_taken: int = 0  # held by other runs when this one stopped (see the shards' held_by)
     elsewhere: int = 0  # completed by another collector after this run's plan
+    fenced: int = 0  # results dropped: this run lost their tests' claims while it stalled
     shards: list[ShardSnapshot]
     broken_routes: list[BrokenRoute] = []
     errors: list[RouteErrors] = []
@@ -568,6 +593,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
         crashed_processes=crashed,
         not_taken=sum(s.not_taken for s in snapshots.values()),
         elsewhere=(elsewhere := sum(s.elsewhere for s in snapshots.values())),
+        fenced=sum(s.fenced for s in snapshots.values()),
         shards=list(snapshots.values()), broken_routes=broken, errors=errors,
         tokens=_tokens(config, sel, plan, snapshots), max_errors=allowance,
         shard_models={s.shard_id: s.model for s in plan.shards},

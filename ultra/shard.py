@@ -85,6 +85,7 @@ class ShardSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     not_taken: int = 0  # held by another run (see held_by) when this shard gave up on them
     elsewhere: int = 0  # completed by another collector after this run's plan
     held_by: tuple[str, ...] = ()  # run ids holding this shard's route or its not-taken tests
+    fenced: int = 0  # tests whose events were dropped: this run lost their claims (stalled)
 
     @property
     def done(self) -> int:
@@ -96,7 +97,7 @@ class ShardProgress:
 
     __slots__ = ("shard_id", "planned", "completed", "succeeded", "errored", "counters",
                  "limiter", "budget", "health", "errors", "started", "ended", "finished",
-                 "interrupted", "not_taken", "elsewhere", "held_by")
+                 "interrupted", "not_taken", "elsewhere", "held_by", "fenced")
 
     def __init__(self, shard: Shard) -> None:
         self.shard_id = shard.shard_id
@@ -116,6 +117,7 @@ class ShardProgress:
         self.not_taken = 0
         self.elsewhere = 0
         self.held_by: set[str] = set()
+        self.fenced = 0
 
     def snapshot(self) -> ShardSnapshot:
         c = self.counters
@@ -131,6 +133,7 @@ class ShardProgress:
             prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
             reasoning_tokens=c.reasoning_tokens,
             not_taken=self.not_taken, elsewhere=self.elsewhere, held_by=tuple(sorted(self.held_by)),
+            fenced=self.fenced,
         )
 
     def record_error(self, reason: str, http_status: int | None, message: str) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 import msgspec
 
-from ultra import chain
+from ultra import chain, liveness
 from ultra import events as ev
 from ultra.errors import UserError
 
@@ -72,6 +72,7 @@ REPEATS_AFTER_QUERY = (
     f" AND {EARLIER_COMPLETION}"
 )
 DONE = "done"  # `claim`'s answer for a test another collector completed meanwhile
+TEST_LEASE_PREFIX = "test:"  # a test's claim is the lease 'test:<test key>'
 
 
 def is_server_url(db: str | Path) -> bool:
@@ -378,6 +379,7 @@ class EventLog:
     _conn: Any  # the implementation's connection, used under `_lock`
     _lock: threading.RLock
     location: str  # what messages call this log (never a password)
+    lock_rows_sql: ClassVar[str] = ""  # locks the rows a SELECT read (SQLite: the write lock did)
 
     @classmethod
     def open(cls, db: Path | str, *, create: bool = True) -> EventLog:
@@ -482,12 +484,35 @@ class EventLog:
         finished test is always either claimed or stored: `release` names leases of
         `holder` to drop (an errored test, to be taken again); `done` maps a lease to the
         `event_id` that completed its test, and the lease stays as a marker of that event's
-        seq (see `claim`).
+        seq (see `claim`). With `holder`, test events are fenced (see `append_held`).
         """
-        rows = [event_row(e) for e in events]
-        if not rows and not release and not done:
-            return 0
+        return self.append_held(events, holder=holder, release=release, done=done).stored
+
+    def append_held(self, events: Iterable[ev.Event], *, holder: str | None = None,
+                    release: Sequence[str] = (), done: Mapping[str, str] | None = None
+                    ) -> AppendResult:
+        """`append`, fenced: with `holder`, a test's event is stored only while `holder`
+        still holds that test's claim, checked under the lock of the very transaction that
+        stores it (PostgreSQL: the claim row is locked `FOR UPDATE`, so a takeover waits
+        for this commit or this check sees it). A collector that stalled past its lease
+        and lost the claim to another has its events for that test dropped (`fenced`), so
+        no test completes twice."""
+        events = list(events)
+        if not events and not release and not done:
+            return AppendResult(stored=0)
         with self._transaction() as tx:
+            fenced: list[str] = []
+            if holder is not None:
+                keys = {e.test_key for e in events if isinstance(e, ev._TestEvent)}
+                if keys:
+                    self._lock_appends(tx)  # the append lock first, then claim rows: one order
+                    held = self._held_claims(tx, holder, keys)
+                    fenced = sorted(keys - held)
+                    if fenced:
+                        lost = set(fenced)
+                        events = [e for e in events
+                                  if not (isinstance(e, ev._TestEvent) and e.test_key in lost)]
+            rows = [event_row(e) for e in events]
             seqs = self._insert(tx, rows) if rows else {}
             if holder is not None and (release or done):
                 _release(tx, [*release, *(n for n, e in (done or {}).items() if e not in seqs)], holder)
@@ -496,7 +521,19 @@ class EventLog:
                     tx.executemany(
                         "UPDATE leases SET done_seq = ? WHERE name = ? AND holder = ?", marks)
         self._after_append()
-        return len(seqs)
+        return AppendResult(stored=len(seqs), fenced=tuple(fenced))
+
+    def _held_claims(self, tx: Tx, holder: str, keys: set[str]) -> set[str]:
+        """The test keys among `keys` whose claim `holder` holds (and has not completed)."""
+        names = [f"{TEST_LEASE_PREFIX}{k}" for k in keys]
+        held: set[str] = set()
+        for i in range(0, len(names), 500):
+            part = names[i:i + 500]
+            held.update(r[0] for r in tx.execute(
+                "SELECT name FROM leases WHERE holder = ? AND done_seq IS NULL"
+                f" AND name IN ({', '.join('?' * len(part))}){self.lock_rows_sql}",
+                [holder, *part]).fetchall())
+        return {n[len(TEST_LEASE_PREFIX):] for n in held}
 
     def _insert(self, tx: Tx, rows: list[Row], *, checked: bool | None = None) -> dict[str, int]:
         """Store the rows whose event ids are new, chained after the current head; under
@@ -776,17 +813,19 @@ class EventLog:
         also tells `release_all` which marks a running plan may still need.
         """
         now = self.clock_sql
+        host, pid, started = liveness.me()
         with self._transaction() as tx:
             tx.execute(
-                "INSERT INTO leases (name, holder, run_id, expires_at, plan_seq)"
-                f" VALUES (?, ?, ?, {now} + ?, ?)"
+                "INSERT INTO leases (name, holder, run_id, expires_at, plan_seq, host, pid, started)"
+                f" VALUES (?, ?, ?, {now} + ?, ?, ?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
                 " run_id = excluded.run_id, expires_at = excluded.expires_at,"
-                " plan_seq = excluded.plan_seq, done_seq = NULL"
+                " plan_seq = excluded.plan_seq, done_seq = NULL, host = excluded.host,"
+                " pid = excluded.pid, started = excluded.started"
                 " WHERE (leases.done_seq IS NULL"
                 f" AND (leases.holder = excluded.holder OR leases.expires_at < {now}))"
                 " OR leases.done_seq <= excluded.plan_seq",
-                (name, holder, run_id, ttl, plan_seq),
+                (name, holder, run_id, ttl, plan_seq, host, pid, started),
             )
             owner, owner_run, done_seq = tx.execute(
                 "SELECT holder, run_id, done_seq FROM leases WHERE name = ?", (name,)
@@ -794,6 +833,25 @@ class EventLog:
         if done_seq is not None:
             return DONE
         return None if owner == holder else owner_run
+
+    def free_dead_holders(self) -> int:
+        """Drop the leases of holders on this host whose process is gone (pid missing, or
+        reused by a process started at another time): a crashed collector's routes and
+        tests are free at once, not `ttl` seconds later. Holders on other hosts are left
+        to their ttl. Returns how many holders were freed."""
+        host = liveness.this_host()
+        rows = self._read("SELECT DISTINCT holder, pid, started FROM leases"
+                          " WHERE host = ? AND done_seq IS NULL AND pid IS NOT NULL", (host,))
+        dead = [(holder, pid, started) for holder, pid, started in rows
+                if liveness.process_gone(pid, started)]
+        if not dead:
+            return 0
+        with self._transaction() as tx:
+            for holder, pid, started in dead:
+                # Only if it is still that process's: a lease taken over meanwhile stays.
+                tx.execute("DELETE FROM leases WHERE holder = ? AND host = ? AND pid = ?"
+                           " AND done_seq IS NULL", (holder, host, pid))
+        return len(dead)
 
     def renew(self, holder: str, ttl: float) -> set[str]:
         """Extend every lease of `holder` by `ttl` from now; the names it still holds."""
@@ -832,6 +890,11 @@ class EventLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    stored: int  # newly stored events (the rest were already in the log)
+    fenced: tuple[str, ...] = ()  # test keys whose events were dropped: their claim was lost
 
 
 class ImportResult(msgspec.Struct, frozen=True):

@@ -62,6 +62,7 @@ class PostgresLog(EventLog):
     # The server's clock: collectors on several machines agree on it whatever their own say.
     clock_sql = "(EXTRACT(EPOCH FROM clock_timestamp())::double precision)"
     conflict_errors = (psycopg.errors.UniqueViolation,)
+    lock_rows_sql = " FOR UPDATE"  # a claim taken over waits for, or is seen by, the append
     check_first = False  # insert optimistically under a savepoint: one round trip less
     guards = ("events_no_update", "events_no_delete", "events_no_truncate")
     guards_sql = ("SELECT tgname FROM pg_trigger WHERE tgrelid = 'events'::regclass"

@@ -9,6 +9,9 @@ from ultra.runner import RunResult
 def summary_lines(r: RunResult) -> list[str]:
     lines = [f"route broken: {b.route}: {b.reason}; its untaken tests wait for the next run"
              for b in r.broken_routes]
+    if r.fenced:
+        lines.append(f"results dropped: {r.fenced} tests whose claims another collector took"
+                     " while this run stalled past --lease-seconds (they count as its)")
     if r.errors:
         lines.append("errored tests by route and reason:")
         for e in sorted(r.errors, key=lambda e: (e.route, -e.count)):
