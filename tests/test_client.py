@@ -246,3 +246,49 @@ def test_routes_use_the_proxy_the_environment_names(monkeypatch):
     assert _environment_proxy(httpx.URL("http://127.0.0.1:8000/v1")) is None
     monkeypatch.setenv("ALL_PROXY", "http://all.corp:8080")
     assert _environment_proxy(httpx.URL("http://plain.example/v1")) == "http://all.corp:8080"
+
+
+def test_redaction_removes_every_piece_of_a_key_in_any_case():
+    """A suffix, the key upper-cased, lower-cased or reversed: none of it survives."""
+    key = "sK7fQ2mZ9xLpW4vR8tNb3cYd"
+    for echoed in (key[-12:], key.upper(), key.lower(), key[::-1], key[::-1].upper(), key[3:11]):
+        out = redact(f"bad key '{echoed}' given", (key,))
+        assert "***" in out
+        for variant in (key, key.upper(), key.lower(), key[::-1]):
+            for i in range(len(variant) - 7):
+                assert variant[i:i + 8].lower() not in out.lower(), (echoed, out)
+    assert redact("nothing secret here", (key,)) == "nothing secret here"
+
+
+def test_a_server_that_never_answers_breaks_its_route_within_broken_after_timeouts():
+    """Accepts connections, never answers: each timeout counts against the route, and a
+    broken route stops the test's retries."""
+    from ultra.client import RouteClient, RouteHealth, ShardCounters
+
+    async def main() -> None:
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        port = listener.socket.getsockname()[1]
+        held = []
+
+        async def silent(stream) -> None:
+            held.append(stream)
+            await trio.sleep_forever()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, silent, [listener])
+            route = Route(url=f"http://127.0.0.1:{port}/v1/chat/completions?secret=s3",
+                          shape="openai", api_model="m", key_literal="k" * 40)
+            health = RouteHealth(3)
+            async with RouteClient(route, 1) as client:
+                model = HttpChatModel(client, route, (RateLimiter(100),), ShardCounters(),
+                                      request_timeout=0.2, max_retries=10, rng=random.Random(0),
+                                      health=health)
+                with pytest.raises(ModelUnavailable) as info:
+                    await model.complete([{"role": "user", "content": "hi"}], None)
+            assert health.broken is not None and model.retries == 3
+            assert info.value.reason == "timeout"
+            assert f"127.0.0.1:{port}/v1/chat/completions" in info.value.message
+            assert "s3" not in info.value.message
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

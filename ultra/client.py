@@ -100,6 +100,7 @@ class _ErrorDetail(msgspec.Struct):
 class _ErrorBody(msgspec.Struct):
     error: _ErrorDetail | str | None = None
     message: str | None = None
+    detail: Any = None  # FastAPI's shape: a string, or a list of validation errors
 
 
 _decode_response = msgspec.json.Decoder(_Response).decode
@@ -151,10 +152,44 @@ _SECRET_SHAPES = (
 )
 
 
+SECRET_PIECE = 8  # any run of this many characters of a key (any case, reversed) is redacted
+
+
+def _fold(text: str) -> str:
+    """`text` lower-cased one character at a time (its length kept, for the positions)."""
+    return "".join(c if len(low := c.lower()) != 1 else low for c in text)
+
+
+def _without_pieces(text: str, secret: str) -> str:
+    """`text` with every stretch covered by an 8-character piece of `secret`, of its upper-,
+    lower- or mixed-case form, or of it reversed, replaced by `***`: a server that echoes a
+    suffix, the key upper-cased or reversed still reveals nothing of it."""
+    folded_secret = _fold(secret)
+    pieces = {v[i:i + SECRET_PIECE] for v in (folded_secret, folded_secret[::-1])
+              for i in range(len(v) - SECRET_PIECE + 1)}
+    folded = _fold(text)
+    covered = [False] * len(text)
+    for i in range(len(text) - SECRET_PIECE + 1):
+        if folded[i:i + SECRET_PIECE] in pieces:
+            covered[i:i + SECRET_PIECE] = [True] * SECRET_PIECE
+    if not any(covered):
+        return text
+    out: list[str] = []
+    for i, c in enumerate(text):
+        if not covered[i]:
+            out.append(c)
+        elif i == 0 or not covered[i - 1]:
+            out.append("***")
+    return "".join(out)
+
+
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """`text` without any of `secrets` nor anything shaped like a key or token."""
+    """`text` without any of `secrets` (nor any 8-character piece of one, in any case or
+    reversed) nor anything shaped like a key or token."""
     for secret in secrets:
-        if secret and len(secret) >= 4:
+        if secret and len(secret) >= SECRET_PIECE:
+            text = _without_pieces(text, secret)
+        elif secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     for pattern, replacement in _SECRET_SHAPES:
         text = pattern.sub(replacement, text)
@@ -172,6 +207,8 @@ def server_message(content: bytes, secrets: tuple[str, ...] = ()) -> str:
         elif isinstance(body.error, str):
             text = body.error
         text = text or body.message or ""
+        if not text and body.detail:
+            text = body.detail if isinstance(body.detail, str) else _encode(body.detail).decode()
     except (msgspec.DecodeError, msgspec.ValidationError):
         pass
     if not text:
@@ -374,7 +411,8 @@ class HttpChatModel:
             self._counters.retries += 1
             if outcome.reason == "rate_limited":
                 continue  # the pacer already waits as told; the test's budget bounds it
-            if not outcome.retryable:
+            if not outcome.retryable or (outcome.reason == "timeout" and self._health is not None
+                                         and self._health.broken):
                 raise ModelUnavailable(outcome.reason, outcome.message, self.retries, outcome.http_status)
             failures += 1
             if failures > self._max_retries:
@@ -417,11 +455,11 @@ class HttpChatModel:
             with scope:  # not trio.fail_after: its generator costs CPU on every request
                 status, headers_in, content = await self._client.post(payload, trace)
         except httpx.TimeoutException:
-            return _Failure("timeout", "httpx timeout")
+            return self._timed_out("httpx timeout")
         except httpx.TransportError as exc:
             return _Failure("connection", _transport_message(exc, self._route.url))
         if scope.cancelled_caught:
-            return _Failure("timeout", f"no response within {self._timeout:g}s")
+            return self._timed_out(f"no response within {self._timeout:g}s")
         if SIMULATED_HEADER in headers_in:
             self.simulated = True
         headers = read_rate_headers(headers_in)
@@ -460,9 +498,20 @@ class HttpChatModel:
             raise ContextLengthExceeded(f"HTTP 400: {message}")
         if status == 400 and (b"content_filter" in content or b"content_policy" in content):
             return _Failure("bad_request", message, status, retryable=False)  # the prompt, not the route
-        if self._health is not None:
-            self._health.refused(f"HTTP {status}: {message}")
+        if 300 <= status < 400 and headers_in.get("location"):  # ultra follows no redirect
+            message = f"redirected to {redact(headers_in['location'], self._secrets)[:MESSAGE_CHARS]}"
+        if self._health is not None:  # the URL ultra built: a wrong path shows itself
+            self._health.refused(f"HTTP {status}: {message} (from {_route_place(self._route.url)})")
         return _Failure("bad_request", message, status, retryable=False)
+
+    def _timed_out(self, message: str) -> _Failure:
+        """A request without an answer in time counts against the route like a refusal: a
+        server that accepts connections and never answers breaks its route after
+        `broken_after` of them in a row, instead of costing every test all its retries."""
+        message = f"{message} from {_route_place(self._route.url)}"
+        if self._health is not None:
+            self._health.refused(f"timeout: {message}")
+        return _Failure("timeout", message)
 
     def _heed(self, h: Any, next_tokens: int) -> None:
         """Slow down before a 429 when the provider says its limit is running low (the next
@@ -479,6 +528,13 @@ class HttpChatModel:
                 budget.pause(wait)
 
 
+def _route_place(url: str) -> str:
+    """The URL ultra built, for an error line: scheme, host and path, no query (it may
+    carry a secret) and no user info."""
+    u = httpx.URL(url)
+    return f"{u.scheme}://{u.netloc.decode().rpartition('@')[2]}{u.path}"
+
+
 def _transport_message(exc: httpx.TransportError, url: str) -> str:
     host = httpx.URL(url).netloc.decode()
     detail = str(exc) or type(exc).__name__
@@ -488,6 +544,7 @@ def _transport_message(exc: httpx.TransportError, url: str) -> str:
 # ---- preflight -------------------------------------------------------------------------
 
 PREFLIGHT_TOKENS = 16  # a cap on the answer, where the model's options name one
+PREFLIGHT_TIMEOUT = 30.0  # seconds for a route's whole preflight: a dead route is told at once
 
 
 class RouteCheck(msgspec.Struct, frozen=True):
@@ -499,7 +556,7 @@ class RouteCheck(msgspec.Struct, frozen=True):
 
 
 async def preflight(route: Route, options: RequestOptions, *, request_timeout: float,
-                    max_retries: int, deadline: float) -> RouteCheck:
+                    max_retries: int, deadline: float, qps: float = 1000.0) -> RouteCheck:
     """One cheap request on a route: does it answer at all? Retryable failures are retried
     (bounded by `max_retries` and the `deadline`); a non-retryable one is final."""
     try:
@@ -514,11 +571,11 @@ async def preflight(route: Route, options: RequestOptions, *, request_timeout: f
     messages = [{"role": "user", "content": "Reply with OK."}]
     rng = random.Random(route.url)
     async with RouteClient(route, 1) as client:
-        model = HttpChatModel(client, route, (RateLimiter(1000),), ShardCounters(),
+        model = HttpChatModel(client, route, (RateLimiter(qps),), ShardCounters(),
                               request_timeout=request_timeout, max_retries=max_retries, rng=rng,
                               options=capped, secrets=(secret,))
         payload = _encode(request_body(route, capped, messages, None))
-        failures = 0
+        failures = throttled = 0
         last = _Failure("timeout", "no answer before the preflight deadline")
         with trio.move_on_at(deadline):
             while True:
@@ -526,14 +583,17 @@ async def preflight(route: Route, options: RequestOptions, *, request_timeout: f
                     outcome = await model._paced_attempt(payload)
                 except ContextLengthExceeded:
                     return RouteCheck(ok=True)  # it answered
-                if isinstance(outcome, ChatResponse) or (outcome.http_status == 200):
-                    return RouteCheck(ok=True)  # any 200 will do
+                if isinstance(outcome, ChatResponse):
+                    return RouteCheck(ok=True)  # a chat completion, not any 200 (HTML, an error)
                 last = outcome
                 if not outcome.retryable:
                     return RouteCheck(ok=False, http_status=outcome.http_status, message=outcome.message)
-                if outcome.reason != "rate_limited":
-                    failures += 1
-                    if failures > max_retries:
-                        break
-                    await trio.sleep(rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** failures)))
+                if outcome.reason == "rate_limited":  # backed off, even without a Retry-After
+                    throttled = min(throttled + 1, 6)
+                    await trio.sleep(rng.uniform(0.5, 1.0) * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** throttled))
+                    continue
+                failures += 1
+                if failures > max_retries:
+                    break
+                await trio.sleep(rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** failures)))
         return RouteCheck(ok=False, http_status=last.http_status, message=last.message)

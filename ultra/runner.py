@@ -28,7 +28,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from ultra.client import RouteCheck, preflight
+from ultra.client import PREFLIGHT_TIMEOUT, RouteCheck, preflight
 from ultra.config import Config, effective_model
 from ultra.errors import UserError
 from ultra.events import Event, PlanSummary, RunFinished, RunStarted, TestCompleted, TestErrored
@@ -418,8 +418,9 @@ def check_routes(plan: Plan) -> list[str]:
 
     async def check(s: Shard) -> None:
         checks[s.shard_id] = await preflight(
-            s.route, s.options, request_timeout=s.request_timeout, max_retries=s.max_retries,
-            deadline=trio.current_time() + s.test_timeout)
+            s.route, s.options, request_timeout=min(s.request_timeout, PREFLIGHT_TIMEOUT),
+            max_retries=s.max_retries, qps=s.qps,
+            deadline=trio.current_time() + min(s.test_timeout, PREFLIGHT_TIMEOUT))
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
