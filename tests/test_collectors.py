@@ -187,3 +187,23 @@ def test_progress_reports_never_block_on_a_full_pipe():
     reporter.close(timeout=10)
     assert reporter.broken
     writer.close()
+
+
+def test_killed_process_group_then_an_immediate_run_finishes_every_test_once(tmp_path):
+    """A crash (OOM, reboot, closed lid) takes parent and shards at once. On the same host the
+    dead run's leases are provably free: the next run, started at once and without --wait,
+    takes every test left at once, not after the 30 s lease expires."""
+    db = tmp_path / "events.db"
+    with SimProcess(SimConfig(latency=Latency(median_ms=150))) as sim:
+        home, config = _collector(tmp_path, "c", sim.url, instances=3)
+        first = _start(home, config, db)
+        _wait_for(db, 2, [first])
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        # no --wait: a lease still standing would leave its tests untaken and exit 1
+        code, result, err = _finish(_start(home, config, db))
+        assert code == 0, err[-2000:]
+        assert result["not_taken"] == 0 and result["skipped_completed"] > 0
+    done = _completions(db)
+    assert set(done.values()) == {1} and len(done) == _planned(db)
+    _audit_clean(db, home)

@@ -36,8 +36,8 @@ def _boot_id() -> str:
         return ""
 
 
-def start_time(pid: int) -> str | None:
-    """The process's start time as the kernel tells it, or None (no /proc, or no such pid)."""
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
@@ -45,9 +45,20 @@ def start_time(pid: int) -> str | None:
         return None
     # comm (field 2) may hold spaces and parentheses: count fields after its last ')'.
     fields = stat[stat.rfind(b")") + 2:].split()
-    if len(fields) < 20:
-        return None
-    return f"{_boot_id()}:{fields[19].decode()}"  # field 22: starttime
+    return fields if len(fields) >= 20 else None
+
+
+def start_time(pid: int) -> str | None:
+    """The process's start time as the kernel tells it, or None (no /proc, or no such pid)."""
+    fields = _stat(pid)
+    return None if fields is None else f"{_boot_id()}:{fields[19].decode()}"  # field 22
+
+
+def _ended(pid: int) -> bool:
+    """A zombie (or dead) process has ended, though its pid still answers signal 0: a
+    killed collector's orphaned shards stay zombies where nobody reaps them."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] in (b"Z", b"X")
 
 
 def process_gone(pid: int, started: str | None) -> bool:
@@ -62,6 +73,8 @@ def process_gone(pid: int, started: str | None) -> bool:
         pass  # it exists (another user's): its start time still tells
     except OSError:
         return False
+    if _ended(pid):
+        return True
     if started is None:
         return False  # no start time to compare: alive as far as we can tell
     now = start_time(pid)
