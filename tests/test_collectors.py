@@ -207,3 +207,27 @@ def test_killed_process_group_then_an_immediate_run_finishes_every_test_once(tmp
     done = _completions(db)
     assert set(done.values()) == {1} and len(done) == _planned(db)
     _audit_clean(db, home)
+
+
+def test_a_collector_stopped_past_its_lease_completes_no_test_twice(tmp_path, db):
+    """SIGSTOP (a suspended VM, swap) past the lease: another collector takes and finishes
+    the stopped one's tests; woken, the first still holds results in flight, and fencing
+    drops them in the transaction that would have stored them."""
+    with SimProcess(SimConfig(latency=Latency(median_ms=300))) as sim:
+        (home_a, config_a), (home_b, config_b) = (
+            _collector(tmp_path, name, sim.url, instances=3) for name in ("a", "b"))
+        first = _start(home_a, config_a, db, "--lease-seconds", "3")
+        _wait_for(db, 4, [first])
+        os.killpg(first.pid, signal.SIGSTOP)
+        try:
+            time.sleep(5)  # past the 3 s lease: its routes and claims expire
+            code_b, result_b, err_b = _finish(
+                _start(home_b, config_b, db, "--wait", "--lease-seconds", "3"))
+        finally:
+            os.killpg(first.pid, signal.SIGCONT)
+        _finish(first)  # it may say it lost tests; it must store none of them twice
+    assert code_b == 0, err_b[-2000:]
+    assert result_b["completed"] > 0
+    done = _completions(db)
+    assert set(done.values()) == {1} and len(done) == _planned(db)
+    _audit_clean(db, home_b)
