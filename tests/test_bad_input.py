@@ -104,6 +104,8 @@ def test_config_numbers_are_range_checked(tmp_path, toml, message):
     (["--tool-success-rate", "nan"], "invalid tool success rate nan"),
     (["--tool-success-rate", "1.0001"], "invalid tool success rate 1.0001"),
     (["--suite", "os:system"], "'os:system' is not a suite"),
+    (["--suite", ":"], "cannot load suite ':': expected package.module:ATTR"),
+    (["--suite", ".x:y"], "cannot load suite '.x:y'"),
 ])
 def test_plan_flags_are_range_checked_before_anything_is_built(tmp_path, args, message):
     proc = ultra("plan", "--db", str(tmp_path / "e.db"), *args, timeout=60)
@@ -310,3 +312,9 @@ def test_out_writes_into_a_device_and_says_so(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert Path("/dev/null").is_char_device()
     assert "/dev/null is a character device; writing into it, not replacing it" in proc.stderr
+
+
+def test_a_bad_before_is_named_as_itself(tmp_path):
+    proc = ultra("repair", "retract", "--db", str(tmp_path / "e.db"), "--out", str(tmp_path / "m.json"),
+                 "--reason", "x", "--before", "2026-02-30T25:61:61", timeout=60)
+    assert one_error_line(proc).startswith("ultra: error: --before '2026-02-30T25:61:61'")

@@ -73,14 +73,14 @@ def project_command(
     typer.echo(project_message(project(db, out, rebuild=rebuild, results=results)))
 
 
-def _since(value: str) -> str:
+def _since(value: str, flag: str = "--since") -> str:
     """An ISO 8601 time as the log's `recorded_at` form, so strings compare in time order."""
     import datetime as dt
 
     try:
         t = dt.datetime.fromisoformat(value.strip())
     except ValueError:
-        raise UserError(f"--since {value!r}: not an ISO 8601 date or time (e.g. 2025-07-01T12:00Z)") from None
+        raise UserError(f"{flag} {value!r}: not an ISO 8601 date or time (e.g. 2025-07-01T12:00Z)") from None
     if t.tzinfo is not None:
         t = t.astimezone(dt.timezone.utc).replace(tzinfo=None)
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -218,8 +218,8 @@ def repair_retract(
 
     selector = Selector(model=model, run_id=run_id, shard_id=shard, instance=instance,
                         test_keys=test_key or None,
-                        recorded_before=_since(before) if before else None,
-                        recorded_after=_since(after) if after else None)
+                        recorded_before=_since(before, "--before") if before else None,
+                        recorded_after=_since(after, "--after") if after else None)
     if selector == Selector():
         raise UserError("a retraction needs at least one selector (--model, --run, --shard, "
                         "--instance, --test-key, --before, --after)")

@@ -139,9 +139,11 @@ def _import_suite(ref: str) -> Suite:
     import importlib
 
     module, _, attr = ref.partition(":")
+    if not module or not attr:
+        raise UserError(f"cannot load suite {ref!r}: expected package.module:ATTR")
     try:
         suite = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:  # a bad or relative name
         raise UserError(f"cannot load suite {ref!r}: {exc}") from None
     if not isinstance(suite, Suite):
         raise UserError(f"{ref!r} is not a suite (a suite has name, difficulties, prompt_types,"
