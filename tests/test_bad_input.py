@@ -318,3 +318,19 @@ def test_a_bad_before_is_named_as_itself(tmp_path):
     proc = ultra("repair", "retract", "--db", str(tmp_path / "e.db"), "--out", str(tmp_path / "m.json"),
                  "--reason", "x", "--before", "2026-02-30T25:61:61", timeout=60)
     assert one_error_line(proc).startswith("ultra: error: --before '2026-02-30T25:61:61'")
+
+
+def test_an_endless_import_line_is_refused_with_its_line_number(tmp_path):
+    proc = ultra("import", "/dev/zero", "--db", str(tmp_path / "e.db"), timeout=120)
+    assert one_error_line(proc) == ("ultra: error: /dev/zero:1: line longer than 16 MB: refused,"
+                                    " nothing imported")
+
+
+def test_an_import_file_with_a_utf8_byte_order_mark_is_read(tmp_path):
+    with EventLog.open(tmp_path / "a.db") as log:
+        log.append([completed(1), completed(2)])
+    lines = ultra("events", "--db", str(tmp_path / "a.db")).stdout
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + lines.encode())
+    proc = ultra("import", str(tmp_path / "bom.jsonl"), "--db", str(tmp_path / "b.db"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("imported 2 new events of 2 read")

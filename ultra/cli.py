@@ -140,7 +140,7 @@ def import_command(
 
     with EventLog.open(db, create=True) as log:
         if str(file) == "-":
-            r = log.append_raw(sys.stdin.buffer, source="stdin")
+            r = log.append_raw(log.read_lines(sys.stdin.buffer, "stdin"), source="stdin")
         else:
             try:
                 fh = file.open("rb")
@@ -148,7 +148,7 @@ def import_command(
                 raise UserError(f"{file}: cannot read ({exc.strerror})") from None
             with fh:
                 try:
-                    r = log.append_raw(fh, source=str(file))
+                    r = log.append_raw(log.read_lines(fh, str(file)), source=str(file))
                 except OSError as exc:
                     raise UserError(f"{file}: cannot read ({exc.strerror})") from None
     unknown = f", {r.unknown_types} of unknown types kept as they are" if r.unknown_types else ""

@@ -71,6 +71,7 @@ REPEATS_AFTER_QUERY = (
     "SELECT e.seq FROM events e WHERE e.type = 'test.completed' AND e.seq > ? AND e.seq <= ?"
     f" AND {EARLIER_COMPLETION}"
 )
+IMPORT_LINE_LIMIT = 16 * 2**20  # bytes: an event line is a few KB; anything near this is not one
 DONE = "done"  # `claim`'s answer for a test another collector completed meanwhile
 TEST_LEASE_PREFIX = "test:"  # a test's claim is the lease 'test:<test key>'
 
@@ -575,6 +576,19 @@ class EventLog:
             return self._insert(tx, rows, checked=True)
         tx.execute("RELEASE SAVEPOINT ultra_insert")
         return {r[1]: r[0] for r in out}
+
+    @staticmethod
+    def read_lines(fh: Any, source: str, limit: int = IMPORT_LINE_LIMIT) -> Iterator[bytes]:
+        """The lines of a binary file, each at most `limit` bytes (a longer one, or an
+        endless one such as /dev/zero, is refused with its line number instead of read
+        whole); a UTF-8 byte order mark before the first line is dropped."""
+        lineno = 0
+        while line := fh.readline(limit + 1):
+            lineno += 1
+            if len(line) > limit:
+                raise UserError(f"{source}:{lineno}: line longer than {limit // 2**20} MB: refused,"
+                                " nothing imported")
+            yield line.removeprefix(b"\xef\xbb\xbf") if lineno == 1 else line
 
     def append_raw(self, lines: Iterable[str | bytes], *, source: str = "input") -> ImportResult:
         """Append JSON lines (as `ultra events` prints them): all of them, or none.
