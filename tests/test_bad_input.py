@@ -334,3 +334,15 @@ def test_an_import_file_with_a_utf8_byte_order_mark_is_read(tmp_path):
     proc = ultra("import", str(tmp_path / "bom.jsonl"), "--db", str(tmp_path / "b.db"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("imported 2 new events of 2 read")
+
+
+def test_an_alias_longer_than_events_allow_is_refused_before_it_is_stored(tmp_path):
+    db = tmp_path / "e.db"
+    with EventLog.open(db) as log:
+        log.append([completed(1)])
+    proc = ultra("repair", "alias", "a" * 600, "sim-good", "--db", str(db), "--out", str(tmp_path / "m.json"))
+    assert one_error_line(proc) == ("ultra: error: cannot record alias.defined:"
+                                    " Expected `str` of length <= 512 - at `$.alias`")
+    audit = ultra("audit", "--db", str(db), "--out", str(tmp_path / "m.json"))
+    assert "undecodable" not in audit.stdout + audit.stderr
+    assert len(ultra("events", "--db", str(db)).stdout.splitlines()) == 1  # nothing stored

@@ -182,10 +182,19 @@ def _append_repair(db: Path, out: Path, event, what: str = "") -> None:
     from ultra.projecting import project
     from ultra.store import EventLog
 
+    import msgspec
+
+    from ultra import events as ev
+
+    tag = type(event).__struct_config__.tag
+    try:  # what the log's readers would refuse is refused here, before it is stored
+        ev.decode(ev.encode(event))
+    except msgspec.ValidationError as exc:
+        raise UserError(f"cannot record {tag}: {exc}") from None
     with EventLog.open(db, create=False) as log:
         log.append([event])
     r = project(db, out)
-    typer.echo(f"recorded {type(event).__struct_config__.tag}{what}; {r.out} rebuilt up to seq {r.last_seq}")
+    typer.echo(f"recorded {tag}{what}; {r.out} rebuilt up to seq {r.last_seq}")
 
 
 @repair_app.command("alias")
