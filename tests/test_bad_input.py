@@ -346,3 +346,13 @@ def test_an_alias_longer_than_events_allow_is_refused_before_it_is_stored(tmp_pa
     audit = ultra("audit", "--db", str(db), "--out", str(tmp_path / "m.json"))
     assert "undecodable" not in audit.stdout + audit.stderr
     assert len(ultra("events", "--db", str(db)).stdout.splitlines()) == 1  # nothing stored
+
+
+def test_run_refuses_an_out_it_could_not_write_before_any_test_runs(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "file").write_text("x")
+    for out, message in ((tmp_path / "data", "is a directory; give a file path"),
+                         (tmp_path / "file" / "m.json", "is not a directory")):
+        proc = ultra("run", "--db", str(tmp_path / "e.db"), "--out", str(out), timeout=60)
+        assert message in one_error_line(proc)
+    assert not (tmp_path / "e.db").exists()  # refused before the log was even opened

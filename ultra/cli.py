@@ -86,6 +86,19 @@ def _since(value: str, flag: str = "--since") -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _writable_file(path: Path, flag: str) -> None:
+    """A file path that a command can write later: not a directory, not below a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file path"
+                        f" (e.g. {path / 'master_database.json'})")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is not a directory")
+            break
+
+
 @app.command("events")
 def events_command(
     db: DbOpt = DEFAULT_DB,
@@ -521,6 +534,7 @@ def run(
     error_allowance(max_errors, 0)  # a malformed budget is bad input, before anything runs
     if not 1.0 <= lease_seconds <= 3600.0:
         raise UserError(f"invalid --lease-seconds {lease_seconds} (must be in [1, 3600])")
+    _writable_file(out, "--out")  # before any test runs, not after all of them
     result = execute(cfg, digest(cfg), sel, db=db, out=out,
                      processes=processes, tasks=tasks_path,
                      argv=sys.argv[1:], json_output=json_output,
