@@ -81,6 +81,9 @@ def _count(db: Path) -> int:
     ('[models.m]\nprovider = "p"\nmax_retries = -1\n[providers.p]\nkind = "sim"\n', "at `max_retries`"),
     ('[models.m]\nprovider = "p"\ntest_timeout = 0\n[providers.p]\nkind = "sim"\n', "at `test_timeout`"),
     ('[models.m]\nprovider = "p"\nstrategy = "sideways"\n[providers.p]\nkind = "sim"\n', "at `strategy`"),
+    ('[models.m]\nprovider = "p"\ndeployments = ["m", ".."]\n[providers.p]\nkind = "azure"\n'
+     'endpoint = "https://x.example"\napi_key_env = "K"\n',
+     "model 'm': deployment name '..' is not a path segment"),
     ('[run]\nmax_turns = 0\n', "Expected `int` >= 1 - at `$.run.max_turns`"),
     ('[run]\nnum_instances = 100000000\n', "at `$.run.num_instances`"),
     ('[run]\ntool_success_rates = [0.8, 7.5]\n', "at `$.run.tool_success_rates[1]`"),

@@ -296,6 +296,10 @@ def validate(config: Config) -> list[str]:
             problems.append(f"model {mname!r}: strategy per-key needs an openai-shaped provider")
         if eff.strategy == "per-deployment" and shape != "azure":
             problems.append(f"model {mname!r}: strategy per-deployment needs an azure-shaped provider")
+        # A deployment is one path segment of the URL: '.' and '..' would walk the path.
+        for dep in m.deployments or ():
+            if dep.strip() in ("", ".", ".."):
+                problems.append(f"model {mname!r}: deployment name {dep!r} is not a path segment")
     return problems
 
 
