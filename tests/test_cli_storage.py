@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -190,3 +191,20 @@ def test_project_as_a_process_imports_only_what_it_needs(tmp_path):
     needless = {"typer", "click", "pydantic", "rich", "httpx", "trio", "sqlite_utils",
                 "tempfile", "shutil", "random", "zipfile", "importlib.resources"}
     assert imported & needless == set()
+
+
+def test_project_removes_the_temp_files_of_killed_writers_and_keeps_live_ones(tmp_path):
+    db, out = tmp_path / "e.db", tmp_path / "master.json"
+    with EventLog.open(db) as log:
+        log.append([completed(1)])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid is free now: the writer of this file was killed mid-write
+    dead = [tmp_path / f".{name}.{gone.pid}-0123456789ab.tmp" for name in ("master.json", "results.db")]
+    live = tmp_path / f".master.json.{os.getpid()}-0123456789ab.tmp"  # a writer at work
+    other = tmp_path / ".other.json.1-0123456789ab.tmp"  # not a temp file of this command's outputs
+    for f in (*dead, live, other):
+        f.write_bytes(b"half written")
+    r = cli("project", "--db", str(db), "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert not [f for f in dead if f.exists()]
+    assert live.exists() and other.exists() and out.exists()

@@ -366,12 +366,32 @@ def temp_beside(path: Path) -> tuple[int, str]:
     """A new file only this call created, in `path`'s directory, open for writing: what
     `tempfile.mkstemp` does, without importing tempfile (with shutil and random) into
     every `ultra project`."""
+    _remove_dead_temps(path)
     while True:
-        tmp = os.path.join(path.parent, f".{path.name}.{os.urandom(6).hex()}.tmp")
+        # The writer's pid in the name: a killed writer's file is found and removed later.
+        tmp = os.path.join(path.parent, f".{path.name}.{os.getpid()}-{os.urandom(6).hex()}.tmp")
         try:
             return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp
         except FileExistsError:
             continue  # 48 random bits taken: draw again
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Remove the temp files that writers of `path` killed mid-write left (a results.db
+    rebuild's can be 100 MB): those whose writer's pid is gone from this host."""
+    from ultra import liveness
+
+    prefix = f".{path.name}."
+    try:
+        entries = [e.name for e in os.scandir(path.parent)
+                   if e.name.startswith(prefix) and e.name.endswith(".tmp")]
+    except OSError:
+        return  # no directory yet: nothing left over
+    for name in entries:
+        pid, dash, _ = name[len(prefix):-len(".tmp")].partition("-")
+        if dash and pid.isdigit() and liveness.process_gone(int(pid), None):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(path.parent, name))
 
 
 def write_atomic(path: Path, data: bytes) -> None:
