@@ -292,3 +292,46 @@ def test_a_server_that_never_answers_breaks_its_route_within_broken_after_timeou
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_a_runaway_response_body_is_an_error_not_read_whole():
+    """A server that answers 200 with 64 MB: the body is refused past 8 MB, not retried."""
+    from ultra.client import MAX_BODY_BYTES
+
+    size = 64 * 2**20
+
+    async def main() -> None:
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        port = listener.socket.getsockname()[1]
+        sent = [0]
+
+        async def huge(stream) -> None:
+            await stream.receive_some(65536)
+            head = (f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    f"content-length: {size}\r\n\r\n").encode()
+            try:
+                await stream.send_all(head)
+                chunk = b" " * 65536
+                while sent[0] < size:
+                    await stream.send_all(chunk)
+                    sent[0] += len(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client stopped reading and closed: as it should
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, huge, [listener])
+            route = Route(url=f"http://127.0.0.1:{port}/v1/chat/completions", shape="openai",
+                          api_model="m", key_literal="k" * 20)
+            async with RouteClient(route, 1) as client:
+                model = HttpChatModel(client, route, (RateLimiter(100),), ShardCounters(),
+                                      request_timeout=60, max_retries=3, rng=random.Random(0))
+                with pytest.raises(ModelUnavailable) as info:
+                    await model.complete([{"role": "user", "content": "hi"}], None)
+            assert info.value.reason == "malformed_response"
+            assert "response body over 8 MB" in info.value.message
+            assert model.retries == 1  # the one failed attempt; it is not sent again
+            assert sent[0] < size  # the client let go long before the end
+            assert sent[0] >= MAX_BODY_BYTES - 2**20  # and only after reading up to the limit
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -235,6 +235,13 @@ CONNECTIONS_PER_CLIENT = 4
 USER_AGENT = f"ultra/{__version__} httpx/{httpx.__version__}"  # some gateways refuse none
 
 
+MAX_BODY_BYTES = 8 * 2**20  # a chat completion is KBs; a body past this is an error, unread
+
+
+class BodyTooLarge(Exception):
+    """The server's body outgrew MAX_BODY_BYTES (decoded)."""
+
+
 class RouteClient:
     """One small connection pool on a route: httpx's transport, called directly.
 
@@ -262,7 +269,14 @@ class RouteClient:
                                 extensions={"trace": trace})
         response = await self.transport.handle_async_request(request)
         try:
-            body = await response.aread()  # undoes any content-encoding, as AsyncClient would
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():  # content-encoding undone, as AsyncClient
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:  # never hold a runaway body whole
+                    raise BodyTooLarge(f"response body over {MAX_BODY_BYTES // 2**20} MB")
+                chunks.append(chunk)
+            body = b"".join(chunks)
         finally:
             await response.aclose()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers.raw}
@@ -458,6 +472,8 @@ class HttpChatModel:
             return self._timed_out("httpx timeout")
         except httpx.TransportError as exc:
             return _Failure("connection", _transport_message(exc, self._route.url))
+        except BodyTooLarge as exc:
+            return _Failure("malformed_response", str(exc), retryable=False)
         if scope.cancelled_caught:
             return self._timed_out(f"no response within {self._timeout:g}s")
         if SIMULATED_HEADER in headers_in:
