@@ -359,3 +359,16 @@ def test_run_refuses_an_out_it_could_not_write_before_any_test_runs(tmp_path):
         proc = ultra("run", "--db", str(tmp_path / "e.db"), "--out", str(out), timeout=60)
         assert message in one_error_line(proc)
     assert not (tmp_path / "e.db").exists()  # refused before the log was even opened
+
+
+@pytest.mark.parametrize("line, message", [
+    ("[" * 100_000 + "]" * 100_000, "in.jsonl:1: "),
+    ('{"type":"test.completed","event_id":"x","version":2,"recorded_at":"2026-02-30T25:61:61Z"}',
+     "in.jsonl:1: recorded_at '2026-02-30T25:61:61Z' is not a real UTC time"),
+    ('{"type":"x.future","event_id":"x","version":2,"recorded_at":"2026-13-01T00:00:00Z"}',
+     "in.jsonl:1: recorded_at '2026-13-01T00:00:00Z' is not a real UTC time"),
+])
+def test_impossible_import_lines_are_one_line_and_import_nothing(tmp_path, line, message):
+    (tmp_path / "in.jsonl").write_text(line + "\n")
+    proc = ultra("import", "in.jsonl", "--db", str(tmp_path / "e.db"), cwd=tmp_path)
+    assert one_error_line(proc).startswith(f"ultra: error: {message}")

@@ -137,6 +137,21 @@ def event_row(event: ev.Event) -> Row:
     )
 
 
+def _impossible_time(value: Any) -> bool:
+    """Whether `value` has the log's time form but names no real time: the schema's pattern
+    alone lets 2026-02-30T25:61:61Z through (other malformed values are the schema's to
+    refuse, with its own message)."""
+    import datetime as dt
+
+    if not isinstance(value, str) or not re.fullmatch(ev.TIMESTAMP_PATTERN, value):
+        return False
+    try:
+        dt.datetime.fromisoformat(value[:19])
+    except ValueError:
+        return True
+    return False
+
+
 def raw_row(line: str | bytes, where: str) -> Row:
     """The row of one JSON line as `ultra events` prints it (`seq` is dropped).
 
@@ -148,12 +163,17 @@ def raw_row(line: str | bytes, where: str) -> Row:
         obj = _any_decoder.decode(line)
     except msgspec.DecodeError as exc:
         raise UserError(f"{where}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{where}: JSON nested too deeply to be an event") from None
     if not isinstance(obj, dict):
         raise UserError(f"{where}: not a JSON object")
     obj.pop("seq", None)
     tag = obj.get("type")
     if not isinstance(tag, str) or not tag:
         raise UserError(f"{where}: event without a string 'type'")
+    if _impossible_time(obj.get("recorded_at")):
+        raise UserError(f"{where}: recorded_at {str(obj.get('recorded_at'))[:40]!r} is not a real"
+                        " UTC time (YYYY-MM-DDTHH:MM:SS[.f]Z)")
     if tag in ev.EVENT_TYPES:
         problem = ev.require_identity(obj)
         if problem is not None:
