@@ -208,3 +208,25 @@ def test_project_removes_the_temp_files_of_killed_writers_and_keeps_live_ones(tm
     assert r.exit_code == 0, r.output
     assert not [f for f in dead if f.exists()]
     assert live.exists() and other.exists() and out.exists()
+
+
+def test_a_deleted_or_rewound_completion_index_state_is_rebuilt_not_a_traceback(tmp_path):
+    import sqlite3
+
+    db, out = tmp_path / "e.db", tmp_path / "master.json"
+    with EventLog.open(db) as log:
+        log.append([completed(1), completed(2), completed(3, event_id="again", test_key="key-1")])
+    for change in ("DELETE FROM projection_state WHERE name = 'completion_keys'",
+                   "UPDATE projection_state SET last_seq = 1 WHERE name = 'completion_keys'"):
+        assert cli("project", "--db", str(db), "--out", str(out)).exit_code == 0
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute(change)
+        conn.close()
+        for command in ("project", "audit"):
+            proc = ultra_process(command, "--db", str(db), "--out", str(out), cwd=tmp_path)
+            assert "Traceback" not in proc.stderr, proc.stderr
+            # the repeat of key-1 is found again from the log: audit names it, exit 1
+            assert proc.returncode == (1 if command == "audit" else 0), proc.stdout + proc.stderr
+        with EventLog.open(db) as log:
+            assert log.repeated_test_keys() == {"key-1"}

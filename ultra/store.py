@@ -16,6 +16,7 @@ above it (resume and repairs live in the shells that plan and project).
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -688,10 +689,17 @@ class EventLog:
         `until_seq`. Appenders never touch it: a random-key index on the append path
         dirtied a page per event. Readers that detect duplicates fill it here, in bulk
         and in key order, in one write transaction that racing readers serialize on."""
-        while self._indexed_seq(self._read) < until_seq:
+        while (self._indexed_seq(self._read) or 0) < until_seq:
             with self._transaction() as tx:
                 self._lock_appends(tx)
                 done = self._indexed_seq(lambda sql: tx.execute(sql).fetchall())
+                if done is None:  # its row deleted: the index is derived data, built anew
+                    print("ultra: note: the completion index had lost its state; rebuilding it"
+                          " from the log", file=sys.stderr)
+                    tx.execute("DELETE FROM completion_keys")
+                    tx.execute("INSERT INTO projection_state (name, version, last_seq, state)"
+                               " VALUES ('completion_keys', 1, 0, '')")
+                    done = 0
                 # Chunks bound the sort's memory and let appenders in between.
                 upto = min(until_seq, done + INDEX_CHUNK)
                 if done >= upto:
@@ -699,7 +707,9 @@ class EventLog:
                 tx.execute(
                     "INSERT INTO completion_keys (test_key, seq, event_id)"
                     " SELECT test_key, seq, event_id FROM events WHERE type = 'test.completed'"
-                    " AND test_key IS NOT NULL AND seq > ? AND seq <= ? ORDER BY test_key, seq",
+                    " AND test_key IS NOT NULL AND seq > ? AND seq <= ? ORDER BY test_key, seq"
+                    # a rewound last_seq re-reads rows it has: they stay as they are
+                    " ON CONFLICT DO NOTHING",
                     (done, upto),
                 )
                 tx.execute(
@@ -708,8 +718,9 @@ class EventLog:
                 )
 
     @staticmethod
-    def _indexed_seq(read: Any) -> int:
-        return read("SELECT last_seq FROM projection_state WHERE name = 'completion_keys'")[0][0]
+    def _indexed_seq(read: Any) -> int | None:
+        rows = read("SELECT last_seq FROM projection_state WHERE name = 'completion_keys'")
+        return rows[0][0] if rows else None
 
     def completions_of(self, keys: Iterable[str]) -> Iterator[tuple[str, str]]:
         """(test key, event id) of the stored completions of `keys`: primary-key look-ups
