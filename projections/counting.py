@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from projections.repairs import Repairs
-from ultra.events import Event, TestCompleted, TestErrored
+from ultra.events import Event, RouteChecked, TestCompleted, TestErrored
 from ultra.naming import rate_key
 
 Item = tuple[int, Event, Sequence[TestCompleted]]  # seq, event, earlier completions of its key
@@ -21,8 +21,11 @@ Counted = tuple[int, Event, str, str]  # seq, event, canonical model, rate key (
 class Counting:
     """Filters a stream of items down to what projections fold, tallying what it drops."""
 
-    def __init__(self, repairs: Repairs) -> None:
+    def __init__(self, repairs: Repairs, spent: dict[str, list[int]] | None = None) -> None:
         self.repairs = repairs
+        # model -> [prompt, completion, reasoning] tokens of every test event and preflight
+        # check, counted or not (a duplicate or retracted test was paid for all the same)
+        self.spent = spent
         self.folded = 0  # items seen
         self.duplicates = 0
         self.retracted = 0
@@ -35,6 +38,7 @@ class Counting:
         retracts = repairs.retracts if repairs.retractions else None
         models: dict[str, str] = {}  # raw name -> canonical: a subscript, not a call per event
         rate_keys: dict[float, str] = {}
+        spent = self.spent
         n = 0
         e: Event | None = None
         try:
@@ -46,6 +50,8 @@ class Counting:
                         model = models[e.model]  # type: ignore[union-attr]
                     except KeyError:
                         model = models[e.model] = canonical(e.model)  # type: ignore[union-attr]
+                    if spent is not None:
+                        _spend(spent, model, e.usage)  # type: ignore[union-attr]
                     if retracts is not None and retracts(e, model):  # type: ignore[arg-type]
                         self.retracted += 1
                         continue
@@ -58,8 +64,23 @@ class Counting:
                         rk = rate_keys[e.tool_success_rate] = rate_key(e.tool_success_rate)  # type: ignore[union-attr]
                     yield seq, e, model, rk
                 elif kind is TestErrored:
-                    yield seq, e, canonical(e.model), ""  # type: ignore[union-attr]
+                    model = canonical(e.model)  # type: ignore[union-attr]
+                    if spent is not None:
+                        _spend(spent, model, e.usage)  # type: ignore[union-attr]
+                    yield seq, e, model, ""
+                elif kind is RouteChecked and spent is not None:
+                    _spend(spent, canonical(e.model), e.usage)  # type: ignore[union-attr]
         finally:
             self.folded += n
             if e is not None:
                 self.last_recorded_at = e.recorded_at
+
+
+def _spend(spent: dict[str, list[int]], model: str, u) -> None:
+    if u.prompt_tokens or u.completion_tokens or u.reasoning_tokens:
+        t = spent.get(model)
+        if t is None:
+            t = spent[model] = [0, 0, 0]
+        t[0] += u.prompt_tokens
+        t[1] += u.completion_tokens
+        t[2] += u.reasoning_tokens

@@ -26,7 +26,7 @@ from ultra.events import ERROR_CATEGORIES, Outcome, TestResult, Usage
 from ultra.naming import rate_key
 
 FILE_SCHEMA_VERSION = 2  # 2: documented key order, num_instances, simulated share, tokens
-STATE_VERSION = 4  # bump when Acc/FoldState change: saved states are then rebuilt
+STATE_VERSION = 5  # bump when Acc/FoldState change: saved states are then rebuilt
 DIGITS = 6  # every float in the file is rounded to this many decimals
 
 LeafKey = tuple[str, str, str, str, str]  # model, prompt key, rate key, difficulty, task type
@@ -67,6 +67,7 @@ class Acc(msgspec.Struct, array_like=True):
     tokens: list[int] = msgspec.field(default_factory=lambda: [0] * len(TOKENS))  # as TOKENS
     last_test_time: str = ""
     simulated: int = 0  # tests answered by the bundled simulator
+    truncated: int = 0  # tests with an answer cut off at the token limit (finish_reason length)
 
     def merge(self, o: Acc) -> None:
         """Add another accumulator's sums."""
@@ -77,6 +78,7 @@ class Acc(msgspec.Struct, array_like=True):
         self.with_assistance += o.with_assistance
         self.execution_time += o.execution_time
         self.simulated += o.simulated
+        self.truncated += o.truncated
         self.errors = [a + b for a, b in zip(self.errors, o.errors)]
         self.sums = [a + b for a, b in zip(self.sums, o.sums)]
         self.tokens = [a + b for a, b in zip(self.tokens, o.tokens)]
@@ -98,6 +100,8 @@ class FoldState(msgspec.Struct):
     skipped_events: int = 0  # unknown types and undecodable rows
     errored: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)  # model -> reason -> n
     leaves: dict[LeafKey, Acc] = msgspec.field(default_factory=dict)
+    # model -> tokens (as TOKENS) of every test event and preflight check: what was paid
+    spent: dict[str, list[int]] = msgspec.field(default_factory=dict)
 
 
 class _LeafEntry(msgspec.Struct, array_like=True):
@@ -114,6 +118,7 @@ class _SavedState(msgspec.Struct):
     skipped_events: int
     errored: dict[str, dict[str, int]]
     leaves: list[_LeafEntry]
+    spent: dict[str, list[int]] = {}
 
 
 def dump_state(state: FoldState) -> bytes:
@@ -127,6 +132,7 @@ def dump_state(state: FoldState) -> bytes:
         skipped_events=state.skipped_events,
         errored=state.errored,
         leaves=[_LeafEntry(k, state.leaves[k]) for k in sorted(state.leaves)],
+        spent=state.spent,
     )
     return msgspec.json.encode(saved)
 
@@ -142,6 +148,7 @@ def load_state(data: bytes | str) -> FoldState:
         skipped_events=saved.skipped_events,
         errored=saved.errored,
         leaves={tuple(e.key): e.acc for e in saved.leaves},  # type: ignore[misc]
+        spent=saved.spent,
     )
 
 
@@ -154,8 +161,8 @@ def load_state(data: bytes | str) -> FoldState:
 # `fold` spells the slots as literals (the hot loop):
 #   0 unused (total is 1 + 2 + 3), 1 full_success, 2 partial_success, 3 failure, 4 with_assistance, 5 simulated,
 #   6 execution_time, 7-9 sums (AVERAGED), 10-12 tokens (TOKENS), 13 metrics, 14 last_test_time,
-#   then one count per error category (ERROR_CATEGORIES).
-_ERRORS = 15
+#   15 truncated, then one count per error category (ERROR_CATEGORIES).
+_ERRORS = 16
 _OUTCOME_SLOT = {o: {"full_success": 1, "partial_success": 2}.get(o, 3) for o in get_args(Outcome)}
 _ERROR_SLOT = {c: _ERRORS + i for i, c in enumerate(ERROR_CATEGORIES)}
 # `fold` adds these by name: plain bytecode, twice as fast as a C map of `operator.add`.
@@ -168,13 +175,14 @@ if tuple(f for f, _, _ in AVERAGED) != ("turns", "tool_calls", "tool_coverage") 
 def _open(a: Acc) -> list[Any]:
     return [a.total, a.full_success, a.partial_success, a.failure, a.with_assistance, a.simulated,
             a.execution_time, *a.sums, *a.tokens, defaultdict(float, a.metrics), a.last_test_time,
-            *a.errors]
+            a.truncated, *a.errors]
 
 
 def _close(w: list[Any]) -> Acc:
     return Acc(total=w[1] + w[2] + w[3], full_success=w[1], partial_success=w[2], failure=w[3],
                with_assistance=w[4], errors=w[_ERRORS:], execution_time=w[6], sums=w[7:10],
-               metrics=dict(w[13]), tokens=w[10:13], last_test_time=w[14], simulated=w[5])
+               metrics=dict(w[13]), tokens=w[10:13], last_test_time=w[14], simulated=w[5],
+               truncated=w[15])
 
 
 def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
@@ -186,7 +194,7 @@ def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
     """
     leaves = state.leaves
     work: dict[LeafKey, list[Any]] = {}
-    counting = Counting(repairs)
+    counting = Counting(repairs, state.spent)
     counting.last_recorded_at = state.generated_at
     outcome_slot, error_slot = _OUTCOME_SLOT, _ERROR_SLOT
     try:
@@ -219,6 +227,8 @@ def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
                     metrics[name] += value
                 if e.recorded_at > w[14]:
                     w[14] = e.recorded_at
+                if r.finish_reasons and "length" in r.finish_reasons:
+                    w[15] += 1
             else:
                 by_reason = state.errored.setdefault(model, {})
                 by_reason[e.reason] = by_reason.get(e.reason, 0) + 1  # type: ignore[union-attr]
@@ -237,7 +247,7 @@ def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
 # The names `stats` gives its per-test shares, in its key order (metrics apart).
 _RATE_NAMES = ("success_rate", "full_success_rate", "partial_rate", "failure_rate",
                "weighted_success_score", *(stat for _, stat, kind in AVERAGED if kind == "rate"),
-               "assistance_rate")
+               "assistance_rate", "truncation_rate")
 _RATE_SUMS = tuple(i for i, (_, _, kind) in enumerate(AVERAGED) if kind == "rate")
 _MEAN_NAMES = (*(stat for _, stat, kind in AVERAGED if kind == "mean"), "avg_execution_time")
 _MEAN_SUMS = tuple(i for i, (_, _, kind) in enumerate(AVERAGED) if kind == "mean")
@@ -256,7 +266,7 @@ def stats(a: Acc, digits: int | None = DIGITS) -> dict[str, Any]:
     success = full + partial
     sums, metrics, errors = a.sums, a.metrics, a.errors
     summed = [success, full, partial, failure, full + 0.5 * partial,
-              *[sums[i] for i in _RATE_SUMS], assisted,
+              *[sums[i] for i in _RATE_SUMS], assisted, a.truncated,
               *metrics.values(), *[sums[i] for i in _MEAN_SUMS], a.execution_time, *errors]
     if not t:
         shares = [0.0] * len(summed)
@@ -273,6 +283,7 @@ def stats(a: Acc, digits: int | None = DIGITS) -> dict[str, Any]:
     out["partial_success"] = partial
     out["failure"] = failure
     out["tests_with_assistance"] = assisted
+    out["tests_truncated"] = a.truncated  # an answer cut off at the token limit (length)
     out.update(zip(TOKENS, a.tokens))  # sums, like the counts: children add up to them
     # means per test: the suite's metrics (in its order), then the marked result fields
     at = len(_RATE_NAMES)
@@ -310,10 +321,15 @@ def _tree(state: FoldState) -> Tree:
     return tree
 
 
+def _spent(tokens: list[int] | None) -> dict[str, int]:
+    return dict(zip(TOKENS, tokens or [0] * len(TOKENS)))
+
+
 def _model_node(
     prompts: dict[str, dict[str, dict[str, dict[str, Acc]]]],
     by_reason: dict[str, int],
     digits: int | None,
+    spent: list[int] | None = None,
 ) -> tuple[dict[str, Any], Acc]:
     """One model's subtree of the document, and its summed accumulator."""
     prompts_out: dict[str, Any] = {}
@@ -345,6 +361,9 @@ def _model_node(
         "overall_stats": stats(ma, digits),
         "errored_attempts": sum(by_reason.values()),
         "errored_by_reason": dict(sorted(by_reason.items())),
+        # every token the log records for the model: its tests' (completed, errored,
+        # interrupted, duplicated or retracted) and its routes' preflight requests
+        "tokens_spent": _spent(spent),
         "by_prompt_type": prompts_out,
     }
     return node, ma
@@ -365,6 +384,7 @@ def _document(
                          else everything.simulated / t) if t else 0.0,
         last_test_time=everything.last_test_time or None,
         errored_attempts=sum(sum(r.values()) for r in state.errored.values()),
+        tokens_spent=_spent([sum(col) for col in zip(*state.spent.values())] if state.spent else None),
         duplicate_completions=state.duplicate_completions,
         retracted_completions=state.retracted_completions,
         skipped_events=state.skipped_events,
@@ -400,9 +420,9 @@ def render(state: FoldState, *, digits: int | None = DIGITS) -> dict[str, Any]:
     tree = _tree(state)
     models: dict[str, Any] = {}
     model_totals: list[Acc] = []
-    for model in sorted(set(tree) | set(state.errored)):
+    for model in sorted(set(tree) | set(state.errored) | set(state.spent)):
         models[model], total = _model_node(tree.get(model, {}), state.errored.get(model, {}),
-                                           digits)
+                                           digits, state.spent.get(model))
         model_totals.append(total)
     return _document(state, model_totals, models, digits)
 
@@ -467,19 +487,20 @@ def render_file(
     """
     tree = _tree(state)
     reusable = _reusable(previous, memo)
-    names = sorted(set(tree) | set(state.errored))
+    names = sorted(set(tree) | set(state.errored) | set(state.spent))
     subtrees: list[bytes] = []
     totals: list[Acc] = []
     memos: dict[str, ModelMemo] = {}
     for model in names:
         prompts, by_reason = tree.get(model, {}), state.errored.get(model, {})
-        inputs = hashlib.sha256(msgspec.json.encode((prompts, by_reason))).hexdigest()
+        spent = state.spent.get(model)
+        inputs = hashlib.sha256(msgspec.json.encode((prompts, by_reason, spent))).hexdigest()
         old = reusable.get(model)
         if old is not None and old.inputs == inputs:
             subtrees.append(previous[old.span[0]:old.span[1]])  # type: ignore[index]
             total = old.total
         else:
-            node, total = _model_node(prompts, by_reason, DIGITS)
+            node, total = _model_node(prompts, by_reason, DIGITS, spent)
             subtrees.append(msgspec.json.format(msgspec.json.encode(node), indent=2)
                             .replace(b"\n", _MODEL_INDENT))  # newlines in strings are escaped
         totals.append(total)
@@ -506,6 +527,7 @@ _SUMMED = (
     "success",
     "total_errors",
     "tests_with_assistance",
+    "tests_truncated",
     "prompt_tokens",
     "completion_tokens",
     "reasoning_tokens",
@@ -594,6 +616,13 @@ def check_invariants(doc: Any) -> list[str]:
     for model, m in models.items():
         if sum(m.get("errored_by_reason", {}).values()) != m.get("errored_attempts"):
             bad.append(f"{model}: errored_by_reason does not add up to errored_attempts")
+    for name in TOKENS:
+        got = sum((m.get("tokens_spent") or {}).get(name, 0) for m in models.values())
+        if got != (summary.get("tokens_spent") or {}).get(name, 0):
+            bad.append(f"summary: tokens_spent {name} but the models add up to {got}")
+        for model, m in models.items():
+            if (m.get("tokens_spent") or {}).get(name, 0) < m["overall_stats"][name]:
+                bad.append(f"{model}: tokens_spent {name} below its counted tests' tokens")
     groups = doc.get("test_groups")
     if not isinstance(groups, dict):
         return [*bad, "document lacks test_groups"]

@@ -116,6 +116,8 @@ def _test_fields(draw: st.DrawFn, key_space: int) -> dict[str, Any]:
         quality_score=draw(unit),
         final_score=draw(unit),
         assisted_turns=draw(st.integers(0, 2)),
+        finish_reasons=draw(st.lists(st.sampled_from(["stop", "tool_calls", "length", ""]),
+                                     max_size=3)),
         usage=ev.Usage(prompt_tokens=draw(st.integers(0, 10**6)),
                        completion_tokens=draw(st.integers(0, 10**5)),
                        reasoning_tokens=draw(st.integers(0, 10**4))),
@@ -134,7 +136,7 @@ def event_lists(
     out: list[ev.Event] = []
     aliases_used: set[str] = set()
     for i in range(n):
-        kind = draw(st.sampled_from(["c"] * 6 + ["e"] + (["a", "r"] if repairs else [])))
+        kind = draw(st.sampled_from(["c"] * 6 + ["e", "p"] + (["a", "r"] if repairs else [])))
         when = ts(i)
         if kind == "c":
             f = draw(_test_fields(key_space=max_size if unique_keys else 8))
@@ -145,10 +147,18 @@ def event_lists(
             f = draw(_test_fields(key_space=8))
             for k in ("outcome", "workflow_score", "phase2_score", "quality_score", "final_score",
                       "turns", "tool_calls", "tool_coverage", "assisted_turns", "error_category",
-                      "usage"):
+                      "finish_reasons"):
                 f.pop(k)
+            if draw(st.booleans()):
+                f["usage"] = ev.Usage()  # errored before any answer
             out.append(ev.TestErrored(event_id=f"ev{i}", recorded_at=when,
                                       reason=draw(st.sampled_from(ev.ERRORED_REASONS)), **f))
+        elif kind == "p":
+            f = draw(_test_fields(key_space=8))
+            out.append(ev.RouteChecked(
+                event_id=f"ev{i}", recorded_at=when, run_id=f["run_id"], shard_id=f["shard_id"],
+                model=f["model"], instance=f["instance"], provider="p", ok=draw(st.booleans()),
+                usage=f["usage"]))
         elif kind == "a":
             alias, canonical = draw(st.sampled_from(ALIASES))
             if alias in aliases_used:  # one definition per alias: later ones would win

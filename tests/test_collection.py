@@ -105,7 +105,9 @@ def test_thirty_percent_faults_every_test_ends_once(tmp_path):
     with SimProcess(sim_cfg) as sim:
         config = write(tmp_path, sim_models_config(sim.url, instances=3, models=model(
             "sim-strong", "az", "per-deployment", workers=6, qps=200,
-            request_timeout=0.5, test_timeout=30, max_retries=2)))
+            # a hang costs its request 3 s: long enough that a loaded CI machine's slow
+            # answers are not taken for a dead route (timeouts count toward broken_after)
+            request_timeout=3, test_timeout=60, max_retries=2)))
         # no preflight: at 30 % faults its one request may fail three times in a row, which
         # rightly stops a run before it starts; the subject here is faults during tests
         result = run_json(config, tmp_path, "--processes", "2", "--max-errors", "100%",

@@ -14,12 +14,15 @@ from ultra.shard import ShardSnapshot
 SHARDS = {
     "Llama-3.3-70B-Instruct@Llama-3.3-70B-Instruct-3": ShardSnapshot(
         shard="Llama-3.3-70B-Instruct@Llama-3.3-70B-Instruct-3", planned=1200, completed=610,
-        succeeded=500, errored=3, requests=2400, retries=12, throttled=7, seconds=40.0, rate=96.5),
+        succeeded=500, errored=3, requests=2400, retries=12, throttled=7, seconds=40.0, rate=96.5,
+        workers=8, window=8),
     "qwen2.5-72b-instruct@qwen2.5-72b-instruct-key2": ShardSnapshot(
         shard="qwen2.5-72b-instruct@qwen2.5-72b-instruct-key2", planned=400, completed=100,
-        succeeded=81, errored=0, requests=500, retries=0, throttled=0, seconds=40.0, rate=10.0),
+        succeeded=81, errored=0, requests=500, retries=0, throttled=0, seconds=40.0, rate=10.0,
+        workers=128, window=3),
     "gpt-5-mini@gpt-5-mini": ShardSnapshot(shard="gpt-5-mini@gpt-5-mini", planned=50,
-                                           completed=50, succeeded=50, seconds=12.0, rate=200.0),
+                                           completed=50, succeeded=50, seconds=12.0, rate=200.0,
+                                           workers=4, window=4),
 }
 
 
@@ -33,11 +36,15 @@ def test_live_table_fits_80_columns_with_suffixes_totals_and_elapsed_time():
     assert any(n.startswith("qwen") and n.endswith("-key2") for n in names)  # and the key
     assert "gpt-5-mini" in names
     total = next(line for line in lines if line.startswith("total")).split()
-    # done/total, success %, errored, req/s over elapsed, summed pace, retries, 429s, ETA
-    assert total[1:8] == ["763/1650", f"{100 * 631 / 760:.1f}", "3", f"{2900 / 83:.1f}", "306.5",
-                          "12", "7"]
+    assert lines[1].split() == ["route", "done", "succ%", "err", "req/s", "pace", "conc",
+                                "retry", "429s", "ETA"]  # one header line, nothing wrapped
+    # done/total, success %, errored, req/s over elapsed, summed pace, window, retries, 429s
+    assert total[1:9] == ["763/1650", f"{100 * 631 / 760:.1f}", "3", f"{2900 / 83:.1f}", "306.5",
+                          "15/140", "12", "7"]
     row = next(line for line in lines if line.startswith("gpt-5-mini")).split()
-    assert row[1:] == ["50/50", "100.0", "0", "0.0", "200.0", "0", "0", "done"]
+    assert row[1:] == ["50/50", "100.0", "0", "0.0", "200.0", "4", "0", "0", "done"]
+    qwen = next(line for line in lines if line.startswith("qwen")).split()
+    assert qwen[6] == "3/128"  # timeouts cut the window of requests in flight
 
 
 def test_plain_lines_come_every_10_seconds_and_once_at_the_end():

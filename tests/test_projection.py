@@ -81,6 +81,8 @@ def reference_stats(cs: list[ev.TestCompleted]) -> dict[str, Any]:
         "total_errors": len(cats),
         "tests_with_assistance": sum(r.assisted_turns > 0 for r in rs),
         "assistance_rate": share(sum(r.assisted_turns > 0 for r in rs)),
+        "tests_truncated": sum("length" in r.finish_reasons for r in rs),
+        "truncation_rate": share(sum("length" in r.finish_reasons for r in rs)),
         "prompt_tokens": sum(c.usage.prompt_tokens for c in cs),
         "completion_tokens": sum(c.usage.completion_tokens for c in cs),
         "reasoning_tokens": sum(c.usage.reasoning_tokens for c in cs),
@@ -109,7 +111,19 @@ def assert_matches_reference(doc: dict[str, Any], events: list[ev.Event], tol: f
         for depth in range(6):
             groups[path[:depth]].append(c)
     errored_models = {canonical_model(e.model, aliases) for e in events if isinstance(e, ev.TestErrored)}
-    assert set(doc["models"]) == {p[0] for p in groups if len(p) == 1} | errored_models
+    # every token of every test event and preflight check, counted or not: what was paid
+    spent: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for e in events:
+        if isinstance(e, (ev.TestCompleted, ev.TestErrored, ev.RouteChecked)) and (
+                e.usage.prompt_tokens or e.usage.completion_tokens or e.usage.reasoning_tokens):
+            t = spent[canonical_model(e.model, aliases)]
+            t[0] += e.usage.prompt_tokens
+            t[1] += e.usage.completion_tokens
+            t[2] += e.usage.reasoning_tokens
+    assert set(doc["models"]) == {p[0] for p in groups if len(p) == 1} | errored_models | set(spent)
+    for model, node in doc["models"].items():
+        assert list(node["tokens_spent"].values()) == spent.get(model, [0, 0, 0]), model
+    assert list(doc["summary"]["tokens_spent"].values()) == [sum(c) for c in zip([0, 0, 0], *spent.values())]
     want = reference_stats(groups[()])
     summary = {**doc["summary"], "total": doc["summary"]["total_tests"]}
     assert_stats_close({k: summary[k] for k in want}, want, tol, "summary")
@@ -376,7 +390,7 @@ def test_keys_come_in_the_documented_order(tmp_path):
     assert keys[0] == "total"
     rates = [k for k in keys if k.endswith("_rate") and "error" not in k] + ["weighted_success_score"]
     counts = ["success", "full_success", "partial_success", "failure", "tests_with_assistance",
-              "prompt_tokens", "completion_tokens", "reasoning_tokens"]
+              "tests_truncated", "prompt_tokens", "completion_tokens", "reasoning_tokens"]
     means = [k for k in keys if k.startswith("avg_")]
     errors = keys[keys.index("total_errors"):]
     assert keys == ["total", *sorted(rates, key=keys.index), *counts, *means, *errors]

@@ -329,6 +329,7 @@ def sim_serve(
     port: Annotated[Optional[int], typer.Option(help="Port; 0 picks a free one (default 0).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the fault/latency RNG.")] = None,
     responder: Annotated[Optional[str], typer.Option(help="suites | echo | module:function.")] = None,
+    slots: Annotated[Optional[int], typer.Option(help="Answer this many requests at a time, queue the rest (0: any).")] = None,
     latency_ms: Annotated[Optional[float], typer.Option(help="Median latency (0: reply at once).")] = None,
     latency_spread_ms: Annotated[Optional[float], typer.Option(help="Latency spread.")] = None,
     latency_distribution: Annotated[Optional[str], typer.Option(help="lognormal | uniform.")] = None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import random
 import re
@@ -38,6 +39,7 @@ from ultra import __version__
 from ultra.config import RequestOptions
 from ultra.events import Usage
 from ultra.limits import (
+    Concurrency,
     RateLimiter,
     Spend,
     TokenBudget,
@@ -124,17 +126,27 @@ class ShardCounters:
 
 
 class RouteHealth:
-    """Consecutive non-retryable answers on one route; `broken_after` of them break it."""
+    """Consecutive non-retryable answers on one route; `broken_after` of them break it.
 
-    __slots__ = ("broken_after", "consecutive", "broken")
+    A timeout counts like a refusal only when the server has not answered anything since
+    that request was sent: a silent server breaks its route after `broken_after` timeouts,
+    while a slow one that answers (a one-slot server working through its queue) does not.
+    """
+
+    __slots__ = ("broken_after", "consecutive", "broken", "answered_at")
 
     def __init__(self, broken_after: int) -> None:
         self.broken_after = broken_after
         self.consecutive = 0
         self.broken: str | None = None  # why, once broken: "HTTP 401: <server message>"
+        self.answered_at = -math.inf  # trio time of the route's last HTTP answer of any kind
 
     def ok(self) -> None:
         self.consecutive = 0
+
+    def timed_out(self, sent_at: float, why: str) -> None:
+        if self.answered_at < sent_at:
+            self.refused(why)
 
     def refused(self, why: str) -> None:
         self.consecutive += 1
@@ -330,7 +342,7 @@ def request_body(route: Route, options: RequestOptions, messages: list[dict[str,
     return body
 
 
-def _to_chat_response(body: _Response) -> ChatResponse | None:
+def _to_chat_response(body: _Response, usage: Usage) -> ChatResponse | None:
     if not body.choices or body.choices[0].message is None:
         return None
     choice = body.choices[0]
@@ -345,14 +357,14 @@ def _to_chat_response(body: _Response) -> ChatResponse | None:
         )
         for i, c in enumerate(msg.tool_calls or ())
     ]
-    if not calls and not msg.content and not msg.reasoning_content:
-        return None  # an empty turn is a fault of the service, not an answer
+    if not calls and not msg.content and not msg.reasoning_content and choice.finish_reason != "length":
+        return None  # an empty turn is a fault of the service, not an answer (one cut off is)
     return ChatResponse(
         content=msg.content,
         tool_calls=calls,
         reasoning_content=msg.reasoning_content,
         finish_reason=choice.finish_reason,
-        usage=_usage(body.usage),
+        usage=usage,
     )
 
 
@@ -380,7 +392,7 @@ class HttpChatModel:
                  counters: ShardCounters, *, request_timeout: float, max_retries: int,
                  rng: random.Random, options: RequestOptions = RequestOptions(),
                  budgets: tuple[TokenBudget, ...] = (), health: RouteHealth | None = None,
-                 secrets: tuple[str, ...] = ()) -> None:
+                 secrets: tuple[str, ...] = (), concurrency: Concurrency | None = None) -> None:
         self._client = client
         self._route = route
         self._limiters = limiters  # the shard's own pacer, and a key's shared one if any
@@ -392,11 +404,14 @@ class HttpChatModel:
         self._options = options
         self._health = health
         self._secrets = secrets
+        self._concurrency = concurrency  # the shard's window of requests in flight
+        self._sent_at = 0.0  # trio time the current request was let go
         self.retries = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.reasoning_tokens = 0
         self.simulated = False  # a reply carried the simulator's mark
+        self.finish_reasons: list[str] = []  # of every answer, in order ("" if none given)
         self._tools: list[dict[str, Any]] | None = None  # encoded once, as self._tools_json
         self._tools_json = msgspec.Raw(b"")
 
@@ -435,11 +450,21 @@ class HttpChatModel:
 
     async def _paced_attempt(self, payload: bytes) -> ChatResponse | _Failure:
         """Spend the estimated tokens, wait for a request slot, send, correct the tokens."""
+        window = self._concurrency
+        if window is None:
+            return await self._spend_and_send(payload)
+        await window.acquire()
+        try:
+            return await self._spend_and_send(payload)
+        finally:
+            window.release()
+
+    async def _spend_and_send(self, payload: bytes) -> ChatResponse | _Failure:
         estimate = self._estimate(payload) if self._budgets else 0
         spends: list[tuple[TokenBudget, Spend]] = [(b, await b.acquire(estimate)) for b in self._budgets]
         for limiter in self._limiters:
             await limiter.acquire()
-        now = trio.current_time()
+        now = self._sent_at = trio.current_time()
         for _, spend in spends:
             spend.at = max(spend.at, now)  # it counts from the send, not from the wait
         self._counters.requests += 1
@@ -476,6 +501,10 @@ class HttpChatModel:
             return _Failure("malformed_response", str(exc), retryable=False)
         if scope.cancelled_caught:
             return self._timed_out(f"no response within {self._timeout:g}s")
+        if self._health is not None:
+            self._health.answered_at = trio.current_time()
+        if self._concurrency is not None:
+            self._concurrency.answered()
         if SIMULATED_HEADER in headers_in:
             self.simulated = True
         headers = read_rate_headers(headers_in)
@@ -489,14 +518,10 @@ class HttpChatModel:
             return _Failure("rate_limited", server_message(content, self._secrets), 429)
         if status == 200:
             try:
-                parsed = _to_chat_response(_decode_response(content))
+                body = _decode_response(content)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 return _Failure("malformed_response", "body is not a chat completion", 200)
-            if parsed is None:
-                return _Failure("malformed_response", "empty choices or empty message", 200)
-            if self._health is not None:
-                self._health.ok()
-            u = parsed.usage
+            u = _usage(body.usage)  # paid for, even where the answer is no use
             self.prompt_tokens += u.prompt_tokens
             self.completion_tokens += u.completion_tokens
             self.reasoning_tokens += u.reasoning_tokens
@@ -504,6 +529,12 @@ class HttpChatModel:
             c.prompt_tokens += u.prompt_tokens
             c.completion_tokens += u.completion_tokens
             c.reasoning_tokens += u.reasoning_tokens
+            parsed = _to_chat_response(body, u)
+            if parsed is None:
+                return _Failure("malformed_response", "empty choices or empty message", 200)
+            if self._health is not None:
+                self._health.ok()
+            self.finish_reasons.append(parsed.finish_reason or "")
             self._heed(headers, u.prompt_tokens + u.completion_tokens)
             return parsed
         self._heed(headers, COMPLETION_GUESS)
@@ -521,12 +552,15 @@ class HttpChatModel:
         return _Failure("bad_request", message, status, retryable=False)
 
     def _timed_out(self, message: str) -> _Failure:
-        """A request without an answer in time counts against the route like a refusal: a
-        server that accepts connections and never answers breaks its route after
-        `broken_after` of them in a row, instead of costing every test all its retries."""
+        """A request without an answer in time counts against the route like a refusal
+        (unless the server answered since it was sent): a server that accepts connections
+        and never answers breaks its route after `broken_after` of them, instead of costing
+        every test all its retries. It also halves the shard's window of requests in flight."""
         message = f"{message} from {_route_place(self._route.url)}"
         if self._health is not None:
-            self._health.refused(f"timeout: {message}")
+            self._health.timed_out(self._sent_at, f"timeout: {message}")
+        if self._concurrency is not None:
+            self._concurrency.timed_out(self._sent_at)
         return _Failure("timeout", message)
 
     def _heed(self, h: Any, next_tokens: int) -> None:
@@ -564,11 +598,14 @@ PREFLIGHT_TIMEOUT = 30.0  # seconds for a route's whole preflight: a dead route 
 
 
 class RouteCheck(msgspec.Struct, frozen=True):
-    """What a route's preflight request found: it answers, or the status and message."""
+    """What a route's preflight request found: it answers, or the status and message; and
+    the tokens its answers cost."""
 
     ok: bool
     http_status: int | None = None
     message: str = ""
+    usage: Usage = Usage()
+    simulated: bool = False
 
 
 async def preflight(route: Route, options: RequestOptions, *, request_timeout: float,
@@ -593,17 +630,23 @@ async def preflight(route: Route, options: RequestOptions, *, request_timeout: f
         payload = _encode(request_body(route, capped, messages, None))
         failures = throttled = 0
         last = _Failure("timeout", "no answer before the preflight deadline")
+
+        def found(ok: bool, outcome: _Failure | None = None) -> RouteCheck:
+            return RouteCheck(ok=ok, http_status=outcome and outcome.http_status,
+                              message=outcome.message if outcome else "", usage=model.usage,
+                              simulated=model.simulated)
+
         with trio.move_on_at(deadline):
             while True:
                 try:
                     outcome = await model._paced_attempt(payload)
                 except ContextLengthExceeded:
-                    return RouteCheck(ok=True)  # it answered
+                    return found(True)  # it answered
                 if isinstance(outcome, ChatResponse):
-                    return RouteCheck(ok=True)  # a chat completion, not any 200 (HTML, an error)
+                    return found(True)  # a chat completion, not any 200 (HTML, an error)
                 last = outcome
                 if not outcome.retryable:
-                    return RouteCheck(ok=False, http_status=outcome.http_status, message=outcome.message)
+                    return found(False, outcome)
                 if outcome.reason == "rate_limited":  # backed off, even without a Retry-After
                     throttled = min(throttled + 1, 6)
                     await trio.sleep(rng.uniform(0.5, 1.0) * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** throttled))
@@ -612,4 +655,4 @@ async def preflight(route: Route, options: RequestOptions, *, request_timeout: f
                 if failures > max_retries:
                     break
                 await trio.sleep(rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** failures)))
-        return RouteCheck(ok=False, http_status=last.http_status, message=last.message)
+        return found(False, last)

@@ -71,6 +71,7 @@ Seconds = Annotated[float, Meta(ge=0.0, le=1e9)]
 Score = Annotated[float, Meta(ge=-1e12, le=1e12)]  # finite; a suite's scale is its own
 MetricName = Annotated[str, Meta(min_length=1, max_length=64)]
 Strategy = Literal["per-key", "per-deployment", "single"]
+FinishReason = Annotated[str, Meta(max_length=64)]  # "stop", "tool_calls", "length", ...
 
 
 def new_event_id() -> str:
@@ -168,6 +169,13 @@ class TestResult(msgspec.Struct, frozen=True, kw_only=True):
     required_tools: Count = 0
     assisted_turns: Count = 0  # turns in which format help was given
     metrics: dict[MetricName, Score] = {}
+    # each answer's finish_reason, in turn order ("" where the server gave none): a turn cut
+    # off at `length` is a truncated test (counted apart in master_database.json)
+    finish_reasons: Annotated[list[FinishReason], Meta(max_length=10_000)] = []
+
+    @property
+    def truncated(self) -> bool:
+        return "length" in self.finish_reasons
 
     def __post_init__(self) -> None:
         if (self.outcome == "full_success") != (self.error_category is None):
@@ -211,6 +219,23 @@ class TestErrored(_TestEvent, tag="test.errored", kw_only=True, frozen=True):
     message: Text = ""  # the server's message: redacted, at most 200 characters; no secret
     # The last HTTP answer, if any (None: no answer at all).
     http_status: Annotated[int, Meta(ge=100, le=599)] | None = None
+    # what the answers the test did get cost (paid for, even though the test is taken again)
+    usage: Usage = Usage()
+
+
+class RouteChecked(_Event, tag="route.checked", kw_only=True, frozen=True):
+    """A route's preflight request before the run's tests: did it answer, and its tokens."""
+
+    run_id: Name
+    shard_id: Name
+    model: Name
+    instance: Name
+    provider: Name
+    simulated: bool = False
+    ok: bool
+    http_status: Annotated[int, Meta(ge=100, le=599)] | None = None
+    message: Text = ""
+    usage: Usage = Usage()
 
 
 class AliasDefined(_Event, tag="alias.defined", kw_only=True, frozen=True):
@@ -255,6 +280,7 @@ Event = Union[
     TestErrored,
     AliasDefined,
     TestsRetracted,
+    RouteChecked,
 ]
 
 EVENT_TYPES: dict[str, type] = {cls.__struct_config__.tag: cls for cls in Event.__args__}  # type: ignore[attr-defined]

@@ -285,3 +285,61 @@ def tokens_pause(h: RateHeaders, next_tokens: int) -> float:
     if h.reset_tokens is not None and _low(h.remaining_tokens, h.limit_tokens, next_tokens):
         return h.reset_tokens
     return 0.0
+
+
+# ---- concurrency under timeouts (AIMD) --------------------------------------------------
+
+
+class Concurrency:
+    """How many of a shard's requests may be in flight: additive increase, multiplicative
+    decrease, as TCP's congestion window.
+
+    A server that answers one request at a time (a local model with one slot) keeps
+    computing the requests a client gave up on; every retry then queues behind them. So a
+    timeout halves the window (once per round: a timeout of a request sent before the last
+    cut is the same signal, not a new one), and each answer widens it by `1/window`, about
+    one slot per round of answers, back up to the shard's `workers`. The window never goes
+    below one: one request at a time always goes on.
+    """
+
+    __slots__ = ("workers", "window", "in_flight", "low", "_cut_at", "_lot")
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.window = float(workers)
+        self.in_flight = 0
+        self.low = workers  # the smallest the window went, for the summary
+        self._cut_at = -math.inf
+        self._lot = trio.lowlevel.ParkingLot()
+
+    @property
+    def slots(self) -> int:
+        return max(1, int(self.window))
+
+    async def acquire(self) -> float:
+        """Wait for a slot; returns the send time to hand back to `timed_out`. The caller
+        calls `release` exactly once afterwards."""
+        while self.in_flight >= self.slots:
+            await self._lot.park()
+        self.in_flight += 1
+        return trio.current_time()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def answered(self) -> None:
+        if self.window < self.workers:
+            self.window = min(float(self.workers), self.window + 1.0 / self.window)
+            self._wake()
+
+    def timed_out(self, sent_at: float) -> None:
+        if sent_at >= self._cut_at:  # sent after the last cut: a new signal
+            self.window = max(1.0, self.window / 2)
+            self.low = min(self.low, self.slots)
+            self._cut_at = trio.current_time()
+
+    def _wake(self) -> None:
+        free = self.slots - self.in_flight
+        if free > 0 and self._lot:
+            self._lot.unpark(count=free)

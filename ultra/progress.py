@@ -56,12 +56,18 @@ def totals(snapshots: dict[str, ShardSnapshot], elapsed: float) -> ShardSnapshot
         errored=sum(s.errored for s in snaps), requests=sum(s.requests for s in snaps),
         retries=sum(s.retries for s in snaps), throttled=sum(s.throttled for s in snaps),
         seconds=elapsed, rate=sum(s.rate for s in snaps),
+        workers=sum(s.workers for s in snaps), window=sum(s.window for s in snaps),
         interrupted=any(s.interrupted for s in snaps),
     )
 
 
-COLUMNS = ("route", "done/total", "success %", "errored", "req/s", "pace", "retries", "429s",
-           "ETA")
+# short headers: ten columns and the route names fit 80 characters without wrapping
+COLUMNS = ("route", "done", "succ%", "err", "req/s", "pace", "conc", "retry", "429s", "ETA")
+
+
+def _window(s: ShardSnapshot) -> str:
+    """Requests allowed in flight: the workers, or `now/workers` once timeouts cut it."""
+    return str(s.workers) if s.window >= s.workers else f"{s.window}/{s.workers}"
 
 
 def _row(s: ShardSnapshot) -> list[str]:
@@ -69,7 +75,7 @@ def _row(s: ShardSnapshot) -> list[str]:
         s.shard.rpartition("@")[2],  # the route (key or deployment) names the shard
         f"{s.done}/{s.planned}", _success(s), str(s.errored),
         f"{s.requests / s.seconds:.1f}" if s.seconds > 0 else "–", f"{s.rate:.1f}",
-        str(s.retries), str(s.throttled),
+        _window(s), str(s.retries), str(s.throttled),
         "stopped" if s.interrupted else _eta(s.done, s.planned, s.seconds),
     ]
 

@@ -31,7 +31,15 @@ import trio
 from ultra.client import PREFLIGHT_TIMEOUT, RouteCheck, preflight
 from ultra.config import Config, effective_model
 from ultra.errors import UserError
-from ultra.events import Event, PlanSummary, RunFinished, RunStarted, TestCompleted, TestErrored
+from ultra.events import (
+    Event,
+    PlanSummary,
+    RouteChecked,
+    RunFinished,
+    RunStarted,
+    TestCompleted,
+    TestErrored,
+)
 from ultra.leases import DEFAULT_TTL, ProcessLeases, holder_id, test_lease
 from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
@@ -411,8 +419,15 @@ def exit_code(*, planned: int, completed: int, allowance: int, interrupted: bool
     return 0
 
 
-def check_routes(plan: Plan) -> list[str]:
-    """One cheap request per route that has tests, all at once: a line per broken route."""
+PREFLIGHT_SAY_AFTER = 10.0  # seconds of preflight before a line says what it waits for
+PREFLIGHT_SAY_EVERY = 10.0
+
+
+def check_routes(plan: Plan, say: Callable[[str], None] | None = None
+                 ) -> tuple[list[str], dict[str, RouteCheck]]:
+    """One cheap request per route that has tests, all at once: a line per broken route,
+    and what each route's check found (its tokens are recorded). While routes keep it
+    waiting, `say` gets a line every PREFLIGHT_SAY_EVERY seconds: which, and how long."""
     shards = [s for s in plan.shards if s.tests]
     checks: dict[str, RouteCheck] = {}
 
@@ -422,10 +437,23 @@ def check_routes(plan: Plan) -> list[str]:
             max_retries=s.max_retries, qps=s.qps,
             deadline=trio.current_time() + min(s.test_timeout, PREFLIGHT_TIMEOUT))
 
+    async def waiting() -> None:
+        start = trio.current_time()
+        await trio.sleep(PREFLIGHT_SAY_AFTER)
+        while say is not None:
+            left = [s for s in shards if s.shard_id not in checks]
+            names = ", ".join(route_label(s) for s in left[:3]) + (" ..." if len(left) > 3 else "")
+            say(f"preflight: waiting {trio.current_time() - start:.0f}s for {len(left)} of"
+                f" {len(shards)} routes to answer (at most {PREFLIGHT_TIMEOUT:g}s): {names}")
+            await trio.sleep(PREFLIGHT_SAY_EVERY)
+
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            for s in shards:
-                nursery.start_soon(check, s)
+        async with trio.open_nursery() as outer:
+            outer.start_soon(waiting)
+            async with trio.open_nursery() as nursery:
+                for s in shards:
+                    nursery.start_soon(check, s)
+            outer.cancel_scope.cancel()
 
     trio.run(main)
     lines = []
@@ -434,12 +462,20 @@ def check_routes(plan: Plan) -> list[str]:
         if not c.ok:
             status = f"HTTP {c.http_status}" if c.http_status else "no answer"
             lines.append(f"route broken at preflight: {route_label(s)}: {status}: {c.message}")
-    return lines
+    return lines, checks
 
 
-def _tokens(config: Config, sel: Selection, plan: Plan,
-            snapshots: dict[str, ShardSnapshot]) -> list[ModelTokens]:
-    """Tokens per model over every request of the run, and their cost at the config's prices."""
+def _checked_events(plan: Plan, run_id: str, checks: dict[str, RouteCheck]) -> list[Event]:
+    return [RouteChecked(run_id=run_id, shard_id=s.shard_id, model=s.model, instance=s.instance,
+                         provider=s.provider, simulated=c.simulated or s.simulated, ok=c.ok,
+                         http_status=c.http_status, message=c.message[:4000], usage=c.usage)
+            for s in plan.shards if (c := checks.get(s.shard_id)) is not None]
+
+
+def _tokens(config: Config, sel: Selection, plan: Plan, snapshots: dict[str, ShardSnapshot],
+            checks: dict[str, RouteCheck]) -> list[ModelTokens]:
+    """Tokens per model over every request of the run, preflight included, and their cost
+    at the config's prices."""
     by_model: dict[str, list[int]] = {}
     for s in plan.shards:
         snap = snapshots[s.shard_id]
@@ -447,6 +483,10 @@ def _tokens(config: Config, sel: Selection, plan: Plan,
         sums[0] += snap.prompt_tokens
         sums[1] += snap.completion_tokens
         sums[2] += snap.reasoning_tokens
+        if (c := checks.get(s.shard_id)) is not None:
+            sums[0] += c.usage.prompt_tokens
+            sums[1] += c.usage.completion_tokens
+            sums[2] += c.usage.reasoning_tokens
     config_name = {canonical_model(name): name for name in sel.models}
     out = []
     for model, (p, c, r) in by_model.items():
@@ -459,6 +499,10 @@ def _tokens(config: Config, sel: Selection, plan: Plan,
         out.append(ModelTokens(model=model, prompt_tokens=p, completion_tokens=c,
                                reasoning_tokens=r, cost=cost))
     return out
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _uses_bundled_sim(config: Config, models: list[str]) -> bool:
@@ -547,8 +591,10 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
     with _simulator(config, sel.models) as sim_url:
         if sim_url:  # routes to the simulator we just started
             plan = make_plan(config, suite, sel, done_keys, sim_url)
+        checks: dict[str, RouteCheck] = {}
         if check_first:  # a wrong key or deployment stops the run before any test
-            broken = check_routes(plan)
+            quiet = progress == "none" or (json_output and progress == "auto")
+            broken, checks = check_routes(plan, None if quiet else _say)
             if broken:
                 raise UserError("\n".join(broken))
         run_id = uuid.uuid4().hex[:12]
@@ -559,7 +605,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
                 plan=PlanSummary(tests=plan.planned, shards=len(plan.shards),
                                  models=list(dict.fromkeys(s.model for s in plan.shards)),
                                  skipped_completed=plan.skipped_completed),
-            )])
+            ), *_checked_events(plan, run_id, checks)])
             snapshots, interrupted, crashed = _supervise(
                 plan, run_id, sel, db, tasks, processes or needed_processes(plan),
                 progress="none" if json_output and progress == "auto" else progress,
@@ -596,7 +642,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
         elsewhere=(elsewhere := sum(s.elsewhere for s in snapshots.values())),
         fenced=sum(s.fenced for s in snapshots.values()),
         shards=list(snapshots.values()), broken_routes=broken, errors=errors,
-        tokens=_tokens(config, sel, plan, snapshots), max_errors=allowance,
+        tokens=_tokens(config, sel, plan, snapshots, checks), max_errors=allowance,
         shard_models={s.shard_id: s.model for s in plan.shards},
         db=str(db), out=str(out),
         # tests another collector completed meanwhile are done, not owed by this run

@@ -34,7 +34,7 @@ from ultra.events import (
     utc_now,
 )
 from ultra.leases import ClaimedTests, ProcessLeases
-from ultra.limits import RateLimiter, TokenBudget
+from ultra.limits import Concurrency, RateLimiter, TokenBudget
 from ultra.plan import Shard
 from ultra.suites import ModelUnavailable, Suite, TestSpec
 
@@ -75,6 +75,9 @@ class ShardSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     seconds: float = 0.0
     rate: float = 0.0  # the pacer's current rate (below the qps limit after 429s)
     min_rate: float = 0.0  # the lowest the pacer went
+    workers: int = 0
+    window: int = 0  # requests allowed in flight now (below workers after timeouts)
+    min_window: int = 0  # the lowest it went
     finished: bool = False
     interrupted: bool = False
     broken: str | None = None  # why the route broke: "HTTP 401: <server message>"
@@ -97,7 +100,7 @@ class ShardProgress:
 
     __slots__ = ("shard_id", "planned", "completed", "succeeded", "errored", "counters",
                  "limiter", "budget", "health", "errors", "started", "ended", "finished",
-                 "interrupted", "not_taken", "elsewhere", "held_by", "fenced")
+                 "interrupted", "not_taken", "elsewhere", "held_by", "fenced", "window")
 
     def __init__(self, shard: Shard) -> None:
         self.shard_id = shard.shard_id
@@ -109,6 +112,7 @@ class ShardProgress:
         self.limiter = RateLimiter(shard.qps)
         self.budget = TokenBudget(shard.tpm) if shard.tpm else None
         self.health = RouteHealth(shard.broken_after)
+        self.window = Concurrency(shard.workers)
         self.errors: dict[tuple[str, int | None, str], int] = {}
         self.started = time.monotonic()
         self.ended: float | None = None
@@ -127,6 +131,7 @@ class ShardProgress:
             retries=c.retries, throttled=c.throttled,
             seconds=round((self.ended or time.monotonic()) - self.started, 3),
             rate=round(self.limiter.rate, 3), min_rate=round(self.limiter.min_rate, 3),
+            workers=self.window.workers, window=self.window.slots, min_window=self.window.low,
             finished=self.finished, interrupted=self.interrupted, broken=self.health.broken,
             errors=[ErrorGroup(reason=r, http_status=st, message=m, count=n)
                     for (r, st, m), n in self.errors.items()],
@@ -192,9 +197,9 @@ async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Ev
                     client, shard.route, limiters, progress.counters,
                     request_timeout=shard.request_timeout, max_retries=shard.max_retries,
                     rng=random.Random(spec.test_key), options=shard.options, budgets=budgets,
-                    health=health, secrets=secrets,
+                    health=health, secrets=secrets, concurrency=progress.window,
                 )
-                emit(await _run_test(shard, suite, run_id, spec, model, progress))
+                await _run_test(shard, suite, run_id, spec, model, progress, emit)
 
         async with trio.open_nursery() as nursery:
             for i in range(min(shard.workers, len(shard.tests))):
@@ -202,7 +207,10 @@ async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Ev
 
 
 async def _run_test(shard: Shard, suite: Suite, run_id: str, spec: TestSpec,
-                    model: HttpChatModel, progress: ShardProgress) -> Event:
+                    model: HttpChatModel, progress: ShardProgress,
+                    emit: Callable[[Event], None]) -> None:
+    """Run one test and emit its event. A test the run's interruption cancels emits a
+    `test.errored` (cancelled) when its answers cost tokens, so none goes uncounted."""
     started_at = utc_now()
     t0 = time.perf_counter()
     common: dict[str, Any] = dict(
@@ -215,30 +223,44 @@ async def _run_test(shard: Shard, suite: Suite, run_id: str, spec: TestSpec,
     reason = message = None
     http_status: int | None = None
     result = None
-    with trio.move_on_after(shard.test_timeout):
-        try:
-            result = await suite.run(spec, model, max_turns=shard.max_turns)
-        except ModelUnavailable as exc:
-            reason, message, http_status = exc.reason, exc.message, exc.http_status
-        except Exception as exc:  # a suite bug must cost one test, not the run
-            reason, message = "other", f"{type(exc).__name__}: {exc}"[:200]
-    elapsed = time.perf_counter() - t0
-    # The server's mark says whether this was the simulator, whatever the provider kind.
-    common["simulated"] = model.simulated or shard.simulated
+    try:
+        with trio.move_on_after(shard.test_timeout):
+            try:
+                result = await suite.run(spec, model, max_turns=shard.max_turns)
+            except ModelUnavailable as exc:
+                reason, message, http_status = exc.reason, exc.message, exc.http_status
+            except Exception as exc:  # a suite bug must cost one test, not the run
+                reason, message = "other", f"{type(exc).__name__}: {exc}"[:200]
+    except trio.Cancelled:
+        if model.prompt_tokens or model.completion_tokens:
+            reason, message = "cancelled", "the run was interrupted"
+            emit(_errored(common, shard, model, progress, t0, reason, message, None))
+        raise
     if result is None:
-        progress.errored += 1
         if reason is None:
             reason, message = "timeout", f"test exceeded {shard.test_timeout:g}s"
         if reason == "connection":  # unreachable once retries are spent: counts as a refusal
             progress.health.refused(message or "cannot reach the server")
-        progress.record_error(reason, http_status, message or "")
-        return TestErrored(**common, reason=reason, message=message or "",
-                           http_status=http_status, retries=model.retries, execution_time=elapsed)
+        emit(_errored(common, shard, model, progress, t0, reason, message or "", http_status))
+        return
+    elapsed = time.perf_counter() - t0
+    # The server's mark says whether this was the simulator, whatever the provider kind.
+    common["simulated"] = model.simulated or shard.simulated
     progress.completed += 1
     if result.outcome != "failure":
         progress.succeeded += 1
-    return TestCompleted(
-        **common, result=result, retries=model.retries,
-        execution_time=elapsed,
-        usage=model.usage,
-    )
+    if model.finish_reasons:
+        result = msgspec.structs.replace(result, finish_reasons=model.finish_reasons)
+    emit(TestCompleted(**common, result=result, retries=model.retries, execution_time=elapsed,
+                       usage=model.usage))
+
+
+def _errored(common: dict[str, Any], shard: Shard, model: HttpChatModel,
+             progress: ShardProgress, t0: float, reason: str, message: str,
+             http_status: int | None) -> TestErrored:
+    common["simulated"] = model.simulated or shard.simulated
+    progress.errored += 1
+    progress.record_error(reason, http_status, message)
+    return TestErrored(**common, reason=reason, message=message, http_status=http_status,  # type: ignore[arg-type]
+                       retries=model.retries, execution_time=time.perf_counter() - t0,
+                       usage=model.usage)

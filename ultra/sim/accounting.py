@@ -21,6 +21,8 @@ COUNTER_FIELDS: tuple[str, ...] = (
     "max_per_second",  # most arrivals in any half-open 1 s window (t - 1, t]
     "tokens",  # prompt tokens at admission plus completion tokens at the reply
     "max_tokens_10s",  # most tokens in any half-open 10 s window (t - 10, t]
+    "usage_prompt_tokens",  # what the replies' `usage` reported: what a client is billed
+    "usage_completion_tokens",
 )
 TOKEN_PERIOD = 10.0  # tpm is evaluated as tpm / 6 over this window, as Azure does
 
@@ -39,6 +41,8 @@ class RouteStats:
         self.max_per_second = 0
         self.tokens = 0
         self.max_tokens_10s = 0
+        self.usage_prompt_tokens = 0
+        self.usage_completion_tokens = 0
         self._arrivals: deque[float] = deque()
         self._charges: deque[tuple[float, int]] = deque()
         self._charged = 0  # tokens within the last TOKEN_PERIOD

@@ -118,6 +118,10 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     storm: Storm = Storm()
     routes: Routes = Routes()
     record_requests: Annotated[int, Meta(ge=0, le=1_000_000)] = 0  # keep the last N request bodies for GET /requests
+    # Answer at most this many requests at a time (0: any number), the others queue in
+    # arrival order, as a local model server with N slots does. Like such a server, it
+    # goes on computing a request whose client gave up: its slot stays taken.
+    slots: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
     # Who writes the assistant message: "suites" (the registered suites' simulated
     # policies, with a trivial fallback), "echo" (always the trivial reply), or an import
     # path "package.module:function" with the signature of `replies.Responder`.
@@ -198,6 +202,7 @@ OVERRIDABLE: dict[str, tuple[str | None, str]] = {
     "port": (None, "port"),
     "seed": (None, "seed"),
     "responder": (None, "responder"),
+    "slots": (None, "slots"),
     "latency_distribution": ("latency", "distribution"),
     "latency_ms": ("latency", "median_ms"),
     "latency_spread_ms": ("latency", "spread_ms"),

@@ -104,9 +104,12 @@ def prompt_tokens(body: bytes) -> int:
 
 
 def completion_body(
-    *, completion_id: str, created: int, model: str, message: Message, prompt_toks: int, empty_content: bool = False
+    *, completion_id: str, created: int, model: str, message: Message, prompt_toks: int, empty_content: bool = False,
+    limit: int | None = None,
 ) -> tuple[bytes, int]:
-    """An OpenAI `chat.completion` object, encoded, and its completion tokens."""
+    """An OpenAI `chat.completion` object, encoded, and its completion tokens. An answer
+    longer than `limit` tokens (the request's max_tokens / max_completion_tokens) is cut
+    off there, as the APIs do: its text truncated, no tool call, finish_reason `length`."""
     message = dict(message)
     message.setdefault("role", "assistant")
     if empty_content:
@@ -120,6 +123,13 @@ def completion_body(
     for call in tool_calls or ():
         chars += len(call.get("function", {}).get("arguments", ""))
     completion_toks = _approx_tokens(chars)
+    finish_reason = "tool_calls" if tool_calls else "stop"
+    if limit is not None and completion_toks > limit:
+        text = message.get("content") or message.get("reasoning_content") or ""
+        for name in ("tool_calls", "reasoning_content"):
+            message.pop(name, None)
+        message["content"] = text[: 4 * max(0, limit - 1)]
+        tool_calls, completion_toks, finish_reason = None, limit, "length"
     usage: dict[str, Any] = {
         "prompt_tokens": prompt_toks,
         "completion_tokens": completion_toks,
@@ -137,7 +147,7 @@ def completion_body(
                 {
                     "index": 0,
                     "message": message,
-                    "finish_reason": "tool_calls" if tool_calls else "stop",
+                    "finish_reason": finish_reason,
                 }
             ],
             "usage": usage,

@@ -182,6 +182,7 @@ class Simulator:
                 table.append((cumulative, kind))
         self._fault_table: list[tuple[float, str]] = table
         self._latency_on = config.latency.median_ms > 0
+        self._slots = trio.Semaphore(config.slots) if config.slots else None  # FIFO
 
     # -- lookups, cached: the same few keys and models arrive thousands of times ----------
 
@@ -437,7 +438,11 @@ class Simulator:
                 for c in counters:
                     c.faults += 1
         if self._latency_on and fault != "hang":
-            await trio.sleep(self._latency_s())
+            if self._slots is None:
+                await trio.sleep(self._latency_s())
+            else:
+                async with self._slots:  # the queue of a server with few slots
+                    await trio.sleep(self._latency_s())
 
         # Azure answers with the model behind the deployment, OpenAI with the name asked for.
         reply_model = canonical_model(model) if deployment is not None else model
@@ -456,12 +461,15 @@ class Simulator:
                 message=message,
                 prompt_toks=prompt_toks,
                 empty_content=fault == "empty_content",
+                limit=chat.max_completion_tokens if chat.max_completion_tokens is not None else chat.max_tokens,
             )
             done = trio.current_time()  # the completion's tokens count when it is made
             for w in token_windows:
                 w.take(done, completion_toks)
             for c in counters:
                 c.charge(done, completion_toks)
+                c.usage_prompt_tokens += prompt_toks
+                c.usage_completion_tokens += completion_toks
             if headers_at is not None:
                 headers += headers_at(done, rate_window, token_window)
             return 200, reply, headers
