@@ -35,7 +35,7 @@ from ultra.events import Event, PlanSummary, RunFinished, RunStarted, TestComple
 from ultra.leases import DEFAULT_TTL, ProcessLeases, holder_id, test_lease
 from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
-from ultra.projecting import project
+from ultra.projecting import project, results_path
 from ultra.resume import completed_keys
 from ultra.progress import Display
 from ultra.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
@@ -368,6 +368,7 @@ class RunResult(msgspec.Struct, kw_only=True):
     db: str
     out: str
     exit_code: int
+    results: str = ""  # results.db, projected with `out` at the end
 
     def held(self) -> list[str]:
         """One line per shard that left tests to other runs: how many, and which runs."""
@@ -534,7 +535,8 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
             processes: int | None, tasks: str | None, argv: list[str], json_output: bool,
             check_first: bool = True, max_errors: str | None = None,
             progress: str = "auto",
-            wait: bool = False, lease_seconds: float = DEFAULT_TTL) -> RunResult:
+            wait: bool = False, lease_seconds: float = DEFAULT_TTL,
+            results: Path | None = None) -> RunResult:
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
     after_seq = _last_seq(db)  # before the keys: completions after it are the claims' to find
@@ -575,7 +577,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
                 failed = str(exc)
     if not failed:
         try:
-            project(db, out)
+            project(db, out, results=results)
         except UserError as exc:
             failed = str(exc)
     if failed:
@@ -598,7 +600,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
         shards=list(snapshots.values()), broken_routes=broken, errors=errors,
         tokens=_tokens(config, sel, plan, snapshots), max_errors=allowance,
         shard_models={s.shard_id: s.model for s in plan.shards},
-        db=str(db), out=str(out),
+        db=str(db), out=str(out), results=str(results_path(out, results)),
         # tests another collector completed meanwhile are done, not owed by this run
         exit_code=max(exit_code(planned=plan.planned, completed=completed + elsewhere,
                                 allowance=allowance, interrupted=interrupted, crashed=crashed,

@@ -1,0 +1,95 @@
+"""One set of common options: `--db`, `--out`, `--results` and `--config` mean the same on
+every command that reads a log, and a bad one is one line on stderr, exit code 2, before
+any work (real `ultra` processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from storage_helpers import completed
+
+from tests.collection_helpers import ultra
+from tests.test_bad_input import one_error_line
+from ultra.store import EventLog
+
+
+def _log(tmp_path: Path) -> Path:
+    db = tmp_path / "events.db"
+    with EventLog.open(db) as log:
+        log.append([completed(i) for i in range(3)])
+    return db
+
+
+def _common(tmp_path: Path, db: Path, **override: str) -> list[str]:
+    flags = {"--db": str(db), "--out": str(tmp_path / "out" / "master.json"),
+             "--results": str(tmp_path / "res" / "r.db"), "--config": "demo", **override}
+    return [part for flag, value in flags.items() for part in (flag, value)]
+
+
+COMMANDS = [["project"], ["audit"], ["events"], ["report"], ["plan"],
+            ["repair", "alias", "old-name", "new-name"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
+def test_every_log_command_takes_the_same_four_options(tmp_path, command):
+    db = _log(tmp_path)
+    if command[0] in ("audit", "report"):  # they read the projections the others write
+        assert ultra("project", *_common(tmp_path, db)).returncode == 0
+    proc = ultra(*command, *_common(tmp_path, db))
+    assert proc.returncode == 0, proc.stderr
+    if command[0] in ("project", "repair"):  # --results is where results.db goes
+        assert (tmp_path / "res" / "r.db").is_file()
+        assert not (tmp_path / "out" / "results.db").exists()
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
+@pytest.mark.parametrize("flag", ["--out", "--results"])
+def test_a_directory_out_or_results_is_one_line_on_every_command(tmp_path, command, flag):
+    db = _log(tmp_path)
+    (tmp_path / "somedir").mkdir()
+    proc = ultra(*command, *_common(tmp_path, db, **{flag: str(tmp_path / "somedir")}))
+    assert f"{flag} {tmp_path / 'somedir'} is a directory" in one_error_line(proc)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
+def test_a_bad_config_is_one_line_on_every_command(tmp_path, command):
+    db = _log(tmp_path)
+    (tmp_path / "bad.toml").write_text("[models.x\n")
+    proc = ultra(*command, *_common(tmp_path, db, **{"--config": str(tmp_path / "bad.toml")}))
+    assert "malformed config" in one_error_line(proc)
+    proc = ultra(*command, *_common(tmp_path, db, **{"--config": str(tmp_path / "nope.toml")}))
+    assert "cannot read config" in one_error_line(proc)
+
+
+def test_project_without_typer_refuses_a_directory_results_in_one_line(tmp_path):
+    """The quick `ultra project` (ultra.launch) checks the paths as the typer command does."""
+    db = _log(tmp_path)
+    (tmp_path / "somedir").mkdir()
+    proc = ultra("project", "--db", str(db), "--results", str(tmp_path / "somedir"))
+    assert "is a directory" in one_error_line(proc)
+
+
+def test_help_says_what_config_means_where_no_config_is_read():
+    proc = ultra("audit", "--help", env={"COLUMNS": "200"})
+    assert proc.returncode == 0 and "this command reads none" in proc.stdout
+
+
+def test_run_results_puts_results_db_there(tmp_path):
+    db, out, results = tmp_path / "e.db", tmp_path / "out" / "m.json", tmp_path / "r" / "x.db"
+    proc = ultra("run", "--db", str(db), "--out", str(out), "--results", str(results),
+                 "--models", "sim-medium", "--num-instances", "1", "--progress", "none")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert results.is_file() and out.is_file()
+    assert not (out.parent / "results.db").exists()
+    assert f"--results {results}" in proc.stdout  # the `ultra report` it suggests finds it
+    report = ultra("report", "--db", str(db), "--results", str(results), "--format", "csv")
+    assert report.returncode == 0 and "sim-medium" in report.stdout, report.stderr
+
+
+def test_run_refuses_a_directory_results_before_any_test_runs(tmp_path):
+    (tmp_path / "somedir").mkdir()
+    proc = ultra("run", "--db", str(tmp_path / "e.db"), "--results", str(tmp_path / "somedir"))
+    assert "--results" in one_error_line(proc)
+    assert not (tmp_path / "e.db").exists()
