@@ -4,6 +4,7 @@ any work (real `ultra` processes)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,55 @@ def test_run_refuses_a_directory_results_before_any_test_runs(tmp_path):
     proc = ultra("run", "--db", str(tmp_path / "e.db"), "--results", str(tmp_path / "somedir"))
     assert "--results" in one_error_line(proc)
     assert not (tmp_path / "e.db").exists()
+
+
+SHARED_KEY = """
+[providers.gw]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key_envs = ["ULTRA_T_OPENAI_KEY_1"]
+key_qps = 2
+
+[models.a]
+provider = "gw"
+strategy = "single"
+[models.b]
+provider = "gw"
+strategy = "single"
+[models.c]
+provider = "gw"
+strategy = "per-key"
+qps = 1
+"""
+
+
+def test_plan_warns_of_each_unset_key_variable_and_still_exits_0(tmp_path):
+    (tmp_path / "c.toml").write_text(SHARED_KEY)
+    proc = ultra("plan", "--config", str(tmp_path / "c.toml"), "--db", str(tmp_path / "e.db"),
+                 env={"ULTRA_T_OPENAI_KEY_1": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "warning: ULTRA_T_OPENAI_KEY_1 is not set (provider 'gw'); ultra run will refuse it"]
+    set_ = ultra("plan", "--config", str(tmp_path / "c.toml"), "--db", str(tmp_path / "e.db"),
+                 env={"ULTRA_T_OPENAI_KEY_1": "sk-test"})
+    assert set_.returncode == 0 and set_.stderr == ""
+
+
+def test_plan_shows_the_qps_a_shared_key_budget_leaves(tmp_path):
+    (tmp_path / "c.toml").write_text(SHARED_KEY)
+    args = ("plan", "--config", str(tmp_path / "c.toml"), "--db", str(tmp_path / "e.db"))
+    env = {"ULTRA_T_OPENAI_KEY_1": "sk-test"}
+    rows = {r["model"]: r for r in json.loads(ultra(*args, "--json", env=env).stdout)["shards"]}
+    assert {m: (r["qps"], r["effective_qps"]) for m, r in rows.items()} == {
+        "a": (10, 2), "b": (10, 2), "c": (1, 1)}
+    assert all(r["key_qps"] == 2 and r["key_shards"] == 3 for r in rows.values())
+    table = ultra(*args, env=env).stdout
+    line_a = next(ln for ln in table.splitlines() if ln.startswith("│ a "))
+    assert [c.strip() for c in line_a.strip("│ ").split("│")][6:] == [
+        "10", "2", "2 qps, 3 shards", "5"]
+    assert "effective qps" in table and "key budget" in table
+
+
+def test_plan_without_key_budgets_keeps_the_short_table():
+    proc = ultra("plan", "--models", "sim-good")
+    assert proc.returncode == 0 and "effective qps" not in proc.stdout

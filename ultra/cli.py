@@ -14,8 +14,10 @@ import typer
 from ultra.errors import UserError
 
 if TYPE_CHECKING:
+    from collections import Counter
+
     from ultra.config import Config
-    from ultra.plan import Selection
+    from ultra.plan import Selection, Shard
 
 app = typer.Typer(
     name="ultra",
@@ -473,9 +475,12 @@ def plan(
     max_turns: TurnsOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Print the shard table of a run; nothing runs."""
+    from collections import Counter
+
     import msgspec
 
-    from ultra.resume import plan_run
+    from ultra.plan import effective_qps
+    from ultra.resume import key_problems, plan_run
 
     _check_common(out, results)  # as `ultra run` would, so the plan says what the run will
     cfg, sel, tasks_path = _selection(
@@ -483,10 +488,18 @@ def plan(
         difficulty=difficulty, task_types=task_types, rates=tool_success_rate,
         num_instances=num_instances, max_turns=max_turns)
     result = plan_run(cfg, sel, db, tasks_path)
+    for env, (provider, problem) in key_problems(result).items():
+        print(f"warning: {env} {problem} (provider {provider!r}); ultra run will refuse it",
+              file=sys.stderr)
+    on_key = Counter(s.shared_limit.name for s in result.shards if s.shared_limit)
     rows = [
         dict(shard=s.shard_id, model=s.model, instance=s.instance, provider=s.provider,
              strategy=s.strategy, key_index=s.key_index, deployment=s.deployment,
-             workers=s.workers, qps=s.qps, tests=len(s.tests))
+             workers=s.workers, qps=s.qps, effective_qps=effective_qps(s), tpm=s.tpm,
+             **(dict(key_budget=s.shared_limit.name, key_qps=s.shared_limit.qps,
+                     key_tpm=s.shared_limit.tpm, key_shards=on_key[s.shared_limit.name])
+                if s.shared_limit else {}),
+             tests=len(s.tests))
         for s in result.shards
     ]
     if json_output:
@@ -497,18 +510,35 @@ def plan(
     from rich.console import Console
     from rich.table import Table
 
+    shared = any(s.shared_limit for s in result.shards)  # then: effective qps, key budget
+    cols = ["model", "instance", "strategy", "provider", "route", "workers", "qps"]
+    cols += ["effective qps", "key budget"] if shared else []
     table = Table(title=f"{result.planned} tests in {len(rows)} shards "
-                        f"({result.skipped_completed} already completed)")
-    for col in ("model", "instance", "strategy", "provider", "route", "workers", "qps", "tests"):
-        table.add_column(col, justify="right" if col in ("workers", "qps", "tests") else "left")
+                        f"({result.skipped_completed} already completed)",
+                  caption="key budget: the provider's key_qps / key_tpm, one budget that every"
+                          " shard on that key shares" if shared else None)
+    for col in cols + ["tests"]:
+        table.add_column(col, justify="left" if col in cols[:5] else "right")
     for s in result.shards:
         route = f"key {s.key_index}" if s.key_index is not None else (s.deployment or "-")
-        table.add_row(s.model, s.instance, s.strategy, s.provider, route, str(s.workers),
-                      f"{s.qps:g}", str(len(s.tests)))
+        cells = [s.model, s.instance, s.strategy, s.provider, route, str(s.workers), f"{s.qps:g}"]
+        if shared:
+            cells += [f"{effective_qps(s):g}", _key_budget(s, on_key)]
+        table.add_row(*cells, str(len(s.tests)))
     console = Console()
     if not console.is_terminal:
         console.width = 200  # a pipe gets whole names, not an 80-column squeeze
     console.print(table)
+
+
+def _key_budget(s: "Shard", on_key: "Counter[str]") -> str:
+    """The key budget a shard draws from, for people: `2 qps, 3 shards`."""
+    if s.shared_limit is None:
+        return "-"
+    budget = [f"{s.shared_limit.qps:g} qps"] if s.shared_limit.qps else []
+    budget += [f"{s.shared_limit.tpm:g} tpm"] if s.shared_limit.tpm else []
+    n = on_key[s.shared_limit.name]
+    return ", ".join(budget + [f"{n} shard{'s' if n > 1 else ''}"])
 
 
 @app.command()

@@ -36,7 +36,7 @@ from ultra.leases import DEFAULT_TTL, ProcessLeases, holder_id, test_lease
 from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
 from ultra.projecting import project, results_path
-from ultra.resume import completed_keys
+from ultra.resume import completed_keys, key_problems
 from ultra.progress import Display
 from ultra.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
 from ultra.store import EventLog, is_server_url
@@ -505,17 +505,8 @@ def _last_seq(db: Path | str) -> int:
 def missing_secrets(plan: Plan) -> list[str]:
     """The key variables that the planned routes read but the environment lacks (or holds
     something no HTTP header can carry)."""
-    missing: dict[str, str] = {}
-    for s in plan.shards:
-        env = s.route.key_env
-        value = os.environ.get(env) if env else None
-        if env and not value:
-            missing[env] = f"provider {s.provider!r}: environment variable {env} is not set"
-        elif env and value and not (value.isascii() and value.isprintable()):
-            # An HTTP header cannot carry it: refused here, before any shard process starts.
-            missing[env] = (f"provider {s.provider!r}: environment variable {env} holds characters"
-                            " an API key cannot have (non-ASCII or control characters); check it")
-    return list(missing.values())
+    return [f"provider {provider!r}: environment variable {env} {problem}"
+            for env, (provider, problem) in key_problems(plan).items()]
 
 
 # What one shard process drives with room to spare, in requests/s offered (the sum of its
