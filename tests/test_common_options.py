@@ -146,3 +146,48 @@ def test_plan_shows_the_qps_a_shared_key_budget_leaves(tmp_path):
 def test_plan_without_key_budgets_keeps_the_short_table():
     proc = ultra("plan", "--models", "sim-good")
     assert proc.returncode == 0 and "effective qps" not in proc.stdout
+
+
+def test_config_show_prints_only_what_applies_to_each_provider(tmp_path):
+    (tmp_path / "c.toml").write_text("""
+[providers.gw]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key_envs = ["ULTRA_T_K0", "ULTRA_T_K1", "ULTRA_T_K2"]
+
+[providers.az]
+kind = "azure"
+endpoint = "https://example.invalid"
+api_key_env = "ULTRA_T_AZ"
+key_qps = 5
+
+[models.open]
+provider = "gw"
+class = "open-multikey"
+[models.big]
+provider = "az"
+class = "open-azure"
+deployments = ["big-east", "big-west"]
+""")
+    secret = "sk-do-not-print-me"
+    proc = ultra("config", "show", "--config", str(tmp_path / "c.toml"),
+                 env={"ULTRA_T_K0": secret, "ULTRA_T_K1": "", "ULTRA_T_K2": "", "ULTRA_T_AZ": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert secret not in proc.stdout
+    shown = json.loads(proc.stdout)["providers"]
+    gw, az = shown["gw"], shown["az"]
+    assert gw["shape"] == "openai" and gw["keys"] == 3 and "deployments" not in gw
+    assert gw["secrets"] == {"ULTRA_T_K0": "<set>", "ULTRA_T_K1": "<unset>", "ULTRA_T_K2": "<unset>"}
+    assert not {"endpoint", "api_key_env", "url", "base_urls"} & set(gw)
+    assert az["shape"] == "azure" and az["deployments"] == ["big-east", "big-west"]
+    assert az["endpoint"] == "https://example.invalid" and az["api_key_env"] == "ULTRA_T_AZ"
+    assert not {"keys", "api_key_envs", "base_url", "key_qps", "route_prefix"} & set(az)
+    assert az["not_applied"] == ["key_qps"]  # set, but an azure provider has no key budget
+    assert az["secrets"] == {"ULTRA_T_AZ": "<unset>"}
+
+
+def test_config_show_of_the_demo_gives_each_simulated_shape_its_own_fields():
+    shown = json.loads(ultra("config", "show").stdout)["providers"]
+    assert shown["sim-gateway"] == {"kind": "sim", "shape": "openai", "keys": 3}
+    assert shown["sim-azure"] == {"kind": "sim", "shape": "azure",
+                                  "deployments": ["sim-strong", "sim-strong-2", "sim-strong-3"]}

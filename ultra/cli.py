@@ -632,7 +632,8 @@ def run(
 
 @config_app.command("show")
 def config_show(config: ConfigOpt = None) -> None:
-    """The effective config (presets applied), with every secret masked."""
+    """The effective config (presets applied), with every secret masked; each provider
+    shows only what applies to its kind and shape (keys or deployments)."""
     import msgspec
 
     from ultra.config import load_config, masked
