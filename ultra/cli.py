@@ -54,7 +54,7 @@ ConfigOpt = Annotated[
 UnusedConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="Accepted as on `ultra run`, so one set of flags serves every command;"
                      " only checked to be a valid config (this command reads none).")]
-UnusedOutOpt = Annotated[Path, typer.Option(
+UnusedOutOpt = Annotated[Optional[Path], typer.Option(
     "--out", help="Accepted as on `ultra run`; checked to be a writable file path"
                   " (this command writes nothing).")]
 UnusedResultsOpt = Annotated[Optional[Path], typer.Option(
@@ -127,7 +127,7 @@ def events_command(
     run: Annotated[Optional[str], typer.Option("--run", help="Only this run id.")] = None,
     since: Annotated[Optional[str], typer.Option("--since", help="Only events recorded at or after this UTC time.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many events.")] = None,
-    out: UnusedOutOpt = DEFAULT_OUT, results: UnusedResultsOpt = None,
+    out: UnusedOutOpt = None, results: UnusedResultsOpt = None,
     config: UnusedConfigOpt = None,
 ) -> None:
     """Print events as JSON lines (the event plus its "seq"); `ultra import` reads them back."""
@@ -467,7 +467,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 @app.command()
 def plan(
-    config: ConfigOpt = None, db: DbOpt = DEFAULT_DB, out: UnusedOutOpt = DEFAULT_OUT,
+    config: ConfigOpt = None, db: DbOpt = DEFAULT_DB, out: UnusedOutOpt = None,
     results: UnusedResultsOpt = None, suite: SuiteOpt = None,
     tasks: TasksOpt = None, models: ModelsOpt = None, prompt_types: PromptOpt = None,
     difficulty: DifficultyOpt = None, task_types: TaskTypesOpt = None,
