@@ -14,8 +14,10 @@ import typer
 from ultra.errors import UserError
 
 if TYPE_CHECKING:
+    from collections import Counter
+
     from ultra.config import Config
-    from ultra.plan import Selection
+    from ultra.plan import Selection, Shard
 
 app = typer.Typer(
     name="ultra",
@@ -41,9 +43,38 @@ DbOpt = Annotated[Path, typer.Option(
     "--db", parser=_db_location, metavar="PATH|URL",
     help="Event log: an SQLite file, or postgresql://… for one log shared by several machines.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="master_database.json to write.")]
+ResultsOpt = Annotated[Optional[Path], typer.Option(
+    "--results", help="results.db (default: beside --out).")]
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", help="TOML config; default: the bundled demo.")
 ]
+# The same four options on every command that reads a log, so one set of flags serves a
+# script's every call. A command that reads no config still checks that --config parses,
+# and one that writes no projection still checks --out and --results as `run` does.
+UnusedConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="Accepted as on `ultra run`, so one set of flags serves every command;"
+                     " only checked to be a valid config (this command reads none).")]
+UnusedOutOpt = Annotated[Optional[Path], typer.Option(
+    "--out", help="Accepted as on `ultra run`; checked to be a writable file path"
+                  " (this command writes nothing).")]
+UnusedResultsOpt = Annotated[Optional[Path], typer.Option(
+    "--results", help="Accepted as on `ultra run`; checked to be a writable file path"
+                      " (this command writes nothing).")]
+
+
+def _check_common(out: Path | None = None, results: Path | None = None,
+                  config: Path | None = None) -> None:
+    """Bad --out, --results or --config: one line, before any work."""
+    from ultra.errors import writable_file
+
+    if out is not None:
+        writable_file(out, "--out")
+    if results is not None:
+        writable_file(results, "--results")
+    if config is not None:
+        from ultra.config import load_config
+
+        load_config(config)
 
 
 def main() -> None:
@@ -57,18 +88,18 @@ def main() -> None:
 
 # STORAGE-COMMANDS-BEGIN
 RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Replay the whole log from seq 0.")]
-ResultsOpt = Annotated[Optional[Path], typer.Option(
-    "--results", help="results.db (default: beside --out).")]
 
 
 @app.command("project")
 def project_command(
     db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT, rebuild: RebuildOpt = False,
-    results: ResultsOpt = None,
+    results: ResultsOpt = None, config: UnusedConfigOpt = None,
 ) -> None:
     """Bring master_database.json and results.db up to date with the event log
     (incrementally)."""
     from ultra.projecting import project
+
+    _check_common(out, results, config)
 
     typer.echo(project_message(project(db, out, rebuild=rebuild, results=results)))
 
@@ -86,19 +117,6 @@ def _since(value: str, flag: str = "--since") -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _writable_file(path: Path, flag: str) -> None:
-    """A file path that a command can write later: not a directory, not below a file."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{flag} {path} is a directory; give a file path"
-                        f" (e.g. {path / 'master_database.json'})")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{flag} {path}: {parent} is not a directory")
-            break
-
-
 @app.command("events")
 def events_command(
     db: DbOpt = DEFAULT_DB,
@@ -109,12 +127,15 @@ def events_command(
     run: Annotated[Optional[str], typer.Option("--run", help="Only this run id.")] = None,
     since: Annotated[Optional[str], typer.Option("--since", help="Only events recorded at or after this UTC time.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many events.")] = None,
+    out: UnusedOutOpt = None, results: UnusedResultsOpt = None,
+    config: UnusedConfigOpt = None,
 ) -> None:
     """Print events as JSON lines (the event plus its "seq"); `ultra import` reads them back."""
     from ultra.events import EVENT_TYPES
     from ultra.projecting import log_repairs
     from ultra.store import EventLog
 
+    _check_common(out, results, config)
     for t in types or ():
         if t not in EVENT_TYPES:
             raise UserError(f"--type {t!r}: unknown event type (known: {', '.join(sorted(EVENT_TYPES))})")
@@ -170,10 +191,11 @@ def import_command(
 
 @app.command("audit")
 def audit_command(db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT,
-                  results: ResultsOpt = None) -> None:
+                  results: ResultsOpt = None, config: UnusedConfigOpt = None) -> None:
     """Check the log, master_database.json and results.db; exit 1 with a list of findings."""
     from ultra.audit import audit
 
+    _check_common(out, results, config)
     report = audit(db, out, results)
     for line in report.notes:
         typer.echo(f"note: {line}")
@@ -191,7 +213,8 @@ app.add_typer(repair_app, name="repair")
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the event).")]
 
 
-def _append_repair(db: Path, out: Path, event, what: str = "") -> None:
+def _append_repair(db: Path, out: Path, event, what: str = "",
+                   results: Path | None = None) -> None:
     from ultra.projecting import project
     from ultra.store import EventLog
 
@@ -206,20 +229,22 @@ def _append_repair(db: Path, out: Path, event, what: str = "") -> None:
         raise UserError(f"cannot record {tag}: {exc}") from None
     with EventLog.open(db, create=False) as log:
         log.append([event])
-    r = project(db, out)
+    r = project(db, out, results=results)
     typer.echo(f"recorded {tag}{what}; {r.out} rebuilt up to seq {r.last_seq}")
 
 
 @repair_app.command("alias")
 def repair_alias(alias: str, canonical: str, reason: ReasonOpt = "",
-                 db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT) -> None:
+                 db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT, results: ResultsOpt = None,
+                 config: UnusedConfigOpt = None) -> None:
     """Fold results recorded under ALIAS into CANONICAL (retroactively)."""
     from ultra.events import AliasDefined
 
+    _check_common(out, results, config)
     if not alias.strip() or not canonical.strip() or alias.strip() == canonical.strip():
         raise UserError("an alias needs two different, non-empty names")
     _append_repair(db, out, AliasDefined(alias=alias.strip(), canonical=canonical.strip(),
-                                         reason=reason))
+                                         reason=reason), results=results)
 
 
 @repair_app.command("retract")
@@ -232,12 +257,14 @@ def repair_retract(
     test_key: Annotated[Optional[list[str]], typer.Option("--test-key")] = None,
     before: Annotated[Optional[str], typer.Option("--before", help="ISO 8601 time.")] = None,
     after: Annotated[Optional[str], typer.Option("--after", help="ISO 8601 time.")] = None,
-    db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT,
+    db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT, results: ResultsOpt = None,
+    config: UnusedConfigOpt = None,
 ) -> None:
     """Retract the earlier completions that match every given selector; the next
     `ultra run` takes those tests again."""
     from ultra.events import Selector, TestsRetracted
 
+    _check_common(out, results, config)
     selector = Selector(model=model, run_id=run_id, shard_id=shard, instance=instance,
                         test_keys=test_key or None,
                         recorded_before=_since(before, "--before") if before else None,
@@ -259,7 +286,7 @@ def repair_retract(
                         "nothing recorded (check them with `ultra events --type test.completed`)")
     typer.echo(f"retracting {len(withdraws)} completed tests")
     _append_repair(db, out, TestsRetracted(selector=selector, reason=reason, withdraws=withdraws),
-                   f" ({len(withdraws)} completions withdrawn)")
+                   f" ({len(withdraws)} completions withdrawn)", results)
 # STORAGE-COMMANDS-END
 
 
@@ -296,6 +323,7 @@ def report_command(
     from ultra.report.run import make_report
     from ultra.report.tables import TABLES, Selection
 
+    _check_common(out, results)  # the config is read by the report itself
     if fmt not in REPORT_FORMATS:
         raise UserError(f"--format {fmt!r}: must be one of {', '.join(REPORT_FORMATS)}")
     names = [table] if table else (["all"] if fmt == "html" else ["overview"])
@@ -440,26 +468,39 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 @app.command()
 def plan(
-    config: ConfigOpt = None, db: DbOpt = DEFAULT_DB, suite: SuiteOpt = None,
+    config: ConfigOpt = None, db: DbOpt = DEFAULT_DB, out: UnusedOutOpt = None,
+    results: UnusedResultsOpt = None, suite: SuiteOpt = None,
     tasks: TasksOpt = None, models: ModelsOpt = None, prompt_types: PromptOpt = None,
     difficulty: DifficultyOpt = None, task_types: TaskTypesOpt = None,
     tool_success_rate: RateOpt = None, num_instances: InstancesOpt = None,
     max_turns: TurnsOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Print the shard table of a run; nothing runs."""
+    from collections import Counter
+
     import msgspec
 
-    from ultra.resume import plan_run
+    from ultra.plan import effective_qps
+    from ultra.resume import key_problems, plan_run
 
+    _check_common(out, results)  # as `ultra run` would, so the plan says what the run will
     cfg, sel, tasks_path = _selection(
         config, suite_name=suite, tasks=tasks, models=models, prompt_types=prompt_types,
         difficulty=difficulty, task_types=task_types, rates=tool_success_rate,
         num_instances=num_instances, max_turns=max_turns)
     result = plan_run(cfg, sel, db, tasks_path)
+    for env, (provider, problem) in key_problems(result).items():
+        print(f"warning: {env} {problem} (provider {provider!r}); ultra run will refuse it",
+              file=sys.stderr)
+    on_key = Counter(s.shared_limit.name for s in result.shards if s.shared_limit)
     rows = [
         dict(shard=s.shard_id, model=s.model, instance=s.instance, provider=s.provider,
              strategy=s.strategy, key_index=s.key_index, deployment=s.deployment,
-             workers=s.workers, qps=s.qps, tests=len(s.tests))
+             workers=s.workers, qps=s.qps, effective_qps=effective_qps(s), tpm=s.tpm,
+             **(dict(key_budget=s.shared_limit.name, key_qps=s.shared_limit.qps,
+                     key_tpm=s.shared_limit.tpm, key_shards=on_key[s.shared_limit.name])
+                if s.shared_limit else {}),
+             tests=len(s.tests))
         for s in result.shards
     ]
     if json_output:
@@ -470,24 +511,41 @@ def plan(
     from rich.console import Console
     from rich.table import Table
 
+    shared = any(s.shared_limit for s in result.shards)  # then: effective qps, key budget
+    cols = ["model", "instance", "strategy", "provider", "route", "workers", "qps"]
+    cols += ["effective qps", "key budget"] if shared else []
     table = Table(title=f"{result.planned} tests in {len(rows)} shards "
-                        f"({result.skipped_completed} already completed)")
-    for col in ("model", "instance", "strategy", "provider", "route", "workers", "qps", "tests"):
-        table.add_column(col, justify="right" if col in ("workers", "qps", "tests") else "left")
+                        f"({result.skipped_completed} already completed)",
+                  caption="key budget: the provider's key_qps / key_tpm, one budget that every"
+                          " shard on that key shares" if shared else None)
+    for col in cols + ["tests"]:
+        table.add_column(col, justify="left" if col in cols[:5] else "right")
     for s in result.shards:
         route = f"key {s.key_index}" if s.key_index is not None else (s.deployment or "-")
-        table.add_row(s.model, s.instance, s.strategy, s.provider, route, str(s.workers),
-                      f"{s.qps:g}", str(len(s.tests)))
+        cells = [s.model, s.instance, s.strategy, s.provider, route, str(s.workers), f"{s.qps:g}"]
+        if shared:
+            cells += [f"{effective_qps(s):g}", _key_budget(s, on_key)]
+        table.add_row(*cells, str(len(s.tests)))
     console = Console()
     if not console.is_terminal:
         console.width = 200  # a pipe gets whole names, not an 80-column squeeze
     console.print(table)
 
 
+def _key_budget(s: "Shard", on_key: "Counter[str]") -> str:
+    """The key budget a shard draws from, for people: `2 qps, 3 shards`."""
+    if s.shared_limit is None:
+        return "-"
+    budget = [f"{s.shared_limit.qps:g} qps"] if s.shared_limit.qps else []
+    budget += [f"{s.shared_limit.tpm:g} tpm"] if s.shared_limit.tpm else []
+    n = on_key[s.shared_limit.name]
+    return ", ".join(budget + [f"{n} shard{'s' if n > 1 else ''}"])
+
+
 @app.command()
 def run(
     config: ConfigOpt = None, db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT,
-    suite: SuiteOpt = None, tasks: TasksOpt = None, models: ModelsOpt = None,
+    results: ResultsOpt = None, suite: SuiteOpt = None, tasks: TasksOpt = None, models: ModelsOpt = None,
     prompt_types: PromptOpt = None, difficulty: DifficultyOpt = None,
     task_types: TaskTypesOpt = None, tool_success_rate: RateOpt = None,
     num_instances: InstancesOpt = None, max_turns: TurnsOpt = None,
@@ -535,8 +593,8 @@ def run(
     error_allowance(max_errors, 0)  # a malformed budget is bad input, before anything runs
     if not 1.0 <= lease_seconds <= 3600.0:
         raise UserError(f"invalid --lease-seconds {lease_seconds} (must be in [1, 3600])")
-    _writable_file(out, "--out")  # before any test runs, not after all of them
-    result = execute(cfg, digest(cfg), sel, db=db, out=out,
+    _check_common(out, results)  # before any test runs, not after all of them
+    result = execute(cfg, digest(cfg), sel, db=db, out=out, results=results,
                      processes=processes, tasks=tasks_path,
                      argv=sys.argv[1:], json_output=json_output,
                      check_first=not no_preflight, max_errors=max_errors, progress=progress,
@@ -555,10 +613,10 @@ def run(
             print(line)
         if result.elsewhere:
             print(f"{result.elsewhere} tests were completed by another run meanwhile")
-        print(f"events: {result.db}\nresults: {result.out}")
+        print(f"events: {result.db}\nresults: {result.out}, {result.results}")
         more = ["ultra report", "--run", result.run_id]
         for flag, value, default in (("--db", db, DEFAULT_DB), ("--out", out, DEFAULT_OUT),
-                                     ("--config", config, None)):
+                                     ("--results", results, None), ("--config", config, None)):
             if value is not None and str(value) != str(default):
                 more += [flag, str(value)]
         if result.shards:
@@ -575,7 +633,8 @@ def run(
 
 @config_app.command("show")
 def config_show(config: ConfigOpt = None) -> None:
-    """The effective config (presets applied), with every secret masked."""
+    """The effective config (presets applied), with every secret masked; each provider
+    shows only what applies to its kind and shape (keys or deployments)."""
     import msgspec
 
     from ultra.config import load_config, masked

@@ -303,22 +303,59 @@ def validate(config: Config) -> list[str]:
     return problems
 
 
+# What applies to a provider, by (kind, shape): `ultra config show` prints these only.
+_APPLIES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("openai", "openai"): ("base_url", "base_urls", "api_key_envs", "route_prefix", "key_qps", "key_tpm"),
+    ("azure", "azure"): ("endpoint", "api_version", "api_key_env"),
+    ("sim", "openai"): ("url", "route_prefix", "key_qps", "key_tpm"),
+    ("sim", "azure"): ("url",),
+}
+
+
+def provider_shape(p: ProviderConfig) -> str:
+    """`openai` or `azure`: how the provider's requests look (a sim provider says which)."""
+    return p.shape if p.kind == "sim" else p.kind
+
+
+def key_count(p: ProviderConfig) -> int:
+    """The API keys (routes for per-key models) of an openai-shaped provider."""
+    return len(p.api_key_envs) if p.kind == "openai" else p.keys
+
+
 def masked(config: Config) -> dict:
-    """The effective config as plain data, with every key variable shown as set/unset only."""
-    out = msgspec.to_builtins(config)
-    for pname, p in config.providers.items():
-        envs = p.api_key_envs if p.kind == "openai" else [p.api_key_env] if p.api_key_env else []
-        if envs:
-            out["providers"][pname]["secrets"] = {
-                env: "<set>" if os.environ.get(env) else "<unset>" for env in envs
-            }
+    """The effective config as plain data, with every key variable shown as set/unset only.
+    Each provider shows only what applies to its kind and shape: the true number of keys
+    for an openai-shaped one, the deployments its models use for an azure-shaped one, and
+    under `not_applied` the fields it sets that its shape ignores."""
     from ultra.plan import route_names  # here: plan builds on this module
 
+    out = msgspec.to_builtins(config)
+    models: dict[str, dict] = {}
     for mname in config.models:
         eff = effective_model(config, mname)
         shown = msgspec.to_builtins(eff)
         # Only the routes a run really uses (not every deployment a default could name).
         del shown["deployments"], shown["key"]
         shown["routes"] = route_names(config, eff)
-        out["models"][mname] = shown
+        models[mname] = shown
+    out["models"] = models
+    for pname, p in config.providers.items():
+        shape = provider_shape(p)
+        data, default = out["providers"][pname], msgspec.to_builtins(ProviderConfig(kind=p.kind))
+        fields = _APPLIES[(p.kind, shape)]
+        shown = {"kind": p.kind, "shape": shape}
+        shown.update({f: data[f] for f in fields if data[f] is not None})
+        if shape == "openai":
+            shown["keys"] = key_count(p)
+        else:
+            shown["deployments"] = list(dict.fromkeys(
+                r["deployment"] for m in models.values() if m["provider"] == pname
+                for r in m["routes"]))
+        ignored = [f for f in data if f not in shown and f != "shape" and data[f] != default[f]]
+        if ignored:
+            shown["not_applied"] = ignored
+        envs = p.api_key_envs if p.kind == "openai" else [p.api_key_env] if p.api_key_env else []
+        if envs:
+            shown["secrets"] = {env: "<set>" if os.environ.get(env) else "<unset>" for env in envs}
+        out["providers"][pname] = shown
     return out

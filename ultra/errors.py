@@ -27,3 +27,22 @@ def storage_problem(where: object, exc: BaseException) -> str | None:
         return (f"{where}: cannot open the event log ({text}): SQLite must be able to create "
                 "files beside it (-wal, -shm); is its directory read-only?")
     return None
+
+
+def writable_file(path: object, flag: str) -> None:
+    """A file path that a command can write later: not a directory, not below a file
+    (checked before any work, so a bad `--out` or `--results` costs nothing)."""
+    from pathlib import Path
+
+    path = Path(str(path))
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file path"
+                        f" (e.g. {path / _EXAMPLE.get(flag, 'file')})")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is not a directory")
+            break
+
+
+_EXAMPLE = {"--out": "master_database.json", "--results": "results.db"}

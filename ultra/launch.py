@@ -4,8 +4,8 @@ incremental `ultra project` (run after every collection) without loading typer.
 typer builds a pydantic TypeAdapter for every option it parses, so importing the typer
 app costs ~3x the work of projecting one new event (tools/bench_startup.py measures both).
 `project` with only `--db`, `--out`, `--results` and `--rebuild` therefore runs straight
-from here; anything else, including `--help` and any option this does not know, goes to
-the typer app in `ultra.cli`, which defines every command.
+from here; anything else, including `--help`, `--config` and any option this does not know,
+goes to the typer app in `ultra.cli`, which defines every command.
 """
 
 from __future__ import annotations
@@ -65,10 +65,14 @@ def _quick_project(argv: list[str]) -> bool:
             values[name] = value
         else:
             return False
+    from ultra.errors import writable_file
     from ultra.projecting import project
     from ultra.store import db_location
 
     results = values.get("--results")
+    writable_file(values.get("--out", DEFAULT_OUT), "--out")
+    if results:
+        writable_file(results, "--results")
     r = project(db_location(values.get("--db", str(DEFAULT_DB))), Path(values.get("--out", DEFAULT_OUT)),
                 rebuild=rebuild, results=Path(results) if results else None)
     print(project_message(r))

@@ -257,3 +257,10 @@ def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
                 broken_after=eff.broken_after, tests=tests,
             ))
     return Plan(shards=shards, planned=planned, skipped_completed=skipped)
+
+
+def effective_qps(shard: Shard) -> float:
+    """The rate a shard can reach: its own `qps`, capped by its key's `key_qps` when it
+    shares a key budget (every shard on that key then draws from the same one)."""
+    limit = shard.shared_limit.qps if shard.shared_limit else None
+    return min(shard.qps, limit) if limit else shard.qps

@@ -303,6 +303,7 @@ def update_results(log: EventLog, path: Path, until: int, *, rebuild: bool = Fal
     """Bring results.db up to date with the log up to `until`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if not rebuild and path.exists():
+        conn = None
         try:
             conn = _open_results(path)
             conn.execute("BEGIN IMMEDIATE")  # one projector at a time reads meta and appends
@@ -322,7 +323,8 @@ def update_results(log: EventLog, path: Path, until: int, *, rebuild: bool = Fal
         except sqlite3.DatabaseError:
             pass  # not a results.db we can use: rebuild it
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
     return ResultsReport(events_folded=build_results(log, path, until), last_seq=until,
                          rebuilt=True)
 

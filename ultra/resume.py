@@ -5,6 +5,7 @@ Kept apart from the runner so that `ultra plan` loads no HTTP or trio code.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ultra.config import Config
@@ -37,3 +38,19 @@ def plan_run(config: Config, sel: Selection, db: Path | str, tasks: str | None) 
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
     return make_plan(config, suite, sel, completed_keys(db, config, suite, sel))
+
+
+def key_problems(plan: Plan) -> dict[str, tuple[str, str]]:
+    """key variable -> (provider, what is wrong) for each variable the planned routes read
+    that the environment lacks or holds something no HTTP header can carry: `ultra run`
+    refuses these before anything starts, `ultra plan` warns of them."""
+    problems: dict[str, tuple[str, str]] = {}
+    for s in plan.shards:
+        env = s.route.key_env
+        value = os.environ.get(env) if env else None
+        if env and not value:
+            problems[env] = (s.provider, "is not set")
+        elif env and value and not (value.isascii() and value.isprintable()):
+            problems[env] = (s.provider, "holds characters an API key cannot have (non-ASCII"
+                                         " or control characters); check it")
+    return problems

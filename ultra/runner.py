@@ -43,8 +43,8 @@ from ultra.events import (
 from ultra.leases import DEFAULT_TTL, ProcessLeases, holder_id, test_lease
 from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
-from ultra.projecting import project
-from ultra.resume import completed_keys
+from ultra.projecting import project, results_path
+from ultra.resume import completed_keys, key_problems
 from ultra.progress import Display
 from ultra.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
 from ultra.store import EventLog, is_server_url
@@ -376,6 +376,7 @@ class RunResult(msgspec.Struct, kw_only=True):
     db: str
     out: str
     exit_code: int
+    results: str = ""  # results.db, projected with `out` at the end
 
     def held(self) -> list[str]:
         """One line per shard that left tests to other runs: how many, and which runs."""
@@ -548,17 +549,8 @@ def _last_seq(db: Path | str) -> int:
 def missing_secrets(plan: Plan) -> list[str]:
     """The key variables that the planned routes read but the environment lacks (or holds
     something no HTTP header can carry)."""
-    missing: dict[str, str] = {}
-    for s in plan.shards:
-        env = s.route.key_env
-        value = os.environ.get(env) if env else None
-        if env and not value:
-            missing[env] = f"provider {s.provider!r}: environment variable {env} is not set"
-        elif env and value and not (value.isascii() and value.isprintable()):
-            # An HTTP header cannot carry it: refused here, before any shard process starts.
-            missing[env] = (f"provider {s.provider!r}: environment variable {env} holds characters"
-                            " an API key cannot have (non-ASCII or control characters); check it")
-    return list(missing.values())
+    return [f"provider {provider!r}: environment variable {env} {problem}"
+            for env, (provider, problem) in key_problems(plan).items()]
 
 
 # What one shard process drives with room to spare, in requests/s offered (the sum of its
@@ -578,7 +570,8 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
             processes: int | None, tasks: str | None, argv: list[str], json_output: bool,
             check_first: bool = True, max_errors: str | None = None,
             progress: str = "auto",
-            wait: bool = False, lease_seconds: float = DEFAULT_TTL) -> RunResult:
+            wait: bool = False, lease_seconds: float = DEFAULT_TTL,
+            results: Path | None = None) -> RunResult:
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
     after_seq = _last_seq(db)  # before the keys: completions after it are the claims' to find
@@ -621,7 +614,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
                 failed = str(exc)
     if not failed:
         try:
-            project(db, out)
+            project(db, out, results=results)
         except UserError as exc:
             failed = str(exc)
     if failed:
@@ -644,7 +637,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
         shards=list(snapshots.values()), broken_routes=broken, errors=errors,
         tokens=_tokens(config, sel, plan, snapshots, checks), max_errors=allowance,
         shard_models={s.shard_id: s.model for s in plan.shards},
-        db=str(db), out=str(out),
+        db=str(db), out=str(out), results=str(results_path(out, results)),
         # tests another collector completed meanwhile are done, not owed by this run
         exit_code=max(exit_code(planned=plan.planned, completed=completed + elsewhere,
                                 allowance=allowance, interrupted=interrupted, crashed=crashed,
