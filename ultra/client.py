@@ -38,11 +38,14 @@ from ultra import __version__
 from ultra.config import RequestOptions
 from ultra.events import Usage
 from ultra.limits import (
+    NO_RATE_HEADERS,
     RateLimiter,
     Spend,
     TokenBudget,
     read_rate_headers,
+    requests_pace,
     requests_pause,
+    tokens_pace,
     tokens_pause,
     wait_after_429,
 )
@@ -531,7 +534,17 @@ class HttpChatModel:
 
     def _heed(self, h: Any, next_tokens: int) -> None:
         """Slow down before a 429 when the provider says its limit is running low (the next
-        request is assumed to be about as large as the last)."""
+        request is assumed to be about as large as the last): pause until a limit's reset,
+        or space the requests as a limit without reset asks (`limits.requests_pace`)."""
+        if h is NO_RATE_HEADERS:
+            return
+        gap = requests_pace(h)
+        tokens_gap = tokens_pace(h, next_tokens)
+        if tokens_gap is not None and (gap is None or tokens_gap > gap):
+            gap = tokens_gap
+        if gap is not None:
+            for limiter in self._limiters:
+                limiter.pace(gap)
         wait = requests_pause(h)
         if wait:
             for limiter in self._limiters:
