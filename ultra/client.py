@@ -5,7 +5,8 @@ and auth header built once); one cheap `HttpChatModel` per test, which counts th
 retries and tokens. Failures are classified here, once:
 
 - 429: wait as the provider says (retry-after-ms, Retry-After, x-ratelimit-reset-*), slow
-  the shard's pacer; bounded by the test's time budget.
+  the shard's pacer; bounded by the test's time budget. Before any 429, a limit running
+  low pauses until its reset or, named without reset (gateways), spaces the requests.
 - 5xx, 408, timeouts, connection errors, malformed or empty bodies: exponential backoff
   with full jitter, at most `max_retries` times, then `ModelUnavailable` (-> `test.errored`).
 - 400 context length: `ContextLengthExceeded` (the model took the test and failed it).
