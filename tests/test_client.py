@@ -189,6 +189,56 @@ def test_remaining_tokens_running_low_slows_down_before_a_429():
     assert elapsed >= 5
 
 
+def completes_for(route: Route, seconds: float, *, workers: int = 1, qps: float = 100):
+    """Workers completing one request after another for `seconds`: (counters, limiter)."""
+    counters = ShardCounters()
+    limiter = RateLimiter(qps)
+
+    async def main():
+        async with RouteClient(route, workers) as client:
+            async def worker(i: int) -> None:
+                model = HttpChatModel(client, route, (limiter,), counters, request_timeout=10,
+                                      max_retries=0, rng=random.Random(i))
+                while True:
+                    await model.complete(MESSAGES, None)
+
+            with trio.move_on_after(seconds):
+                async with trio.open_nursery() as nursery:
+                    for i in range(workers):
+                        nursery.start_soon(worker, i)
+            return limiter.held_for()
+
+    return counters, limiter, trio.run(main)
+
+
+@pytest.mark.parametrize("style, accepted, held", [
+    # reset named (6 of 20 left is plenty; at 0 it pauses until the oldest request ages out)
+    ("openai", 20, 55.0),
+    # no reset: below half the limit the slots are spaced W / (R + 1): 9 left -> 6 s
+    ("litellm-key", 11, 4.0),
+    ("litellm-model", 11, 4.0),
+])
+def test_each_header_style_of_a_per_minute_limit_holds_back_before_a_429(style, accepted, held):
+    # 20 requests a minute; a client going at 100 a second would see its 21st refused.
+    limits = Limits(key_rpm=20, header_style=style, retry_after_s=60)
+    with SimProcess(SimConfig(responder="echo", limits=limits)) as sim:
+        counters, _, held_for = completes_for(openai_route(sim.url), 2.0)
+        stats = sim.stats()
+    assert stats["total"]["rate_limited"] == counters.throttled == 0
+    assert stats["total"]["accepted"] == accepted
+    assert held_for > held  # and it says so: the progress shows the pause
+
+
+def test_a_gateway_without_headers_is_learnt_from_its_429_only():
+    # The same limit without any header: the client runs into it and waits the 429's 60 s.
+    limits = Limits(key_rpm=20, rate_headers=False, retry_after_s=60)
+    with SimProcess(SimConfig(responder="echo", limits=limits)) as sim:
+        counters, _, held_for = completes_for(openai_route(sim.url), 2.0)
+        stats = sim.stats()
+    assert stats["total"]["accepted"] == 20 and counters.throttled >= 1
+    assert held_for > 55.0
+
+
 def test_the_simulator_mark_makes_a_reply_simulated_whatever_the_route_says():
     with SimProcess(SimConfig(responder="echo")) as sim:
         (_, model), _ = complete(openai_route(sim.url))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections import deque
 
 import trio
 import trio.testing
@@ -14,14 +15,18 @@ from hypothesis import strategies as st
 import random
 
 from ultra.limits import (
+    NO_RATE_HEADERS,
     WINDOW_MARGIN,
     RateHeaders,
     RateLimiter,
     TokenBudget,
     parse_duration,
     parse_retry_after,
+    PROVIDER_WINDOW,
     read_rate_headers,
+    requests_pace,
     requests_pause,
+    tokens_pace,
     tokens_pause,
     wait_after_429,
 )
@@ -295,3 +300,96 @@ def test_the_429_cool_down_holds_the_rate_then_climbs_by_half_a_second():
     assert sorted({rate for _, rate in seen}) == [50, 75, 100]  # x1.5, capped at the limit
     t75, t100 = (min(t for t, rate in seen if rate == r) for r in (75, 100))
     assert 1.0 <= t100 - t75 < 1.1  # one step a second
+
+
+LITELLM_KEY = {"x-ratelimit-api_key-limit-requests": "20", "x-ratelimit-api_key-remaining-requests": "4",
+               "x-ratelimit-api_key-limit-tokens": "10000", "x-ratelimit-api_key-remaining-tokens": "2000"}
+
+
+def test_gateway_headers_are_read_as_limits_without_reset():
+    h = read_rate_headers(LITELLM_KEY)
+    assert (h.key_limit_requests, h.key_remaining_requests, h.key_limit_tokens, h.key_remaining_tokens) \
+        == (20, 4, 10000, 2000)
+    assert h.remaining_requests is None and h.reset_requests is None
+    model = read_rate_headers({"x-ratelimit-limit-requests": "30", "x-ratelimit-remaining-requests": "3"})
+    assert (model.limit_requests, model.remaining_requests, model.reset_requests) == (30, 3, None)
+    assert read_rate_headers({"content-type": "application/json"}) is NO_RATE_HEADERS
+    assert read_rate_headers({"retry-after": "60"}) == RateHeaders(retry_after=60.0)
+
+
+def test_a_limit_without_reset_spreads_what_is_left_over_a_window():
+    w = PROVIDER_WINDOW
+    h = read_rate_headers(LITELLM_KEY)
+    assert requests_pace(h) == w / 5  # 4 of 20 left: below half, one per W / (R + 1)
+    assert tokens_pace(h, 500) == w * 500 / 2500  # 2000 tokens left: 4 requests' worth
+    key = {"x-ratelimit-api_key-limit-requests": "20"}
+    assert requests_pace(read_rate_headers(key | {"x-ratelimit-api_key-remaining-requests": "10"})) == 0.0
+    assert requests_pace(read_rate_headers(key | {"x-ratelimit-api_key-remaining-requests": "0"})) == w
+    # a model limit without reset, with and without its limit said
+    assert requests_pace(read_rate_headers({"x-ratelimit-limit-requests": "30",
+                                            "x-ratelimit-remaining-requests": "2"})) == w / 3
+    assert requests_pace(read_rate_headers({"x-ratelimit-remaining-requests": "3"})) == w / 4
+    assert requests_pace(read_rate_headers({"x-ratelimit-remaining-requests": "400"})) == 0.0
+    # the key's and the model's limits together: the tighter one
+    both = read_rate_headers(LITELLM_KEY | {"x-ratelimit-remaining-requests": "1"})
+    assert requests_pace(both) == w / 2
+    # a limit with a reset pauses until it (requests_pause), it is not paced
+    openai = read_rate_headers({"x-ratelimit-limit-requests": "10", "x-ratelimit-remaining-requests": "0",
+                                "x-ratelimit-reset-requests": "250ms"})
+    assert requests_pace(openai) is None and requests_pause(openai) == 0.25
+    # Azure's -1 means "not counted"; no header means nothing said
+    assert tokens_pace(read_rate_headers({"x-ratelimit-limit-tokens": "-1",
+                                          "x-ratelimit-remaining-tokens": "-1"}), 500) is None
+    assert requests_pace(NO_RATE_HEADERS) is None and tokens_pace(NO_RATE_HEADERS, 10) is None
+
+
+@given(st.integers(1, 2000), st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_pacing_by_the_headers_never_runs_a_window_dry(limit, fixed):
+    """One request at a time against a server allowing `limit` per 60 s (sliding or fixed
+    windows) that names no reset: following `requests_pace` it never sees a refusal, and
+    still sends at least half the limit per window."""
+    w = PROVIDER_WINDOW
+    t, start, window, refused, sent = 0.0, 0.0, deque(), 0, 0
+    while t < 10 * w:
+        if fixed and t - start >= w:
+            start += w * ((t - start) // w)
+            window.clear()
+        while not fixed and window and window[0] <= t - w:
+            window.popleft()
+        if len(window) >= limit:
+            refused += 1
+            break
+        window.append(t)
+        sent += 1
+        h = read_rate_headers({"x-ratelimit-api_key-limit-requests": str(limit),
+                               "x-ratelimit-api_key-remaining-requests": str(limit - len(window))})
+        t += max(requests_pace(h), 0.001)
+    assert refused == 0
+    assert sent >= limit * 10 * 0.5 - 1
+
+
+def test_pace_spaces_the_slots_and_is_held_for():
+    async def main():
+        limiter = RateLimiter(100)
+        t0 = trio.current_time()
+        await limiter.acquire()
+        limiter.sent()
+        limiter.pace(2.0)
+        assert 1.99 <= limiter.held_for() <= 2.0
+        times = []
+        for _ in range(3):
+            await limiter.acquire()
+            limiter.sent()
+            times.append(trio.current_time() - t0)
+        assert [round(t, 2) for t in times] == [2.0, 4.0, 6.0]
+        limiter.pace(0.0)  # plenty left again: back to the rate at once
+        await limiter.acquire()
+        limiter.sent()
+        assert trio.current_time() - t0 < 6.02 + 0.02
+        assert limiter.held_for() == 0.0
+        limiter.on_429(60.0)
+        assert 59.9 < limiter.held_for() <= 60.0
+
+    run_virtual(main)
+    assert RateLimiter(5).held_for() == 0.0  # outside trio

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import io
 import re
+import time
 
+import msgspec
+import trio
 from collection_helpers import ultra
 
+from ultra.plan import Route, Shard
+
 from ultra.progress import PLAIN_EVERY, Display, plain_line, shard_table
-from ultra.shard import ShardSnapshot
+from ultra.shard import ShardProgress, ShardSnapshot
 
 SHARDS = {
     "Llama-3.3-70B-Instruct@Llama-3.3-70B-Instruct-3": ShardSnapshot(
@@ -103,3 +108,61 @@ def test_rich_mode_draws_the_table_within_80_columns():
     text = out.getvalue()
     assert "ultra run" in text and "total" in text and "763/1650" in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_pause_the_server_imposed_is_shown_with_its_end_and_counted_in_the_eta():
+    now = time.mktime((2025, 5, 1, 12, 0, 0, 0, 0, -1))  # local noon
+    paused = dict(SHARDS)
+    name = "qwen2.5-72b-instruct@qwen2.5-72b-instruct-key2"
+    paused[name] = msgspec.structs.replace(SHARDS[name], paused_until=now + 65)  # a 429's 60 s
+    text = shard_table(paused, elapsed=83.0, now=now)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "  paused by the server until 12:01:05: qwen2.5-72b-instruct-key2" in lines
+    # 300 left at 100 per 40 s: 2:00, plus 1:05 of pause
+    row = next(line for line in lines if line.startswith("qwen")).split()
+    assert row[-1] == "3:05"
+    assert shard_table(SHARDS, elapsed=83.0, now=now).count("paused") == 0
+    # once the pause is over it is no longer shown, nor counted
+    later = shard_table(paused, elapsed=83.0, now=now + 70)
+    assert "paused" not in later
+    assert next(line for line in later.splitlines() if line.startswith("qwen")).split()[-1] == "2:00"
+    line = plain_line(paused, 83.0, now=now)
+    assert line.endswith(", paused by the server until 12:01:05"), line
+    assert "paused" not in plain_line(SHARDS, 83.0, now=now)
+
+
+def test_the_rich_display_shows_the_pause_in_local_time():
+    now = time.mktime((2025, 5, 1, 9, 30, 0, 0, 0, -1))
+    name = "Llama-3.3-70B-Instruct@Llama-3.3-70B-Instruct-3"
+    paused = dict(SHARDS)
+    paused[name] = msgspec.structs.replace(SHARDS[name], paused_until=now + 59.6)
+    out = io.StringIO()
+    with Display("rich", stream=out, now=lambda: 83.0, wall=lambda: now) as display:
+        display.update(paused)
+    text = out.getvalue()
+    assert "paused by the server until 09:30:59: Llama-3.3-70B-Instruct-3" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_shard_held_back_reports_until_when_in_wall_clock_time():
+    route = Route(url="http://127.0.0.1:1/v1/chat/completions", shape="openai", api_model="m",
+                  key_literal="k")
+    shard = Shard(shard_id="m@m", model="m", instance="m", provider="openai", strategy="key",
+                  simulated=True, key_index=None, deployment=None, workers=1, qps=10,
+                  request_timeout=5, test_timeout=10, max_retries=0, max_turns=1, route=route,
+                  tests=[])
+
+    async def main():
+        progress = ShardProgress(shard)
+        assert progress.snapshot().paused_until is None
+        progress.limiter.pace(1.0)  # a short spacing is not worth a line
+        assert progress.snapshot().paused_until is None
+        progress.limiter.on_429(60.0)  # LiteLLM's retry-after: 60
+        t = time.time()
+        until = progress.snapshot().paused_until
+        assert until is not None and t + 59 <= until <= t + 61
+        progress.finished = True
+        assert progress.snapshot().paused_until is None
+
+    trio.run(main)

@@ -312,3 +312,36 @@ def test_faults_mix_by_probability_is_seeded() -> None:
     first = run()
     assert first == run()
     assert {200, 400} <= set(first)
+
+
+@pytest.mark.parametrize("style, names", [
+    ("openai", {"x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+                "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"}),
+    ("litellm-key", {"x-ratelimit-api_key-limit-requests", "x-ratelimit-api_key-remaining-requests",
+                     "x-ratelimit-api_key-limit-tokens", "x-ratelimit-api_key-remaining-tokens"}),
+    ("litellm-model", {"x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                       "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens"}),
+])
+def test_each_header_style_names_the_limits_as_its_gateway_does(style, names):
+    limits = Limits(key_rpm=20, key_tpm=100_000, header_style=style)
+    with SimProcess(SimConfig(responder="echo", limits=limits)) as s, \
+            httpx.Client(base_url=s.url, timeout=10) as c:
+        first, second = (openai_post(c, "sk-style", "sim-strong") for _ in range(2))
+    assert {k for k in first.headers if "ratelimit" in k} == names
+    prefix = "x-ratelimit-api_key-" if style == "litellm-key" else "x-ratelimit-"
+    assert first.headers[prefix + "limit-requests"] == "20"  # a minute's worth
+    assert [r.headers[prefix + "remaining-requests"] for r in (first, second)] == ["19", "18"]
+    assert first.headers[prefix + "limit-tokens"] == "100000"
+
+
+def test_key_rpm_is_a_sliding_minute_and_the_header_style_is_checked():
+    with SimProcess(SimConfig(responder="echo", limits=Limits(key_rpm=3))) as s, \
+            httpx.Client(base_url=s.url, timeout=10) as c:
+        statuses = [openai_post(c, "sk-rpm", "sim-strong").status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    from ultra.errors import UserError
+    from ultra.sim.config import with_overrides
+
+    assert with_overrides(SimConfig(), header_style="litellm-key").limits.header_style == "litellm-key"
+    with pytest.raises(UserError, match="header-style"):
+        with_overrides(SimConfig(), header_style="kong")

@@ -363,6 +363,10 @@ def sim_serve(
     latency_distribution: Annotated[Optional[str], typer.Option(help="lognormal | uniform.")] = None,
     key_rps: Annotated[Optional[float], typer.Option(help="Rate limit per API key (req/s, 1 s window).")] = None,
     deployment_rps: Annotated[Optional[float], typer.Option(help="Rate limit per Azure deployment.")] = None,
+    key_rpm: Annotated[Optional[float], typer.Option(help="Requests per minute per API key (60 s window).")] = None,
+    header_style: Annotated[
+        Optional[str], typer.Option(help="Rate-limit headers: openai | litellm-key | litellm-model.")
+    ] = None,
     retry_after: Annotated[Optional[float], typer.Option(help="Retry-After seconds on 429.")] = None,
     key_tpm: Annotated[Optional[float], typer.Option(help="Tokens per minute per API key (tpm/6 per 10 s).")] = None,
     deployment_tpm: Annotated[Optional[float], typer.Option(help="Tokens per minute per Azure deployment.")] = None,

@@ -5,7 +5,8 @@ and auth header built once); one cheap `HttpChatModel` per test, which counts th
 retries and tokens. Failures are classified here, once:
 
 - 429: wait as the provider says (retry-after-ms, Retry-After, x-ratelimit-reset-*), slow
-  the shard's pacer; bounded by the test's time budget.
+  the shard's pacer; bounded by the test's time budget. Before any 429, a limit running
+  low pauses until its reset or, named without reset (gateways), spaces the requests.
 - 5xx, 408, timeouts, connection errors, malformed or empty bodies: exponential backoff
   with full jitter, at most `max_retries` times, then `ModelUnavailable` (-> `test.errored`).
 - 400 context length: `ContextLengthExceeded` (the model took the test and failed it).
@@ -40,11 +41,14 @@ from ultra.config import RequestOptions
 from ultra.events import Usage
 from ultra.limits import (
     Concurrency,
+    NO_RATE_HEADERS,
     RateLimiter,
     Spend,
     TokenBudget,
     read_rate_headers,
+    requests_pace,
     requests_pause,
+    tokens_pace,
     tokens_pause,
     wait_after_429,
 )
@@ -565,7 +569,17 @@ class HttpChatModel:
 
     def _heed(self, h: Any, next_tokens: int) -> None:
         """Slow down before a 429 when the provider says its limit is running low (the next
-        request is assumed to be about as large as the last)."""
+        request is assumed to be about as large as the last): pause until a limit's reset,
+        or space the requests as a limit without reset asks (`limits.requests_pace`)."""
+        if h is NO_RATE_HEADERS:
+            return
+        gap = requests_pace(h)
+        tokens_gap = tokens_pace(h, next_tokens)
+        if tokens_gap is not None and (gap is None or tokens_gap > gap):
+            gap = tokens_gap
+        if gap is not None:
+            for limiter in self._limiters:
+                limiter.pace(gap)
         wait = requests_pause(h)
         if wait:
             for limiter in self._limiters:

@@ -10,6 +10,21 @@ sends. A 429 halves the rate (at most once per half second: a burst of 429s is o
 signal) and pauses the shard for as long as the provider says; once 429s stop for a
 cool-down the rate climbs back by 50 % a second.
 
+Rate-limit headers come in three styles. OpenAI and Azure send `x-ratelimit-limit-*`,
+`-remaining-*` and `-reset-*` (requests, tokens): when little is left ultra pauses until
+the reset. Gateways send counts without a reset: LiteLLM's key limits
+`x-ratelimit-api_key-limit-*` / `-remaining-*`, its model limits `x-ratelimit-limit-*` /
+`-remaining-*` alone. Without a reset ultra assumes the provider's window, one minute
+(PROVIDER_WINDOW, as per-minute limits are), and *paces* instead of stopping dead: once
+fewer than half the limit is left (PACE_SHARE; without a limit, fewer than PACE_UNKNOWN
+requests' worth), the slots are spaced `W * n / (R + n)` apart (W the window, R what is
+left, n what one request takes: 1 request, or its tokens), i.e. what is left is spread over
+a whole window as if it had just begun. The spacing grows as R shrinks, and the gaps from
+R down to 0 sum to more than W (W * (1/(R+1) + ... + 1) for requests), so a window passes,
+and gives back what it held, before the count runs out; at R = 0 the gap is W itself:
+nothing is sent for the provider's window. Above the mark there is no spacing, so a
+sliding window settles about half full at the limit's own rate.
+
 `TokenBudget` paces tokens per minute: an estimate is spent before a request and corrected
 with the response's `usage`. Providers evaluate tpm over short windows (Azure: 1-10 s), so
 the budget is `tpm / 6` per 10 s, which also keeps every minute within `tpm`.
@@ -36,6 +51,9 @@ MIN_FRACTION = 0.02  # never below 2 % of the limit: keep probing
 WINDOW_MARGIN = 0.03
 TOKEN_WINDOW = 10.0  # seconds over which a tpm budget is paced (tpm / 6 in each)
 LOW_REMAINING = 0.02  # slow down when a header says less than this share of the limit is left
+PROVIDER_WINDOW = 60.0  # seconds: the window of a limit whose headers name no reset
+PACE_SHARE = 0.5  # without a reset, pace once less than this share of the limit is left
+PACE_UNKNOWN = 10  # ... or, when no limit is said, fewer than this many requests' worth
 
 
 class RateLimiter:
@@ -44,6 +62,8 @@ class RateLimiter:
         self.rate = float(qps)
         self._next = 0.0
         self._paused_until = 0.0
+        self._gap = 0.0  # the spacing a limit without reset asks for (`pace`)
+        self._last_slot = -1e9
         self._last_429 = -1e9
         self._last_change = -1e9
         self.min_rate = self.rate  # the lowest it went: shows a back-off in the progress
@@ -60,7 +80,8 @@ class RateLimiter:
             self.rate = min(self.limit, self.rate * INCREASE)
             self._last_change = now
         slot = max(now, self._next, self._paused_until)
-        self._next = slot + (1.0 + WINDOW_MARGIN) / self.rate
+        self._next = slot + max((1.0 + WINDOW_MARGIN) / self.rate, self._gap)
+        self._last_slot = slot
         if slot > now:
             await trio.sleep_until(slot)
         sent = self._sent
@@ -99,6 +120,22 @@ class RateLimiter:
         """Send nothing for `seconds` (a provider's Retry-After, or its limit running low)."""
         if seconds > 0:
             self._paused_until = max(self._paused_until, trio.current_time() + seconds)
+
+    def pace(self, gap: float) -> None:
+        """Space the slots at least `gap` seconds apart from the last one (0: as the rate
+        says): what a limit without a reset asks for (`requests_pace`, `tokens_pace`)."""
+        if gap != self._gap:
+            self._gap = gap
+            self._next = self._last_slot + max((1.0 + WINDOW_MARGIN) / self.rate, gap)
+
+    def held_for(self) -> float:
+        """Seconds until the server lets the next request go: a pause (Retry-After, a
+        reset) or the spacing of a limit without reset; 0 when it does not hold us back."""
+        held = max(self._paused_until, self._last_slot + self._gap if self._gap else 0.0)
+        try:
+            return max(0.0, held - trio.current_time())
+        except RuntimeError:  # outside trio: nothing runs, nothing is held
+            return 0.0
 
     def on_429(self, retry_after: float | None) -> None:
         now = trio.current_time()
@@ -222,7 +259,8 @@ def _int(value: str | None) -> int | None:
 
 
 class RateHeaders(msgspec.Struct, frozen=True, kw_only=True):
-    """What a response says about the provider's limits (None: not said)."""
+    """What a response says about the provider's limits (None: not said). `key_*`: a
+    gateway's limits of the API key (LiteLLM's `x-ratelimit-api_key-*`), never with a reset."""
 
     retry_after: float | None = None  # retry-after-ms, else Retry-After
     limit_requests: int | None = None
@@ -231,9 +269,19 @@ class RateHeaders(msgspec.Struct, frozen=True, kw_only=True):
     limit_tokens: int | None = None
     remaining_tokens: int | None = None
     reset_tokens: float | None = None
+    key_limit_requests: int | None = None
+    key_remaining_requests: int | None = None
+    key_limit_tokens: int | None = None
+    key_remaining_tokens: int | None = None
+
+
+NO_RATE_HEADERS = RateHeaders()
 
 
 def read_rate_headers(headers: Mapping[str, str]) -> RateHeaders:
+    """The rate-limit headers of a response (names lower-case), by dict lookups only (no
+    regex unless a reset is not plain seconds); one that says nothing about limits costs
+    eight lookups and no allocation."""
     ms = headers.get("retry-after-ms")
     retry_after = None
     if ms is not None:
@@ -243,14 +291,24 @@ def read_rate_headers(headers: Mapping[str, str]) -> RateHeaders:
             retry_after = None
     if retry_after is None:
         retry_after = parse_retry_after(headers.get("retry-after"))
+    get = headers.get
+    openai = ("x-ratelimit-remaining-requests" in headers or "x-ratelimit-remaining-tokens" in headers
+              or "x-ratelimit-reset-requests" in headers or "x-ratelimit-reset-tokens" in headers)
+    key = "x-ratelimit-api_key-remaining-requests" in headers or "x-ratelimit-api_key-remaining-tokens" in headers
+    if not (openai or key):
+        return NO_RATE_HEADERS if retry_after is None else RateHeaders(retry_after=retry_after)
     return RateHeaders(
         retry_after=retry_after,
-        limit_requests=_int(headers.get("x-ratelimit-limit-requests")),
-        remaining_requests=_int(headers.get("x-ratelimit-remaining-requests")),
-        reset_requests=parse_duration(headers.get("x-ratelimit-reset-requests")),
-        limit_tokens=_int(headers.get("x-ratelimit-limit-tokens")),
-        remaining_tokens=_int(headers.get("x-ratelimit-remaining-tokens")),
-        reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+        limit_requests=_int(get("x-ratelimit-limit-requests")),
+        remaining_requests=_int(get("x-ratelimit-remaining-requests")),
+        reset_requests=parse_duration(get("x-ratelimit-reset-requests")),
+        limit_tokens=_int(get("x-ratelimit-limit-tokens")),
+        remaining_tokens=_int(get("x-ratelimit-remaining-tokens")),
+        reset_tokens=parse_duration(get("x-ratelimit-reset-tokens")),
+        key_limit_requests=_int(get("x-ratelimit-api_key-limit-requests")),
+        key_remaining_requests=_int(get("x-ratelimit-api_key-remaining-requests")),
+        key_limit_tokens=_int(get("x-ratelimit-api_key-limit-tokens")),
+        key_remaining_tokens=_int(get("x-ratelimit-api_key-remaining-tokens")),
     )
 
 
@@ -285,6 +343,38 @@ def tokens_pause(h: RateHeaders, next_tokens: int) -> float:
     if h.reset_tokens is not None and _low(h.remaining_tokens, h.limit_tokens, next_tokens):
         return h.reset_tokens
     return 0.0
+
+
+def _spread(remaining: int | None, limit: int | None, need: int) -> float | None:
+    """The spacing a limit without reset asks for (see the module's docstring): None when
+    not said, 0 while at least PACE_SHARE of the limit is left."""
+    if remaining is None or remaining < 0:  # Azure says -1 for a limit it does not count
+        return None
+    need = max(1, need)
+    mark = PACE_SHARE * limit if limit and limit > 0 else PACE_UNKNOWN * need
+    if remaining >= mark:
+        return 0.0
+    return PROVIDER_WINDOW * need / (remaining + need)
+
+
+def _larger(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None or a >= b else b
+
+
+def requests_pace(h: RateHeaders) -> float | None:
+    """Seconds between requests that request limits without reset ask for (the key's, and
+    the model's when it names no reset); None when no such limit is said."""
+    model = _spread(h.remaining_requests, h.limit_requests, 1) if h.reset_requests is None else None
+    return _larger(model, _spread(h.key_remaining_requests, h.key_limit_requests, 1))
+
+
+def tokens_pace(h: RateHeaders, next_tokens: int) -> float | None:
+    """Seconds between requests of `next_tokens` that token limits without reset ask for."""
+    model = (_spread(h.remaining_tokens, h.limit_tokens, next_tokens)
+             if h.reset_tokens is None else None)
+    return _larger(model, _spread(h.key_remaining_tokens, h.key_limit_tokens, next_tokens))
 
 
 # ---- concurrency under timeouts (AIMD) --------------------------------------------------

@@ -2,7 +2,9 @@
 
 `rich`: a live table on a terminal, one row per shard plus a totals row, 80 columns wide
 (names shortened so that key and deployment suffixes stay visible), one number format per
-column. `plain`: one line every PLAIN_EVERY seconds, for logs and CI (the default when
+column; a shard the server holds back (a 429's Retry-After, a limit's reset or spacing) is
+named under the table, "paused by the server until HH:MM:SS" (local time), and its ETA
+counts the rest of the pause. `plain`: one line every PLAIN_EVERY seconds, for logs and CI (the default when
 stderr is not a terminal). `none`: silent. Progress goes to stderr; stdout keeps results.
 """
 
@@ -35,12 +37,24 @@ def clock(seconds: float) -> str:
     return f"{s // 60}:{s % 60:02d}"
 
 
-def _eta(done: int, planned: int, elapsed: float) -> str:
+def _eta(done: int, planned: int, elapsed: float, paused: float = 0.0) -> str:
+    """The rest at the pace so far, plus what is left of a pause the server imposed."""
     if done >= planned:
         return "done"
     if done == 0 or elapsed <= 0:
-        return "…"
-    return clock((planned - done) * elapsed / done)
+        return clock(paused) + "+" if paused > 0 else "…"
+    return clock((planned - done) * elapsed / done + paused)
+
+
+def _paused(s: ShardSnapshot, now: float) -> float:
+    """Seconds left of the shard's pause at wall-clock `now` (0: not paused)."""
+    if s.paused_until is None or s.finished or s.done >= s.planned:
+        return 0.0
+    return max(0.0, s.paused_until - now)
+
+
+def wall_clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
 
 
 def _success(s: ShardSnapshot) -> str:
@@ -58,6 +72,9 @@ def totals(snapshots: dict[str, ShardSnapshot], elapsed: float) -> ShardSnapshot
         seconds=elapsed, rate=sum(s.rate for s in snaps),
         workers=sum(s.workers for s in snaps), window=sum(s.window for s in snaps),
         interrupted=any(s.interrupted for s in snaps),
+        # the longest pause: the run's end waits for it (the others go on meanwhile)
+        paused_until=max((s.paused_until for s in snaps
+                          if s.paused_until is not None and not s.finished), default=None),
     )
 
 
@@ -70,46 +87,63 @@ def _window(s: ShardSnapshot) -> str:
     return str(s.workers) if s.window >= s.workers else f"{s.window}/{s.workers}"
 
 
-def _row(s: ShardSnapshot) -> list[str]:
+def _row(s: ShardSnapshot, now: float) -> list[str]:
     return [
         s.shard.rpartition("@")[2],  # the route (key or deployment) names the shard
         f"{s.done}/{s.planned}", _success(s), str(s.errored),
         f"{s.requests / s.seconds:.1f}" if s.seconds > 0 else "–", f"{s.rate:.1f}",
         _window(s), str(s.retries), str(s.throttled),
-        "stopped" if s.interrupted else _eta(s.done, s.planned, s.seconds),
+        "stopped" if s.interrupted else _eta(s.done, s.planned, s.seconds, _paused(s, now)),
     ]
 
 
-def shard_table(snapshots: dict[str, ShardSnapshot], elapsed: float = 0.0) -> str:
+def _pause_notes(snapshots: dict[str, ShardSnapshot], now: float) -> list[str]:
+    """"paused by the server until HH:MM:SS: route, route" for each moment shards wait for."""
+    until: dict[str, list[str]] = {}
+    for s in sorted(snapshots.values(), key=lambda s: s.shard):
+        if _paused(s, now) > 0:
+            until.setdefault(wall_clock(s.paused_until or 0.0), []).append(s.shard.rpartition("@")[2])
+    return [f"paused by the server until {t}: {', '.join(routes)}" for t, routes in sorted(until.items())]
+
+
+def shard_table(snapshots: dict[str, ShardSnapshot], elapsed: float = 0.0,
+                now: float | None = None) -> str:
     """One row per shard and a totals row, in 80 columns (long route names are shortened
-    in the middle, so a key or deployment suffix stays visible)."""
+    in the middle, so a key or deployment suffix stays visible); `now`: wall-clock epoch
+    seconds, against which the shards' pauses are told."""
+    now = time.time() if now is None else now
     cols = [Column(c, c, "text" if c == "route" else "figure") for c in COLUMNS]
-    rows: list[list] = [_row(s) for s in sorted(snapshots.values(), key=lambda s: s.shard)]
-    rows.append(_row(totals(snapshots, elapsed)))
-    return to_terminal([Table("progress", f"ultra run · {clock(elapsed)} elapsed", cols, rows)],
-                       WIDTH)
+    rows: list[list] = [_row(s, now) for s in sorted(snapshots.values(), key=lambda s: s.shard)]
+    rows.append(_row(totals(snapshots, elapsed), now))
+    return to_terminal([Table("progress", f"ultra run · {clock(elapsed)} elapsed", cols, rows,
+                              _pause_notes(snapshots, now))], WIDTH)
 
 
-def plain_line(snapshots: dict[str, ShardSnapshot], elapsed: float) -> str:
+def plain_line(snapshots: dict[str, ShardSnapshot], elapsed: float, now: float | None = None) -> str:
+    now = time.time() if now is None else now
     t = totals(snapshots, elapsed)
     pct = f"{100 * t.done / t.planned:.0f}%" if t.planned else "–"
     rate = f"{t.requests / elapsed:.1f}" if elapsed > 0 else "–"
+    paused = _paused(t, now)
     return (f"[{clock(elapsed)}] {t.done}/{t.planned} tests ({pct}), success {_success(t)}%, "
             f"errored {t.errored}, {rate} req/s, 429s {t.throttled}, "
-            f"ETA {_eta(t.done, t.planned, elapsed)}")
+            f"ETA {_eta(t.done, t.planned, elapsed, paused)}"
+            + (f", paused by the server until {wall_clock(t.paused_until or 0.0)}" if paused else ""))
 
 
 class Display:
     """Shows progress in the chosen mode; `update` is called often, it draws as it should."""
 
     def __init__(self, mode: Mode = "auto", *, stream=None,
-                 now: Callable[[], float] = time.monotonic) -> None:
+                 now: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._console = Console(file=self._stream, width=WIDTH)
         if mode == "auto":
             mode = "rich" if self._console.is_terminal else "plain"
         self.mode = mode
         self._now = now
+        self._wall = wall  # the pauses are told in wall-clock time
         self._start = now()
         self._last_line: float | None = None
         self._snapshots: dict[str, ShardSnapshot] = {}
@@ -128,14 +162,14 @@ class Display:
             self._print_line()  # the last word, whenever the run ends
 
     def _print_line(self) -> None:
-        self._stream.write(plain_line(self._snapshots, self._now() - self._start) + "\n")
+        self._stream.write(plain_line(self._snapshots, self._now() - self._start, self._wall()) + "\n")
         self._stream.flush()
         self._last_line = self._now()
 
     def update(self, snapshots: dict[str, ShardSnapshot]) -> None:
         self._snapshots = snapshots
         if self._live:
-            self._live.update(Text(shard_table(snapshots, self._now() - self._start)))
+            self._live.update(Text(shard_table(snapshots, self._now() - self._start, self._wall())))
         elif self.mode == "plain":
             since = self._now() - (self._last_line if self._last_line is not None else self._start)
             if since >= PLAIN_EVERY:

@@ -40,6 +40,7 @@ from ultra.suites import ModelUnavailable, Suite, TestSpec
 
 
 MAX_ERROR_GROUPS = 20  # distinct (reason, status, message) kept per shard for the summary
+PAUSE_SHOWN = 3.0  # seconds: a hold the server imposed that lasts longer shows in the progress
 
 
 class ErrorGroup(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,6 +90,9 @@ class ShardSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     elsewhere: int = 0  # completed by another collector after this run's plan
     held_by: tuple[str, ...] = ()  # run ids holding this shard's route or its not-taken tests
     fenced: int = 0  # tests whose events were dropped: this run lost their claims (stalled)
+    # Wall-clock epoch seconds until which the server holds the shard back (a 429's
+    # Retry-After, a limit's reset, the spacing of a limit without reset); None: it does not.
+    paused_until: float | None = None
 
     @property
     def done(self) -> int:
@@ -125,6 +129,7 @@ class ShardProgress:
 
     def snapshot(self) -> ShardSnapshot:
         c = self.counters
+        held = 0.0 if self.finished else self.limiter.held_for()
         return ShardSnapshot(
             shard=self.shard_id, planned=self.planned, completed=self.completed,
             succeeded=self.succeeded, errored=self.errored, requests=c.requests,
@@ -139,6 +144,7 @@ class ShardProgress:
             reasoning_tokens=c.reasoning_tokens,
             not_taken=self.not_taken, elsewhere=self.elsewhere, held_by=tuple(sorted(self.held_by)),
             fenced=self.fenced,
+            paused_until=round(time.time() + held, 1) if held >= PAUSE_SHOWN else None,
         )
 
     def record_error(self, reason: str, http_status: int | None, message: str) -> None:

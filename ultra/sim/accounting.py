@@ -101,6 +101,13 @@ class SlidingWindow:
             self.capacity, self.period = 1, 1.0 / rps
         self._times: deque[float] = deque()
 
+    @classmethod
+    def per_minute(cls, rpm: float) -> SlidingWindow:
+        """At most `floor(rpm)` admissions in any 60 s."""
+        window = cls(1.0)
+        window.capacity, window.period = int(rpm), 60.0
+        return window
+
     def is_full(self, now: float) -> bool:
         times = self._times
         cutoff = now - self.period

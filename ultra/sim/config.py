@@ -22,6 +22,7 @@ Millis = Annotated[float, Meta(ge=0.0, le=86_400_000.0)]
 SimSeconds = Annotated[float, Meta(ge=0.0, le=7 * 86_400.0)]
 Rps = Annotated[float, Meta(gt=0.0, le=1e9)]
 Tpm = Annotated[float, Meta(gt=0.0, le=1e12)]
+Rpm = Annotated[float, Meta(ge=1.0, le=1e9)]
 
 
 class Latency(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -58,6 +59,12 @@ class Faults(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
 
 
 RETRY_HEADERS = ("retry-after", "retry-after-ms", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+# How the headers of every reply tell a limited route's state: "openai" (OpenAI and Azure:
+# x-ratelimit-limit/remaining/reset-*), "litellm-key" (LiteLLM's key limits:
+# x-ratelimit-api_key-limit/remaining-*, no reset; a deployment's limit as litellm-model),
+# "litellm-model" (LiteLLM's model limits: x-ratelimit-limit/remaining-*, no reset).
+HeaderStyle = Literal["openai", "litellm-key", "litellm-model"]
+HEADER_STYLES: tuple[str, ...] = ("openai", "litellm-key", "litellm-model")
 
 
 class Limits(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -71,6 +78,9 @@ class Limits(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
 
     key_rps: Rps | None = None
     deployment_rps: Rps | None = None
+    # Requests per minute per key, over a sliding 60 s window (as LiteLLM's rpm_limit and
+    # OpenAI's RPM count): a burst may spend the minute at once. Replaces key_rps.
+    key_rpm: Rpm | None = None
     key_overrides: dict[str, Rps] = {}
     deployment_overrides: dict[str, Rps] = {}
     key_tpm: Tpm | None = None
@@ -82,6 +92,7 @@ class Limits(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     # x-ratelimit-limit/remaining/reset-requests (and -tokens) on every reply of a limited
     # route, as OpenAI and Azure send them.
     rate_headers: bool = True
+    header_style: HeaderStyle = "openai"
 
 
 class Storm(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -151,6 +162,10 @@ def validate(config: SimConfig) -> SimConfig:
     for h in lim.retry_headers:
         if h not in RETRY_HEADERS:
             problems.append(f"limits.retry_headers: unknown header {h!r} (known: {', '.join(RETRY_HEADERS)})")
+    if lim.header_style not in HEADER_STYLES:
+        problems.append(f"limits.header_style must be one of {', '.join(HEADER_STYLES)}, got {lim.header_style!r}")
+    if lim.key_rpm is not None and lim.key_rpm < 1:
+        problems.append(f"limits.key_rpm must be >= 1, got {lim.key_rpm}")
     for name, skill in config.routes.models.items():
         if not 0.0 <= skill <= 1.0:
             problems.append(f"routes.models[{name}] must lie in [0, 1], got {skill}")
@@ -208,6 +223,8 @@ OVERRIDABLE: dict[str, tuple[str | None, str]] = {
     "latency_spread_ms": ("latency", "spread_ms"),
     "key_rps": ("limits", "key_rps"),
     "deployment_rps": ("limits", "deployment_rps"),
+    "key_rpm": ("limits", "key_rpm"),
+    "header_style": ("limits", "header_style"),
     "retry_after": ("limits", "retry_after_s"),
     "key_tpm": ("limits", "key_tpm"),
     "deployment_tpm": ("limits", "deployment_tpm"),

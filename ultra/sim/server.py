@@ -150,6 +150,24 @@ _MAX_TOKENS_UNSUPPORTED = error_body(
 _NO_API_VERSION = error_body("The api-version query parameter is required.", "invalid_request_error", "missing_api_version")
 
 
+def _limit_headers(prefix: bytes, now: float, window: SlidingWindow | None, tokens: TokenWindow | None,
+                   reset: bool) -> list[tuple[bytes, bytes]]:
+    """`{prefix}limit-requests`, `{prefix}remaining-requests` (and `{prefix}reset-requests`
+    when `reset`), the same for tokens."""
+    out: list[tuple[bytes, bytes]] = []
+    if window is not None:
+        out += [(prefix + b"limit-requests", str(window.capacity).encode()),
+                (prefix + b"remaining-requests", str(window.remaining(now)).encode())]
+        if reset:
+            out.append((prefix + b"reset-requests", format_duration(window.reset_in(now)).encode()))
+    if tokens is not None:
+        out += [(prefix + b"limit-tokens", str(int(tokens.tpm)).encode()),
+                (prefix + b"remaining-tokens", str(tokens.remaining(now)).encode())]
+        if reset:
+            out.append((prefix + b"reset-tokens", format_duration(tokens.reset_in(now)).encode()))
+    return out
+
+
 class Simulator:
     """The state of one server: config, RNG, limits and accounting. Lives in one trio run."""
 
@@ -207,12 +225,17 @@ class Simulator:
             self._skills[model] = skill
             return skill
 
-    def _window(self, table: dict[str, SlidingWindow | None], name: str, default: float | None, overrides: dict[str, float]) -> SlidingWindow | None:
+    def _window(self, table: dict[str, SlidingWindow | None], name: str, default: float | None, overrides: dict[str, float],
+                rpm: float | None = None) -> SlidingWindow | None:
         try:
             return table[name]
         except KeyError:
-            rps = overrides.get(name, default)
-            window = table[name] = SlidingWindow(rps) if rps is not None else None
+            rps = overrides.get(name, None if rpm is not None else default)
+            if rps is not None:
+                window = SlidingWindow(rps)
+            else:
+                window = SlidingWindow.per_minute(rpm) if rpm is not None else None
+            table[name] = window
             return window
 
     @staticmethod
@@ -258,18 +281,16 @@ class Simulator:
             out.append((name.encode(), value.encode()))
         return out
 
-    @staticmethod
-    def _rate_headers(now: float, window: SlidingWindow | None, tokens: TokenWindow | None) -> list[tuple[bytes, bytes]]:
-        out: list[tuple[bytes, bytes]] = []
-        if window is not None:
-            out += [(b"x-ratelimit-limit-requests", str(window.capacity).encode()),
-                    (b"x-ratelimit-remaining-requests", str(window.remaining(now)).encode()),
-                    (b"x-ratelimit-reset-requests", format_duration(window.reset_in(now)).encode())]
-        if tokens is not None:
-            out += [(b"x-ratelimit-limit-tokens", str(int(tokens.tpm)).encode()),
-                    (b"x-ratelimit-remaining-tokens", str(tokens.remaining(now)).encode()),
-                    (b"x-ratelimit-reset-tokens", format_duration(tokens.reset_in(now)).encode())]
-        return out
+    def _rate_headers(self, now: float, key_window: SlidingWindow | None, dep_window: SlidingWindow | None,
+                      key_tokens: TokenWindow | None, dep_tokens: TokenWindow | None) -> list[tuple[bytes, bytes]]:
+        """What is left of the route's limits once this request is counted, in the
+        configured `header_style` (LiteLLM's styles name no reset)."""
+        style = self.config.limits.header_style
+        if style == "litellm-key":
+            return (_limit_headers(b"x-ratelimit-api_key-", now, key_window, key_tokens, False)
+                    + _limit_headers(b"x-ratelimit-", now, dep_window, dep_tokens, False))
+        return _limit_headers(b"x-ratelimit-", now, dep_window or key_window, dep_tokens or key_tokens,
+                              style == "openai")
 
     def _bad_key(self, counters: list[RouteStats], key: str, deployment: str | None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         if deployment is not None:
@@ -390,7 +411,7 @@ class Simulator:
             if fraction >= 1.0 or self.rng.random() < fraction:
                 return self._rate_limited(counters)
         limits = self.config.limits
-        key_window = self._window(self._key_windows, fp, limits.key_rps, limits.key_overrides)  # type: ignore[arg-type]
+        key_window = self._window(self._key_windows, fp, limits.key_rps, limits.key_overrides, limits.key_rpm)  # type: ignore[arg-type]
         dep_window = (
             self._window(self._deployment_windows, deployment, limits.deployment_rps, limits.deployment_overrides)
             if deployment is not None
@@ -419,12 +440,7 @@ class Simulator:
             if deployment is not None:
                 self._served[deployment] = self._served.get(deployment, 0) + 1
         headers = [(SIMULATED_HEADER, b"true")]
-        rate_window, token_window = dep_window or key_window, dep_tokens or key_tokens
-        if limits.rate_headers and (rate_window or token_window):
-            # what is left once this request's tokens are all counted
-            headers_at = self._rate_headers
-        else:
-            headers_at = None
+        limited = limits.rate_headers and (key_window or dep_window or key_tokens or dep_tokens)
 
         # -- faults, latency, the reply ----------------------------------------------------
         fault = None
@@ -470,11 +486,11 @@ class Simulator:
                 c.charge(done, completion_toks)
                 c.usage_prompt_tokens += prompt_toks
                 c.usage_completion_tokens += completion_toks
-            if headers_at is not None:
-                headers += headers_at(done, rate_window, token_window)
+            if limited:  # what is left once this request's tokens are all counted
+                headers += self._rate_headers(done, key_window, dep_window, key_tokens, dep_tokens)
             return 200, reply, headers
-        if headers_at is not None:
-            headers += headers_at(trio.current_time(), rate_window, token_window)
+        if limited:
+            headers += self._rate_headers(trio.current_time(), key_window, dep_window, key_tokens, dep_tokens)
         if fault == "server_error":
             status = self.rng.choice((500, 502, 503))
             return status, _SERVER_ERRORS[status], headers
