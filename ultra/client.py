@@ -132,15 +132,19 @@ class ShardCounters:
 class RouteHealth:
     """Consecutive non-retryable answers on one route; `broken_after` of them break it.
 
-    A timeout counts like a refusal only when the server has not answered anything since
-    that request was sent: a silent server breaks its route after `broken_after` timeouts,
-    while a slow one that answers (a one-slot server working through its queue) does not.
+    A timeout counts like a refusal only when the server has answered nothing since that
+    request was sent, nor for `quiet` seconds (`broken_after` request timeouts): a server
+    that never answered breaks its route after `broken_after` timeouts; one that answers,
+    only slowly (a one-slot server still computing the requests clients gave up on, while
+    the shard's window shrinks), does not; one that stopped answering does once it has been
+    silent that long.
     """
 
-    __slots__ = ("broken_after", "consecutive", "broken", "answered_at")
+    __slots__ = ("broken_after", "consecutive", "broken", "answered_at", "quiet")
 
-    def __init__(self, broken_after: int) -> None:
+    def __init__(self, broken_after: int, quiet: float = 0.0) -> None:
         self.broken_after = broken_after
+        self.quiet = quiet
         self.consecutive = 0
         self.broken: str | None = None  # why, once broken: "HTTP 401: <server message>"
         self.answered_at = -math.inf  # trio time of the route's last HTTP answer of any kind
@@ -149,7 +153,8 @@ class RouteHealth:
         self.consecutive = 0
 
     def timed_out(self, sent_at: float, why: str) -> None:
-        if self.answered_at < sent_at:
+        answered = self.answered_at
+        if answered < sent_at and trio.current_time() - answered >= self.quiet:
             self.refused(why)
 
     def refused(self, why: str) -> None:
@@ -643,7 +648,7 @@ async def preflight(route: Route, options: RequestOptions, *, request_timeout: f
                               options=capped, secrets=(secret,))
         payload = _encode(request_body(route, capped, messages, None))
         failures = throttled = 0
-        last = _Failure("timeout", "no answer before the preflight deadline")
+        last = _Failure("timeout", f"no answer before the preflight deadline from {_route_place(route.url)}")
 
         def found(ok: bool, outcome: _Failure | None = None) -> RouteCheck:
             return RouteCheck(ok=ok, http_status=outcome and outcome.http_status,

@@ -115,7 +115,7 @@ class ShardProgress:
         self.counters = ShardCounters()
         self.limiter = RateLimiter(shard.qps)
         self.budget = TokenBudget(shard.tpm) if shard.tpm else None
-        self.health = RouteHealth(shard.broken_after)
+        self.health = RouteHealth(shard.broken_after, quiet=shard.broken_after * shard.request_timeout)
         self.window = Concurrency(shard.workers)
         self.errors: dict[tuple[str, int | None, str], int] = {}
         self.started = time.monotonic()
