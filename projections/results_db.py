@@ -17,7 +17,7 @@ from projections.counting import Counted
 from ultra.events import ERROR_CATEGORIES, RunFinished, RunStarted, TestCompleted
 from ultra.naming import rate_key
 
-VERSION = 4  # bump when tables, rows or views change: an older results.db is rebuilt
+VERSION = 5  # bump when tables, rows or views change: an older results.db is rebuilt
 
 # Column name -> SQLite type, in table order. The dimensions come first.
 TEST_COLUMNS: dict[str, type] = {
@@ -48,6 +48,7 @@ TEST_COLUMNS: dict[str, type] = {
     "required_tools": int,
     "tool_coverage": float,
     "assisted_turns": int,
+    "truncated": int,  # 1 when an answer was cut off at the token limit (finish_reason length)
     "prompt_tokens": int,
     "completion_tokens": int,  # reasoning included, as the APIs count them
     "reasoning_tokens": int,
@@ -76,6 +77,8 @@ ERRORED_COLUMNS: dict[str, type] = {
     "retries": int,
     "execution_time": float,
     "recorded_at": str,
+    "prompt_tokens": int,  # what the answers the test did get cost
+    "completion_tokens": int,
 }
 
 RUN_COLUMNS: dict[str, type] = {
@@ -100,6 +103,7 @@ CELL_KEYS: tuple[str, ...] = (
 CELL_SUMS: tuple[str, ...] = (
     "n", "success", "full_success", "partial_success", "failure", "final_score", "turns",
     "prompt_tokens", "completion_tokens", *(f"{c}_errors" for c in ERROR_CATEGORIES),
+    "truncated",
 )
 CELL_COLUMNS: dict[str, type] = {
     **{k: (float if k == "tool_success_rate" else int if k == "timeout_failure" else str)
@@ -107,11 +111,12 @@ CELL_COLUMNS: dict[str, type] = {
     **{k: (float if k == "final_score" else int) for k in CELL_SUMS},
 }
 _CATEGORY_SLOT = {c: 9 + i for i, c in enumerate(ERROR_CATEGORIES)}
+_TRUNCATED_SLOT = 9 + len(ERROR_CATEGORIES)
 _AT = {name: i for i, name in enumerate(TEST_COLUMNS)}
 _KEY_AT = tuple(_AT[k] for k in CELL_KEYS[:-1])
-_OUTCOME, _CATEGORY, _SUCCESS, _SCORE, _TURNS, _PROMPT, _COMPLETION = (
+_OUTCOME, _CATEGORY, _SUCCESS, _SCORE, _TURNS, _PROMPT, _COMPLETION, _TRUNCATED = (
     _AT[k] for k in ("outcome", "error_category", "success", "final_score", "turns",
-                     "prompt_tokens", "completion_tokens"))
+                     "prompt_tokens", "completion_tokens", "truncated"))
 
 
 def add_to_cells(cells: dict[tuple[Any, ...], list[Any]], row: tuple[Any, ...]) -> None:
@@ -120,7 +125,7 @@ def add_to_cells(cells: dict[tuple[Any, ...], list[Any]], row: tuple[Any, ...]) 
     key = (*(row[i] for i in _KEY_AT), int(outcome == "failure" and category == "timeout"))
     sums = cells.get(key)
     if sums is None:
-        sums = cells[key] = [0, 0, 0, 0, 0, 0.0, 0, 0, 0, *([0] * len(ERROR_CATEGORIES))]
+        sums = cells[key] = [0, 0, 0, 0, 0, 0.0, 0, 0, 0, *([0] * len(ERROR_CATEGORIES)), 0]
     sums[0] += 1
     sums[1] += row[_SUCCESS]
     sums[2 if outcome == "full_success" else 3 if outcome == "partial_success" else 4] += 1
@@ -130,6 +135,7 @@ def add_to_cells(cells: dict[tuple[Any, ...], list[Any]], row: tuple[Any, ...]) 
     sums[8] += row[_COMPLETION]
     if category is not None:
         sums[_CATEGORY_SLOT[category]] += 1
+    sums[_TRUNCATED_SLOT] += row[_TRUNCATED]
 
 
 def cells_upsert_sql() -> str:
@@ -170,7 +176,7 @@ def test_row(seq: int, e: TestCompleted, model: str) -> tuple[Any, ...]:
         m.get("final_score"), m.get("workflow_score"), m.get("phase2_score"),
         m.get("quality_score"),
         r.error_category, r.turns, r.tool_calls, r.required_tools, r.tool_coverage,
-        r.assisted_turns, u.prompt_tokens, u.completion_tokens,
+        r.assisted_turns, int("length" in r.finish_reasons), u.prompt_tokens, u.completion_tokens,
         u.reasoning_tokens, e.retries, e.execution_time, e.started_at,
         e.recorded_at,
     )
@@ -182,6 +188,7 @@ def errored_row(seq: int, e: Any, model: str) -> tuple[Any, ...]:
         seq, e.event_id, e.test_key, model, e.instance, e.provider, e.run_id, e.shard_id,
         e.prompt_type, _rate(e.tool_success_rate), e.difficulty, e.task_type, int(e.simulated),
         e.reason, getattr(e, "http_status", None), e.retries, e.execution_time, e.recorded_at,
+        e.usage.prompt_tokens, e.usage.completion_tokens,
     )
 
 

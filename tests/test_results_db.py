@@ -57,6 +57,7 @@ def assert_cells_are_the_tests_sums(conn: sqlite3.Connection) -> None:
         " SUM(outcome = 'failure'), SUM(final_score), SUM(turns), SUM(prompt_tokens),"
         " SUM(completion_tokens), "
         + ", ".join(f"SUM(error_category IS '{c}')" for c in ev.ERROR_CATEGORIES)
+        + ", SUM(truncated)"
         + f" FROM tests GROUP BY {keys}, tf ORDER BY {keys}, tf").fetchall()
     got = conn.execute(f"SELECT * FROM cells ORDER BY {keys}, timeout_failure").fetchall()
     assert len(got) == len(want)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from tests.collection_helpers import ROOT, events, model
+from tests.collection_helpers import ROOT, events, model, ultra
 from tests.test_routes import KEYS, real_providers, run, write
 from ultra.sim.config import Faults, Latency, SimConfig
 from ultra.sim.process import SimProcess
@@ -132,3 +132,8 @@ def test_answers_cut_off_at_max_tokens_are_counted_as_truncated(tmp_path):
     stats = master["models"]["sim-good"]["overall_stats"]
     assert stats["tests_truncated"] == stats["total"] == 3 and stats["truncation_rate"] == 1.0
     assert master["summary"]["tests_truncated"] == 3
+    report = ultra("report", "--db", str(tmp_path / "events.db"), "--out",
+                   str(tmp_path / "master.json"), "--format", "json")
+    assert report.returncode == 0, report.stderr
+    (overview,) = [t for t in json.loads(report.stdout)["tables"] if t["name"] == "overview"]
+    assert [row["truncated"] for row in overview["rows"]] == [3]

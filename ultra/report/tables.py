@@ -80,6 +80,7 @@ class Counts(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: list[int] = msgspec.field(default_factory=lambda: [0] * len(ERROR_CATEGORIES))
+    truncated: int = 0  # tests with an answer cut off at the token limit
 
     @property
     def success_rate(self) -> float | None:
@@ -94,7 +95,8 @@ _TIMEOUT_FAILURE = "timeout_failure = 1"
 def _counts(row: Sequence[Any]) -> Counts:
     return Counts(n=row[0], success=row[1], full=row[2], partial=row[3], failure=row[4],
                   final_score=row[5] or 0.0, turns=row[6], prompt_tokens=row[7],
-                  completion_tokens=row[8], errors=list(row[9:]))
+                  completion_tokens=row[8], errors=list(row[9:9 + len(ERROR_CATEGORIES)]),
+                  truncated=row[9 + len(ERROR_CATEGORIES)])
 
 
 class Source:
@@ -256,6 +258,12 @@ def overview(src: Source) -> Table:
              *src.notes()]
     if any(r[13] is None for r in rows):
         notes.append("cost: shown for models whose config gives input_price and output_price")
+    if any(c.truncated for c in per_model.values()):  # a column only where it says something
+        cols.append(Column("truncated", "truncated", "count"))
+        for row, c in zip(rows, per_model.values()):
+            row.append(c.truncated)
+        notes.append("truncated = tests with an answer cut off at the token limit"
+                     " (finish_reason length): raise max_tokens")
     return Table("overview", "Overview: per model", cols, rows, notes)
 
 
