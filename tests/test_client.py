@@ -385,3 +385,85 @@ def test_a_runaway_response_body_is_an_error_not_read_whole():
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def _canned(status_line: bytes, headers: list[bytes], body: bytes):
+    """A loopback server answering every request with one fixed response; (run, port)."""
+
+    async def serve(stream) -> None:
+        data = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(rest) < length:
+                    rest += await stream.receive_some(65536)
+                data = rest[length:]
+                await stream.send_all(b"\r\n".join([status_line, *headers,
+                                                    b"content-length: %d" % len(body), b"", body]))
+        except trio.BrokenResourceError:
+            return
+
+    return serve
+
+
+@pytest.mark.parametrize("status_line, headers, body, want", [
+    (b"HTTP/1.1 307 Temporary Redirect", [b"location: https://login.example/sso?token=abc"], b"",
+     "redirected to https://login.example/sso"),
+    (b"HTTP/1.1 404 Not Found", [b"content-type: application/json"], b'{"detail":"Not Found"}',
+     "Not Found"),
+    (b"HTTP/1.1 422 Unprocessable Entity", [b"content-type: application/json"],
+     b'{"detail":[{"loc":["body","messages"],"msg":"field required"}]}', "field required"),
+])
+def test_a_refused_route_says_the_url_ultra_built_and_what_the_server_said(status_line, headers, body, want):
+    from ultra.client import RouteHealth
+
+    async def main() -> None:
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        port = listener.socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, _canned(status_line, headers, body), [listener])
+            route = Route(url=f"http://127.0.0.1:{port}/v1/chat/completions?key=s3cret",
+                          shape="openai", api_model="m", key_literal="k" * 40)
+            health = RouteHealth(1)
+            async with RouteClient(route, 1) as client:
+                model = HttpChatModel(client, route, (RateLimiter(100),), ShardCounters(),
+                                      request_timeout=5, max_retries=2, rng=random.Random(0),
+                                      health=health)
+                with pytest.raises(ModelUnavailable) as info:
+                    await model.complete(MESSAGES, None)
+            assert want in info.value.message and model.retries == 1  # refused: not retried
+            assert health.broken is not None and want in health.broken
+            assert f"(from http://127.0.0.1:{port}/v1/chat/completions)" in health.broken
+            assert "s3cret" not in health.broken and "token=abc" not in health.broken
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_server_error_says_the_url_ultra_built():
+    async def main() -> None:
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        port = listener.socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, _canned(
+                b"HTTP/1.1 500 Internal Server Error", [], b"Internal Server Error"), [listener])
+            route = Route(url=f"http://127.0.0.1:{port}/openai/chat/completions?api-version=x",
+                          shape="azure", api_model=None, key_literal="k" * 32)
+            async with RouteClient(route, 1) as client:
+                model = HttpChatModel(client, route, (RateLimiter(100),), ShardCounters(),
+                                      request_timeout=5, max_retries=1, rng=random.Random(0))
+                with pytest.raises(ModelUnavailable) as info:
+                    await model.complete(MESSAGES, None)
+            assert info.value.http_status == 500 and info.value.retries == 2
+            assert info.value.message == (f"Internal Server Error (from http://127.0.0.1:{port}"
+                                          "/openai/chat/completions)")
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -548,14 +548,14 @@ class HttpChatModel:
             return parsed
         self._heed(headers, COMPLETION_GUESS)
         message = server_message(content, self._secrets)
-        if status >= 500 or status == 408:
-            return _Failure("server_error", message, status)
+        if status >= 500 or status == 408:  # the URL too: an Azure endpoint ending in /openai
+            return _Failure("server_error", f"{message} (from {_route_place(self._route.url)})", status)
         if status == 400 and b"context_length" in content:
             raise ContextLengthExceeded(f"HTTP 400: {message}")
         if status == 400 and (b"content_filter" in content or b"content_policy" in content):
             return _Failure("bad_request", message, status, retryable=False)  # the prompt, not the route
         if 300 <= status < 400 and headers_in.get("location"):  # ultra follows no redirect
-            message = f"redirected to {redact(headers_in['location'], self._secrets)[:MESSAGE_CHARS]}"
+            message = f"redirected to {_location(headers_in['location'], self._secrets)}"
         if self._health is not None:  # the URL ultra built: a wrong path shows itself
             self._health.refused(f"HTTP {status}: {message} (from {_route_place(self._route.url)})")
         return _Failure("bad_request", message, status, retryable=False)
@@ -602,6 +602,16 @@ def _route_place(url: str) -> str:
     carry a secret) and no user info."""
     u = httpx.URL(url)
     return f"{u.scheme}://{u.netloc.decode().rpartition('@')[2]}{u.path}"
+
+
+def _location(value: str, secrets: tuple[str, ...]) -> str:
+    """A redirect's target for an error line: without its query (a login page's token)."""
+    try:
+        u = httpx.URL(value)
+        place = _route_place(value) if u.is_absolute_url else u.path
+    except (httpx.InvalidURL, TypeError):
+        place = value
+    return redact(place, secrets)[:MESSAGE_CHARS]
 
 
 def _transport_message(exc: httpx.TransportError, url: str) -> str:
