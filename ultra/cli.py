@@ -205,6 +205,44 @@ def audit_command(db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT,
         typer.echo(f"audit: {len(report.findings)} findings")
         raise typer.Exit(1)
     typer.echo("audit: clean")
+@app.command("import-legacy")
+def import_legacy_command(
+    file: Annotated[Path, typer.Argument(help="A master_database.json of the system ultra replaces.")],
+    source: Annotated[Optional[str], typer.Option(
+        "--source", help="Name of the legacy source (default: the file's stem). A later import"
+                         " under the same name replaces the earlier one in every projection.")] = None,
+    exclude_models: Annotated[Optional[list[str]], typer.Option(
+        "--exclude-models", help="Models to leave out (comma-separated), e.g. test models.")] = None,
+    db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT, results: ResultsOpt = None,
+    config: UnusedConfigOpt = None,
+) -> None:
+    """Import a legacy master_database.json as events (idempotently), then project."""
+    from ultra import legacy_import as li
+
+    _check_common(out, results, config)
+    name = li.source_name(file, source)
+    data = li.read_file(file)  # read and checked before the log is opened: bad input stores nothing
+    from projections.repairs import Repairs
+    from ultra.projecting import log_repairs, project
+    from ultra.store import EventLog, is_server_url
+
+    aliases = Repairs({}, set())
+    if is_server_url(db) or Path(db).exists():
+        with EventLog.open(db, create=False) as log:
+            aliases = log_repairs(log)
+    p = li.plan(file, data, name, aliases.canonical, _csv(exclude_models))
+    for line in li.report(p, file):
+        typer.echo(line)
+    with EventLog.open(db, create=True) as log:
+        stored = log.append([p.imported, *p.cells])
+    if stored == 0:
+        typer.echo(f"already imported: this file is in {db} as source {name!r}; nothing added")
+    else:
+        typer.echo(f"appended {stored} events ({p.imported.cells} cells) to {db}")
+    r = project(db, out, results=results)
+    typer.echo(f"{r.out} and {r.results} up to seq {r.last_seq}")
+
+
 repair_app = typer.Typer(
     help="Repairs are events: define an alias or retract tests, then the projection replays.",
     no_args_is_help=True,
