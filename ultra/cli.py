@@ -353,7 +353,11 @@ def report_command(
     exclude_timeouts: Annotated[bool, typer.Option(
         "--exclude-timeouts", help="Leave tests that failed by timeout out of the denominators.")] = False,
     compare: Annotated[Optional[tuple[str, str]], typer.Option(
-        "--compare", help="RUN_A RUN_B: per-model success deltas, with a two-proportion test.")] = None,
+        "--compare", help="RUN_A RUN_B: per-model success deltas, with a two-proportion test;"
+                          " legacy:SOURCE names a legacy source (compared unpaired).")] = None,
+    include_legacy: Annotated[bool, typer.Option(
+        "--include-legacy", help="Add the legacy sources' tests into the models' own numbers"
+                                 " (default: each source is a condition of its own).")] = False,
     fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json | html")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", help="Write here instead of stdout.")] = None,
 ) -> None:
@@ -372,7 +376,7 @@ def report_command(
     sel = Selection(models=_csv(models), prompt_types=_csv(prompt_types),
                     difficulties=_csv(difficulty), task_types=_csv(task_types),
                     rates=_rates(tool_success_rate), run=run_id,
-                    exclude_timeouts=exclude_timeouts)
+                    exclude_timeouts=exclude_timeouts, include_legacy=include_legacy)
     text = make_report(db=db, out=out, results=results, config=config, selection=sel,
                        tables=names, fmt=fmt, compare=compare)
     if output is None:
