@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from projections.repairs import Repairs
-from ultra.events import Event, RouteChecked, TestCompleted, TestErrored
+from ultra.events import Event, LegacyCell, LegacyImported, RouteChecked, TestCompleted, TestErrored
 from ultra.naming import rate_key
 
 Item = tuple[int, Event, Sequence[TestCompleted]]  # seq, event, earlier completions of its key
@@ -30,6 +30,9 @@ class Counting:
         self.duplicates = 0
         self.retracted = 0
         self.last_recorded_at = ""  # of the last item seen ("" if none)
+        # (seq, event) of the legacy imports and cells seen, when a projection asks for them
+        # (a list): they are few, and folded apart from the tests (`legacy_events`)
+        self.legacy: list[tuple[int, Event]] | None = None
 
     def events(self, items: Iterable[Item]) -> Iterator[Counted]:
         """Counted completions and every `test.errored`, in the order given."""
@@ -70,6 +73,8 @@ class Counting:
                     yield seq, e, model, ""
                 elif kind is RouteChecked and spent is not None:
                     _spend(spent, canonical(e.model), e.usage)  # type: ignore[union-attr]
+                elif (kind is LegacyCell or kind is LegacyImported) and self.legacy is not None:
+                    self.legacy.append((seq, e))
         finally:
             self.folded += n
             if e is not None:
@@ -84,3 +89,17 @@ def _spend(spent: dict[str, list[int]], model: str, u) -> None:
         t[0] += u.prompt_tokens
         t[1] += u.completion_tokens
         t[2] += u.reasoning_tokens
+
+
+def current_legacy_cells(legacy: Iterable[tuple[int, Event]], current: dict[str, str]
+                         ) -> Iterator[tuple[int, Event]]:
+    """The legacy events that count, in order: every `legacy.imported` (it makes its import
+    the source's current one, in `current`: source -> import event id) and the cells of a
+    source's current import. A cell of an import that a later one superseded is dropped:
+    the latest import of a source wins."""
+    for seq, e in legacy:
+        if type(e) is LegacyImported:
+            current[e.source] = e.event_id
+            yield seq, e
+        elif current.get(e.source) == e.import_id:  # type: ignore[union-attr]
+            yield seq, e

@@ -19,14 +19,14 @@ from typing import Any, get_args, get_type_hints
 
 import msgspec
 
-from projections.counting import Counting, Item
+from projections.counting import Counting, Item, current_legacy_cells
 from projections.repairs import Repairs
 from ultra import __version__
-from ultra.events import ERROR_CATEGORIES, Outcome, TestResult, Usage
+from ultra.events import ERROR_CATEGORIES, LegacyCell, LegacyImported, Outcome, TestResult, Usage
 from ultra.naming import rate_key
 
 FILE_SCHEMA_VERSION = 2  # 2: documented key order, num_instances, simulated share, tokens
-STATE_VERSION = 5  # bump when Acc/FoldState change: saved states are then rebuilt
+STATE_VERSION = 6  # bump when Acc/FoldState change: saved states are then rebuilt
 DIGITS = 6  # every float in the file is rounded to this many decimals
 
 LeafKey = tuple[str, str, str, str, str]  # model, prompt key, rate key, difficulty, task type
@@ -68,6 +68,9 @@ class Acc(msgspec.Struct, array_like=True):
     last_test_time: str = ""
     simulated: int = 0  # tests answered by the bundled simulator
     truncated: int = 0  # tests with an answer cut off at the token limit (finish_reason length)
+    legacy: int = 0  # tests from legacy sources (`legacy.cell`)
+    # stat name -> tests whose legacy leaf lacked that mean: left out of its denominator
+    uncovered: dict[str, int] = msgspec.field(default_factory=dict)
 
     def merge(self, o: Acc) -> None:
         """Add another accumulator's sums."""
@@ -86,6 +89,24 @@ class Acc(msgspec.Struct, array_like=True):
             self.metrics[name] = self.metrics.get(name, 0.0) + value
         if o.last_test_time > self.last_test_time:
             self.last_test_time = o.last_test_time
+        if o.legacy:
+            self.legacy += o.legacy
+            for name, n in o.uncovered.items():
+                self.uncovered[name] = self.uncovered.get(name, 0) + n
+
+
+class LegacySource(msgspec.Struct):
+    """The current import of one legacy source and its cells (summed per leaf)."""
+
+    import_id: str
+    sha256: str
+    seq: int
+    recorded_at: str
+    last_updated: str = ""
+    declared_cells: int = 0  # what its legacy.imported says
+    declared_tests: int = 0
+    cells: int = 0  # legacy.cell events folded
+    leaves: dict[LeafKey, Acc] = msgspec.field(default_factory=dict)
 
 
 class FoldState(msgspec.Struct):
@@ -102,11 +123,25 @@ class FoldState(msgspec.Struct):
     leaves: dict[LeafKey, Acc] = msgspec.field(default_factory=dict)
     # model -> tokens (as TOKENS) of every test event and preflight check: what was paid
     spent: dict[str, list[int]] = msgspec.field(default_factory=dict)
+    # source -> its latest import (`ultra import-legacy`); kept apart from `leaves`
+    legacy: dict[str, LegacySource] = msgspec.field(default_factory=dict)
 
 
 class _LeafEntry(msgspec.Struct, array_like=True):
     key: tuple[str, str, str, str, str]
     acc: Acc
+
+
+class _SavedLegacy(msgspec.Struct):
+    import_id: str
+    sha256: str
+    seq: int
+    recorded_at: str
+    last_updated: str
+    declared_cells: int
+    declared_tests: int
+    cells: int
+    leaves: list[_LeafEntry]
 
 
 class _SavedState(msgspec.Struct):
@@ -119,6 +154,7 @@ class _SavedState(msgspec.Struct):
     errored: dict[str, dict[str, int]]
     leaves: list[_LeafEntry]
     spent: dict[str, list[int]] = {}
+    legacy: dict[str, _SavedLegacy] = {}
 
 
 def dump_state(state: FoldState) -> bytes:
@@ -133,6 +169,12 @@ def dump_state(state: FoldState) -> bytes:
         errored=state.errored,
         leaves=[_LeafEntry(k, state.leaves[k]) for k in sorted(state.leaves)],
         spent=state.spent,
+        legacy={name: _SavedLegacy(
+            import_id=src.import_id, sha256=src.sha256, seq=src.seq, recorded_at=src.recorded_at,
+            last_updated=src.last_updated, declared_cells=src.declared_cells,
+            declared_tests=src.declared_tests, cells=src.cells,
+            leaves=[_LeafEntry(k, src.leaves[k]) for k in sorted(src.leaves)])
+            for name, src in sorted(state.legacy.items())},
     )
     return msgspec.json.encode(saved)
 
@@ -149,6 +191,12 @@ def load_state(data: bytes | str) -> FoldState:
         errored=saved.errored,
         leaves={tuple(e.key): e.acc for e in saved.leaves},  # type: ignore[misc]
         spent=saved.spent,
+        legacy={name: LegacySource(
+            import_id=src.import_id, sha256=src.sha256, seq=src.seq, recorded_at=src.recorded_at,
+            last_updated=src.last_updated, declared_cells=src.declared_cells,
+            declared_tests=src.declared_tests, cells=src.cells,
+            leaves={tuple(e.key): e.acc for e in src.leaves})  # type: ignore[misc]
+            for name, src in saved.legacy.items()},
     )
 
 
@@ -195,6 +243,7 @@ def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
     leaves = state.leaves
     work: dict[LeafKey, list[Any]] = {}
     counting = Counting(repairs, state.spent)
+    counting.legacy = []
     counting.last_recorded_at = state.generated_at
     outcome_slot, error_slot = _OUTCOME_SLOT, _ERROR_SLOT
     try:
@@ -238,7 +287,72 @@ def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
         state.duplicate_completions += counting.duplicates
         state.retracted_completions += counting.retracted
         state.generated_at = counting.last_recorded_at
+        if counting.legacy:
+            fold_legacy(state, counting.legacy, repairs.canonical)
     return counting.folded
+
+
+UNPLACED = "all"  # a dimension a legacy file does not place (version 2.0: per-model totals)
+# A legacy cell's `sums` -> the mean it feeds ("stat name" in the rendered stats)
+_LEGACY_MEANS = {**{f: stat for f, stat, _ in AVERAGED}, "execution_time": "avg_execution_time"}
+_LEGACY_METRICS = ("final_score", "workflow_score", "phase2_score", "quality_score")
+
+
+def legacy_key(e: LegacyCell, model: str) -> LeafKey:
+    rk = UNPLACED if e.tool_success_rate is None else rate_key(e.tool_success_rate)
+    return (model, e.prompt_type, rk, e.difficulty, e.task_type)
+
+
+def legacy_acc(e: LegacyCell) -> Acc:
+    """A legacy cell as an accumulator: its counts, and its averages as sums over its
+    tests (a mean the leaf lacks is `uncovered`: its tests stay out of that denominator)."""
+    t = e.total
+    sums = e.sums
+    uncovered = {stat: t for f, stat in _LEGACY_MEANS.items() if f not in sums}
+    metrics = {m: sums[m] for m in (*_LEGACY_METRICS, *sorted(sums)) if m in sums
+               and m not in _LEGACY_MEANS}
+    uncovered.update((f"avg_{m}", t) for m in _LEGACY_METRICS if m not in sums)
+    return Acc(total=t, full_success=e.full_success, partial_success=e.partial_success,
+               failure=e.failure, with_assistance=e.tests_with_assistance,
+               errors=[e.errors.get(c, 0) for c in ERROR_CATEGORIES],
+               execution_time=sums.get("execution_time", 0.0),
+               sums=[sums.get(f, 0.0) for f, _, _ in AVERAGED], metrics=metrics,
+               legacy=t, uncovered=uncovered if t else {})
+
+
+def fold_legacy(state: FoldState, items: list, canonical: Any) -> None:
+    """Fold legacy imports and cells (in seq order): a new import of a source replaces the
+    source's cells (the latest import wins); a superseded import's cells are dropped."""
+    current = {name: src.import_id for name, src in state.legacy.items()}
+    for seq, e in current_legacy_cells(items, current):
+        if type(e) is LegacyImported:
+            state.legacy[e.source] = LegacySource(
+                import_id=e.event_id, sha256=e.sha256, seq=seq, recorded_at=e.recorded_at,
+                last_updated=e.last_updated, declared_cells=e.cells, declared_tests=e.tests)
+            continue
+        src = state.legacy[e.source]  # type: ignore[union-attr]
+        key = legacy_key(e, canonical(e.model))  # type: ignore[arg-type]
+        acc = legacy_acc(e)  # type: ignore[arg-type]
+        if key in src.leaves:
+            src.leaves[key].merge(acc)
+        else:
+            src.leaves[key] = acc
+        src.cells += 1
+
+
+def all_leaves(state: FoldState) -> dict[LeafKey, Acc]:
+    """The collected leaves, with the current legacy cells added in (sources in name
+    order): what master_database.json counts (it is cumulative)."""
+    if not state.legacy:
+        return state.leaves
+    out = {k: _sum([a]) for k, a in state.leaves.items()}
+    for name in sorted(state.legacy):
+        for key, acc in sorted(state.legacy[name].leaves.items()):
+            if key in out:
+                out[key].merge(acc)
+            else:
+                out[key] = _sum([acc])
+    return out
 
 
 # ---- rendering -------------------------------------------------------------------------
@@ -254,7 +368,7 @@ _MEAN_SUMS = tuple(i for i, (_, _, kind) in enumerate(AVERAGED) if kind == "mean
 _ERROR_NAMES = tuple((f"{c}_errors", f"{c}_error_rate") for c in ERROR_CATEGORIES)
 
 
-def stats(a: Acc, digits: int | None = DIGITS) -> dict[str, Any]:
+def stats(a: Acc, digits: int | None = DIGITS, legacy: bool = False) -> dict[str, Any]:
     """Leaf stats of an accumulator: one name per quantity, the same at every level.
 
     Key order (docs/master_database.md): `total`; the rates; the counts; the means; then
@@ -275,6 +389,8 @@ def stats(a: Acc, digits: int | None = DIGITS) -> dict[str, Any]:
     else:
         shares = [round(x / t, digits) for x in summed]
     out: dict[str, Any] = {"total": t}
+    if legacy:  # only in the files of logs with legacy imports: the others keep their bytes
+        out["legacy_tests"] = a.legacy
     # rates: shares of `total`
     out.update(zip(_RATE_NAMES, shares))
     # counts: they add up across levels
@@ -296,7 +412,22 @@ def stats(a: Acc, digits: int | None = DIGITS) -> dict[str, Any]:
     for (count_name, rate_name), count, share in zip(_ERROR_NAMES, errors, shares[at:]):
         out[count_name] = count
         out[rate_name] = share  # share of all tests, like every *_rate
+    if a.uncovered:
+        _uncovered_means(a, out, digits)
     return out
+
+
+def _uncovered_means(a: Acc, out: dict[str, Any], digits: int | None) -> None:
+    """Means over the tests that have them: legacy leaves that lacked a mean leave their
+    tests out of its denominator."""
+    raw = {stat: a.sums[i] for i, (_, stat, _) in enumerate(AVERAGED)}
+    raw["avg_execution_time"] = a.execution_time
+    raw.update((f"avg_{m}", v) for m, v in a.metrics.items())
+    for name, n in a.uncovered.items():
+        if name in out and name in raw:
+            covered = a.total - n
+            x = raw[name] / covered if covered > 0 else 0.0
+            out[name] = x if digits is None else round(x, digits)
 
 
 def _sum(accs: Iterable[Acc]) -> Acc:
@@ -312,9 +443,10 @@ Tree = dict[str, dict[str, dict[str, dict[str, dict[str, Acc]]]]]  # model > ...
 def _tree(state: FoldState) -> Tree:
     tree: Tree = {}
     # Sorted, so float sums run in one order however the state was built or loaded.
-    for key in sorted(state.leaves):
+    leaves = all_leaves(state)
+    for key in sorted(leaves):
         model, prompt, rk, diff, task = key
-        acc = state.leaves[key]
+        acc = leaves[key]
         tree.setdefault(model, {}).setdefault(prompt, {}).setdefault(rk, {}).setdefault(diff, {})[
             task
         ] = acc
@@ -330,8 +462,10 @@ def _model_node(
     by_reason: dict[str, int],
     digits: int | None,
     spent: list[int] | None = None,
+    legacy: bool = False,
 ) -> tuple[dict[str, Any], Acc]:
-    """One model's subtree of the document, and its summed accumulator."""
+    """One model's subtree of the document, and its summed accumulator (`legacy`: the log
+    has legacy imports, and every stats block says how many of its tests are legacy)."""
     prompts_out: dict[str, Any] = {}
     prompt_accs: list[Acc] = []
     for prompt, rates in prompts.items():
@@ -344,21 +478,21 @@ def _model_node(
                 d = _sum(tasks.values())
                 diff_accs.append(d)
                 diffs_out[diff] = {
-                    "overall_stats": stats(d, digits),
-                    "by_task_type": {t: stats(a, digits) for t, a in tasks.items()},
+                    "overall_stats": stats(d, digits, legacy),
+                    "by_task_type": {t: stats(a, digits, legacy) for t, a in tasks.items()},
                 }
             ra = _sum(diff_accs)
             rate_accs.append(ra)
-            rates_out[rk] = {"overall_stats": stats(ra, digits), "by_difficulty": diffs_out}
+            rates_out[rk] = {"overall_stats": stats(ra, digits, legacy), "by_difficulty": diffs_out}
         pa = _sum(rate_accs)
         prompt_accs.append(pa)
         prompts_out[prompt] = {
-            "overall_stats": stats(pa, digits),
+            "overall_stats": stats(pa, digits, legacy),
             "by_tool_success_rate": rates_out,
         }
     ma = _sum(prompt_accs)
     node = {
-        "overall_stats": stats(ma, digits),
+        "overall_stats": stats(ma, digits, legacy),
         "errored_attempts": sum(by_reason.values()),
         "errored_by_reason": dict(sorted(by_reason.items())),
         # every token the log records for the model: its tests' (completed, errored,
@@ -374,8 +508,9 @@ def _document(
 ) -> dict[str, Any]:
     """The whole document around its `models` (the totals in the same order)."""
     everything = _sum(model_totals)
+    legacy = bool(state.legacy)
     summary = {"total_tests": everything.total}
-    summary.update((k, v) for k, v in stats(everything, digits).items() if k != "total")
+    summary.update((k, v) for k, v in stats(everything, digits, legacy).items() if k != "total")
     t = everything.total
     summary.update(
         models_tested=sum(1 for a in model_totals if a.total > 0),
@@ -389,20 +524,27 @@ def _document(
         retracted_completions=state.retracted_completions,
         skipped_events=state.skipped_events,
     )
+    if legacy:
+        summary["legacy_sources"] = {
+            name: {"tests": sum(a.total for a in src.leaves.values()), "cells": src.cells,
+                   "sha256": src.sha256, "last_updated": src.last_updated or None,
+                   "imported_at": src.recorded_at, "import_seq": src.seq}
+            for name, src in sorted(state.legacy.items())}
 
     groups = {}
-    for key in sorted(state.leaves):
-        acc = state.leaves[key]
+    leaves = all_leaves(state)
+    for key in sorted(leaves):
+        acc = leaves[key]
         groups["|".join(key)] = {
             "model": key[0],
             "prompt_type": key[1],
-            "tool_success_rate": float(key[2]),
+            "tool_success_rate": None if key[2] == UNPLACED else float(key[2]),
             "difficulty": key[3],
             "task_type": key[4],
             # Counted tests are distinct test keys, and a key is one instance of its cell.
             "num_instances": acc.total,
             "total_tests": acc.total,
-            "timestamp": acc.last_test_time,
+            "timestamp": acc.last_test_time or None,  # None: legacy cells only
         }
     return {
         "schema_version": FILE_SCHEMA_VERSION,
@@ -422,7 +564,7 @@ def render(state: FoldState, *, digits: int | None = DIGITS) -> dict[str, Any]:
     model_totals: list[Acc] = []
     for model in sorted(set(tree) | set(state.errored) | set(state.spent)):
         models[model], total = _model_node(tree.get(model, {}), state.errored.get(model, {}),
-                                           digits, state.spent.get(model))
+                                           digits, state.spent.get(model), bool(state.legacy))
         model_totals.append(total)
     return _document(state, model_totals, models, digits)
 
@@ -494,13 +636,15 @@ def render_file(
     for model in names:
         prompts, by_reason = tree.get(model, {}), state.errored.get(model, {})
         spent = state.spent.get(model)
-        inputs = hashlib.sha256(msgspec.json.encode((prompts, by_reason, spent))).hexdigest()
+        legacy = bool(state.legacy)
+        inputs = hashlib.sha256(msgspec.json.encode(
+            (prompts, by_reason, spent, *((True,) if legacy else ())))).hexdigest()
         old = reusable.get(model)
         if old is not None and old.inputs == inputs:
             subtrees.append(previous[old.span[0]:old.span[1]])  # type: ignore[index]
             total = old.total
         else:
-            node, total = _model_node(prompts, by_reason, DIGITS, spent)
+            node, total = _model_node(prompts, by_reason, DIGITS, spent, legacy)
             subtrees.append(msgspec.json.format(msgspec.json.encode(node), indent=2)
                             .replace(b"\n", _MODEL_INDENT))  # newlines in strings are escaped
         totals.append(total)
@@ -546,6 +690,8 @@ def _check_stats(where: str, s: Any, total_name: str = "total") -> list[str]:
             bad.append(f"{where}: {total_name} {t} != full + partial + failure")
         if s["success"] != s["full_success"] + s["partial_success"]:
             bad.append(f"{where}: success != full_success + partial_success")
+        if "legacy_tests" in s and not 0 <= s["legacy_tests"] <= t:
+            bad.append(f"{where}: legacy_tests {s['legacy_tests']} outside [0, {total_name}]")
         cats = sum(s[f"{c}_errors"] for c in ERROR_CATEGORIES)
         if cats != s["total_errors"]:
             bad.append(f"{where}: error categories sum to {cats}, total_errors is {s['total_errors']}")
@@ -581,7 +727,7 @@ def _check_node(where: str, node: Any, depth: int) -> list[str]:
     if bad:
         return bad
     child_stats = [c if depth + 1 == len(_LEVELS) else c["overall_stats"] for c in children.values()]
-    for field in ("total", *_SUMMED):
+    for field in ("total", *_SUMMED, *(("legacy_tests",) if "legacy_tests" in overall else ())):
         got = sum(c[field] for c in child_stats)
         if got != overall[field]:
             bad.append(f"{where}: {field} {overall[field]} but its {_LEVELS[depth]} add up to {got}")
@@ -602,7 +748,7 @@ def check_invariants(doc: Any) -> list[str]:
     bad += _check_stats("summary", summary, "total_tests")
     if bad:
         return bad
-    for field in ("total_tests", *_SUMMED):
+    for field in ("total_tests", *_SUMMED, *(("legacy_tests",) if "legacy_tests" in summary else ())):
         name = "total" if field == "total_tests" else field
         got = sum(m["overall_stats"][name] for m in models.values())
         if got != summary[field]:
@@ -629,7 +775,7 @@ def check_invariants(doc: Any) -> list[str]:
     for gid, g in groups.items():
         try:
             leaf = models[g["model"]]["by_prompt_type"][g["prompt_type"]]["by_tool_success_rate"][
-                rate_key(g["tool_success_rate"])
+                UNPLACED if g["tool_success_rate"] is None else rate_key(g["tool_success_rate"])
             ]["by_difficulty"][g["difficulty"]]["by_task_type"][g["task_type"]]
         except (KeyError, TypeError):
             bad.append(f"test_groups/{gid}: no such leaf in models")

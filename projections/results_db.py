@@ -250,3 +250,82 @@ def view_sql() -> dict[str, str]:
         name: f"SELECT {', '.join(keys)},\n  {stats}\nFROM tests GROUP BY {', '.join(keys)}"
         for name, keys in LEVELS
     }
+
+
+# ---- legacy sources (`ultra import-legacy`): their own tables, never in `tests`/`cells` ----
+
+# One row per cell of each source's current import (a later import of a source replaces
+# its rows). The sums are as `cells` spells them; a mean the leaf lacked is NULL.
+LEGACY_CELL_COLUMNS: dict[str, type] = {
+    "seq": int,
+    "event_id": str,
+    "source": str,
+    "import_id": str,
+    "model": str,  # canonical
+    "legacy_model": str,  # as the file spells it
+    "prompt_type": str,
+    "tool_success_rate": float,  # NULL: not placed by the file (version 2.0)
+    "difficulty": str,
+    "task_type": str,
+    "path": str,
+    "counting": str,
+    "anomaly": str,
+    "n": int,
+    "success": int,
+    "full_success": int,
+    "partial_success": int,
+    "failure": int,
+    "tests_with_assistance": int,
+    "final_score": float,  # sums over the cell's tests (average x n)
+    "turns": float,
+    "execution_time": float,
+    **{f"{c}_errors": int for c in ERROR_CATEGORIES},
+}
+LEGACY_IMPORT_COLUMNS: dict[str, type] = {
+    "source": str,  # one row per source: its current (latest) import
+    "import_id": str,
+    "seq": int,
+    "recorded_at": str,
+    "sha256": str,
+    "file_name": str,
+    "file_version": str,
+    "last_updated": str,
+    "cells": int,  # as the legacy.imported event declares
+    "tests": int,
+}
+
+
+def legacy_cell_row(seq: int, e: Any, model: str) -> tuple[Any, ...]:
+    """The row of one `legacy.cell`, in LEGACY_CELL_COLUMNS order."""
+    sums = e.sums
+    return (
+        seq, e.event_id, e.source, e.import_id, model, e.legacy_model, e.prompt_type,
+        None if e.tool_success_rate is None else _rate(e.tool_success_rate), e.difficulty,
+        e.task_type, e.path, e.counting, e.anomaly, e.total, e.full_success + e.partial_success,
+        e.full_success, e.partial_success, e.failure, e.tests_with_assistance,
+        sums.get("final_score"), sums.get("turns"), sums.get("execution_time"),
+        *(e.errors.get(c, 0) for c in ERROR_CATEGORIES),
+    )
+
+
+def legacy_import_row(seq: int, e: Any) -> dict[str, Any]:
+    return dict(source=e.source, import_id=e.event_id, seq=seq, recorded_at=e.recorded_at,
+                sha256=e.sha256, file_name=e.file_name, file_version=e.file_version,
+                last_updated=e.last_updated, cells=e.cells, tests=e.tests)
+
+
+def legacy_as_cells_sql(include: bool) -> str:
+    """`cells` with each legacy source's cells added as a condition of its own: run_id
+    `legacy:<source>`, and (unless `include`) the model labelled `<model> [legacy:<source>]`,
+    so no report adds them into the numbers of ultra's own tests. (A mean a legacy leaf
+    lacked counts as 0 there; legacy cells have no tokens and no timeout split.)"""
+    label = "model" if include else "model || ' [legacy:' || source || ']'"
+    legacy_sums = ", ".join(
+        "COALESCE(final_score, 0.0)" if c == "final_score"
+        else "COALESCE(turns, 0.0)" if c == "turns"
+        else "0" if c in ("prompt_tokens", "completion_tokens") else c
+        for c in CELL_SUMS)
+    cols = ", ".join((*CELL_KEYS, *CELL_SUMS))
+    return (f"(SELECT {cols}, model AS base_model FROM cells UNION ALL"
+            f" SELECT {label}, 'legacy:' || source, prompt_type, tool_success_rate, difficulty,"
+            f" task_type, 0, {legacy_sums}, model FROM legacy_cells)")

@@ -99,6 +99,7 @@ def audit(db: Path | str, out: Path | str, results: Path | str | None = None) ->
             notes.append(f"{unknown} events of types this version does not know were skipped")
 
         findings += _check_results(log, results, until, notes)
+        findings += _legacy_sources(log, file_seq, file_doc, results, notes)
         repairs = log_repairs(log, until)
         if repairs.legacy_retractions:
             notes.append(
@@ -112,6 +113,7 @@ def audit(db: Path | str, out: Path | str, results: Path | str | None = None) ->
 
 _RESULTS_TABLES = (("tests", "event_id"), ("errored", "event_id"), ("runs", "run_id"),
                    ("aliases", "alias"), ("meta", "key"))
+_RESULTS_TABLES += (("legacy_cells", "event_id"), ("legacy_imports", "source"))
 
 
 def _check_results(log: EventLog, path: Path, until: int, notes: list[str]) -> list[str]:
@@ -252,3 +254,60 @@ def _interrupted_shards(log: EventLog, until: int) -> list[str]:
     if len(lines) > MAX_LISTED:
         lines = [*lines[:MAX_LISTED], f"... and {len(lines) - MAX_LISTED} more interrupted shards"]
     return lines
+
+
+def _legacy_sources(log: EventLog, until: int, doc: Any, results: Path,
+                    notes: list[str]) -> list[str]:
+    """Every legacy source's projected totals (master_database.json, results.db) must equal
+    the cells of its current import in the log, and the counts its import declares."""
+    from projections.counting import current_legacy_cells
+    from ultra.events import LegacyImported
+
+    current: dict[str, str] = {}
+    declared: dict[str, tuple[int, int]] = {}
+    got: dict[str, list[int]] = {}
+    items = log.stream(until_seq=until, types=["legacy.imported", "legacy.cell"])
+    for _, e in current_legacy_cells(items, current):
+        if type(e) is LegacyImported:
+            declared[e.source] = (e.cells, e.tests)
+            got[e.source] = [0, 0]
+        else:
+            got[e.source][0] += 1  # type: ignore[union-attr]
+            got[e.source][1] += e.total  # type: ignore[union-attr]
+    if not declared:
+        return []
+    bad: list[str] = []
+    notes.append(f"{len(declared)} legacy sources, {sum(t for _, t in got.values())} tests")
+    projected = (doc.get("summary") or {}).get("legacy_sources") if isinstance(doc, dict) else None
+    in_db: dict[str, tuple[int, int]] = {}
+    if results.exists():
+        try:
+            conn = sqlite3.connect(f"file:{results}?mode=ro", uri=True)
+            try:
+                in_db = {r[0]: (r[1], r[2]) for r in conn.execute(
+                    "SELECT source, COUNT(*), SUM(n) FROM legacy_cells GROUP BY source")}
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            pass  # reported by _check_results
+    for source in sorted(declared):
+        cells, tests = got[source]
+        if declared[source] != (cells, tests):
+            bad.append(f"legacy source {source!r}: its import declares {declared[source][0]} cells"
+                       f" and {declared[source][1]} tests, the log holds {cells} and {tests}")
+        if isinstance(doc, dict):
+            p = (projected or {}).get(source) or {}
+            if (p.get("cells"), p.get("tests")) != (cells, tests):
+                bad.append(f"legacy source {source!r}: master_database.json counts"
+                           f" {p.get('cells')} cells and {p.get('tests')} tests, its cells in the"
+                           f" log {cells} and {tests}")
+        if results.exists() and in_db.get(source, (0, 0)) != (cells, tests if cells else 0):
+            bad.append(f"legacy source {source!r}: results.db holds {in_db.get(source, (0, 0))}"
+                       f" (cells, tests), its cells in the log {cells} and {tests}")
+    if isinstance(doc, dict):
+        stated = (doc.get("summary") or {}).get("legacy_tests")
+        total = sum(t for _, t in got.values())
+        if stated != total:
+            bad.append(f"master_database.json: summary legacy_tests {stated}, the legacy sources'"
+                       f" cells add up to {total}")
+    return bad

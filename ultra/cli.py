@@ -205,6 +205,44 @@ def audit_command(db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT,
         typer.echo(f"audit: {len(report.findings)} findings")
         raise typer.Exit(1)
     typer.echo("audit: clean")
+@app.command("import-legacy")
+def import_legacy_command(
+    file: Annotated[Path, typer.Argument(help="A master_database.json of the system ultra replaces.")],
+    source: Annotated[Optional[str], typer.Option(
+        "--source", help="Name of the legacy source (default: the file's stem). A later import"
+                         " under the same name replaces the earlier one in every projection.")] = None,
+    exclude_models: Annotated[Optional[list[str]], typer.Option(
+        "--exclude-models", help="Models to leave out (comma-separated), e.g. test models.")] = None,
+    db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT, results: ResultsOpt = None,
+    config: UnusedConfigOpt = None,
+) -> None:
+    """Import a legacy master_database.json as events (idempotently), then project."""
+    from ultra import legacy_import as li
+
+    _check_common(out, results, config)
+    name = li.source_name(file, source)
+    data = li.read_file(file)  # read and checked before the log is opened: bad input stores nothing
+    from projections.repairs import Repairs
+    from ultra.projecting import log_repairs, project
+    from ultra.store import EventLog, is_server_url
+
+    aliases = Repairs({}, set())
+    if is_server_url(db) or Path(db).exists():
+        with EventLog.open(db, create=False) as log:
+            aliases = log_repairs(log)
+    p = li.plan(file, data, name, aliases.canonical, _csv(exclude_models))
+    for line in li.report(p, file):
+        typer.echo(line)
+    with EventLog.open(db, create=True) as log:
+        stored = log.append([p.imported, *p.cells])
+    if stored == 0:
+        typer.echo(f"already imported: this file is in {db} as source {name!r}; nothing added")
+    else:
+        typer.echo(f"appended {stored} events ({p.imported.cells} cells) to {db}")
+    r = project(db, out, results=results)
+    typer.echo(f"{r.out} and {r.results} up to seq {r.last_seq}")
+
+
 repair_app = typer.Typer(
     help="Repairs are events: define an alias or retract tests, then the projection replays.",
     no_args_is_help=True,
@@ -315,7 +353,11 @@ def report_command(
     exclude_timeouts: Annotated[bool, typer.Option(
         "--exclude-timeouts", help="Leave tests that failed by timeout out of the denominators.")] = False,
     compare: Annotated[Optional[tuple[str, str]], typer.Option(
-        "--compare", help="RUN_A RUN_B: per-model success deltas, with a two-proportion test.")] = None,
+        "--compare", help="RUN_A RUN_B: per-model success deltas, with a two-proportion test;"
+                          " legacy:SOURCE names a legacy source (compared unpaired).")] = None,
+    include_legacy: Annotated[bool, typer.Option(
+        "--include-legacy", help="Add the legacy sources' tests into the models' own numbers"
+                                 " (default: each source is a condition of its own).")] = False,
     fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json | html")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", help="Write here instead of stdout.")] = None,
 ) -> None:
@@ -334,7 +376,7 @@ def report_command(
     sel = Selection(models=_csv(models), prompt_types=_csv(prompt_types),
                     difficulties=_csv(difficulty), task_types=_csv(task_types),
                     rates=_rates(tool_success_rate), run=run_id,
-                    exclude_timeouts=exclude_timeouts)
+                    exclude_timeouts=exclude_timeouts, include_legacy=include_legacy)
     text = make_report(db=db, out=out, results=results, config=config, selection=sel,
                        tables=names, fmt=fmt, compare=compare)
     if output is None:

@@ -271,6 +271,54 @@ class TestsRetracted(_Event, tag="tests.retracted", kw_only=True, frozen=True):
             raise ValueError("a retraction must withdraw at least one completion")
 
 
+class LegacyImported(_Event, tag="legacy.imported", kw_only=True, frozen=True):
+    """One import of a legacy master_database.json (`ultra import-legacy`). Its cells follow
+    as `legacy.cell` events naming this event's id; the latest import of a source replaces
+    the earlier ones in every projection (their events stay: the history is kept)."""
+
+    source: Name
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    file_name: Text = ""
+    file_version: Text = ""  # the file's own `version`
+    last_updated: Text = ""  # the file's own `last_updated`, as written
+    cells: Count
+    tests: Count
+    models: Count
+    anomalies: dict[Name, Count] = {}  # kind -> leaves
+    skipped: Count = 0  # leaves not imported (anomalies whose counts are inconsistent)
+    excluded_models: list[Name] = []
+    notes: list[Text] = []
+
+
+class LegacyCell(_Event, tag="legacy.cell", kw_only=True, frozen=True):
+    """One leaf of an imported legacy file, as ultra counts it. `sums` holds, for each
+    average the leaf has, average x total (`execution_time`, `turns`, `tool_calls`,
+    `tool_coverage`, and the suite's metrics): a mean the leaf lacks is absent, and its
+    tests are then not in that mean's denominator."""
+
+    source: Name
+    import_id: EventId  # the legacy.imported event this cell belongs to
+    model: Name  # canonical
+    legacy_model: Name  # as the file spells it
+    prompt_type: Name
+    tool_success_rate: Rate | None = None  # None: the file does not place it (version 2.0)
+    difficulty: Name
+    task_type: Name
+    path: Text  # the leaf's path in the file
+    counting: Annotated[str, Meta(max_length=64)] = ""  # how the leaf counted `success`
+    full_success: Count
+    partial_success: Count
+    failure: Count
+    tests_with_assistance: Count = 0
+    errors: dict[ErrorCategory, Count] = {}
+    sums: dict[MetricName, Score] = {}
+    anomaly: Annotated[str, Meta(max_length=200)] = ""  # imported despite this anomaly
+
+    @property
+    def total(self) -> int:
+        return self.full_success + self.partial_success + self.failure
+
+
 Event = Union[
     RunStarted,
     RunFinished,
@@ -281,6 +329,8 @@ Event = Union[
     AliasDefined,
     TestsRetracted,
     RouteChecked,
+    LegacyImported,
+    LegacyCell,
 ]
 
 EVENT_TYPES: dict[str, type] = {cls.__struct_config__.tag: cls for cls in Event.__args__}  # type: ignore[attr-defined]

@@ -25,7 +25,7 @@ import msgspec
 
 from projections import master_database as mdb
 from projections import results_db as rdb
-from projections.counting import Counting
+from projections.counting import Counting, current_legacy_cells
 from projections.repairs import REPAIR_TYPES, Repairs, collect_repairs
 from ultra.errors import UserError
 from ultra.events import RunFinished, RunStarted
@@ -228,6 +228,8 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db["aliases"].create({"alias": str, "canonical": str}, pk="alias")
     db["cells"].create(rdb.CELL_COLUMNS, pk=rdb.CELL_KEYS)
     db["meta"].create({"key": str, "value": str}, pk="key")
+    db["legacy_cells"].create(rdb.LEGACY_CELL_COLUMNS, pk="event_id")
+    db["legacy_imports"].create(rdb.LEGACY_IMPORT_COLUMNS, pk="source")
 
 
 def _create_indexes_and_views(db: sqlite_utils.Database) -> None:
@@ -255,6 +257,7 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
             yield item
 
     counting = Counting(repairs)
+    counting.legacy = []
     counting.last_recorded_at = meta.generated_at
     buffers: dict[str, list] = {"tests": [], "errored": []}
     columns = {"tests": list(rdb.TEST_COLUMNS), "errored": list(rdb.ERRORED_COLUMNS)}
@@ -283,6 +286,8 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
         if buffers[table]:
             flush(table)
     conn.executemany(rdb.cells_upsert_sql(), [(*k, *v) for k, v in sorted(cells.items())])
+    if counting.legacy:
+        _fold_legacy_results(conn, counting.legacy, repairs)
     # Plain SQL upserts: the incremental path (one CLI call per run) needs no sqlite-utils.
     for row in runs.values():
         _upsert(conn, "runs", row, "run_id")
@@ -297,6 +302,21 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
     meta.chain_head = log.chain_head(until) or ""
     _upsert(conn, "meta", {"key": "state", "value": msgspec.json.encode(meta).decode()}, "key")
     return counting.folded
+
+
+def _fold_legacy_results(conn: sqlite3.Connection, legacy: list, repairs: Repairs) -> None:
+    """Legacy imports and cells, in seq order: a new import of a source replaces its rows."""
+    from ultra.events import LegacyImported
+
+    current = dict(conn.execute("SELECT source, import_id FROM legacy_imports").fetchall())
+    cols = list(rdb.LEGACY_CELL_COLUMNS)
+    insert = f"INSERT INTO legacy_cells ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    for seq, e in current_legacy_cells(legacy, current):
+        if type(e) is LegacyImported:
+            conn.execute("DELETE FROM legacy_cells WHERE source = ?", (e.source,))
+            _upsert(conn, "legacy_imports", rdb.legacy_import_row(seq, e), "source")
+        else:
+            conn.execute(insert, rdb.legacy_cell_row(seq, e, repairs.canonical(e.model)))  # type: ignore[union-attr]
 
 
 def update_results(log: EventLog, path: Path, until: int, *, rebuild: bool = False) -> ResultsReport:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from projections.results_db import CELL_SUMS
+from projections.results_db import CELL_SUMS, legacy_as_cells_sql
 from ultra.errors import UserError
 from ultra.events import ERROR_CATEGORIES
 from ultra.naming import canonical_model, rate_key
@@ -55,6 +55,7 @@ class Selection(msgspec.Struct, kw_only=True):
     rates: list[float] | None = None
     run: str | None = None
     exclude_timeouts: bool = False
+    include_legacy: bool = False  # legacy sources' tests added into the models' own numbers
 
 
 class ModelInfo(msgspec.Struct, kw_only=True, frozen=True):
@@ -107,7 +108,14 @@ class Source:
         self.conn = conn
         self.sel = sel
         self.info = info or {}
-        known = [r[0] for r in conn.execute("SELECT DISTINCT model FROM cells ORDER BY model")]
+        # Each legacy source is a condition of its own (run_id `legacy:<source>`, models
+        # labelled) unless --include-legacy; without legacy cells, `cells` as it is.
+        self.legacy_sources = [r[0] for r in conn.execute(
+            "SELECT source FROM legacy_imports WHERE cells > 0 ORDER BY source")]
+        self.table = legacy_as_cells_sql(sel.include_legacy) if self.legacy_sources else "cells"
+        self.model_column = "base_model" if self.legacy_sources else "model"
+        known = [r[0] for r in conn.execute(
+            f"SELECT DISTINCT {self.model_column} FROM {self.table} ORDER BY 1")]
         if not known:
             raise UserError("results.db holds no counted tests yet (run `ultra run`, or "
                             "`ultra project` over a log that has some)")
@@ -126,17 +134,22 @@ class Source:
             self._check_run(sel.run)
         where, params = self._where(sel.run)
         self.where, self.params = where, params
-        n = conn.execute(f"SELECT COALESCE(SUM(n), 0) FROM cells WHERE {where}", params).fetchone()[0]
+        n = conn.execute(f"SELECT COALESCE(SUM(n), 0) FROM {self.table} WHERE {where}", params).fetchone()[0]
         if n == 0:
             raise UserError("no counted tests match this selection")
         self.timeouts_excluded = 0
         if sel.exclude_timeouts:
             base, base_params = self._where(sel.run, with_timeouts=True)
             self.timeouts_excluded = conn.execute(
-                f"SELECT COALESCE(SUM(n), 0) FROM cells WHERE {base} AND {_TIMEOUT_FAILURE}",
+                f"SELECT COALESCE(SUM(n), 0) FROM {self.table} WHERE {base} AND {_TIMEOUT_FAILURE}",
                 base_params).fetchone()[0]
 
     def _check_run(self, run: str) -> None:
+        if run.startswith("legacy:"):
+            if run[len("legacy:"):] not in self.legacy_sources:
+                raise UserError(f"unknown legacy source {run[len('legacy:'):]!r}: results.db has"
+                                f" {', '.join(self.legacy_sources) or 'none'}")
+            return
         found = self.conn.execute(
             "SELECT 1 FROM tests WHERE run_id = ? UNION SELECT 1 FROM errored WHERE run_id = ?"
             " UNION SELECT 1 FROM runs WHERE run_id = ? LIMIT 1", (run, run, run)).fetchone()
@@ -155,7 +168,7 @@ class Source:
                 parts.append(f"{column} IN ({', '.join('?' * len(values))})")
                 params.extend(values)
 
-        among("model", self.models)
+        among(getattr(self, "model_column", "model") if table == "cells" else "model", self.models)
         prompts = sel.prompt_types
         if prompts is not None and "all_with_flawed" not in prompts:
             plain = [p for p in prompts if p != "all"]
@@ -187,7 +200,7 @@ class Source:
         keys = ", ".join(("model", *dims))
         sums = "SUM(n), SUM(success)" if light else _SUMS
         rows = self.conn.execute(
-            f"SELECT {keys}, {sums} FROM cells WHERE {where} GROUP BY {keys} ORDER BY {keys}",
+            f"SELECT {keys}, {sums} FROM {self.table} WHERE {where} GROUP BY {keys} ORDER BY {keys}",
             params).fetchall()
         width = 1 + len(dims)
         if light:
@@ -208,6 +221,13 @@ class Source:
         if self.sel.exclude_timeouts:
             out.append(f"--exclude-timeouts: {self.timeouts_excluded} tests that failed by"
                        " timeout are left out of every denominator")
+        if self.legacy_sources:
+            names = ", ".join(f"legacy:{s}" for s in self.legacy_sources)
+            out.append(f"legacy sources ({names}) added into the models' numbers (--include-legacy)"
+                       if self.sel.include_legacy else
+                       f"legacy sources ({names}): conditions of their own, rows '<model>"
+                       " [legacy:<source>]'; never added into ultra's own tests (--include-legacy"
+                       " adds them); their cells have no tokens")
         return out
 
 
@@ -314,7 +334,8 @@ def flaws(src: Source) -> Table:
 
 def tool_reliability(src: Source) -> Table:
     cells = src.grouped("tool_success_rate", light=True)
-    present = sorted({k[1] for k in cells}, reverse=True)
+    present = sorted({k[1] for k in cells if k[1] is not None}, reverse=True)  # None: a legacy
+    # source that does not place its tests by rate
     t = _pivot(src, "tool-reliability", "Sensitivity to tool reliability", cells,
                present, [rate_key(r) for r in present])
     t.columns.append(Column("drop", "drop", "delta"))
@@ -380,8 +401,9 @@ def errors(src: Source) -> Table:
 def compare(src: Source, run_a: str, run_b: str) -> Table:
     src.check_run(run_a)
     src.check_run(run_b)
-    a = {k[0]: c for k, c in src.grouped(run=run_a).items()}
-    b = {k[0]: c for k, c in src.grouped(run=run_b).items()}
+    a = {_unlabelled(k[0]): c for k, c in src.grouped(run=run_a).items()}
+    b = {_unlabelled(k[0]): c for k, c in src.grouped(run=run_b).items()}
+    legacy = [r for r in (run_a, run_b) if r.startswith("legacy:")]
     cols = [Column("model", "model", "text"),
             Column("tests_a", "tests A", "count"), Column("success_a", "success A %", "rate"),
             Column("tests_b", "tests B", "count"), Column("success_b", "success B %", "rate"),
@@ -394,9 +416,25 @@ def compare(src: Source, run_a: str, run_b: str) -> Table:
         delta = (cb.success / cb.n - ca.success / ca.n) if ca.n and cb.n else None
         rows.append([model, ca.n, ca.success_rate, cb.n, cb.success_rate, delta, p,
                      "*" if p is not None and p < 0.05 else ""])
+    if legacy:
+        return Table("compare", f"{_what(run_b)} (B) against {_what(run_a)} (A), per model,"
+                     " unpaired", cols, rows,
+                     ["unpaired: a legacy source holds aggregate counts, not the same tests;"
+                      " delta: success rate of B minus A; * two-proportion z-test of the two"
+                      " samples, p < 0.05", *src.notes()])
     return Table("compare", f"Run {run_b} (B) against run {run_a} (A)", cols, rows,
                  ["delta: success rate of B minus A; * two-proportion z-test, p < 0.05",
                   *src.notes()])
+
+
+def _unlabelled(model: str) -> str:
+    """A model's name without the `[legacy:<source>]` label of a legacy condition."""
+    i = model.find(" [legacy:")
+    return model[:i] if i >= 0 and model.endswith("]") else model
+
+
+def _what(run: str) -> str:
+    return f"legacy source {run[len('legacy:'):]}" if run.startswith("legacy:") else f"run {run}"
 
 
 BUILDERS = {
