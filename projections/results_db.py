@@ -17,7 +17,7 @@ from projections.counting import Counted
 from ultra.events import ERROR_CATEGORIES, RunFinished, RunStarted, TestCompleted
 from ultra.naming import rate_key
 
-VERSION = 5  # bump when tables, rows or views change: an older results.db is rebuilt
+VERSION = 6  # bump when tables, rows or views change: an older results.db is rebuilt
 
 # Column name -> SQLite type, in table order. The dimensions come first.
 TEST_COLUMNS: dict[str, type] = {
@@ -318,12 +318,12 @@ def legacy_as_cells_sql(include: bool) -> str:
     """`cells` with each legacy source's cells added as a condition of its own: run_id
     `legacy:<source>`, and (unless `include`) the model labelled `<model> [legacy:<source>]`,
     so no report adds them into the numbers of ultra's own tests. (A mean a legacy leaf
-    lacked counts as 0 there; legacy cells have no tokens and no timeout split.)"""
+    lacked counts as 0 there; legacy cells have no tokens, truncation nor timeout split.)"""
     label = "model" if include else "model || ' [legacy:' || source || ']'"
     legacy_sums = ", ".join(
         "COALESCE(final_score, 0.0)" if c == "final_score"
         else "COALESCE(turns, 0.0)" if c == "turns"
-        else "0" if c in ("prompt_tokens", "completion_tokens") else c
+        else "0" if c in ("prompt_tokens", "completion_tokens", "truncated") else c
         for c in CELL_SUMS)
     cols = ", ".join((*CELL_KEYS, *CELL_SUMS))
     return (f"(SELECT {cols}, model AS base_model FROM cells UNION ALL"
