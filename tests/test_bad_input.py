@@ -84,6 +84,11 @@ def _count(db: Path) -> int:
     ('[models.m]\nprovider = "p"\ndeployments = ["m", ".."]\n[providers.p]\nkind = "azure"\n'
      'endpoint = "https://x.example"\napi_key_env = "K"\n',
      "model 'm': deployment name '..' is not a path segment"),
+    (f'[models.{"m" * 600}]\nprovider = "p"\n[providers.p]\nkind = "sim"\n',
+     "model name 'mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm'... is 600 characters (at most 496)"),
+    ('[models.m]\nprovider = "p"\n[providers.p]\nkind = "azure"\nendpoint = "https://x.example"\n'
+     f'api_key_env = "K"\n[models.m.extra_body]\n[models.n]\nprovider = "p"\ndeployments = ["{"d" * 513}"]\n',
+     "model 'n': deployment name 'dddddddddddddddddddddddddddddddddddddddd'... is 513 characters"),
     ('[run]\nmax_turns = 0\n', "Expected `int` >= 1 - at `$.run.max_turns`"),
     ('[run]\nnum_instances = 100000000\n', "at `$.run.num_instances`"),
     ('[run]\ntool_success_rates = [0.8, 7.5]\n', "at `$.run.tool_success_rates[1]`"),
@@ -367,6 +372,14 @@ def test_run_refuses_an_out_it_could_not_write_before_any_test_runs(tmp_path):
      "in.jsonl:1: recorded_at '2026-02-30T25:61:61Z' is not a real UTC time"),
     ('{"type":"x.future","event_id":"x","version":2,"recorded_at":"2026-13-01T00:00:00Z"}',
      "in.jsonl:1: recorded_at '2026-13-01T00:00:00Z' is not a real UTC time"),
+    ('{"type":"test.errored","event_id":"e1","version":2,"recorded_at":"2025-07-01T00:00:00Z",'
+     '"run_id":"r","shard_id":"s","test_key":"k","model":"m","instance":"m","provider":"p",'
+     '"task_id":"t","task_type":"simple_task","difficulty":"easy","prompt_type":"baseline",'
+     '"tool_success_rate":0.8,"reason":"timeout","started_at":"2026-04-31T10:00:00Z"}',
+     "in.jsonl:1: started_at '2026-04-31T10:00:00Z' is not a real UTC time"),
+    ('{"type":"tests.retracted","event_id":"r1","version":2,"recorded_at":"2025-07-01T00:00:00Z",'
+     '"selector":{"recorded_before":"2025-06-31T00:00:00Z"},"reason":"x","withdraws":["c1"]}',
+     "in.jsonl:1: selector.recorded_before '2025-06-31T00:00:00Z' is not a real UTC time"),
 ])
 def test_impossible_import_lines_are_one_line_and_import_nothing(tmp_path, line, message):
     (tmp_path / "in.jsonl").write_text(line + "\n")

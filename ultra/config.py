@@ -258,6 +258,16 @@ def effective_model(config: Config, name: str) -> EffectiveModel:
 def validate(config: Config) -> list[str]:
     """Every problem of a config, one line each (the environment is checked per run)."""
     problems: list[str] = []
+    from ultra.events import NAME_MAX
+
+    # Names enter events, which cap them: a route adds a suffix (`-key12`) to its model's.
+    for kind, names, cap in (("provider", config.providers, NAME_MAX),
+                             ("model", config.models, NAME_MAX - 16)):
+        problems += [f"{kind} name {n[:40]!r}... is {len(n)} characters (at most {cap})"
+                     for n in names if len(n) > cap]
+    problems += [f"model {mname[:40]!r}: deployment name {d[:40]!r}... is {len(d)} characters"
+                 f" (at most {NAME_MAX})" for mname, m in config.models.items()
+                 for d in m.deployments or () if len(d) > NAME_MAX]
     for pname, p in config.providers.items():
         if p.kind == "openai":
             if not p.base_url and not p.base_urls:

@@ -62,7 +62,8 @@ Timestamp = Annotated[str, Meta(pattern=TIMESTAMP_PATTERN)]
 # Lengths, not patterns, where a pattern would cost a regex per event read (recorded_at
 # keeps its format check: it orders the log's time).
 EventId = Annotated[str, Meta(min_length=1, max_length=128)]
-Name = Annotated[str, Meta(min_length=1, max_length=512)]  # models, routes, runs, tasks, keys
+NAME_MAX = 512
+Name = Annotated[str, Meta(min_length=1, max_length=NAME_MAX)]  # models, routes, runs, tasks, keys
 Text = Annotated[str, Meta(max_length=4000)]
 Version = Annotated[int, Meta(ge=1, le=SCHEMA_VERSION)]
 Count = Annotated[int, Meta(ge=0, le=2**53)]

@@ -153,6 +153,21 @@ def _impossible_time(value: Any) -> bool:
     return False
 
 
+def _bad_time(obj: dict) -> tuple[str, Any] | None:
+    """The first time field inside an event (besides recorded_at) that is not a real UTC
+    time in the log's form: a test's `started_at` (or empty), a selector's bounds."""
+    started = obj.get("started_at")
+    if started not in (None, "") and (not isinstance(started, str) or _impossible_time(started)
+                                      or not re.fullmatch(ev.TIMESTAMP_PATTERN, started)):
+        return "started_at", started
+    selector = obj.get("selector")
+    if isinstance(selector, dict):
+        for name in ("recorded_before", "recorded_after"):
+            if _impossible_time(selector.get(name)):
+                return f"selector.{name}", selector[name]
+    return None
+
+
 def raw_row(line: str | bytes, where: str) -> Row:
     """The row of one JSON line as `ultra events` prints it (`seq` is dropped).
 
@@ -179,6 +194,10 @@ def raw_row(line: str | bytes, where: str) -> Row:
         problem = ev.require_identity(obj)
         if problem is not None:
             raise UserError(f"{where}: {problem}")
+        bad = _bad_time(obj)
+        if bad is not None:
+            raise UserError(f"{where}: {bad[0]} {str(bad[1])[:40]!r} is not a real UTC time"
+                            " (YYYY-MM-DDTHH:MM:SS[.f]Z)")
         try:
             event = ev.from_builtins(obj)
         except msgspec.ValidationError as exc:
