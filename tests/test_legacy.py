@@ -291,3 +291,23 @@ def test_mixed_log_totals_report_conditions_and_audit(tmp_path):
     audit = ultra("audit", cwd=tmp_path)
     assert audit.returncode == 0, audit.stdout
     assert "audit: clean" in audit.stdout and "1 legacy sources, 4960 tests" in audit.stdout
+
+
+def test_the_same_import_on_two_machines_gives_logs_that_merge(tmp_path):
+    """The events depend on the file and the command, not on the clock or the log: two logs
+    that imported the same file merge with `ultra import` and count its tests once; an alias
+    defined in a log applies to the imported cells when projecting."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for where in (a, b):
+        assert _import(where, PARTIAL, "--source", "old").returncode == 0
+    assert ultra("repair", "alias", "DeepSeek-V3-0324", "team-deepseek", "--db", str(b / "e.db"),
+                 "--out", str(b / "m.json")).returncode == 0
+    dump = ultra("events", "--db", str(a / "e.db"))
+    (a / "a.jsonl").write_text(dump.stdout)
+    merged = ultra("import", str(a / "a.jsonl"), "--db", str(b / "e.db"))
+    assert merged.returncode == 0, merged.stderr
+    assert ultra("project", "--db", str(b / "e.db"), "--out", str(b / "m.json")).returncode == 0
+    doc = json.loads((b / "m.json").read_text())
+    assert doc["summary"]["total_tests"] == doc["summary"]["legacy_tests"] == 4960
+    assert "team-deepseek" in doc["models"] and "DeepSeek-V3-0324" not in doc["models"]

@@ -222,15 +222,12 @@ def import_legacy_command(
     _check_common(out, results, config)
     name = li.source_name(file, source)
     data = li.read_file(file)  # read and checked before the log is opened: bad input stores nothing
-    from projections.repairs import Repairs
-    from ultra.projecting import log_repairs, project
-    from ultra.store import EventLog, is_server_url
+    from ultra.naming import canonical_model
+    from ultra.projecting import project
+    from ultra.store import EventLog
 
-    aliases = Repairs({}, set())
-    if is_server_url(db) or Path(db).exists():
-        with EventLog.open(db, create=False) as log:
-            aliases = log_repairs(log)
-    p = li.plan(file, data, name, aliases.canonical, _csv(exclude_models))
+    # the static naming only: the log's aliases apply when projecting, as for any result
+    p = li.plan(file, data, name, canonical_model, _csv(exclude_models))
     for line in li.report(p, file):
         typer.echo(line)
     with EventLog.open(db, create=True) as log:

@@ -47,12 +47,32 @@ def source_name(path: Path, source: str | None) -> str:
     return name
 
 
+def recorded_at(last_updated: str) -> str:
+    """The events' `recorded_at`: the file's own `last_updated` in the log's UTC form (a
+    time without a zone is taken as UTC), else the epoch. Never the clock: the same file
+    imported on two machines gives the same events, so their logs merge (`ultra import`)."""
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(last_updated.strip().replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        when = dt.datetime(1970, 1, 1)
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def plan(path: Path, data: bytes, source: str, canonical: Callable[[str], str],
          exclude: list[str] | None = None) -> Plan:
-    """The events of one import (nothing is stored here)."""
+    """The events of one import (nothing is stored here). They depend on the file, the
+    source, the file's name and the models left out, nothing else (not the clock, not the
+    log's aliases: `canonical` is the static naming, aliases apply when projecting), so
+    importing the same file the same way anywhere gives the same events."""
     reading = legacy.read(data, what=str(path))
     dropped = {x.strip().lower() for x in exclude or [] if x.strip()}
-    import_id = legacy.event_id(source, reading.sha256)
+    stamp = recorded_at(reading.last_updated)
+    # another name or other models left out: another import of the source (the latest wins)
+    import_id = legacy.event_id(source, reading.sha256, "\0".join([path.name, *sorted(dropped)]))
     cells: list[ev.LegacyCell] = []
     folded: dict[str, str] = {}
     excluded: dict[str, int] = {}
@@ -67,7 +87,7 @@ def plan(path: Path, data: bytes, source: str, canonical: Callable[[str], str],
         if TEST_MODEL.search(model):
             test_like[model] = test_like.get(model, 0) + c.total
         cells.append(ev.LegacyCell(
-            event_id=legacy.event_id(source, reading.sha256, c.path),
+            event_id=legacy.event_id(source, import_id, c.path), recorded_at=stamp,
             source=source, import_id=import_id, model=model, legacy_model=c.model,
             prompt_type=c.prompt_type, tool_success_rate=c.tool_success_rate,
             difficulty=c.difficulty, task_type=c.task_type, path=c.path[:4000],
@@ -76,7 +96,8 @@ def plan(path: Path, data: bytes, source: str, canonical: Callable[[str], str],
             errors=c.errors, sums=c.sums, anomaly=c.anomaly))  # type: ignore[arg-type]
     skipped = sum(len(v) for k, v in reading.anomalies.items() if k in legacy.SKIPPING_KINDS)
     imported = ev.LegacyImported(
-        event_id=import_id, source=source, sha256=reading.sha256, file_name=path.name[:4000],
+        event_id=import_id, recorded_at=stamp, source=source, sha256=reading.sha256,
+        file_name=path.name[:4000],
         file_version=reading.version[:4000], last_updated=reading.last_updated[:4000],
         cells=len(cells), tests=sum(c.total for c in cells),
         models=len({c.model for c in cells}),
