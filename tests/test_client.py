@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import msgspec
@@ -310,36 +311,45 @@ def test_redaction_removes_every_piece_of_a_key_in_any_case():
     assert redact("nothing secret here", (key,)) == "nothing secret here"
 
 
+@contextlib.asynccontextmanager
+async def _loopback(handler):
+    """A loopback server running `handler` per connection, for the block: its port."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handler, [listener])
+        yield listener.socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+async def _unavailable(route: Route, *, timeout: float, retries: int, health=None):
+    """One test's `complete` on `route`, which must fail: (the error, the model)."""
+    async with RouteClient(route, 1) as client:
+        model = HttpChatModel(client, route, (RateLimiter(100),), ShardCounters(),
+                              request_timeout=timeout, max_retries=retries,
+                              rng=random.Random(0), health=health)
+        with pytest.raises(ModelUnavailable) as info:
+            await model.complete(MESSAGES, None)
+    return info.value, model
+
+
 def test_a_server_that_never_answers_breaks_its_route_within_broken_after_timeouts():
     """Accepts connections, never answers: each timeout counts against the route, and a
     broken route stops the test's retries."""
-    from ultra.client import RouteClient, RouteHealth, ShardCounters
+    from ultra.client import RouteHealth
+
+    async def silent(stream) -> None:
+        await trio.sleep_forever()
 
     async def main() -> None:
-        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-        port = listener.socket.getsockname()[1]
-        held = []
-
-        async def silent(stream) -> None:
-            held.append(stream)
-            await trio.sleep_forever()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, silent, [listener])
+        async with _loopback(silent) as port:
             route = Route(url=f"http://127.0.0.1:{port}/v1/chat/completions?secret=s3",
                           shape="openai", api_model="m", key_literal="k" * 40)
             health = RouteHealth(3)
-            async with RouteClient(route, 1) as client:
-                model = HttpChatModel(client, route, (RateLimiter(100),), ShardCounters(),
-                                      request_timeout=0.2, max_retries=10, rng=random.Random(0),
-                                      health=health)
-                with pytest.raises(ModelUnavailable) as info:
-                    await model.complete([{"role": "user", "content": "hi"}], None)
+            error, model = await _unavailable(route, timeout=0.2, retries=10, health=health)
             assert health.broken is not None and model.retries == 3
-            assert info.value.reason == "timeout"
-            assert f"127.0.0.1:{port}/v1/chat/completions" in info.value.message
-            assert "s3" not in info.value.message
-            nursery.cancel_scope.cancel()
+            assert error.reason == "timeout"
+            assert f"127.0.0.1:{port}/v1/chat/completions" in error.message
+            assert "s3" not in error.message
 
     trio.run(main)
 
@@ -425,45 +435,28 @@ def test_a_refused_route_says_the_url_ultra_built_and_what_the_server_said(statu
     from ultra.client import RouteHealth
 
     async def main() -> None:
-        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-        port = listener.socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, _canned(status_line, headers, body), [listener])
+        async with _loopback(_canned(status_line, headers, body)) as port:
             route = Route(url=f"http://127.0.0.1:{port}/v1/chat/completions?key=s3cret",
                           shape="openai", api_model="m", key_literal="k" * 40)
             health = RouteHealth(1)
-            async with RouteClient(route, 1) as client:
-                model = HttpChatModel(client, route, (RateLimiter(100),), ShardCounters(),
-                                      request_timeout=5, max_retries=2, rng=random.Random(0),
-                                      health=health)
-                with pytest.raises(ModelUnavailable) as info:
-                    await model.complete(MESSAGES, None)
-            assert want in info.value.message and model.retries == 1  # refused: not retried
+            error, model = await _unavailable(route, timeout=5, retries=2, health=health)
+            assert want in error.message and model.retries == 1  # refused: not retried
             assert health.broken is not None and want in health.broken
             assert f"(from http://127.0.0.1:{port}/v1/chat/completions)" in health.broken
             assert "s3cret" not in health.broken and "token=abc" not in health.broken
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
 
 def test_a_server_error_says_the_url_ultra_built():
     async def main() -> None:
-        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-        port = listener.socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, _canned(
-                b"HTTP/1.1 500 Internal Server Error", [], b"Internal Server Error"), [listener])
+        async with _loopback(_canned(b"HTTP/1.1 500 Internal Server Error", [],
+                                     b"Internal Server Error")) as port:
             route = Route(url=f"http://127.0.0.1:{port}/openai/chat/completions?api-version=x",
                           shape="azure", api_model=None, key_literal="k" * 32)
-            async with RouteClient(route, 1) as client:
-                model = HttpChatModel(client, route, (RateLimiter(100),), ShardCounters(),
-                                      request_timeout=5, max_retries=1, rng=random.Random(0))
-                with pytest.raises(ModelUnavailable) as info:
-                    await model.complete(MESSAGES, None)
-            assert info.value.http_status == 500 and info.value.retries == 2
-            assert info.value.message == (f"Internal Server Error (from http://127.0.0.1:{port}"
-                                          "/openai/chat/completions)")
-            nursery.cancel_scope.cancel()
+            error, _ = await _unavailable(route, timeout=5, retries=1)
+            assert error.http_status == 500 and error.retries == 2
+            assert error.message == (f"Internal Server Error (from http://127.0.0.1:{port}"
+                                     "/openai/chat/completions)")
 
     trio.run(main)
