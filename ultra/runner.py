@@ -779,9 +779,10 @@ def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: s
     crashed = sum(1 for p in procs if p.exitcode not in (0, None))
     dead = [p.pid for p in procs if p.exitcode not in (0, None) and p.pid is not None]
     if dead:  # what a crashed child held is free now, not only once its leases expire
-        with EventLog.open(db, create=False) as log:
-            for pid in dead:
-                log.release_all(holder_id(run_id, pid))
+        with contextlib.suppress(UserError):  # the log is gone: the next run frees them
+            with EventLog.open(db, create=False) as log:
+                for pid in dead:
+                    log.release_all(holder_id(run_id, pid))
     if interrupted:
         crashed = 0  # children ended by our own signal are not crashes
     return snapshots, interrupted, crashed
