@@ -38,6 +38,7 @@ class PgServer:
     def __init__(self, bindir: Path, root: Path, port: int, as_user: list[str]) -> None:
         self.bindir, self.root, self.port, self._as = bindir, root, port, as_user
         self.data = root / "data"
+        self._opts = ""
 
     @property
     def url(self) -> str:
@@ -69,9 +70,21 @@ class PgServer:
                 f"-c unix_socket_directories={root}", "-c max_connections=200"]
         if not durable:
             opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-        server._run(str(bindir / "pg_ctl"), "-D", str(server.data), "-l", str(root / "log"),
-                    "-w", "-t", "120", "-o", " ".join(opts), "start")
+        server._opts = " ".join(opts)
+        server.resume()
         return server
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data: an outage. Fast mode: every connection is
+        dropped at once, and what was committed stays (with fsync off, an immediate stop
+        could lose acknowledged commits, which no client can make up for)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast",
+                  "-w", "stop", timeout=60)
+
+    def resume(self) -> None:
+        """Start the server (again) on the same port and data."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
+                  "-w", "-t", "120", "-o", self._opts, "start")
 
     def create_database(self, name: str) -> str:
         import psycopg

@@ -258,6 +258,38 @@ def test_a_full_disk_fails_a_run_in_one_line_and_keeps_the_log(tmp_path, tmpfs):
         assert sum(1 for _ in stream) == log.count() and stream.undecodable == 0
 
 
+def test_a_disk_filling_mid_run_is_one_line_the_summary_and_exit_1(tmp_path, tmpfs):
+    """The disk fills while shards write: one line (not a shard's traceback, not twice),
+    the run's summary, exit 1; with space again the next run completes every test once."""
+    from tests.collection_helpers import model, popen_ultra, sim_models_config
+    from tests.test_store_outages import _completions, _wait_for_completions
+    from ultra.sim.config import Latency, SimConfig
+    from ultra.sim.process import SimProcess
+
+    db = tmpfs / "e.db"
+    cfg = tmp_path / "ultra.toml"
+    args = ["run", "--config", str(cfg), "--db", str(db), "--out", str(tmp_path / "m.json"),
+            "--processes", "1", "--progress", "none"]
+    with SimProcess(SimConfig(latency=Latency(median_ms=300))) as sim:
+        cfg.write_text(sim_models_config(sim.url, instances=4, models=model(
+            "sim-good", "gw", "per-key", workers=2, qps=4)))
+        proc = popen_ultra(*args, cwd=tmp_path)
+        _wait_for_completions(str(db), 3, proc)
+        _fill(tmpfs, 0)
+        out, err = proc.communicate(timeout=300)
+        line = one_error_line(subprocess.CompletedProcess(args, proc.returncode, out, err), code=1)
+        assert "the disk is full" in line and str(db) in line, line
+        assert "results not stored, the next run takes those tests again" in line, line
+        assert out.startswith("run ") and " completed (success " in out, out
+        (tmpfs / "filler").unlink()
+        again = popen_ultra(*args, "--json", cwd=tmp_path)
+        out, err = again.communicate(timeout=300)
+        assert again.returncode == 0, err
+    done = _completions(str(db))
+    planned = json.loads(out)["planned"] + json.loads(out)["skipped_completed"]
+    assert len(done) == planned and set(done.values()) == {1}
+
+
 def _corrupt(db: Path) -> None:
     """Tear every page of the events table and its indexes (the schema and the small
     bookkeeping tables stay readable, as after a torn write in the middle of the file)."""

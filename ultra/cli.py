@@ -609,12 +609,15 @@ def run(
     lease_seconds: Annotated[float, typer.Option(
         "--lease-seconds", help="How long a dead collector's routes and tests stay held"
         " (renewed every sixth of it while alive).")] = 30.0,
+    store_timeout: Annotated[float, typer.Option(
+        "--store-timeout", help="How long a lost event log (PostgreSQL restarting, a network"
+        " cut) is waited for, reconnecting, before the run stops (exit 1).")] = 60.0,
 ) -> None:
     """Plan, run every shard, project. Tests already completed are skipped (resume).
 
     Exit code: 0 every planned test completed (or the errored ones are within --max-errors);
-    1 tests errored, a route broke or a shard process crashed; 2 bad input or a route refused
-    at preflight; 130 interrupted."""
+    1 tests errored, a route broke, a shard process crashed or the event log failed mid-run;
+    2 bad input or a route refused at preflight; 130 interrupted."""
     import msgspec
 
     from ultra.config import digest
@@ -636,12 +639,14 @@ def run(
     error_allowance(max_errors, 0)  # a malformed budget is bad input, before anything runs
     if not 1.0 <= lease_seconds <= 3600.0:
         raise UserError(f"invalid --lease-seconds {lease_seconds} (must be in [1, 3600])")
+    if not 1.0 <= store_timeout <= 86400.0:
+        raise UserError(f"invalid --store-timeout {store_timeout} (must be in [1, 86400])")
     _check_common(out, results)  # before any test runs, not after all of them
     result = execute(cfg, digest(cfg), sel, db=db, out=out, results=results,
                      processes=processes, tasks=tasks_path,
                      argv=sys.argv[1:], json_output=json_output,
                      check_first=not no_preflight, max_errors=max_errors, progress=progress,
-                     wait=wait, lease_seconds=lease_seconds)
+                     wait=wait, lease_seconds=lease_seconds, store_timeout=store_timeout)
     if json_output:
         print(msgspec.json.encode(result).decode())
     else:

@@ -24,6 +24,10 @@ when a finished test is neither claimed nor stored: an errored test's claim is d
 is taken again), a completed test's claim stays as a mark of the completion's seq, and a
 collector whose plan is older than that mark is told the test is done (no search of the
 log). Marks that no running plan predates are dropped when a collector process ends.
+
+The store waits for a lost log itself (`EventLog.retry_seconds`); a claim or renewal that
+fails for good (`UserError`: the log lost past that, a full disk) goes to `failed`, which
+stops the process's shards: the calling shard is cancelled at once, as by an interrupt.
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ from __future__ import annotations
 import os
 import socket
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
+
+from ultra.errors import UserError
 
 from ultra.plan import Shard
 from ultra.store import DONE, EventLog
@@ -68,13 +75,14 @@ class ProcessLeases:
     """The leases of one shard process, over its one store connection (calls in threads)."""
 
     def __init__(self, log: EventLog, run_id: str, *, ttl: float, after_seq: int,
-                 wait: bool) -> None:
+                 wait: bool, failed: Callable[[UserError], None] | None = None) -> None:
         self.log = log
         self.run_id = run_id
         self.holder = holder_id(run_id)
         self.ttl = ttl
         self.after_seq = after_seq  # completions after this seq were not known to the plan
         self.wait = wait
+        self.failed = failed  # told of a storage error that stops the process (else raised)
         self._routes: Counter[str] = Counter()  # route lease -> shards of ours using it
         self.lost: set[str] = set()
         self.fenced = 0  # tests whose events were dropped: another collector took the claim
@@ -84,19 +92,31 @@ class ProcessLeases:
         # completion marks made after it are kept for us.
         log.claim(f"plan:{self.holder}", self.holder, run_id, ttl, plan_seq=after_seq)
 
+    async def _store(self, fn: Callable[..., object], *args: object) -> object:
+        """`fn(*args)` in a thread; a storage error goes to `failed`, which cancels the
+        caller's scope (so this raises trio.Cancelled there)."""
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except UserError as exc:
+            if self.failed is None:
+                raise
+            self.failed(exc)
+            await trio.lowlevel.checkpoint()
+            raise
+
     async def _claim(self, name: str) -> str | None:
         def claim() -> str | None:
             return self.log.claim(name, self.holder, self.run_id, self.ttl,
                                   plan_seq=self.after_seq)
 
-        why = await trio.to_thread.run_sync(claim)
+        why = await self._store(claim)
         if why is None or why == DONE or trio.current_time() - self._freed_at < WAIT_POLL:
-            return why
+            return why  # type: ignore[return-value]
         # Held by another run: if that run died on this host meanwhile, its claim is free.
         self._freed_at = trio.current_time()
-        if await trio.to_thread.run_sync(self.log.free_dead_holders):
-            why = await trio.to_thread.run_sync(claim)
-        return why
+        if await self._store(self.log.free_dead_holders):
+            why = await self._store(claim)
+        return why  # type: ignore[return-value]
 
     async def hold_route(self, shard: Shard, progress: ShardProgress) -> bool:
         """Hold the shard's route (with `wait`, wait until it is free). False when another
@@ -121,7 +141,12 @@ class ProcessLeases:
         if self._routes[name] == 0:
             del self._routes[name]
             with trio.CancelScope(shield=True):  # also on the way out of a cancelled shard
-                await trio.to_thread.run_sync(self.log.release, [name], self.holder)
+                try:
+                    await trio.to_thread.run_sync(self.log.release, [name], self.holder)
+                except UserError as exc:
+                    if self.failed is None:
+                        raise
+                    self.failed(exc)  # the route is freed with the process's other leases
 
     async def take_test(self, test_key: str) -> str | None:
         """None when the test is ours to run; DONE when another collector completed it;
@@ -133,7 +158,13 @@ class ProcessLeases:
         another collector took it), stop sending: cancel `lost_route`."""
         while True:
             await trio.sleep(self.ttl / HEARTBEATS_PER_TTL)
-            held = await trio.to_thread.run_sync(self.log.renew, self.holder, self.ttl)
+            try:
+                held = await trio.to_thread.run_sync(self.log.renew, self.holder, self.ttl)
+            except UserError as exc:
+                if self.failed is None:
+                    raise
+                self.failed(exc)
+                return
             lost = {name for name in self._routes if name not in held}
             if f"plan:{self.holder}" not in held:  # stalled past the ttl: marks may be gone
                 lost.add("plan")

@@ -5,6 +5,13 @@ and owns one group-commit writer into the shared SQLite log. Children share noth
 the log and a queue of progress snapshots. Ctrl-C / SIGTERM: every child cancels its
 in-flight tests, commits what is pending, writes `shard.finished(interrupted)`; the parent
 then records `run.finished(interrupted)`, projects, and exits 130.
+
+The log failing under a shard process (PostgreSQL out of reach past `--store-timeout`, the
+store's own retries spent; a full disk) stops that process's shards as an interrupt would:
+what its writer could not store is counted per shard (`unstored`), not as completed, and
+its tests' claims stay until the next run frees them (their holder is gone). The parent
+prints that one line, the summary, and exits 1; it records no `run.finished` and projects
+nothing (the next run does both).
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from ultra.projecting import project, results_path
 from ultra.resume import completed_keys, key_problems
 from ultra.progress import Display
 from ultra.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
-from ultra.store import EventLog, is_server_url
+from ultra.store import STORE_TIMEOUT, EventLog, is_server_url
 from ultra.suites import get_suite
 
 BATCH_EVENTS = 500  # group commit: a batch, or
@@ -68,18 +75,37 @@ class ChildJob(msgspec.Struct, kw_only=True):
     lease_seconds: float = DEFAULT_TTL
     wait: bool = False  # wait for routes and tests other runs hold, instead of leaving them
     leases: bool = True  # hold routes and claim tests in the store (off: benchmarks only)
+    store_timeout: float = STORE_TIMEOUT  # how long a lost log is waited for
 
 
 # ---- inside a shard process -------------------------------------------------------------
 
 
+class StoreFailure:
+    """The first storage error of a shard process (a `UserError` line) stops its shards:
+    `halt` is the scope they run in."""
+
+    def __init__(self, halt: trio.CancelScope) -> None:
+        self.halt = halt
+        self.line: str | None = None
+
+    def __call__(self, exc: UserError) -> None:
+        if self.line is None:
+            self.line = str(exc)
+        self.halt.cancel()
+
+
 async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog,
                        leases: ProcessLeases | None = None,
-                       owners: dict[str, ShardProgress] | None = None) -> None:
+                       owners: dict[str, ShardProgress] | None = None,
+                       failed: StoreFailure | None = None) -> None:
     """Group commit: append a batch when it is full or BATCH_SECONDS old; the claims of the
     tests it finishes are released in the same transaction. A test whose claim this process
     lost (it stalled past the lease) is not stored: counted as fenced in its shard's
-    progress (`owners`: test key -> progress), instead of completed or errored."""
+    progress (`owners`: test key -> progress), instead of completed or errored. While the
+    store reconnects, events wait in the channel (claims wait too, so no new test starts).
+    A batch the store refuses for good goes to `failed`, and it and every later event are
+    counted as unstored."""
     async with recv:
         while True:
             try:
@@ -94,28 +120,40 @@ async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog,
                     except trio.EndOfChannel:
                         closed = True
                         break
-            if leases is None:
-                await trio.to_thread.run_sync(log.append, batch)
-            else:  # the claims of the tests this batch finishes end with it
-                done = {test_lease(e.test_key): e.event_id for e in batch
-                        if isinstance(e, TestCompleted)}
-                again = [test_lease(e.test_key) for e in batch if isinstance(e, TestErrored)]
-                stored = await trio.to_thread.run_sync(
-                    lambda: log.append_held(batch, holder=leases.holder, release=again, done=done))
-                if stored.fenced:
-                    _count_fenced(batch, set(stored.fenced), leases, owners or {})
+            try:
+                if leases is None:
+                    await trio.to_thread.run_sync(log.append, batch)
+                else:  # the claims of the tests this batch finishes end with it
+                    done = {test_lease(e.test_key): e.event_id for e in batch
+                            if isinstance(e, TestCompleted)}
+                    again = [test_lease(e.test_key) for e in batch if isinstance(e, TestErrored)]
+                    stored = await trio.to_thread.run_sync(
+                        lambda: log.append_held(batch, holder=leases.holder, release=again, done=done))
+                    if stored.fenced:
+                        leases.fenced += len(stored.fenced)
+                        _uncount(batch, set(stored.fenced), owners or {}, "fenced")
+            except UserError as exc:  # lost past the store's patience, or a full disk
+                if failed is None:
+                    raise
+                failed(exc)
+                _uncount(batch, None, owners or {}, "unstored")
+                if not closed:
+                    async for event in recv:  # until the stopped shards close the channel
+                        _uncount([event], None, owners or {}, "unstored")
+                return
             if closed:
                 return
 
 
-def _count_fenced(batch: list[Event], lost: set[str], leases: ProcessLeases,
-                  owners: dict[str, ShardProgress]) -> None:
-    leases.fenced += len(lost)
+def _uncount(batch: list[Event], keys: set[str] | None, owners: dict[str, ShardProgress],
+             field: str) -> None:
+    """The results in `batch` (of `keys`, or all) were not stored: counted under `field`
+    of their shard's progress instead of completed or errored."""
     for e in batch:
         progress = owners.get(e.test_key) if isinstance(e, (TestCompleted, TestErrored)) else None
-        if progress is None or e.test_key not in lost:
+        if progress is None or (keys is not None and e.test_key not in keys):
             continue
-        progress.fenced += 1
+        setattr(progress, field, getattr(progress, field) + 1)
         if isinstance(e, TestCompleted):
             progress.completed -= 1
             progress.succeeded -= e.result.outcome != "failure"
@@ -175,37 +213,50 @@ async def _run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], No
     # One pacer per shared key budget: `assign` put all shards of a key in this process.
     shared_limiters = {s.shared_limit.name: KeyBudget(s.shared_limit.qps, s.shared_limit.tpm)
                        for s in job.shards if s.shared_limit}
+    failed = StoreFailure(halt := trio.CancelScope())
     with EventLog.open(job.db) as log:
-        leases = (ProcessLeases(log, job.run_id, ttl=job.lease_seconds, after_seq=job.after_seq,
-                                wait=job.wait) if job.leases else None)
+        log.retry_seconds = job.store_timeout
+        leases = None
         try:
+            if job.leases:
+                leases = ProcessLeases(log, job.run_id, ttl=job.lease_seconds,
+                                       after_seq=job.after_seq, wait=job.wait, failed=failed)
             send, recv = trio.open_memory_channel[Event](math.inf)
             async with trio.open_nursery() as outer:
                 owners = {t.test_key: p for s, p in zip(job.shards, progresses) for t in s.tests}
-                outer.start_soon(write_events, recv, log, leases, owners)
+                outer.start_soon(write_events, recv, log, leases, owners, failed)
                 async with trio.open_nursery() as aux:
                     async with send:
-                        async with trio.open_nursery() as work:
-                            aux.start_soon(_cancel_on_signal, work.cancel_scope)
-                            aux.start_soon(_report_loop, progresses, report)
-                            if parent_alive is not None:
-                                aux.start_soon(_cancel_when_orphaned, work.cancel_scope, parent_alive)
-                            if leases is not None:
-                                aux.start_soon(leases.heartbeat, work.cancel_scope)
-                            for shard, progress in zip(job.shards, progresses):
-                                shared = shared_limiters.get(shard.shared_limit.name) if shard.shared_limit else None
-                                work.start_soon(run_shard, shard, suite, job.run_id,
-                                                send.send_nowait, progress, shared, leases)
+                        with halt:
+                            async with trio.open_nursery() as work:
+                                aux.start_soon(_cancel_on_signal, work.cancel_scope)
+                                aux.start_soon(_report_loop, progresses, report)
+                                if parent_alive is not None:
+                                    aux.start_soon(_cancel_when_orphaned, work.cancel_scope, parent_alive)
+                                if leases is not None:
+                                    aux.start_soon(leases.heartbeat, work.cancel_scope)
+                                for shard, progress in zip(job.shards, progresses):
+                                    shared = shared_limiters.get(shard.shared_limit.name) if shard.shared_limit else None
+                                    work.start_soon(run_shard, shard, suite, job.run_id,
+                                                    send.send_nowait, progress, shared, leases)
                     aux.cancel_scope.cancel()
+        except UserError as exc:  # from a claim before any shard started
+            failed(exc)
         finally:
-            if leases is not None:  # after the last commit: every claim left is unfinished work
-                leases.release_all()
+            # After the last commit every claim left is unfinished work; if the log failed,
+            # the next run frees them (their holder is gone).
+            if leases is not None and failed.line is None:
+                with contextlib.suppress(UserError):  # lost only now: as if this process died
+                    leases.release_all()
+            if leases is not None:
                 if leases.lost:
                     print(f"ultra: lost the lease of {', '.join(sorted(leases.lost))} (this process"
                           " stalled longer than the lease); stopped its shards", file=sys.stderr)
                 if leases.fenced:
                     print(f"ultra: dropped the results of {leases.fenced} tests whose claims"
                           " another collector took while this process stalled", file=sys.stderr)
+    for p in progresses:
+        p.store_failed = failed.line
     report([p.snapshot() for p in progresses])
 
 
@@ -367,6 +418,7 @@ class RunResult(msgspec.Struct, kw_only=True):
     not_taken: int = 0  # held by other runs when this one stopped (see the shards' held_by)
     elsewhere: int = 0  # completed by another collector after this run's plan
     fenced: int = 0  # results dropped: this run lost their tests' claims while it stalled
+    unstored: int = 0  # results lost with the event log (it failed mid-run): taken again next run
     shards: list[ShardSnapshot]
     broken_routes: list[BrokenRoute] = []
     errors: list[RouteErrors] = []
@@ -571,7 +623,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
             check_first: bool = True, max_errors: str | None = None,
             progress: str = "auto",
             wait: bool = False, lease_seconds: float = DEFAULT_TTL,
-            results: Path | None = None) -> RunResult:
+            results: Path | None = None, store_timeout: float = STORE_TIMEOUT) -> RunResult:
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
     after_seq = _last_seq(db)  # before the keys: completions after it are the claims' to find
@@ -593,6 +645,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
         run_id = uuid.uuid4().hex[:12]
         failed = ""
         with EventLog.open(db) as log:
+            log.retry_seconds = store_timeout
             log.append([RunStarted(
                 run_id=run_id, argv=_without_passwords(argv), config_digest=config_digest,
                 plan=PlanSummary(tests=plan.planned, shards=len(plan.shards),
@@ -602,16 +655,24 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
             snapshots, interrupted, crashed = _supervise(
                 plan, run_id, sel, db, tasks, processes or needed_processes(plan),
                 progress="none" if json_output and progress == "auto" else progress,
-                after_seq=after_seq, lease_seconds=lease_seconds, wait=wait)
+                after_seq=after_seq, lease_seconds=lease_seconds, wait=wait,
+                store_timeout=store_timeout)
+            # The log failed under a shard process: it said why, and stopped its shards.
+            lost = next((s.store_failed for s in snapshots.values() if s.store_failed), None)
             # A shard process that got SIGTERM (or Ctrl-C while we ignore it) was interrupted.
-            interrupted = interrupted or any(s.interrupted for s in snapshots.values())
+            interrupted = interrupted or (lost is None and any(s.interrupted for s in snapshots.values()))
             completed = sum(s.completed for s in snapshots.values())
             errored = sum(s.errored for s in snapshots.values())
-            try:  # a full disk now fails the run (exit 1), and says why in one line
-                log.append([RunFinished(run_id=run_id, completed=completed, errored=errored,
-                                        interrupted=interrupted)])
-            except UserError as exc:
-                failed = str(exc)
+            unstored = sum(s.unstored for s in snapshots.values())
+            if lost is not None:  # no run.finished, no projection: the next run does both
+                failed = (f"{lost}; {unstored} results not stored, the next run takes those"
+                          " tests again")
+            else:
+                try:  # a full disk now fails the run (exit 1), and says why in one line
+                    log.append([RunFinished(run_id=run_id, completed=completed, errored=errored,
+                                            interrupted=interrupted)])
+                except UserError as exc:
+                    failed = str(exc)
     if not failed:
         try:
             project(db, out, results=results)
@@ -633,7 +694,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
         crashed_processes=crashed,
         not_taken=sum(s.not_taken for s in snapshots.values()),
         elsewhere=(elsewhere := sum(s.elsewhere for s in snapshots.values())),
-        fenced=sum(s.fenced for s in snapshots.values()),
+        fenced=sum(s.fenced for s in snapshots.values()), unstored=unstored,
         shards=list(snapshots.values()), broken_routes=broken, errors=errors,
         tokens=_tokens(config, sel, plan, snapshots, checks), max_errors=allowance,
         shard_models={s.shard_id: s.model for s in plan.shards},
@@ -648,8 +709,8 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
 
 def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: str | None,
                processes: int, *, progress: str, after_seq: int = 0,
-               lease_seconds: float = DEFAULT_TTL,
-               wait: bool = False) -> tuple[dict[str, ShardSnapshot], bool, int]:
+               lease_seconds: float = DEFAULT_TTL, wait: bool = False,
+               store_timeout: float = STORE_TIMEOUT) -> tuple[dict[str, ShardSnapshot], bool, int]:
     """Start the shard processes and follow them to the end; forward Ctrl-C / SIGTERM."""
     ctx = mp.get_context("spawn")
     snapshots = {s.shard_id: ShardSnapshot(shard=s.shard_id, planned=len(s.tests))
@@ -658,7 +719,8 @@ def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: s
     readers: list[Connection] = []  # one progress pipe per child: its end of file is its exit
     for group in assign(plan.shards, processes):
         job = ChildJob(run_id=run_id, db=str(db), suite=sel.suite, tasks=tasks, shards=group,
-                       after_seq=after_seq, lease_seconds=lease_seconds, wait=wait)
+                       after_seq=after_seq, lease_seconds=lease_seconds, wait=wait,
+                       store_timeout=store_timeout)
         reader, writer = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_child_main,
                         args=(msgspec.msgpack.encode(job), writer, os.getpid()), daemon=False)
@@ -717,9 +779,10 @@ def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: s
     crashed = sum(1 for p in procs if p.exitcode not in (0, None))
     dead = [p.pid for p in procs if p.exitcode not in (0, None) and p.pid is not None]
     if dead:  # what a crashed child held is free now, not only once its leases expire
-        with EventLog.open(db, create=False) as log:
-            for pid in dead:
-                log.release_all(holder_id(run_id, pid))
+        with contextlib.suppress(UserError):  # the log is gone: the next run frees them
+            with EventLog.open(db, create=False) as log:
+                for pid in dead:
+                    log.release_all(holder_id(run_id, pid))
     if interrupted:
         crashed = 0  # children ended by our own signal are not crashes
     return snapshots, interrupted, crashed

@@ -90,6 +90,8 @@ class ShardSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     elsewhere: int = 0  # completed by another collector after this run's plan
     held_by: tuple[str, ...] = ()  # run ids holding this shard's route or its not-taken tests
     fenced: int = 0  # tests whose events were dropped: this run lost their claims (stalled)
+    unstored: int = 0  # results the log failed to store (counted neither completed nor errored)
+    store_failed: str | None = None  # the storage error that stopped the shard's process
     # Wall-clock epoch seconds until which the server holds the shard back (a 429's
     # Retry-After, a limit's reset, the spacing of a limit without reset); None: it does not.
     paused_until: float | None = None
@@ -104,7 +106,8 @@ class ShardProgress:
 
     __slots__ = ("shard_id", "planned", "completed", "succeeded", "errored", "counters",
                  "limiter", "budget", "health", "errors", "started", "ended", "finished",
-                 "interrupted", "not_taken", "elsewhere", "held_by", "fenced", "window")
+                 "interrupted", "not_taken", "elsewhere", "held_by", "fenced", "window",
+                 "unstored", "store_failed")
 
     def __init__(self, shard: Shard) -> None:
         self.shard_id = shard.shard_id
@@ -126,6 +129,8 @@ class ShardProgress:
         self.elsewhere = 0
         self.held_by: set[str] = set()
         self.fenced = 0
+        self.unstored = 0
+        self.store_failed: str | None = None
 
     def snapshot(self) -> ShardSnapshot:
         c = self.counters
@@ -143,7 +148,7 @@ class ShardProgress:
             prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
             reasoning_tokens=c.reasoning_tokens,
             not_taken=self.not_taken, elsewhere=self.elsewhere, held_by=tuple(sorted(self.held_by)),
-            fenced=self.fenced,
+            fenced=self.fenced, unstored=self.unstored, store_failed=self.store_failed,
             paused_until=round(time.time() + held, 1) if held >= PAUSE_SHOWN else None,
         )
 

@@ -11,10 +11,18 @@ Appends are serialized (SQLite's write lock; a PostgreSQL advisory lock): the ch
 the previous hash, and `seq` is assigned under the lock, so an event with a lower `seq`
 never commits after a reader has passed it. The store knows the event schema and nothing
 above it (resume and repairs live in the shells that plan and project).
+
+When the log is lost (a PostgreSQL server restarted, a network cut), every call that
+writes or reads waits for it and retries: a dialect names its connection-lost errors
+(`lost_errors`) and reconnects (`_wait_for_server`) with backoff, all threads of one log
+sharing one deadline, `retry_seconds` (STORE_TIMEOUT, `ultra run --store-timeout`) after the
+loss; then `StoreLost`. A retried write is safe: appends are idempotent by `event_id`, and
+a lease call sets what it sets again.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import threading
@@ -75,6 +83,25 @@ REPEATS_AFTER_QUERY = (
 IMPORT_LINE_LIMIT = 16 * 2**20  # bytes: an event line is a few KB; anything near this is not one
 DONE = "done"  # `claim`'s answer for a test another collector completed meanwhile
 TEST_LEASE_PREFIX = "test:"  # a test's claim is the lease 'test:<test key>'
+STORE_TIMEOUT = 60.0  # seconds a lost connection to the log is retried before giving up
+
+
+class StoreLost(UserError):
+    """The log stayed out of reach for `retry_seconds` (one line: where, and why)."""
+
+
+def _patient(method: Callable[..., Any]) -> Callable[..., Any]:
+    """`method`, run again after the log reconnects when its connection was lost."""
+
+    @functools.wraps(method)
+    def run(self: EventLog, *args: Any, **kwargs: Any) -> Any:
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except self.lost_errors as exc:
+                self._wait_for_server(exc)
+
+    return run
 
 
 def is_server_url(db: str | Path) -> bool:
@@ -229,7 +256,9 @@ def _release(tx: Tx, names: Sequence[str], holder: str) -> None:
     for i in range(0, len(names), 500):
         part = names[i : i + 500]
         tx.execute(
-            f"DELETE FROM leases WHERE holder = ? AND name IN ({', '.join('?' * len(part))})",
+            # never a completion mark: a retried batch (stored before) keeps its marks
+            "DELETE FROM leases WHERE holder = ? AND done_seq IS NULL"
+            f" AND name IN ({', '.join('?' * len(part))})",
             [holder, *part],
         )
 
@@ -421,6 +450,8 @@ class EventLog:
     _lock: threading.RLock
     location: str  # what messages call this log (never a password)
     lock_rows_sql: ClassVar[str] = ""  # locks the rows a SELECT read (SQLite: the write lock did)
+    lost_errors: ClassVar[tuple[type[Exception], ...]] = ()  # the connection may be lost: retry
+    retry_seconds: float = STORE_TIMEOUT  # how long a lost log is waited for
 
     @classmethod
     def open(cls, db: Path | str, *, create: bool = True) -> EventLog:
@@ -441,6 +472,11 @@ class EventLog:
     def _prepare(self, create: bool) -> None:
         """Check the schema, and with `create` make or migrate it."""
         raise NotImplementedError
+
+    def _wait_for_server(self, exc: Exception) -> None:
+        """After one of `lost_errors`: return once the call may be tried again (reconnected),
+        raise `StoreLost` once `retry_seconds` have passed, or `exc` if it was no loss."""
+        raise exc
 
     def _prepared(self, create: bool, refused: type[Exception],
                   problem: Callable[[Exception], str]) -> Self:
@@ -529,6 +565,7 @@ class EventLog:
         """
         return self.append_held(events, holder=holder, release=release, done=done).stored
 
+    @_patient
     def append_held(self, events: Iterable[ev.Event], *, holder: str | None = None,
                     release: Sequence[str] = (), done: Mapping[str, str] | None = None
                     ) -> AppendResult:
@@ -551,6 +588,12 @@ class EventLog:
                     fenced = sorted(keys - held)
                     if fenced:
                         lost = set(fenced)
+                        dropped = [e for e in events
+                                   if isinstance(e, ev._TestEvent) and e.test_key in lost]
+                        # A batch tried again after its commit's answer was lost: stored, and
+                        # its claims are marks now. Not fenced.
+                        again = {r[0] for r in _stored(tx, [e.event_id for e in dropped], "event_id")}
+                        fenced = sorted(lost - {e.test_key for e in dropped if e.event_id in again})
                         events = [e for e in events
                                   if not (isinstance(e, ev._TestEvent) and e.test_key in lost)]
             rows = [event_row(e) for e in events]
@@ -703,6 +746,7 @@ class EventLog:
         self.index_completions(until)
         return {r[0] for r in self._read(REPEATED_KEYS_QUERY, (until,))}
 
+    @_patient
     def index_completions(self, until_seq: int) -> None:
         """Extend completion_keys (test key, seq, event id of every completion) up to
         `until_seq`. Appenders never touch it: a random-key index on the append path
@@ -843,6 +887,7 @@ class EventLog:
         )
         return tuple(rows[0]) if rows else None  # type: ignore[return-value]
 
+    @_patient
     def save_projection_state(self, name: str, version: int, last_seq: int, state: str) -> bool:
         """Save a state unless one at least as far along is already there (racing projectors)."""
         with self._transaction() as tx:
@@ -866,6 +911,7 @@ class EventLog:
 
     # -- leases (a table of their own: nothing here touches an event) --
 
+    @_patient
     def claim(self, name: str, holder: str, run_id: str, ttl: float, *,
               plan_seq: int = 0) -> str | None:
         """Take lease `name` for `ttl` seconds if it is free, expired or already `holder`'s.
@@ -898,6 +944,7 @@ class EventLog:
             return DONE
         return None if owner == holder else owner_run
 
+    @_patient
     def free_dead_holders(self) -> int:
         """Drop the leases of holders on this host whose process is gone (pid missing, or
         reused by a process started at another time): a crashed collector's routes and
@@ -917,6 +964,7 @@ class EventLog:
                            " AND done_seq IS NULL", (holder, host, pid))
         return len(dead)
 
+    @_patient
     def renew(self, holder: str, ttl: float) -> set[str]:
         """Extend every lease of `holder` by `ttl` from now; the names it still holds."""
         with self._transaction() as tx:
@@ -926,10 +974,12 @@ class EventLog:
                               (holder,)).fetchall()
         return {r[0] for r in rows}
 
+    @_patient
     def release(self, names: Sequence[str], holder: str) -> None:
         with self._transaction() as tx:
             _release(tx, names, holder)
 
+    @_patient
     def release_all(self, holder: str) -> None:
         """Drop `holder`'s leases, and the completion marks no live plan predates."""
         with self._transaction() as tx:

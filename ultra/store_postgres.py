@@ -7,12 +7,18 @@ head. So `seq` order is commit order, and an incremental projection reading by `
 passes an event that commits later with a lower `seq` (PostgreSQL's own sequences hand out
 numbers before commit and would allow exactly that). tools/bench_store.py measures what
 the serialization costs. Passwords belong in PGPASSWORD or ~/.pgpass, not in the URL.
+
+A lost connection (the server restarted or unreachable: an error without SQLSTATE, class
+08, or an admin/crash shutdown) is reopened with exponential backoff (0.1 s doubling to
+RECONNECT_MAX_DELAY) under the log's lock, so threads sharing the log wait for one
+reconnect; past `retry_seconds` from the first loss the call raises `StoreLost`.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -20,15 +26,29 @@ from typing import Any
 import psycopg
 
 from ultra.errors import UserError
-from ultra.store import _COLUMNS, MIGRATIONS_TABLE, EventLog
+from ultra.store import _COLUMNS, MIGRATIONS_TABLE, EventLog, StoreLost, _patient
 
 APPEND_LOCK = 0x756C747261  # "ultra": the advisory lock key that serializes appends
+RECONNECT_MAX_DELAY = 4.0  # seconds between reconnection attempts, at most
+CONNECT_TIMEOUT = 10  # seconds for one connection attempt (libpq's least is 2)
+_LOST_STATES = ("57P01", "57P02", "57P03")  # admin shutdown, crash shutdown, cannot connect now
 
 
 @functools.lru_cache(maxsize=256)
 def _dialect(sql: str) -> str:
     """The interface's SQL uses `?` placeholders; psycopg's are `%s`."""
     return sql.replace("?", "%s")
+
+
+def _reason(exc: BaseException, line: int = 0) -> str:
+    """One line of libpq's message (the first says what failed; the last, a hint)."""
+    text = str(exc).strip()
+    return text.splitlines()[line].strip() if text else type(exc).__name__
+
+
+def _is_loss(exc: BaseException) -> bool:
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08") or state in _LOST_STATES
 
 
 def redacted(url: str) -> str:
@@ -68,20 +88,23 @@ class PostgresLog(EventLog):
     guards_sql = ("SELECT tgname FROM pg_trigger WHERE tgrelid = 'events'::regclass"
                   " AND NOT tgisinternal AND tgenabled <> 'D'")
 
-    def __init__(self, conn: Any, location: str) -> None:
+    lost_errors = (psycopg.OperationalError,)  # also "the connection is closed"
+
+    def __init__(self, conn: Any, location: str, url: str) -> None:
         self._conn = conn
         self.location = location
+        self._url = url
         self._lock = threading.RLock()
+        self._lost_at: float | None = None  # when the connection was lost (one deadline for all)
 
     @classmethod
     def connect(cls, url: str, *, create: bool = True) -> PostgresLog:
         where = redacted(url)
         try:
-            conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
         except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{where}: cannot connect to the event log ({reason})") from None
-        return cls(conn, where)._prepared(
+            raise UserError(f"{where}: cannot connect to the event log ({_reason(exc, -1)})") from None
+        return cls(conn, where, url)._prepared(
             create, psycopg.Error,
             lambda exc: f"{where}: not a usable event log ({str(exc).strip().splitlines()[0]})")
 
@@ -97,6 +120,34 @@ class PostgresLog(EventLog):
         with self._transaction() as tx:
             self._lock_appends(tx)  # racing openers apply each migration once
             self._migrate(tx)
+
+    def _wait_for_server(self, exc: Exception) -> None:
+        if not _is_loss(exc):
+            raise exc
+        with self._lock:
+            if not self._conn.closed:
+                return  # another thread reconnected meanwhile
+            if self._lost_at is None:
+                self._lost_at = time.monotonic()
+            deadline = self._lost_at + self.retry_seconds
+            delay, reason = 0.1, _reason(exc)
+            while True:
+                left = deadline - time.monotonic()
+                if left > 0:
+                    try:
+                        conn = psycopg.connect(self._url, autocommit=True,
+                                               connect_timeout=max(2, min(CONNECT_TIMEOUT, int(left))))
+                        break
+                    except psycopg.Error as again:
+                        reason = _reason(again)
+                    left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreLost(f"lost the event log {self.location} (out of reach for"
+                                    f" {self.retry_seconds:g} s: {reason})") from None
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+            self._conn.close()
+            self._conn, self._lost_at = conn, None
 
     def _run_script(self, tx: Any, sql: str) -> None:
         tx.cur.execute(sql)  # no parameters: the script runs as written (functions, $$)
@@ -114,6 +165,7 @@ class PostgresLog(EventLog):
             for row in rows:
                 copy.write_row(row)
 
+    @_patient
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock, self._conn.cursor() as cur:
             cur.execute(_dialect(sql), params or None)

@@ -178,13 +178,13 @@ class SqliteLog(EventLog):
             self._retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
                 yield conn
-            except BaseException as exc:
+                self._retrying(lambda: conn.execute("COMMIT"))
+            except BaseException as exc:  # a failed COMMIT (a full disk) too: never left open
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.DatabaseError):
                     raise self._problem(exc) from None
                 raise
-            self._retrying(lambda: conn.execute("COMMIT"))
 
     def _problem(self, exc: sqlite3.DatabaseError) -> Exception:
         """A read-only, full or corrupted file as one line for the user; else `exc`."""
