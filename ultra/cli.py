@@ -715,4 +715,24 @@ def show_command(
     if not console.is_terminal:
         console.width = 120
     render(event, data, console)
+
+
+export_app = typer.Typer(help="Export a run's tests for other tools.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("inspect")
+def export_inspect_command(
+    run_id: Annotated[str, typer.Option("--run", help="The run to export.")],
+    output: Annotated[Path, typer.Option("--output", help="Directory for the eval logs.")],
+    models: ModelsOpt = None, db: DbOpt = DEFAULT_DB,
+    out: UnusedOutOpt = None, results: UnusedResultsOpt = None, config: UnusedConfigOpt = None,
+) -> None:
+    """Inspect AI eval logs of a run (one per model, one sample per test), for
+    `inspect view --log-dir DIR`; needs `pip install 'ultra[inspect]'`."""
+    from ultra.export_inspect import export
+
+    _check_common(out, results, config)
+    for path in export(db, run_id, _csv(models), output):
+        typer.echo(f"wrote {path}")
 # TRANSCRIPT-COMMANDS-END
