@@ -107,6 +107,7 @@ def audit(db: Path | str, out: Path | str, results: Path | str | None = None) ->
                 " (they named no event ids); re-issue them with `ultra repair retract`"
             )
         findings += _duplicates(log, repairs)
+        findings += _check_transcripts(log, notes)
         notes += _interrupted_shards(log, until)
     return AuditReport(findings=findings, notes=notes, events=count, last_seq=until)
 
@@ -311,3 +312,46 @@ def _legacy_sources(log: EventLog, until: int, doc: Any, results: Path,
             bad.append(f"master_database.json: summary legacy_tests {stated}, the legacy sources'"
                        f" cells add up to {total}")
     return bad
+
+
+def _check_transcripts(log: EventLog, notes: list[str]) -> list[str]:
+    """Every stored transcript against its digest and its event (a merge of both, by seq):
+    changed (bytes that do not match), missing (an event names a digest no row has) and
+    unreferenced (a row whose event does not name it, or no event at all)."""
+    from ultra import transcripts as tr
+
+    changed: list[str] = []
+    missing: list[str] = []
+    unreferenced: list[str] = []
+    refs = log.transcript_refs()
+    ref = next(refs, None)
+    stored = 0
+
+    def name(r: tuple[int, str, str | None, str]) -> str:
+        return f"seq {r[0]} (event {r[1]}, test key {r[2]})"
+
+    for seq, digest, blob in log.transcript_rows():
+        stored += 1
+        while ref is not None and ref[0] < seq:
+            missing.append(f"transcript {ref[3]} of {name(ref)} is missing")
+            ref = next(refs, None)
+        if ref is not None and ref[0] == seq:
+            if ref[3] != digest:
+                unreferenced.append(f"transcript {digest} stored at {name(ref)} is not the one its"
+                                    f" event names ({ref[3]}): unreferenced, and the event's is missing")
+            elif (problem := tr.check(digest, blob)) is not None:
+                changed.append(f"transcript {digest} of {name(ref)} was changed: {problem}")
+            ref = next(refs, None)
+        else:
+            unreferenced.append(f"transcript {digest} at seq {seq} is unreferenced: no event"
+                                " there names it")
+    while ref is not None:
+        missing.append(f"transcript {ref[3]} of {name(ref)} is missing")
+        ref = next(refs, None)
+    notes.append(f"{stored} transcripts stored")
+    out = []
+    for found in (changed, missing, unreferenced):
+        out += found[:MAX_LISTED]
+        if len(found) > MAX_LISTED:
+            out.append(f"... and {len(found) - MAX_LISTED} more like it")
+    return out

@@ -127,6 +127,9 @@ def events_command(
     run: Annotated[Optional[str], typer.Option("--run", help="Only this run id.")] = None,
     since: Annotated[Optional[str], typer.Option("--since", help="Only events recorded at or after this UTC time.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many events.")] = None,
+    with_transcripts: Annotated[bool, typer.Option(
+        "--transcripts", help="After each test event with a stored transcript, a line"
+        ' {"transcript": DIGEST, "zlib": BASE64} carrying it (`ultra import` stores it).')] = False,
     out: UnusedOutOpt = None, results: UnusedResultsOpt = None,
     config: UnusedConfigOpt = None,
 ) -> None:
@@ -157,11 +160,24 @@ def events_command(
                     continue
                 out.write(f'{payload[:-1]},"seq":{seq}}}\n')
                 printed += 1
+                if with_transcripts and _type in ("test.completed", "test.errored"):
+                    _write_transcript(out, log, seq, payload)
             out.flush()
         except BrokenPipeError:  # `ultra events | head`: the reader has all it wants
             import os
 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _write_transcript(out, log, seq: int, payload: str) -> None:
+    """The transcript line of the event at `seq`, if it names one and it is stored."""
+    from ultra import transcripts as tr
+    from ultra.store import transcript_ref
+
+    ref = transcript_ref(payload)
+    stored = log.transcript_at(seq) if ref is not None else None
+    if stored is not None and stored[0] == ref:
+        out.write(tr.line(*stored) + "\n")
 
 
 @app.command("import")
@@ -186,7 +202,8 @@ def import_command(
                 except OSError as exc:
                     raise UserError(f"{file}: cannot read ({exc.strerror})") from None
     unknown = f", {r.unknown_types} of unknown types kept as they are" if r.unknown_types else ""
-    typer.echo(f"imported {r.stored} new events of {r.read} read into {db}{unknown}")
+    carried = f", with {r.transcripts} transcripts" if r.transcripts else ""
+    typer.echo(f"imported {r.stored} new events of {r.read} read into {db}{unknown}{carried}")
 
 
 @app.command("audit")
@@ -357,6 +374,9 @@ def report_command(
                                  " (default: each source is a condition of its own).")] = False,
     fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json | html")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", help="Write here instead of stdout.")] = None,
+    examples: Annotated[Optional[int], typer.Option(
+        "--examples", help="With `errors`: N test keys per error category (and errored"
+        " reason) and model, to open with `ultra show`.")] = None,
 ) -> None:
     """The standard tables of results.db (kept in step with the log first)."""
     from ultra.report.run import make_report
@@ -374,8 +394,17 @@ def report_command(
                     difficulties=_csv(difficulty), task_types=_csv(task_types),
                     rates=_rates(tool_success_rate), run=run_id,
                     exclude_timeouts=exclude_timeouts, include_legacy=include_legacy)
+    if examples is not None and (examples < 1 or names != ["errors"] or fmt in ("json", "html")):
+        raise UserError("--examples N (N >= 1) goes with `ultra report errors` in the table,"
+                        " markdown or csv format")
     text = make_report(db=db, out=out, results=results, config=config, selection=sel,
                        tables=names, fmt=fmt, compare=compare)
+    if examples is not None:
+        from ultra.projecting import results_path
+        from ultra.show import error_examples
+
+        text += error_examples(results_path(out, results), examples, models=sel.models,
+                               run=run_id, db=db)
     if output is None:
         sys.stdout.write(text)
         return
@@ -612,6 +641,9 @@ def run(
     store_timeout: Annotated[float, typer.Option(
         "--store-timeout", help="How long a lost event log (PostgreSQL restarting, a network"
         " cut) is waited for, reconnecting, before the run stops (exit 1).")] = 60.0,
+    transcripts: Annotated[Optional[str], typer.Option(
+        "--transcripts", help="Store the transcript of all tests, of failures (errored or"
+        " not a full success) or none (default: the config's [run] transcripts, all).")] = None,
 ) -> None:
     """Plan, run every shard, project. Tests already completed are skipped (resume).
 
@@ -632,6 +664,13 @@ def run(
         from ultra.config import Processes, checked
 
         checked(processes, Processes, "--processes")
+    if transcripts is not None:
+        from ultra.transcripts import MODES as TRANSCRIPT_MODES
+
+        if transcripts not in TRANSCRIPT_MODES:
+            raise UserError(f"--transcripts {transcripts!r}: must be one of"
+                            f" {', '.join(TRANSCRIPT_MODES)}")
+        cfg = msgspec.structs.replace(cfg, run=msgspec.structs.replace(cfg.run, transcripts=transcripts))
     from ultra.progress import MODES, summary_text
 
     if progress not in MODES:
@@ -692,3 +731,52 @@ def config_show(config: ConfigOpt = None) -> None:
     data["source"] = str(path)
     print(msgspec.json.format(msgspec.json.encode(data), indent=2).decode())
 # COLLECTION-COMMANDS-END
+
+
+# ---- transcripts (show, export) -------------------------------------------------------
+
+# TRANSCRIPT-COMMANDS-BEGIN
+@app.command("show")
+def show_command(
+    key: Annotated[str, typer.Argument(metavar="TEST_KEY|EVENT_ID",
+                                       help="A test key (its last test event) or an event id.")],
+    db: DbOpt = DEFAULT_DB, json_output: Annotated[bool, typer.Option(
+        "--json", help="The stored transcript as it is (JSON).")] = False,
+    out: UnusedOutOpt = None, results: UnusedResultsOpt = None, config: UnusedConfigOpt = None,
+) -> None:
+    """One test's transcript: the cell, outcome and scores, then turn by turn the model's
+    words and calls, the tool results, finish reasons, tokens, timings and HTTP attempts."""
+    from ultra.show import load, render
+
+    _check_common(out, results, config)
+    event, data = load(db, key)
+    if json_output:
+        sys.stdout.write(data.decode() + "\n")
+        return
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console.width = 120
+    render(event, data, console)
+
+
+export_app = typer.Typer(help="Export a run's tests for other tools.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("inspect")
+def export_inspect_command(
+    run_id: Annotated[str, typer.Option("--run", help="The run to export.")],
+    output: Annotated[Path, typer.Option("--output", help="Directory for the eval logs.")],
+    models: ModelsOpt = None, db: DbOpt = DEFAULT_DB,
+    out: UnusedOutOpt = None, results: UnusedResultsOpt = None, config: UnusedConfigOpt = None,
+) -> None:
+    """Inspect AI eval logs of a run (one per model, one sample per test), for
+    `inspect view --log-dir DIR`; needs `pip install 'ultra[inspect]'`."""
+    from ultra.export_inspect import export
+
+    _check_common(out, results, config)
+    for path in export(db, run_id, _csv(models), output):
+        typer.echo(f"wrote {path}")
+# TRANSCRIPT-COMMANDS-END

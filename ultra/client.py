@@ -423,6 +423,16 @@ class HttpChatModel:
         self.finish_reasons: list[str] = []  # of every answer, in order ("" if none given)
         self._tools: list[dict[str, Any]] | None = None  # encoded once, as self._tools_json
         self._tools_json = msgspec.Raw(b"")
+        # For the test's transcript (ultra/transcripts.py builds it once, at the end): the
+        # last conversation sent (the suite's own list), one (sent, response, seconds,
+        # attempts) per answer, and (sent, attempts) of a request still without one; an
+        # attempt is (status, outcome, message, waited, latency). The suite may set
+        # `scoring` to its breakdown.
+        self.messages: list[dict[str, Any]] | None = None
+        self.tools: list[dict[str, Any]] | None = None
+        self.turns: list[tuple[int, ChatResponse, float, list[tuple[Any, ...]]]] = []
+        self.pending: tuple[int, list[tuple[Any, ...]]] | None = None
+        self.scoring: dict[str, Any] | None = None
 
     @property
     def usage(self) -> Usage:
@@ -441,10 +451,28 @@ class HttpChatModel:
         payload = _encode(request_body(self._route, self._options, messages,
                                        self._tools_json if tools else None))
         failures = 0
+        self.messages, self.tools = messages, tools
+        attempts: list[tuple[Any, ...]] = []
+        sent = len(messages)
+        self.pending = (sent, attempts)
+        begun = last = trio.current_time()
         while True:
-            outcome = await self._paced_attempt(payload)
+            try:
+                outcome = await self._paced_attempt(payload)
+            except ContextLengthExceeded as exc:
+                now = trio.current_time()
+                attempts.append((400, "context_length", str(exc)[:MESSAGE_CHARS],
+                                 max(0.0, self._sent_at - last), now - max(self._sent_at, last)))
+                raise
+            now = trio.current_time()
+            at = max(self._sent_at, last)  # a wait cut short never sent: all of it waited
             if isinstance(outcome, ChatResponse):
+                attempts.append((200, "ok", "", at - last, now - at))
+                self.turns.append((sent, outcome, now - begun, attempts))
+                self.pending = None
                 return outcome
+            attempts.append((outcome.http_status, outcome.reason, outcome.message, at - last, now - at))
+            last = now
             self.retries += 1
             self._counters.retries += 1
             if outcome.reason == "rate_limited":

@@ -130,6 +130,8 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tool_success_rates: list[Rate] = msgspec.field(default_factory=lambda: [0.8])
     num_instances: NumInstances = 1
     max_turns: MaxTurns = 10
+    # whose transcripts the log stores (docs/transcripts.md); `ultra run --transcripts`
+    transcripts: Literal["all", "failures", "none"] = "all"
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

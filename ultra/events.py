@@ -72,6 +72,7 @@ Seconds = Annotated[float, Meta(ge=0.0, le=1e9)]
 Score = Annotated[float, Meta(ge=-1e12, le=1e12)]  # finite; a suite's scale is its own
 MetricName = Annotated[str, Meta(min_length=1, max_length=64)]
 Strategy = Literal["per-key", "per-deployment", "single"]
+Digest = Annotated[str, Meta(min_length=64, max_length=64)]  # sha256, hex
 FinishReason = Annotated[str, Meta(max_length=64)]  # "stop", "tool_calls", "length", ...
 
 
@@ -204,6 +205,9 @@ class _TestEvent(_Event, kw_only=True, frozen=True):
     retries: Count = 0
     execution_time: Seconds = 0.0  # seconds, wall time of the whole test
     started_at: Annotated[str, Meta(max_length=40)] = ""  # recorded_at's form, or empty
+    # The sha256 (hex) of the test's transcript, stored in the log's `transcripts` table
+    # (ultra/transcripts.py); None: none stored. The chain covers it through this field.
+    transcript: Digest | None = None
 
 
 class TestCompleted(_TestEvent, tag="test.completed", kw_only=True, frozen=True):

@@ -76,6 +76,7 @@ class ChildJob(msgspec.Struct, kw_only=True):
     wait: bool = False  # wait for routes and tests other runs hold, instead of leaving them
     leases: bool = True  # hold routes and claim tests in the store (off: benchmarks only)
     store_timeout: float = STORE_TIMEOUT  # how long a lost log is waited for
+    transcripts: str = "all"  # whose transcripts are stored: all | failures | none
 
 
 # ---- inside a shard process -------------------------------------------------------------
@@ -120,15 +121,17 @@ async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog,
                     except trio.EndOfChannel:
                         closed = True
                         break
+            batch, transcripts = _split_transcripts(batch)
             try:
                 if leases is None:
-                    await trio.to_thread.run_sync(log.append, batch)
+                    await trio.to_thread.run_sync(lambda: log.append(batch, transcripts=transcripts))
                 else:  # the claims of the tests this batch finishes end with it
                     done = {test_lease(e.test_key): e.event_id for e in batch
                             if isinstance(e, TestCompleted)}
                     again = [test_lease(e.test_key) for e in batch if isinstance(e, TestErrored)]
                     stored = await trio.to_thread.run_sync(
-                        lambda: log.append_held(batch, holder=leases.holder, release=again, done=done))
+                        lambda: log.append_held(batch, holder=leases.holder, release=again, done=done,
+                                                transcripts=transcripts))
                     if stored.fenced:
                         leases.fenced += len(stored.fenced)
                         _uncount(batch, set(stored.fenced), owners or {}, "fenced")
@@ -139,10 +142,25 @@ async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog,
                 _uncount(batch, None, owners or {}, "unstored")
                 if not closed:
                     async for event in recv:  # until the stopped shards close the channel
-                        _uncount([event], None, owners or {}, "unstored")
+                        _uncount(_split_transcripts([event])[0], None, owners or {}, "unstored")
                 return
             if closed:
                 return
+
+
+def _split_transcripts(items: list) -> tuple[list[Event], dict[str, tuple[str, bytes]]]:
+    """A batch's events, and the transcripts some came with (`(event, (digest, bytes))`
+    items, see `shard.run_shard`) by event id."""
+    if not any(type(item) is tuple for item in items):
+        return items, {}
+    events: list[Event] = []
+    transcripts: dict[str, tuple[str, bytes]] = {}
+    for item in items:
+        if type(item) is tuple:
+            event, transcripts[item[0].event_id] = item
+            item = event
+        events.append(item)
+    return events, transcripts
 
 
 def _uncount(batch: list[Event], keys: set[str] | None, owners: dict[str, ShardProgress],
@@ -238,7 +256,8 @@ async def _run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], No
                                 for shard, progress in zip(job.shards, progresses):
                                     shared = shared_limiters.get(shard.shared_limit.name) if shard.shared_limit else None
                                     work.start_soon(run_shard, shard, suite, job.run_id,
-                                                    send.send_nowait, progress, shared, leases)
+                                                    send.send_nowait, progress, shared, leases,
+                                                    job.transcripts)
                     aux.cancel_scope.cancel()
         except UserError as exc:  # from a claim before any shard started
             failed(exc)
@@ -656,7 +675,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
                 plan, run_id, sel, db, tasks, processes or needed_processes(plan),
                 progress="none" if json_output and progress == "auto" else progress,
                 after_seq=after_seq, lease_seconds=lease_seconds, wait=wait,
-                store_timeout=store_timeout)
+                store_timeout=store_timeout, transcripts=config.run.transcripts)
             # The log failed under a shard process: it said why, and stopped its shards.
             lost = next((s.store_failed for s in snapshots.values() if s.store_failed), None)
             # A shard process that got SIGTERM (or Ctrl-C while we ignore it) was interrupted.
@@ -710,7 +729,8 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
 def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: str | None,
                processes: int, *, progress: str, after_seq: int = 0,
                lease_seconds: float = DEFAULT_TTL, wait: bool = False,
-               store_timeout: float = STORE_TIMEOUT) -> tuple[dict[str, ShardSnapshot], bool, int]:
+               store_timeout: float = STORE_TIMEOUT, transcripts: str = "all"
+               ) -> tuple[dict[str, ShardSnapshot], bool, int]:
     """Start the shard processes and follow them to the end; forward Ctrl-C / SIGTERM."""
     ctx = mp.get_context("spawn")
     snapshots = {s.shard_id: ShardSnapshot(shard=s.shard_id, planned=len(s.tests))
@@ -720,7 +740,7 @@ def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: s
     for group in assign(plan.shards, processes):
         job = ChildJob(run_id=run_id, db=str(db), suite=sel.suite, tasks=tasks, shards=group,
                        after_seq=after_seq, lease_seconds=lease_seconds, wait=wait,
-                       store_timeout=store_timeout)
+                       store_timeout=store_timeout, transcripts=transcripts)
         reader, writer = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_child_main,
                         args=(msgspec.msgpack.encode(job), writer, os.getpid()), daemon=False)

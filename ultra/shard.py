@@ -161,9 +161,11 @@ class ShardProgress:
 
 async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Event], None],
                     progress: ShardProgress, shared: KeyBudget | None = None,
-                    leases: ProcessLeases | None = None) -> None:
+                    leases: ProcessLeases | None = None, transcripts: str = "none") -> None:
     """Run the shard's tests; `shared` is the key budget it shares with other shards;
-    `leases`: hold the route and claim each test in the store (many collectors, one log)."""
+    `leases`: hold the route and claim each test in the store (many collectors, one log);
+    `transcripts`: all | failures | none, the tests whose transcript is stored (a test's
+    event is then emitted as `(event, (digest, compressed bytes))`)."""
     emit(ShardStarted(
         run_id=run_id, shard_id=shard.shard_id, model=shard.model, instance=shard.instance,
         provider=shard.provider, strategy=shard.strategy, key_index=shard.key_index,
@@ -174,7 +176,8 @@ async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Eve
     try:
         if shard.tests and (leases is None or await leases.hold_route(shard, progress)):
             try:
-                await _run_tests(shard, suite, run_id, emit, progress, shared, leases)
+                await _run_tests(shard, suite, run_id, emit, progress, shared, leases,
+                                 transcripts)
             finally:
                 if leases is not None:
                     await leases.drop_route(shard)
@@ -192,7 +195,7 @@ async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Eve
 
 async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Event], None],
                      progress: ShardProgress, shared: KeyBudget | None,
-                     leases: ProcessLeases | None = None) -> None:
+                     leases: ProcessLeases | None = None, transcripts: str = "none") -> None:
     pending = ClaimedTests(shard.tests, leases, progress)  # one queue: the pool never idles early
     limiters = tuple(x for x in (progress.limiter, shared and shared.limiter) if x)
     budgets = tuple(x for x in (progress.budget, shared and shared.tokens) if x)
@@ -210,7 +213,7 @@ async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Ev
                     rng=random.Random(spec.test_key), options=shard.options, budgets=budgets,
                     health=health, secrets=secrets, concurrency=progress.window,
                 )
-                await _run_test(shard, suite, run_id, spec, model, progress, emit)
+                await _run_test(shard, suite, run_id, spec, model, progress, emit, transcripts)
 
         async with trio.open_nursery() as nursery:
             for i in range(min(shard.workers, len(shard.tests))):
@@ -219,9 +222,11 @@ async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Ev
 
 async def _run_test(shard: Shard, suite: Suite, run_id: str, spec: TestSpec,
                     model: HttpChatModel, progress: ShardProgress,
-                    emit: Callable[[Event], None]) -> None:
+                    emit: Callable[[Event], None], transcripts: str = "none") -> None:
     """Run one test and emit its event. A test the run's interruption cancels emits a
     `test.errored` (cancelled) when its answers cost tokens, so none goes uncounted."""
+    if transcripts != "none":
+        emit = _with_transcript(emit, spec, shard, model, transcripts)
     started_at = utc_now()
     t0 = time.perf_counter()
     common: dict[str, Any] = dict(
@@ -275,3 +280,26 @@ def _errored(common: dict[str, Any], shard: Shard, model: HttpChatModel,
     return TestErrored(**common, reason=reason, message=message, http_status=http_status,  # type: ignore[arg-type]
                        retries=model.retries, execution_time=time.perf_counter() - t0,
                        usage=model.usage)
+
+
+def _with_transcript(emit: Callable[[Any], None], spec: TestSpec, shard: Shard,
+                     model: HttpChatModel, mode: str) -> Callable[[Event], None]:
+    """`emit` for one test's event: with the test's transcript (built once, here) when
+    `mode` wants it, as `(event carrying the digest, (digest, compressed bytes))`."""
+    from ultra import transcripts as tr
+
+    def send(event: Event) -> None:
+        errored = isinstance(event, TestErrored)
+        failed = errored or (isinstance(event, TestCompleted)
+                             and event.result.outcome != "full_success")
+        if not isinstance(event, (TestCompleted, TestErrored)) or not tr.wanted(mode, failed):
+            emit(event)
+            return
+        error = (dict(reason=event.reason, http_status=event.http_status, message=event.message)
+                 if isinstance(event, TestErrored) else None)
+        digest, blob = tr.pack(tr.build(test_key=spec.test_key, suite=spec.suite,
+                                        model=shard.model, instance=shard.instance,
+                                        chat=model, error=error), model._secrets)
+        emit((msgspec.structs.replace(event, transcript=digest), (digest, blob)))
+
+    return send

@@ -505,6 +505,10 @@ class EventLog:
     def _insert_rows(self, tx: Tx, rows: list[tuple[Any, ...]]) -> None:
         tx.executemany(_INSERT, rows)
 
+    def _insert_transcripts(self, tx: Tx, rows: list[tuple[int, str, bytes]]) -> None:
+        """Store (seq, digest, compressed bytes) rows, in seq order."""
+        tx.executemany("INSERT INTO transcripts (seq, digest, data) VALUES (?, ?, ?)", rows)
+
     def _after_append(self) -> None:
         """Housekeeping outside the transaction (SQLite bounds its WAL)."""
 
@@ -554,7 +558,8 @@ class EventLog:
     # -- writing --
 
     def append(self, events: Iterable[ev.Event], *, holder: str | None = None,
-               release: Sequence[str] = (), done: Mapping[str, str] | None = None) -> int:
+               release: Sequence[str] = (), done: Mapping[str, str] | None = None,
+               transcripts: Mapping[str, tuple[str, bytes]] | None = None) -> int:
         """Append a batch in one transaction; returns how many were new (by `event_id`).
 
         The claims of the tests these events finish change in the same transaction, so a
@@ -562,12 +567,16 @@ class EventLog:
         `holder` to drop (an errored test, to be taken again); `done` maps a lease to the
         `event_id` that completed its test, and the lease stays as a marker of that event's
         seq (see `claim`). With `holder`, test events are fenced (see `append_held`).
+        `transcripts` maps an event id to its transcript (digest, compressed bytes): stored
+        in the same transaction, for the events actually stored.
         """
-        return self.append_held(events, holder=holder, release=release, done=done).stored
+        return self.append_held(events, holder=holder, release=release, done=done,
+                                transcripts=transcripts).stored
 
     @_patient
     def append_held(self, events: Iterable[ev.Event], *, holder: str | None = None,
-                    release: Sequence[str] = (), done: Mapping[str, str] | None = None
+                    release: Sequence[str] = (), done: Mapping[str, str] | None = None,
+                    transcripts: Mapping[str, tuple[str, bytes]] | None = None
                     ) -> AppendResult:
         """`append`, fenced: with `holder`, a test's event is stored only while `holder`
         still holds that test's claim, checked under the lock of the very transaction that
@@ -598,6 +607,10 @@ class EventLog:
                                   if not (isinstance(e, ev._TestEvent) and e.test_key in lost)]
             rows = [event_row(e) for e in events]
             seqs = self._insert(tx, rows) if rows else {}
+            if transcripts and seqs:  # only those of events stored now (not fenced, not known)
+                kept = [(seqs[e], d, b) for e, (d, b) in transcripts.items() if e in seqs]
+                if kept:
+                    self._insert_transcripts(tx, kept)
             if holder is not None and (release or done):
                 _release(tx, [*release, *(n for n, e in (done or {}).items() if e not in seqs)], holder)
                 marks = [(seqs[e], name, holder) for name, e in (done or {}).items() if e in seqs]
@@ -682,23 +695,30 @@ class EventLog:
         read = unknown = 0
         batch: list[tuple[Row, str]] = []
         stored = 0
+        carried = _CarriedTranscripts()
         with self._transaction() as tx:
             for lineno, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
                 where = f"{source}:{lineno}"
+                if carried.take(line, where):  # a transcript line (`ultra events --transcripts`)
+                    continue
                 row = raw_row(line, where)
                 read += 1
                 unknown += row[1] not in ev.EVENT_TYPES
                 batch.append((row, where))
                 if len(batch) >= 5000:
                     _check_conflicts(tx, batch)
-                    stored += len(self._insert(tx, [row for row, _ in batch], checked=True))
+                    stored += len(new := self._insert(tx, [row for row, _ in batch], checked=True))
+                    carried.stored(self, tx, batch, new)
                     batch.clear()
             if batch:
                 _check_conflicts(tx, batch)
-                stored += len(self._insert(tx, [row for row, _ in batch], checked=True))
-        return ImportResult(read=read, stored=stored, unknown_types=unknown)
+                stored += len(new := self._insert(tx, [row for row, _ in batch], checked=True))
+                carried.stored(self, tx, batch, new)
+            carried.finish(self, tx)
+        return ImportResult(read=read, stored=stored, unknown_types=unknown,
+                            transcripts=carried.written)
 
     # -- reading --
 
@@ -878,6 +898,51 @@ class EventLog:
         rows = self._read("SELECT hash FROM events WHERE seq = ?", (seq,))
         return rows[0][0] if rows else None
 
+    # -- transcripts (rows keyed by their event's seq; ultra/transcripts.py) --
+
+    def transcript_at(self, seq: int) -> tuple[str, bytes] | None:
+        """(digest, compressed bytes) stored for the event at `seq`, if any."""
+        rows = self._read("SELECT digest, data FROM transcripts WHERE seq = ?", (seq,))
+        return (rows[0][0], bytes(rows[0][1])) if rows else None
+
+    def transcript_rows(self, *, batch: int = 1000) -> Iterator[tuple[int, str, bytes]]:
+        """(seq, digest, compressed bytes) of every stored transcript, by seq."""
+        after = -1
+        while True:
+            rows = self._read("SELECT seq, digest, data FROM transcripts WHERE seq > ?"
+                              " ORDER BY seq LIMIT ?", (after, batch))
+            yield from ((seq, d, bytes(b)) for seq, d, b in rows)
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def transcript_refs(self, *, batch: int = 5000) -> Iterator[tuple[int, str, str | None, str]]:
+        """(seq, event_id, test_key, digest) of every test event that names a transcript."""
+        after = 0
+        sql = ("SELECT seq, event_id, test_key, payload FROM events WHERE seq > ?"
+               " AND type IN ('test.completed', 'test.errored') AND payload LIKE ?"
+               " ORDER BY seq LIMIT ?")
+        while True:
+            rows = self._read(sql, (after, '%"transcript":"%', batch))
+            for seq, event_id, key, payload in rows:
+                ref = transcript_ref(payload)
+                if ref is not None:
+                    yield seq, event_id, key, ref
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def test_event(self, key_or_id: str) -> tuple[int, str] | None:
+        """(seq, payload) of the test event with this event id, else the last test event
+        of this test key."""
+        rows = self._read("SELECT seq, payload FROM events WHERE event_id = ?"
+                          " AND type IN ('test.completed', 'test.errored')", (key_or_id,))
+        if not rows:
+            rows = self._read("SELECT seq, payload FROM events WHERE test_key = ?"
+                              " AND type IN ('test.completed', 'test.errored')"
+                              " ORDER BY seq DESC LIMIT 1", (key_or_id,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
     # -- projection state (same file, same transaction as its last seq) --
 
     def load_projection_state(self, name: str) -> tuple[int, int, str] | None:
@@ -1015,3 +1080,61 @@ class ImportResult(msgspec.Struct, frozen=True):
     read: int  # JSON lines read (blank lines aside)
     stored: int  # newly stored (the rest were already in the log)
     unknown_types: int  # lines of types this version does not know, stored as they are
+    transcripts: int = 0  # transcripts stored with the newly stored events
+
+
+class _TranscriptRef(msgspec.Struct):
+    transcript: str | None = None
+
+
+_ref_decoder = msgspec.json.Decoder(_TranscriptRef)
+
+
+def transcript_ref(payload: str | bytes) -> str | None:
+    """The transcript digest a stored event payload names, if any."""
+    if '"transcript":"' not in (payload if isinstance(payload, str) else payload.decode("utf-8", "replace")):
+        return None
+    try:
+        ref = _ref_decoder.decode(payload).transcript
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return ref if isinstance(ref, str) else None
+
+
+class _CarriedTranscripts:
+    """The transcript lines of an import (each checked against its digest as it is read)
+    and the newly stored events that name them; rows are written as both are known, in the
+    import's transaction. A line follows its event in `ultra events --transcripts`, so what
+    waits is a batch's worth at most."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.waiting: list[tuple[int, str]] = []  # (seq, digest) of stored events
+        self.written = 0
+
+    def take(self, line: str | bytes, where: str) -> bool:
+        from ultra import transcripts as tr
+
+        if not tr.is_line(line):
+            return False
+        digest, blob = tr.parse_line(line, where)
+        self.blobs[digest] = blob
+        return True
+
+    def stored(self, log: EventLog, tx: Tx, batch: list[tuple[Row, str]], seqs: dict[str, int]) -> None:
+        for row, _ in batch:
+            seq = seqs.get(row[0])
+            if seq is not None and (ref := transcript_ref(row[-1])) is not None:
+                self.waiting.append((seq, ref))
+        self._flush(log, tx)
+
+    def _flush(self, log: EventLog, tx: Tx) -> None:
+        ready = [(seq, d, self.blobs[d]) for seq, d in self.waiting if d in self.blobs]
+        if ready:
+            ready.sort()
+            log._insert_transcripts(tx, ready)
+            self.written += len(ready)
+            self.waiting = [(seq, d) for seq, d in self.waiting if d not in self.blobs]
+
+    def finish(self, log: EventLog, tx: Tx) -> None:
+        self._flush(log, tx)

@@ -165,6 +165,11 @@ class PostgresLog(EventLog):
             for row in rows:
                 copy.write_row(row)
 
+    def _insert_transcripts(self, tx: Any, rows: list[tuple[int, str, bytes]]) -> None:
+        with tx.cur.copy("COPY transcripts (seq, digest, data) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
     @_patient
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock, self._conn.cursor() as cur:

@@ -24,7 +24,7 @@ from ultra.suites.workflow.flaws import FLAWS, Plan, inject, optimal_plan
 from ultra.suites.workflow.library import DIFFICULTIES, TASK_TYPES, Library, default_library, load_library
 from ultra.suites.workflow.policies import Policies
 from ultra.suites.workflow.prompts import BASE_PROMPT_TYPES, MARKER, initial_messages
-from ultra.suites.workflow.scoring import score
+from ultra.suites.workflow.scoring import breakdown, score
 
 FLAWED_PROMPT_TYPES: tuple[str, ...] = tuple(f"flawed_{f}" for f in FLAWS)
 PROMPT_TYPES: tuple[str, ...] = (*BASE_PROMPT_TYPES, *FLAWED_PROMPT_TYPES)
@@ -93,7 +93,11 @@ class WorkflowSuite:
             seed=test_seed(spec.test_key, "tools"),
             max_turns=max_turns,
         )
-        return score(trajectory)
+        result = score(trajectory)
+        if hasattr(model, "scoring"):  # a model that keeps a transcript takes the breakdown
+            model.scoring = dict(outcome=result.outcome, error_category=result.error_category,
+                                 metrics=result.metrics, **breakdown(trajectory))
+        return result
 
     def simulated_reply(
         self, skill: float, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None

@@ -203,3 +203,17 @@ def score(t: Trajectory) -> TestResult:
         error_category=error_category(t, c, result),  # type: ignore[arg-type]
         assisted_turns=t.assisted_turns,
     )
+
+
+def breakdown(t: Trajectory) -> dict:
+    """The scoring of a trajectory in parts, for the test's transcript: the components
+    every score is made of, the counts, and each call with its status."""
+    c = counts(t)
+    return dict(
+        end=t.end, completed=t.completed, required=list(t.required),
+        success_sequence=success_sequence(t),
+        tool_coverage=_r(tool_coverage(t)), order=_r(order_score(t)),
+        execution=_r(execution_success(c)), counts=msgspec.structs.asdict(c),
+        idle_turns=t.idle_turns, assisted_turns=t.assisted_turns,
+        calls=[msgspec.structs.asdict(x) for x in t.calls],
+    )
