@@ -221,14 +221,14 @@ def raw_row(line: str | bytes, where: str) -> Row:
         problem = ev.require_identity(obj)
         if problem is not None:
             raise UserError(f"{where}: {problem}")
-        bad = _bad_time(obj)
-        if bad is not None:
-            raise UserError(f"{where}: {bad[0]} {str(bad[1])[:40]!r} is not a real UTC time"
-                            " (YYYY-MM-DDTHH:MM:SS[.f]Z)")
         try:
             event = ev.from_builtins(obj)
         except msgspec.ValidationError as exc:
             raise UserError(f"{where}: invalid {tag} event ({exc})") from None
+        bad = _bad_time(obj)
+        if bad is not None:
+            raise UserError(f"{where}: {bad[0]} {str(bad[1])[:40]!r} is not a real UTC time"
+                            " (YYYY-MM-DDTHH:MM:SS[.f]Z)")
         # Store the line itself, not a re-encoding: fields a newer writer added survive.
         return (*event_row(event)[:-1], _encoder.encode(obj).decode())  # type: ignore[return-value]
     try:
