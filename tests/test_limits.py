@@ -393,3 +393,50 @@ def test_pace_spaces_the_slots_and_is_held_for():
 
     run_virtual(main)
     assert RateLimiter(5).held_for() == 0.0  # outside trio
+
+
+def test_the_window_of_requests_in_flight_halves_once_per_round_and_climbs_back():
+    """On trio's virtual clock: a burst of timeouts of requests sent before the cut is one
+    signal; each answer widens the window by 1/window; in flight never exceeds the window."""
+    from trio.testing import MockClock
+
+    from ultra.limits import Concurrency
+
+    async def main() -> None:
+        w = Concurrency(8)
+        sent = trio.current_time()
+        for _ in range(8):  # eight requests sent together, all timing out
+            await w.acquire()
+        await trio.sleep(1)
+        for _ in range(8):
+            w.timed_out(sent)
+            w.release()
+        assert w.slots == 4 and w.low == 4  # one cut for the whole round
+        await trio.sleep(1)
+        w.timed_out(trio.current_time() - 0.5)  # sent after the cut: a new signal
+        assert w.slots == 2
+        for _ in range(3):
+            w.timed_out(trio.current_time())
+        assert w.slots == 1 and w.low == 1  # never below one
+        peak = 0
+
+        async def one() -> None:
+            nonlocal peak
+            await w.acquire()
+            assert w.in_flight <= w.slots
+            peak = max(peak, w.in_flight)
+            await trio.sleep(0.1)
+            w.answered()
+            w.release()
+
+        async with trio.open_nursery() as n:
+            for _ in range(40):
+                n.start_soon(one)
+        assert peak <= 8 and w.slots > 1  # answers widened it again ...
+        answers = 40
+        while w.slots < 8:
+            w.answered()
+            answers += 1
+        assert answers < 100 and w.slots == 8  # ... about one slot per window of answers
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))

@@ -406,13 +406,11 @@ class Concurrency:
     def slots(self) -> int:
         return max(1, int(self.window))
 
-    async def acquire(self) -> float:
-        """Wait for a slot; returns the send time to hand back to `timed_out`. The caller
-        calls `release` exactly once afterwards."""
+    async def acquire(self) -> None:
+        """Wait for a slot; the caller calls `release` exactly once afterwards."""
         while self.in_flight >= self.slots:
             await self._lot.park()
         self.in_flight += 1
-        return trio.current_time()
 
     def release(self) -> None:
         self.in_flight -= 1
