@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from ultra.config import load_config, masked
 from ultra.errors import UserError
-from ultra.plan import Selection, check_selection, default_key, make_plan, split_evenly
+from ultra.plan import Selection, check_selection, make_plan, split_evenly
+from ultra.providers.openai import default_key
 from ultra.suites import TestResult
 
 

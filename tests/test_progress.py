@@ -149,7 +149,7 @@ def test_a_shard_held_back_reports_until_when_in_wall_clock_time():
     route = Route(url="http://127.0.0.1:1/v1/chat/completions", shape="openai", api_model="m",
                   key_literal="k")
     shard = Shard(shard_id="m@m", model="m", instance="m", provider="openai", strategy="key",
-                  simulated=True, key_index=None, deployment=None, workers=1, qps=10,
+                  key_index=None, deployment=None, workers=1, qps=10,
                   request_timeout=5, test_timeout=10, max_retries=0, max_turns=1, route=route,
                   tests=[])
 

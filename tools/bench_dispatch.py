@@ -91,7 +91,7 @@ def shard_plan(url: str, *, workers: int, qps: float, tests: int):
     sel = Selection(suite="workflow", models=[MODEL], prompt_types=["baseline", "optimal"],
                     difficulties=["easy"], task_types=list(suite.task_types),
                     tool_success_rates=[0.9], num_instances=per_cell)
-    return make_plan(config, suite, sel, completed=set(), sim_url=url)
+    return make_plan(config, suite, sel, completed=set(), bases=dict.fromkeys(config.providers, url))
 
 
 def run_executor(url: str, *, workers: int, qps: float, tests: int) -> tuple[float, int, float]:
@@ -167,7 +167,7 @@ def seed_plan(url: str, instances: int):
     sel = Selection(suite="workflow", models=list(models), prompt_types=["baseline", "optimal"],
                     difficulties=["easy"], task_types=list(suite.task_types),
                     tool_success_rates=[0.9], num_instances=instances)
-    return make_plan(config, suite, sel, completed=set(), sim_url=url)
+    return make_plan(config, suite, sel, completed=set(), bases=dict.fromkeys(config.providers, url))
 
 
 def seed_child(url: str, db: str, processes: int, index: int, instances: int,

@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from ultra.errors import UserError
+from ultra.providers import KINDS, provider
 from ultra.sim.config import SimConfig
 
 Strategy = Literal["per-key", "per-deployment", "single"]
@@ -60,7 +61,7 @@ class ProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     points at a running one.
     """
 
-    kind: Literal["openai", "azure", "sim"]
+    kind: Literal[KINDS]  # type: ignore[valid-type]  # a module of ultra.providers each
     base_url: str | None = None
     api_key_envs: list[str] = []
     base_urls: list[str] | None = None
@@ -271,18 +272,7 @@ def validate(config: Config) -> list[str]:
                  f" (at most {NAME_MAX})" for mname, m in config.models.items()
                  for d in m.deployments or () if len(d) > NAME_MAX]
     for pname, p in config.providers.items():
-        if p.kind == "openai":
-            if not p.base_url and not p.base_urls:
-                problems.append(f"provider {pname!r}: kind openai needs base_url")
-            if not p.api_key_envs:
-                problems.append(f"provider {pname!r}: kind openai needs api_key_envs")
-            if p.base_urls is not None and len(p.base_urls) != len(p.api_key_envs):
-                problems.append(f"provider {pname!r}: base_urls must give one URL per key")
-        elif p.kind == "azure":
-            if not p.endpoint:
-                problems.append(f"provider {pname!r}: kind azure needs endpoint")
-            if not p.api_key_env:
-                problems.append(f"provider {pname!r}: kind azure needs api_key_env")
+        problems += provider(p.kind).problems(pname, p)
     for mname, m in config.models.items():
         if m.provider not in config.providers:
             problems.append(f"model {mname!r}: unknown provider {m.provider!r}")
@@ -295,15 +285,14 @@ def validate(config: Config) -> list[str]:
             problems.append(f"model {mname!r}: set max_tokens or max_completion_tokens, not both")
         if m.key is not None and m.provider in config.providers:
             p = config.providers[m.provider]
-            n = len(p.api_key_envs) if p.kind == "openai" else p.keys if p.kind == "sim" else 1
+            n = key_count(p)
             if not 0 <= m.key < n:
                 problems.append(f"model {mname!r}: key {m.key} is not a key of provider "
                                 f"{m.provider!r} (0..{n - 1})")
         if m.provider not in config.providers:
             continue
         eff = effective_model(config, mname)
-        kind = config.providers[m.provider].kind
-        shape = config.providers[m.provider].shape if kind == "sim" else kind
+        shape = provider_shape(config.providers[m.provider])
         if eff.strategy == "per-key" and shape != "openai":
             problems.append(f"model {mname!r}: strategy per-key needs an openai-shaped provider")
         if eff.strategy == "per-deployment" and shape != "azure":
@@ -315,23 +304,14 @@ def validate(config: Config) -> list[str]:
     return problems
 
 
-# What applies to a provider, by (kind, shape): `ultra config show` prints these only.
-_APPLIES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("openai", "openai"): ("base_url", "base_urls", "api_key_envs", "route_prefix", "key_qps", "key_tpm"),
-    ("azure", "azure"): ("endpoint", "api_version", "api_key_env"),
-    ("sim", "openai"): ("url", "route_prefix", "key_qps", "key_tpm"),
-    ("sim", "azure"): ("url",),
-}
-
-
 def provider_shape(p: ProviderConfig) -> str:
-    """`openai` or `azure`: how the provider's requests look (a sim provider says which)."""
-    return p.shape if p.kind == "sim" else p.kind
+    """`openai` or `azure`: how the provider's requests look."""
+    return provider(p.kind).shape(p)
 
 
 def key_count(p: ProviderConfig) -> int:
-    """The API keys (routes for per-key models) of an openai-shaped provider."""
-    return len(p.api_key_envs) if p.kind == "openai" else p.keys
+    """The API keys (routes for per-key models) of an openai-shaped provider (1 otherwise)."""
+    return provider(p.kind).keys(p)
 
 
 def masked(config: Config) -> dict:
@@ -354,7 +334,7 @@ def masked(config: Config) -> dict:
     for pname, p in config.providers.items():
         shape = provider_shape(p)
         data, default = out["providers"][pname], msgspec.to_builtins(ProviderConfig(kind=p.kind))
-        fields = _APPLIES[(p.kind, shape)]
+        fields = provider(p.kind).fields(shape)
         shown = {"kind": p.kind, "shape": shape}
         shown.update({f: data[f] for f in fields if data[f] is not None})
         if shape == "openai":
@@ -366,7 +346,7 @@ def masked(config: Config) -> dict:
         ignored = [f for f in data if f not in shown and f != "shape" and data[f] != default[f]]
         if ignored:
             shown["not_applied"] = ignored
-        envs = p.api_key_envs if p.kind == "openai" else [p.api_key_env] if p.api_key_env else []
+        envs = provider(p.kind).key_envs(p)
         if envs:
             shown["secrets"] = {env: "<set>" if os.environ.get(env) else "<unset>" for env in envs}
         out["providers"][pname] = shown

@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from ultra.sim.models import SIM_SKILLS
-
 KNOWN_MODELS: tuple[str, ...] = (
     # open-source on the multi-key OpenAI-compatible provider
     "qwen2.5-72b-instruct",
@@ -34,7 +32,13 @@ KNOWN_MODELS: tuple[str, ...] = (
     # others seen in results
     "grok-3",
     "gpt-4o",
-    *SIM_SKILLS,
+    # the models the bundled simulator serves (ultra.sim.models gives each its skill)
+    "sim-oracle",
+    "sim-strong",
+    "sim-good",
+    "sim-medium",
+    "sim-weak",
+    "sim-hopeless",
 )
 
 # Route suffixes that name an instance of a model rather than a model.

@@ -5,8 +5,7 @@ is already completed."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from urllib.parse import quote
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -15,9 +14,9 @@ from ultra.config import (
 )
 from ultra.errors import UserError
 from ultra.naming import canonical_model
+from ultra.providers import Route, RouteSpec, provider
 from ultra.suites import Suite, TestSpec
 
-SIM_API_VERSION = "2024-12-01-preview"
 DEFAULT_MAX_TURNS = 10
 # One run plans at most this many tests: the plan is held in memory (a few hundred bytes a
 # test), so a typo such as `--num-instances 100000000` is refused before anything is built.
@@ -37,17 +36,6 @@ class Selection(msgspec.Struct, kw_only=True, frozen=True):
     max_turns: int = DEFAULT_MAX_TURNS
 
 
-class Route(msgspec.Struct, kw_only=True, frozen=True):
-    """Where a shard's requests go. The secret itself is never here: only the name of the
-    environment variable that holds it (or, for the simulator, a non-secret literal)."""
-
-    url: str
-    shape: str  # "openai" or "azure": which auth header and whether the body names the model
-    api_model: str | None  # model name sent in the body (openai shape)
-    key_env: str | None = None
-    key_literal: str | None = None
-
-
 class SharedLimit(msgspec.Struct, kw_only=True, frozen=True):
     """A rate budget several shards draw from (one API key used by several models)."""
 
@@ -62,7 +50,6 @@ class Shard(msgspec.Struct, kw_only=True, frozen=True):
     instance: str  # route name
     provider: str
     strategy: str
-    simulated: bool
     key_index: int | None
     deployment: str | None
     workers: int
@@ -165,48 +152,11 @@ def expand(suite: Suite, sel: Selection, model: str,
     return tests
 
 
-def default_key(model: str, keys: int) -> int:
-    """The key a single-route model uses on a multi-key provider when the config names none:
-    a stable hash of its name, so such models spread over the keys (not all on key 0)."""
-    return int.from_bytes(hashlib.sha256(model.encode()).digest()[:8], "big") % max(1, keys)
-
-
-def _routes(config: Config, eff: EffectiveModel, sim_url: str) -> list[tuple[str, int | None, str | None, Route]]:
-    """(instance, key_index, deployment, route) for each route the strategy uses."""
+def _routes(config: Config, eff: EffectiveModel, bases: Mapping[str, str]) -> list[RouteSpec]:
+    """The routes the model's strategy uses, as its provider builds them (`bases`: the
+    base URL of a server a provider started for the run, by provider name)."""
     p = config.providers[eff.provider]
-    shape = p.shape if p.kind == "sim" else p.kind
-    base = (p.url or sim_url) if p.kind == "sim" else None
-    prefix = p.route_prefix or eff.name
-    if shape == "openai":
-        keys: list[tuple[str | None, str | None, str]]  # (key env, literal key, base URL)
-        if p.kind == "sim":
-            keys = [(None, f"sim-key-{i}", f"{base}/v1") for i in range(p.keys)]
-        else:
-            urls = p.base_urls or [p.base_url or ""] * len(p.api_key_envs)
-            keys = [(env, None, url) for env, url in zip(p.api_key_envs, urls)]
-        indexed = list(enumerate(keys))
-        if eff.strategy != "per-key":
-            k = eff.key if eff.key is not None else default_key(eff.name, len(keys))
-            indexed = indexed[k:k + 1]
-        return [
-            (f"{prefix}-key{i}" if eff.strategy == "per-key" else eff.name, i, None,
-             Route(url=f"{url.rstrip('/')}/chat/completions", shape="openai",
-                   api_model=eff.api_model, key_env=env, key_literal=literal))
-            for i, (env, literal, url) in indexed
-        ]
-    endpoint = base if p.kind == "sim" else (p.endpoint or "").rstrip("/")
-    version = SIM_API_VERSION if p.kind == "sim" else p.api_version
-    deployments = eff.deployments if eff.strategy == "per-deployment" else eff.deployments[:1]
-    return [
-        (dep, None, dep,
-         # A deployment name is one path segment, escaped: `../x?` must not reach another URL.
-         Route(url=f"{endpoint}/openai/deployments/{quote(dep, safe='')}/chat/completions"
-                   f"?api-version={quote(version, safe='')}",
-               shape="azure", api_model=None,
-               key_env=None if p.kind == "sim" else p.api_key_env,
-               key_literal="sim-azure-key" if p.kind == "sim" else None))
-        for dep in deployments
-    ]
+    return provider(p.kind).routes(p, eff, bases.get(eff.provider))
 
 
 def selection_keys(config: Config, suite: Suite, sel: Selection) -> set[str]:
@@ -220,7 +170,7 @@ def route_names(config: Config, eff: EffectiveModel) -> list[dict[str, str | int
     """The routes a model's shards use, for people: instance and key index or deployment."""
     return [{"instance": instance, **({"key": key} if key is not None else {}),
              **({"deployment": dep} if dep is not None else {})}
-            for instance, key, dep, _ in _routes(config, eff, "http://127.0.0.1:0")]
+            for instance, key, dep, _ in _routes(config, eff, {})]
 
 
 def split_evenly(tests: list[TestSpec], n: int) -> list[list[TestSpec]]:
@@ -229,7 +179,7 @@ def split_evenly(tests: list[TestSpec], n: int) -> list[list[TestSpec]]:
 
 
 def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
-              sim_url: str = "http://127.0.0.1:0") -> Plan:
+              bases: Mapping[str, str] | None = None) -> Plan:
     shards: list[Shard] = []
     planned = skipped = 0
     for name in sel.models:
@@ -239,17 +189,16 @@ def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
         todo = [t for t in all_tests if t.test_key not in completed]
         skipped += len(all_tests) - len(todo)
         planned += len(todo)
-        routes = _routes(config, eff, sim_url)
-        provider = config.providers[eff.provider]
+        routes = _routes(config, eff, bases or {})
+        p = config.providers[eff.provider]
         for (instance, key_index, deployment, route), tests in zip(routes, split_evenly(todo, len(routes))):
             shared = None
-            if (provider.key_qps or provider.key_tpm) and route.shape == "openai":
+            if (p.key_qps or p.key_tpm) and route.shape == "openai":
                 shared = SharedLimit(name=f"{eff.provider}/key{key_index or 0}",
-                                     qps=provider.key_qps, tpm=provider.key_tpm)
+                                     qps=p.key_qps, tpm=p.key_tpm)
             shards.append(Shard(
                 shard_id=f"{model}@{instance}", model=model, instance=instance,
                 provider=eff.provider, strategy=eff.strategy,
-                simulated=provider.kind == "sim",
                 key_index=key_index, deployment=deployment, workers=eff.workers, qps=eff.qps,
                 request_timeout=eff.request_timeout, test_timeout=eff.test_timeout,
                 max_retries=eff.max_retries, max_turns=sel.max_turns, route=route,

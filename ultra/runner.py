@@ -51,6 +51,7 @@ from ultra.leases import DEFAULT_TTL, ProcessLeases, holder_id, test_lease
 from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
 from ultra.projecting import project, results_path
+from ultra import providers
 from ultra.resume import completed_keys, key_problems
 from ultra.progress import Display
 from ultra.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
@@ -539,7 +540,7 @@ def check_routes(plan: Plan, say: Callable[[str], None] | None = None
 
 def _checked_events(plan: Plan, run_id: str, checks: dict[str, RouteCheck]) -> list[Event]:
     return [RouteChecked(run_id=run_id, shard_id=s.shard_id, model=s.model, instance=s.instance,
-                         provider=s.provider, simulated=c.simulated or s.simulated, ok=c.ok,
+                         provider=s.provider, simulated=c.simulated, ok=c.ok,
                          http_status=c.http_status, message=c.message[:4000], usage=c.usage)
             for s in plan.shards if (c := checks.get(s.shard_id)) is not None]
 
@@ -575,26 +576,6 @@ def _tokens(config: Config, sel: Selection, plan: Plan, snapshots: dict[str, Sha
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def _uses_bundled_sim(config: Config, models: list[str]) -> bool:
-    return any(
-        config.providers[config.models[m].provider].kind == "sim"
-        and not config.providers[config.models[m].provider].url
-        for m in models
-    )
-
-
-@contextlib.contextmanager
-def _simulator(config: Config, models: list[str]):
-    """Start the bundled simulator when a selected sim provider has no url of its own."""
-    if not _uses_bundled_sim(config, models):
-        yield None
-        return
-    from ultra.sim.process import SimProcess
-
-    with SimProcess(config.sim) as sim:
-        yield sim.url
 
 
 def _without_passwords(argv: list[str]) -> list[str]:
@@ -647,14 +628,14 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
     check_selection(config, suite, sel)
     after_seq = _last_seq(db)  # before the keys: completions after it are the claims' to find
     done_keys = completed_keys(db, config, suite, sel)
-    plan = make_plan(config, suite, sel, done_keys)
-    missing = missing_secrets(plan)
-    if missing:  # before anything is created or started
-        raise UserError("\n".join(missing))
-    EventLog.open(db).close()  # create the log, or refuse a file that is not one, up front
-    with _simulator(config, sel.models) as sim_url:
-        if sim_url:  # routes to the simulator we just started
-            plan = make_plan(config, suite, sel, done_keys, sim_url)
+    # what the providers serve for the run first (the bundled simulator): the plan's routes
+    # go to them
+    with providers.serving(config, sel.models) as bases:
+        plan = make_plan(config, suite, sel, done_keys, bases)
+        missing = missing_secrets(plan)
+        if missing:  # before the log is created, before any request
+            raise UserError("\n".join(missing))
+        EventLog.open(db).close()  # create the log, or refuse a file that is not one, up front
         checks: dict[str, RouteCheck] = {}
         if check_first:  # a wrong key or deployment stops the run before any test
             quiet = progress == "none" or (json_output and progress == "auto")

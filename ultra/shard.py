@@ -261,7 +261,7 @@ async def _run_test(shard: Shard, suite: Suite, run_id: str, spec: TestSpec,
         return
     elapsed = time.perf_counter() - t0
     # The server's mark says whether this was the simulator, whatever the provider kind.
-    common["simulated"] = model.simulated or shard.simulated
+    common["simulated"] = model.simulated
     progress.completed += 1
     if result.outcome != "failure":
         progress.succeeded += 1
@@ -274,7 +274,7 @@ async def _run_test(shard: Shard, suite: Suite, run_id: str, spec: TestSpec,
 def _errored(common: dict[str, Any], shard: Shard, model: HttpChatModel,
              progress: ShardProgress, t0: float, reason: str, message: str,
              http_status: int | None) -> TestErrored:
-    common["simulated"] = model.simulated or shard.simulated
+    common["simulated"] = model.simulated
     progress.errored += 1
     progress.record_error(reason, http_status, message)
     return TestErrored(**common, reason=reason, message=message, http_status=http_status,  # type: ignore[arg-type]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from ultra.naming import KNOWN_MODELS
+
 SIM_SKILLS: dict[str, float] = {
     "sim-oracle": 1.0,
     "sim-strong": 0.9,
@@ -16,6 +18,9 @@ SIM_SKILLS: dict[str, float] = {
     "sim-weak": 0.3,
     "sim-hopeless": 0.0,
 }
+
+# Each is a known model name (ultra.naming), so its route names fold into it.
+assert set(SIM_SKILLS) <= set(KNOWN_MODELS), "a simulated model must be in naming.KNOWN_MODELS"
 
 _SKILL_NAME = re.compile(r"^sim-skill-(\d{1,3})$")
 

@@ -42,9 +42,10 @@ class SuitesResponder:
 
     def _load(self) -> list[Any]:
         try:
-            from ultra.suites import all_suites
+            from ultra.suites import SimulatedPolicy, all_suites
 
-            suites = list(all_suites().values())
+            # the suites that offer the simulator a policy of their own
+            suites = [s for s in all_suites().values() if isinstance(s, SimulatedPolicy)]
         except Exception as exc:  # a missing suite must not take the simulator down
             print(f"ultra-sim: suites unavailable, replying trivially ({type(exc).__name__}: {exc})", file=sys.stderr)
             suites = []

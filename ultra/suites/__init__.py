@@ -111,12 +111,18 @@ class Suite(Protocol):
         """Take one test with `model` and score it. Tool results are simulated locally."""
         ...
 
+
+@runtime_checkable
+class SimulatedPolicy(Protocol):
+    """What a suite may also offer the loopback simulator (apart from `Suite`: a suite
+    runs against any provider, and need not know the simulator)."""
+
     def simulated_reply(
         self, skill: float, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
     ) -> dict[str, Any] | None:
-        """The loopback simulator's answer (an OpenAI assistant message) for a conversation
-        of this suite, by a deterministic policy of the given skill; None if the
-        conversation is not one of this suite's."""
+        """The simulator's answer (an OpenAI assistant message) for a conversation of this
+        suite, by a deterministic policy of the given skill; None if the conversation is not
+        one of this suite's."""
         ...
 
 
@@ -147,7 +153,7 @@ def _import_suite(ref: str) -> Suite:
         raise UserError(f"cannot load suite {ref!r}: {exc}") from None
     if not isinstance(suite, Suite):
         raise UserError(f"{ref!r} is not a suite (a suite has name, difficulties, prompt_types,"
-                        " task_types, task_id, run and simulated_reply)")
+                        " task_types, task_id and run)")
     return suite
 
 
