@@ -17,7 +17,7 @@ from projections.counting import Counted
 from ultra.events import ERROR_CATEGORIES, RunFinished, RunStarted, TestCompleted
 from ultra.naming import rate_key
 
-VERSION = 6  # bump when tables, rows or views change: an older results.db is rebuilt
+VERSION = 7  # bump when tables, rows or views change: an older results.db is rebuilt
 
 # Column name -> SQLite type, in table order. The dimensions come first.
 TEST_COLUMNS: dict[str, type] = {
@@ -98,7 +98,8 @@ RUN_COLUMNS: dict[str, type] = {
 # the failures by timeout apart (`ultra report --exclude-timeouts` leaves them out).
 CELL_KEYS: tuple[str, ...] = (
     "model", "run_id", "prompt_type", "tool_success_rate", "difficulty", "task_type",
-    "timeout_failure",
+    "simulated",  # 1 when the simulator answered: reports mark simulated results apart
+    "timeout_failure",  # last: add_to_cells derives it, the others are test columns
 )
 CELL_SUMS: tuple[str, ...] = (
     "n", "success", "full_success", "partial_success", "failure", "final_score", "turns",
@@ -106,7 +107,8 @@ CELL_SUMS: tuple[str, ...] = (
     "truncated",
 )
 CELL_COLUMNS: dict[str, type] = {
-    **{k: (float if k == "tool_success_rate" else int if k == "timeout_failure" else str)
+    **{k: (float if k == "tool_success_rate" else int if k in ("timeout_failure", "simulated")
+           else str)
        for k in CELL_KEYS},
     **{k: (float if k == "final_score" else int) for k in CELL_SUMS},
 }
@@ -328,4 +330,4 @@ def legacy_as_cells_sql(include: bool) -> str:
     cols = ", ".join((*CELL_KEYS, *CELL_SUMS))
     return (f"(SELECT {cols}, model AS base_model FROM cells UNION ALL"
             f" SELECT {label}, 'legacy:' || source, prompt_type, tool_success_rate, difficulty,"
-            f" task_type, 0, {legacy_sums}, model FROM legacy_cells)")
+            f" task_type, 0, 0, {legacy_sums}, model FROM legacy_cells)")

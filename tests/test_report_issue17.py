@@ -87,3 +87,48 @@ def test_two_logs_beside_one_out_directory_each_report_shows_only_its_own_tests(
     assert list(data["models"]) == ["model-b"] and data["summary"]["total_tests"] == 9
     again = ultra("report", "--db", str(b), "--out", str(out), "--format", "json")
     assert "another event log" not in again.stderr  # the same log: nothing to say
+
+
+# ---- 3. simulated everywhere ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """The bundled demo `ultra run` in an empty directory (the simulator answers)."""
+    tmp = tmp_path_factory.mktemp("demo")
+    p = ultra("run", "--progress", "none", cwd=tmp, check=False)
+    assert p.returncode == 0, p.stderr
+    assert "SIMULATED" in p.stdout  # the run summary says so
+    return tmp
+
+
+def test_the_demo_run_is_marked_simulated_in_every_format(demo_run):
+    for fmt in ("table", "markdown", "csv", "json", "html"):
+        text = ultra("report", "all", "--format", fmt, cwd=demo_run).stdout
+        assert "simulated" in text.lower(), fmt
+    doc = json.loads(ultra("report", "all", "--format", "json", cwd=demo_run).stdout)
+    for t in doc["tables"]:
+        assert t["simulated"]["state"] == "all" and t["simulated"]["tests"] > 0, t["name"]
+        assert all(r["simulated_tests"] == r["tests"] for r in t["row_info"])
+    md = ultra("report", "all", "--format", "markdown", cwd=demo_run).stdout
+    assert md.count("SIMULATED") == md.count("\n## ") + md.startswith("## ")  # every table
+    lines = ultra("report", "errors", "--format", "csv", cwd=demo_run).stdout.splitlines()
+    assert lines[0].endswith(",simulated_share") and all(ln.endswith(",1.0") for ln in lines[1:])
+    run = ultra("run", "--progress", "none", "--json", cwd=demo_run)  # all taken: resumes
+    assert "simulated" in json.loads(run.stdout)
+
+
+def test_a_table_that_mixes_simulated_and_real_tests_says_so(tmp_path):
+    db = log_with(tmp_path / "events.db", [*completions("s", "model-sim", 6, simulated=True),
+                                           *completions("r", "model-real", 6, start=10)])
+    out = tmp_path / "master_database.json"
+    doc, _ = json_report(db, out, "overview")
+    [t] = doc["tables"]
+    assert t["simulated"] == {"state": "mixed", "tests": 6, "of": 12}
+    assert any("mixes simulated and real" in n for n in t["notes"])
+    text = ultra("report", "--db", str(db), "--out", str(out)).stdout
+    sim_line = next(ln for ln in text.splitlines() if ln.startswith("model-sim"))
+    real_line = next(ln for ln in text.splitlines() if ln.startswith("model-real"))
+    assert sim_line.rstrip().endswith("yes") and real_line.rstrip().endswith("no")
+    md = ultra("report", "--db", str(db), "--out", str(out), "--format", "markdown").stdout
+    assert "| simulated |" in md and "mixes simulated and real" in md

@@ -622,7 +622,7 @@ def run(
 
     from ultra.config import digest
     from ultra.runner import error_allowance, execute
-    from ultra.summary import summary_lines
+    from ultra.summary import simulated_line, simulated_tests, summary_lines
 
     cfg, sel, tasks_path = _selection(
         config, suite_name=suite, tasks=tasks, models=models, prompt_types=prompt_types,
@@ -645,13 +645,16 @@ def run(
                      argv=sys.argv[1:], json_output=json_output,
                      check_first=not no_preflight, max_errors=max_errors, progress=progress,
                      wait=wait, lease_seconds=lease_seconds)
+    sim, sim_of = simulated_tests(result.results, result.run_id)
     if json_output:
-        print(msgspec.json.encode(result).decode())
+        print(msgspec.json.encode({**msgspec.to_builtins(result), "simulated": sim}).decode())
     else:
         rate = f"{100 * result.succeeded / result.completed:.1f}%" if result.completed else "-"
         print(f"run {result.run_id}: {result.completed} completed (success {rate}), "
               f"{result.errored} errored, {result.skipped_completed} skipped as already "
               f"completed{'; INTERRUPTED' if result.interrupted else ''}")
+        if simulated_line(sim, sim_of):
+            print(simulated_line(sim, sim_of))
         if result.crashed_processes:
             print(f"{result.crashed_processes} shard process(es) died; run again to resume",
                   file=sys.stderr)

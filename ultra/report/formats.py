@@ -63,6 +63,31 @@ def cell(column: Column, value: Any) -> str:
     return FORMATS[column.kind](value)
 
 
+SIMULATED_ALL = ("SIMULATED: every test in this table was answered by the simulator,"
+                 " not by a model")
+SIMULATED_COLUMN = Column("simulated", "simulated", "text")
+
+
+def simulated_line(t: Table) -> str | None:
+    """The marker line of a table whose every test was simulated."""
+    return SIMULATED_ALL if t.simulated_state() == "all" else None
+
+
+def simulated_cell(counts: list[int]) -> str:
+    """A row's mark in a table that mixes simulated and real tests."""
+    sim, n = counts
+    return "yes" if sim and sim == n else "no" if not sim else f"{sim} of {n}"
+
+
+def with_simulated_column(t: Table) -> tuple[list[Column], list[list[Any]]]:
+    """The table's columns and rows, with a `simulated` column when it mixes simulated and
+    real tests (a table wholly simulated says so in one line instead)."""
+    if t.simulated_state() != "mixed":
+        return list(t.columns), [list(r) for r in t.rows]
+    return ([*t.columns, SIMULATED_COLUMN],
+            [[*r, simulated_cell(c)] for r, c in zip(t.rows, t.simulated)])
+
+
 def _fit(cols: list[Column], cells: list[list[str]], width: int) -> list[int]:
     """Column widths that fit `width` with one space between columns: numbers keep their
     width, headers wrap (words broken only if they must), names are shortened."""
@@ -85,15 +110,18 @@ def to_terminal(tables: list[Table], width: int = WIDTH) -> str:
     """Plain tables that fit `width` columns (detail columns are left out)."""
     out: list[str] = []
     for t in tables:
-        keep = [j for j, c in enumerate(t.columns) if not c.detail]
-        cols = [t.columns[j] for j in keep]
-        cells = [[str(row[j]) if t.columns[j].kind == "text" else cell(t.columns[j], row[j])
-                  for j in keep] for row in t.rows]
+        all_cols, all_rows = with_simulated_column(t)
+        keep = [j for j, c in enumerate(all_cols) if not c.detail]
+        cols = [all_cols[j] for j in keep]
+        cells = [[str(row[j]) if all_cols[j].kind == "text" else cell(all_cols[j], row[j])
+                  for j in keep] for row in all_rows]
         widths = _fit(cols, cells, width)
         heads = [textwrap.wrap(c.title, w, break_on_hyphens=False) or [""]
                  for c, w in zip(cols, widths)]
         depth = max(len(h) for h in heads)
         out.append(t.title)
+        if simulated_line(t):
+            out += textwrap.wrap(simulated_line(t), width)  # type: ignore[arg-type]
         for line in range(depth):
             parts = []
             for c, w, h in zip(cols, widths, heads):
@@ -115,11 +143,14 @@ def to_markdown(tables: list[Table]) -> str:
     parts = []
     for t in tables:
         lines = [f"## {t.title}", ""]
-        lines.append("| " + " | ".join(c.title for c in t.columns) + " |")
-        lines.append("|" + "|".join("---" if c.kind == "text" else "---:" for c in t.columns) + "|")
-        for row in t.rows:
+        if simulated_line(t):
+            lines += [f"**{simulated_line(t)}**", ""]
+        columns, rows = with_simulated_column(t)
+        lines.append("| " + " | ".join(c.title for c in columns) + " |")
+        lines.append("|" + "|".join("---" if c.kind == "text" else "---:" for c in columns) + "|")
+        for row in rows:
             lines.append("| " + " | ".join(cell(c, v).replace("|", "\\|")
-                                           for c, v in zip(t.columns, row)) + " |")
+                                           for c, v in zip(columns, row)) + " |")
         lines.append("")
         lines += [f"- {n}" for n in t.notes]
         parts.append("\n".join(lines) + "\n")
@@ -138,14 +169,19 @@ def to_csv(tables: list[Table]) -> str:
         header = []
         for c in t.columns:
             header += [f"{c.key}_low", f"{c.key}_high"] if c.kind == "interval" else [c.key]
+        if t.simulated:
+            header.append("simulated_share")  # of the row's tests, answered by the simulator
         w.writerow(header)
-        for row in t.rows:
+        for i, row in enumerate(t.rows):
             flat: list[Any] = []
             for c, v in zip(t.columns, row):
                 if c.kind == "interval":
                     flat += list(v) if v is not None else ["", ""]
                 else:
                     flat.append("" if v is None else v)
+            if t.simulated:
+                sim, n = t.simulated[i]
+                flat.append(sim / n if n else "")
             w.writerow(flat)
     return out.getvalue()
 
@@ -160,6 +196,11 @@ def to_json(tables: list[Table], selection: Any = None) -> str:
                 "columns": [{"key": c.key, "title": c.title, "kind": c.kind} for c in t.columns],
                 "rows": [dict(zip((c.key for c in t.columns), row)) for row in t.rows],
                 "notes": t.notes,
+                # whether the simulator answered: the table's tests, and each row's
+                "simulated": {"state": t.simulated_state(),
+                              "tests": sum(c[0] for c in t.simulated),
+                              "of": sum(c[1] for c in t.simulated)},
+                "row_info": [{"tests": c[1], "simulated_tests": c[0]} for c in t.simulated],
             }
             for t in tables
         ],

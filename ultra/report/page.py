@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from ultra.report.formats import cell
+from ultra.report.formats import cell, simulated_line, with_simulated_column
 from ultra.report.tables import Table
 
 STYLE = """
@@ -21,18 +21,23 @@ th, td { padding: 0.2rem 0.6rem; border-bottom: 1px solid #ddd; }
 th { text-align: right; background: #f4f4f4; } th.text, td.text { text-align: left; }
 td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .notes { color: #555; font-size: 0.8rem; } .chart { margin: 1rem 0; }
+.banner { background: #fff3cd; border: 1px solid #e0b400; padding: 0.6rem 1rem; font-weight: 600; }
+.simulated { color: #8a6d00; font-weight: 600; }
 """
 
 
 def _table_html(t: Table) -> str:
-    head = "".join(f'<th class="{c.kind}">{html.escape(c.title)}</th>' for c in t.columns)
+    columns, rows = with_simulated_column(t)
+    head = "".join(f'<th class="{c.kind}">{html.escape(c.title)}</th>' for c in columns)
     body = "".join(
         "<tr>" + "".join(f'<td class="{c.kind}">{html.escape(cell(c, v))}</td>'
-                         for c, v in zip(t.columns, row)) + "</tr>"
-        for row in t.rows
+                         for c, v in zip(columns, row)) + "</tr>"
+        for row in rows
     )
+    mark = simulated_line(t)
+    marker = f'<p class="simulated">{html.escape(mark)}</p>' if mark else ""
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in t.notes)
-    return (f'<section id="table-{t.name}"><h2>{html.escape(t.title)}</h2>'
+    return (f'<section id="table-{t.name}"><h2>{html.escape(t.title)}</h2>{marker}'
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
             f'<ul class="notes">{notes}</ul></section>')
 
@@ -110,6 +115,13 @@ def to_html(tables: list[Table], *, source: str) -> str:
         parts.append(f'<div class="chart">{fig.to_html(full_html=False, include_plotlyjs=first, div_id=f"chart-{name}", config={"displaylogo": False})}</div>')
         first = False
     body = "".join(parts) + "".join(_table_html(t) for t in tables)
+    sim = sum(c[0] for t in tables[:1] for c in t.simulated)
+    n = sum(c[1] for t in tables[:1] for c in t.simulated)
+    if sim:  # the first table covers the selection's tests (per model)
+        what = "every test in this report was" if sim == n else \
+            f"{sim} of the {n} tests in this report were"
+        body = (f'<div class="banner simulated" id="simulated-banner">SIMULATED: {what}'
+                " answered by the simulator, not by a model</div>" + body)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<title>ultra report</title>"

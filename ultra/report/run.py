@@ -65,7 +65,9 @@ def tables_for(conn: sqlite3.Connection, sel: Selection, info: dict[str, ModelIn
                names: list[str], compare: tuple[str, str] | None) -> list[Table]:
     src = Source(conn, sel, info)
     if compare is not None:
-        return [compare_runs(src, *compare)]
+        from ultra.report.tables import mark_simulated
+
+        return [mark_simulated(compare_runs(src, *compare), src.simulated_by_model(list(compare)))]
     tables = build(src, names)
     if not tables:
         raise UserError("no table has data for this selection")

@@ -43,6 +43,14 @@ class Table(msgspec.Struct):
     columns: list[Column]
     rows: list[list[Any]]
     notes: list[str] = []
+    # per row: [simulated tests, tests] behind it (empty: the table does not say)
+    simulated: list[list[int]] = []
+
+    def simulated_state(self) -> str:
+        """"all", "none" or "mixed": whether the simulator answered the table's tests."""
+        sim = sum(r[0] for r in self.simulated)
+        n = sum(r[1] for r in self.simulated)
+        return "none" if sim == 0 else "all" if sim == n else "mixed"
 
 
 class Selection(msgspec.Struct, kw_only=True):
@@ -215,6 +223,20 @@ class Source:
 
     def check_run(self, run: str) -> None:
         self._check_run(run)
+
+    def simulated_by_model(self, runs: Sequence[str] | None = None) -> dict[str, list[int]]:
+        """model (as the rows name it) -> [simulated tests, tests] under the selection (or
+        the selection in `runs`)."""
+        out: dict[str, list[int]] = {}
+        for run in (runs or [None]):
+            where, params = (self.where, self.params) if run is None else self._where(run)
+            for model, n, sim in self.conn.execute(
+                    f"SELECT model, SUM(n), SUM(simulated * n) FROM {self.table} WHERE {where}"
+                    " GROUP BY model", params):
+                acc = out.setdefault(_unlabelled(model) if runs else model, [0, 0])
+                acc[0] += sim or 0
+                acc[1] += n or 0
+        return out
 
     def notes(self) -> list[str]:
         out = []
@@ -444,14 +466,29 @@ BUILDERS = {
 }
 
 
+def mark_simulated(t: Table, by_model: dict[str, list[int]]) -> Table:
+    """Set each row's [simulated tests, tests] from its model, and say when the table mixes
+    simulated and real tests."""
+    keys = [c.key for c in t.columns]
+    if "model" not in keys:
+        return t
+    j = keys.index("model")
+    t.simulated = [list(by_model.get(row[j], [0, 0])) for row in t.rows]
+    if t.simulated_state() == "mixed":
+        t.notes.append("this table mixes simulated and real tests: rows marked simulated were"
+                       " answered by the simulator, not by a model")
+    return t
+
+
 def build(src: Source, names: Sequence[str]) -> list[Table]:
     """The named tables; with several, those the selection has no data for are skipped."""
+    sim = src.simulated_by_model()
     if len(names) == 1:
-        return [BUILDERS[names[0]](src)]
+        return [mark_simulated(BUILDERS[names[0]](src), sim)]
     out = []
     for name in names:
         try:
-            out.append(BUILDERS[name](src))
+            out.append(mark_simulated(BUILDERS[name](src), sim))
         except UserError:
             continue
     return out
