@@ -132,3 +132,44 @@ def test_a_table_that_mixes_simulated_and_real_tests_says_so(tmp_path):
     assert sim_line.rstrip().endswith("yes") and real_line.rstrip().endswith("no")
     md = ultra("report", "--db", str(db), "--out", str(out), "--format", "markdown").stdout
     assert "| simulated |" in md and "mixes simulated and real" in md
+
+
+# ---- 8. safe output ------------------------------------------------------------------------
+
+NASTY = ['=HYPERLINK("http://evil.example","x")', "+1+2", "-2+3", "@SUM(A1)",
+         "<script>alert(1)</script>", "a|b*c_d"]
+
+
+@pytest.fixture(scope="module")
+def nasty(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("nasty")
+    events: list[ev.Event] = []
+    for i, name in enumerate(NASTY):
+        events += completions(f"n{i}-", name, 3, start=10 * i + 1)
+    return log_with(tmp / "events.db", events), tmp / "master_database.json"
+
+
+def test_csv_cells_that_start_a_formula_are_neutralised(nasty):
+    import csv
+    import io
+
+    db, out = nasty
+    text = ultra("report", "--db", str(db), "--out", str(out), "--format", "csv").stdout
+    rows = list(csv.reader(io.StringIO(text)))
+    names = [r[0] for r in rows[1:]]
+    models = json.loads(ultra("report", "--db", str(db), "--out", str(out), "--format",
+                              "json").stdout)["tables"][0]["rows"]
+    assert len(names) == len(NASTY)
+    for name, row in zip(names, models):
+        assert not name.startswith(("=", "+", "-", "@"))
+        assert name == ("'" + row["model"] if row["model"][0] in "=+-@" else row["model"])
+    assert "'=HYPERLINK" in text
+
+
+def test_markdown_and_html_escape_names(nasty):
+    db, out = nasty
+    md = ultra("report", "all", "--db", str(db), "--out", str(out), "--format", "markdown").stdout
+    assert "<script>" not in md
+    assert "&lt;script&gt;" in md and "a\\|b\\*c\\_d" in md
+    page = ultra("report", "--db", str(db), "--out", str(out), "--format", "html").stdout
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -7,6 +7,7 @@ unrounded values.
 from __future__ import annotations
 
 import csv
+import html
 import io
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +89,30 @@ def with_simulated_column(t: Table) -> tuple[list[Column], list[list[Any]]]:
             [[*r, simulated_cell(c)] for r, c in zip(t.rows, t.simulated)])
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|#~!"})
+
+
+def csv_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run: text that starts with `=`, `+`, `-`, `@`
+    (or a tab or carriage return) gets a leading `'`, as OWASP advises and spreadsheet
+    tools show as text. Numbers are left as they are (-0.05 is a number, not a formula)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def md_escape(text: str) -> str:
+    """Text for Markdown: HTML markup escaped (a name `<script>` stays text when the
+    Markdown is rendered to HTML), and Markdown's own marks backslash-escaped."""
+    return html.escape(str(text), quote=False).translate(_MD_SPECIAL)
+
+
+def plain(text: str) -> str:
+    """Text for a terminal: control characters (escape sequences in a name) shown as `?`."""
+    return "".join("?" if (ord(ch) < 32 or 127 <= ord(ch) < 160) else ch for ch in str(text))
+
+
 def _fit(cols: list[Column], cells: list[list[str]], width: int) -> list[int]:
     """Column widths that fit `width` with one space between columns: numbers keep their
     width, headers wrap (words broken only if they must), names are shortened."""
@@ -113,13 +138,13 @@ def to_terminal(tables: list[Table], width: int = WIDTH) -> str:
         all_cols, all_rows = with_simulated_column(t)
         keep = [j for j, c in enumerate(all_cols) if not c.detail]
         cols = [all_cols[j] for j in keep]
-        cells = [[str(row[j]) if all_cols[j].kind == "text" else cell(all_cols[j], row[j])
+        cells = [[plain(row[j]) if all_cols[j].kind == "text" else cell(all_cols[j], row[j])
                   for j in keep] for row in all_rows]
         widths = _fit(cols, cells, width)
         heads = [textwrap.wrap(c.title, w, break_on_hyphens=False) or [""]
                  for c, w in zip(cols, widths)]
         depth = max(len(h) for h in heads)
-        out.append(t.title)
+        out.append(plain(t.title))
         if simulated_line(t):
             out += textwrap.wrap(simulated_line(t), width)  # type: ignore[arg-type]
         for line in range(depth):
@@ -142,17 +167,18 @@ def to_terminal(tables: list[Table], width: int = WIDTH) -> str:
 def to_markdown(tables: list[Table]) -> str:
     parts = []
     for t in tables:
-        lines = [f"## {t.title}", ""]
+        lines = [f"## {md_escape(t.title)}", ""]
         if simulated_line(t):
             lines += [f"**{simulated_line(t)}**", ""]
         columns, rows = with_simulated_column(t)
-        lines.append("| " + " | ".join(c.title for c in columns) + " |")
+        lines.append("| " + " | ".join(md_escape(c.title) for c in columns) + " |")
         lines.append("|" + "|".join("---" if c.kind == "text" else "---:" for c in columns) + "|")
         for row in rows:
-            lines.append("| " + " | ".join(cell(c, v).replace("|", "\\|")
+            lines.append("| " + " | ".join(md_escape(cell(c, v)) if c.kind == "text"
+                                           else cell(c, v).replace("|", "\\|")
                                            for c, v in zip(columns, row)) + " |")
         lines.append("")
-        lines += [f"- {n}" for n in t.notes]
+        lines += [f"- {md_escape(n)}" for n in t.notes]
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
@@ -165,20 +191,20 @@ def to_csv(tables: list[Table]) -> str:
         if len(tables) > 1:
             if i:
                 out.write("\n")
-            out.write(f"# {t.name}\n")
+            out.write(f"# {csv_safe(t.name)}\n")
         header = []
         for c in t.columns:
             header += [f"{c.key}_low", f"{c.key}_high"] if c.kind == "interval" else [c.key]
         if t.simulated:
             header.append("simulated_share")  # of the row's tests, answered by the simulator
-        w.writerow(header)
+        w.writerow([csv_safe(h) for h in header])
         for i, row in enumerate(t.rows):
             flat: list[Any] = []
             for c, v in zip(t.columns, row):
                 if c.kind == "interval":
                     flat += list(v) if v is not None else ["", ""]
                 else:
-                    flat.append("" if v is None else v)
+                    flat.append("" if v is None else csv_safe(v))
             if t.simulated:
                 sim, n = t.simulated[i]
                 flat.append(sim / n if n else "")

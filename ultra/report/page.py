@@ -47,6 +47,12 @@ def _col(t: Table, key: str) -> list[Any]:
     return [row[j] for row in t.rows]
 
 
+def _label(text: Any) -> str:
+    """A name as a chart label: plotly reads labels as a little HTML (<b>, <a href>), so
+    markup in a name is escaped and shows as text."""
+    return html.escape(str(text), quote=False)
+
+
 def charts(tables: dict[str, Table]) -> list[tuple[str, Any]]:
     """(name, plotly figure) for each chart whose table is present."""
     import plotly.graph_objects as go
@@ -58,7 +64,7 @@ def charts(tables: dict[str, Table]) -> list[tuple[str, Any]]:
         rates = _col(t, "success_rate")
         ci = _col(t, "success_ci")
         fig = go.Figure(go.Bar(
-            x=_col(t, "model"), y=rates, marker_color="#4C78A8",
+            x=[_label(m) for m in _col(t, "model")], y=rates, marker_color="#4C78A8",
             error_y=dict(type="data", symmetric=False, array=[hi - r for r, (_, hi) in zip(rates, ci)],
                          arrayminus=[r - lo for r, (lo, _) in zip(rates, ci)]),
             hovertemplate="%{x}: %{y:.1%}<extra></extra>"))
@@ -78,7 +84,7 @@ def charts(tables: dict[str, Table]) -> list[tuple[str, Any]]:
                 line.append(rows[m][t.columns.index(c)] if m in rows else None)
             z.append(line)
         fig = go.Figure(go.Heatmap(
-            z=z, x=[c.key for _, c in columns], y=models, zmin=0, zmax=1, colorscale="Viridis",
+            z=z, x=[_label(c.key) for _, c in columns], y=[_label(m) for m in models], zmin=0, zmax=1, colorscale="Viridis",
             texttemplate="%{z:.0%}", hovertemplate="%{y} · %{x}: %{z:.1%}<extra></extra>"))
         fig.update_layout(title="Success rate: model × prompt type", **layout)
         out.append(("model-by-prompt-type", fig))
@@ -89,17 +95,17 @@ def charts(tables: dict[str, Table]) -> list[tuple[str, Any]]:
         for row in t.rows:
             fig.add_trace(go.Scatter(
                 x=[float(c.key) for c in rate_cols], y=[row[t.columns.index(c)] for c in rate_cols],
-                mode="lines+markers", name=row[0], hovertemplate="%{x}: %{y:.1%}"))
+                mode="lines+markers", name=_label(row[0]), hovertemplate="%{x}: %{y:.1%}"))
         fig.update_layout(title="Success rate over tool success rate", xaxis_title="tool success rate",
                           yaxis=dict(tickformat=".0%", range=[0, 1]), **layout)
         out.append(("success-over-tool-reliability", fig))
     if "errors" in tables:
         t = tables["errors"]
-        models = _col(t, "model")
+        models = [_label(m) for m in _col(t, "model")]
         fig = go.Figure()
         for c in t.columns:
             if c.kind == "rate":
-                fig.add_trace(go.Bar(x=models, y=_col(t, c.key), name=c.key,
+                fig.add_trace(go.Bar(x=models, y=_col(t, c.key), name=_label(c.key),
                                      hovertemplate="%{x}: %{y:.1%}"))
         fig.update_layout(title="Error categories (shares of each model's errors)", barmode="stack",
                           yaxis=dict(tickformat=".0%"), **layout)
