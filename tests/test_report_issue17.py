@@ -127,9 +127,9 @@ def test_a_table_that_mixes_simulated_and_real_tests_says_so(tmp_path):
     assert t["simulated"] == {"state": "mixed", "tests": 6, "of": 12}
     assert any("mixes simulated and real" in n for n in t["notes"])
     text = ultra("report", "--db", str(db), "--out", str(out)).stdout
-    sim_line = next(ln for ln in text.splitlines() if ln.startswith("model-sim"))
-    real_line = next(ln for ln in text.splitlines() if ln.startswith("model-real"))
-    assert sim_line.rstrip().endswith("yes") and real_line.rstrip().endswith("no")
+    marks = sorted(ln.split()[-1] for ln in text.splitlines()
+                   if ln.startswith("mode") and ln.split()[0] != "model")
+    assert marks == ["no", "yes"]
     md = ultra("report", "--db", str(db), "--out", str(out), "--format", "markdown").stdout
     assert "| simulated |" in md and "mixes simulated and real" in md
 
@@ -173,3 +173,45 @@ def test_markdown_and_html_escape_names(nasty):
     assert "&lt;script&gt;" in md and "a\\|b\\*c\\_d" in md
     page = ultra("report", "--db", str(db), "--out", str(out), "--format", "html").stdout
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+# ---- 5. every cell with its n and interval ---------------------------------------------------
+
+
+def test_every_rate_of_every_table_has_n_and_an_interval_in_json_and_csv(demo_run):
+    import csv
+    import io
+
+    from ultra.report.intervals import wilson
+
+    doc = json.loads(ultra("report", "all", "--prompt-types", "all", "--format", "json",
+                           cwd=demo_run).stdout)
+    checked = 0
+    for t in doc["tables"]:
+        rates = [c["key"] for c in t["columns"] if c["kind"] == "rate"]
+        assert rates, t["name"]
+        for row, info in zip(t["rows"], t["row_info"], strict=True):
+            for key in rates:
+                if row[key] is None:
+                    continue
+                c = info["cells"][key]
+                assert c["n"] > 0 and c["ci_low"] <= row[key] <= c["ci_high"], (t["name"], key)
+                if key != "adaptability":  # a mean of rates; the others are proportions
+                    assert c["k"] / c["n"] == pytest.approx(row[key])
+                    assert [c["ci_low"], c["ci_high"]] == pytest.approx(list(wilson(c["k"], c["n"])))
+                checked += 1
+    assert checked > 20
+    text = ultra("report", "difficulty", "--format", "csv", cwd=demo_run).stdout
+    [header, *rows] = list(csv.reader(io.StringIO(text)))
+    assert {"easy_n", "easy_ci_low", "easy_ci_high"} <= set(header)
+    assert all(int(r[header.index("easy_n")]) == int(r[header.index("tests")]) for r in rows)
+
+
+def test_text_formats_show_n_below_30_tests_or_on_intervals(demo_run):
+    # the demo: 30 tests a model, 10 in each prompt type cell
+    small = ultra("report", "prompt-types", cwd=demo_run).stdout
+    assert "(10)" in small and "fewer than 30 tests" in small
+    big = ultra("report", "overview", cwd=demo_run).stdout
+    assert "(30)" not in big
+    shown = ultra("report", "overview", "--intervals", "--format", "markdown", cwd=demo_run).stdout
+    assert "(30)" in shown and "[" in shown.split("| sim-good |")[1].split("\n")[0]

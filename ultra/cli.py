@@ -360,6 +360,9 @@ def report_command(
                                  " (default: each source is a condition of its own).")] = False,
     fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json | html")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", help="Write here instead of stdout.")] = None,
+    intervals: Annotated[bool, typer.Option(
+        "--intervals", help="Every rate with its 95 % Wilson interval and n (table, markdown;"
+                            " machine formats always carry them).")] = False,
 ) -> None:
     """The standard tables of results.db (kept in step with the log first)."""
     from ultra.report.run import make_report
@@ -378,7 +381,7 @@ def report_command(
                     rates=_rates(tool_success_rate), run=run_id,
                     exclude_timeouts=exclude_timeouts, include_legacy=include_legacy)
     text = make_report(db=db, out=out, results=results, config=config, selection=sel,
-                       tables=names, fmt=fmt, compare=compare)
+                       tables=names, fmt=fmt, compare=compare, intervals=intervals)
     if output is None:
         sys.stdout.write(text)
         return

@@ -16,6 +16,7 @@ import textwrap
 
 import msgspec
 
+from ultra.report.intervals import wilson
 from ultra.report.tables import Column, Table
 
 WIDTH = 80
@@ -113,6 +114,48 @@ def plain(text: str) -> str:
     return "".join("?" if (ord(ch) < 32 or 127 <= ord(ch) < 160) else ch for ch in str(text))
 
 
+SMALL_N = 30  # a rate of fewer tests shows its n in the text formats
+SMALL_N_NOTE = ("(n): a rate of fewer than 30 tests shows its n; --intervals shows every"
+                " rate's 95 % interval and n")
+
+
+def rate_stats(t: Table, i: int, key: str) -> tuple[int, int, float, float] | None:
+    """(successes, n, low, high) behind row `i`'s rate `key`: the 95 % Wilson interval, or
+    the interval the table gives (a mean of rates); None if the cell is no counted rate."""
+    if i >= len(t.counts) or key not in t.counts[i]:
+        return None
+    c = t.counts[i][key]
+    if len(c) == 4:
+        return c[0], c[1], c[2], c[3]
+    k, n = c
+    lo, hi = wilson(k, n)
+    return k, n, lo, hi
+
+
+def text_cells(t: Table, columns: list[Column], rows: list[list[Any]],
+               intervals: bool = False) -> tuple[list[list[str]], bool]:
+    """Each cell as the terminal and Markdown show it: a rate with its n where it holds
+    fewer than 30 tests (every rate, with its interval, on `intervals`). Also: whether a
+    small n was shown."""
+    small = False
+    out = []
+    for i, row in enumerate(rows):
+        line = []
+        for c, v in zip(columns, row):
+            text = cell(c, v)
+            stats = rate_stats(t, i, c.key) if c.kind == "rate" and v is not None else None
+            if stats is not None:
+                _, n, lo, hi = stats
+                if intervals:
+                    text += f" [{FORMATS['interval']((lo, hi))}] ({n})"
+                elif n < SMALL_N:
+                    text += f" ({n})"
+                    small = True
+            line.append(text)
+        out.append(line)
+    return out, small
+
+
 def _fit(cols: list[Column], cells: list[list[str]], width: int) -> list[int]:
     """Column widths that fit `width` with one space between columns: numbers keep their
     width, headers wrap (words broken only if they must), names are shortened."""
@@ -131,15 +174,16 @@ def _fit(cols: list[Column], cells: list[list[str]], width: int) -> list[int]:
     return widths
 
 
-def to_terminal(tables: list[Table], width: int = WIDTH) -> str:
+def to_terminal(tables: list[Table], width: int = WIDTH, intervals: bool = False) -> str:
     """Plain tables that fit `width` columns (detail columns are left out)."""
     out: list[str] = []
     for t in tables:
         all_cols, all_rows = with_simulated_column(t)
         keep = [j for j, c in enumerate(all_cols) if not c.detail]
         cols = [all_cols[j] for j in keep]
-        cells = [[plain(row[j]) if all_cols[j].kind == "text" else cell(all_cols[j], row[j])
-                  for j in keep] for row in all_rows]
+        texts, small = text_cells(t, all_cols, all_rows, intervals)
+        cells = [[plain(row[j]) if all_cols[j].kind == "text" else text[j]
+                  for j in keep] for row, text in zip(all_rows, texts)]
         widths = _fit(cols, cells, width)
         heads = [textwrap.wrap(c.title, w, break_on_hyphens=False) or [""]
                  for c, w in zip(cols, widths)]
@@ -158,13 +202,13 @@ def to_terminal(tables: list[Table], width: int = WIDTH) -> str:
             out.append(" ".join(
                 shorten(v, w).ljust(w) if c.kind == "text" else v.rjust(w)
                 for c, w, v in zip(cols, widths, row)).rstrip())
-        for note in t.notes:
+        for note in [*t.notes, *([SMALL_N_NOTE] if small else [])]:
             out += textwrap.wrap(note, width, initial_indent="  ", subsequent_indent="    ")
         out.append("")
     return "\n".join(out)
 
 
-def to_markdown(tables: list[Table]) -> str:
+def to_markdown(tables: list[Table], intervals: bool = False) -> str:
     parts = []
     for t in tables:
         lines = [f"## {md_escape(t.title)}", ""]
@@ -173,12 +217,13 @@ def to_markdown(tables: list[Table]) -> str:
         columns, rows = with_simulated_column(t)
         lines.append("| " + " | ".join(md_escape(c.title) for c in columns) + " |")
         lines.append("|" + "|".join("---" if c.kind == "text" else "---:" for c in columns) + "|")
-        for row in rows:
-            lines.append("| " + " | ".join(md_escape(cell(c, v)) if c.kind == "text"
-                                           else cell(c, v).replace("|", "\\|")
-                                           for c, v in zip(columns, row)) + " |")
+        texts, small = text_cells(t, columns, rows, intervals)
+        for row, text in zip(rows, texts):
+            lines.append("| " + " | ".join(md_escape(x) if c.kind == "text"
+                                           else x.replace("|", "\\|")
+                                           for c, x in zip(columns, text)) + " |")
         lines.append("")
-        lines += [f"- {md_escape(n)}" for n in t.notes]
+        lines += [f"- {md_escape(n)}" for n in [*t.notes, *([SMALL_N_NOTE] if small else [])]]
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
@@ -195,6 +240,8 @@ def to_csv(tables: list[Table]) -> str:
         header = []
         for c in t.columns:
             header += [f"{c.key}_low", f"{c.key}_high"] if c.kind == "interval" else [c.key]
+            if c.kind == "rate" and t.counts:  # every rate with its n and 95 % interval
+                header += [f"{c.key}_n", f"{c.key}_ci_low", f"{c.key}_ci_high"]
         if t.simulated:
             header.append("simulated_share")  # of the row's tests, answered by the simulator
         w.writerow([csv_safe(h) for h in header])
@@ -205,11 +252,30 @@ def to_csv(tables: list[Table]) -> str:
                     flat += list(v) if v is not None else ["", ""]
                 else:
                     flat.append("" if v is None else csv_safe(v))
+                if c.kind == "rate" and t.counts:
+                    stats = rate_stats(t, i, c.key) if v is not None else None
+                    flat += list(stats[1:]) if stats is not None else ["", "", ""]
             if t.simulated:
                 sim, n = t.simulated[i]
                 flat.append(sim / n if n else "")
             w.writerow(flat)
     return out.getvalue()
+
+
+def _row_info(t: Table, i: int) -> dict[str, Any]:
+    """What stands behind row `i`: its tests, how many were simulated, and every rate's
+    n, successes and 95 % interval."""
+    info: dict[str, Any] = {}
+    if i < len(t.simulated):
+        info["tests"], info["simulated_tests"] = t.simulated[i][1], t.simulated[i][0]
+    cells = {}
+    for c, v in zip(t.columns, t.rows[i]):
+        stats = rate_stats(t, i, c.key) if c.kind == "rate" and v is not None else None
+        if stats is not None:
+            k, n, lo, hi = stats
+            cells[c.key] = {"n": n, "k": k, "ci_low": lo, "ci_high": hi}
+    info["cells"] = cells
+    return info
 
 
 def to_json(tables: list[Table], selection: Any = None) -> str:
@@ -226,7 +292,7 @@ def to_json(tables: list[Table], selection: Any = None) -> str:
                 "simulated": {"state": t.simulated_state(),
                               "tests": sum(c[0] for c in t.simulated),
                               "of": sum(c[1] for c in t.simulated)},
-                "row_info": [{"tests": c[1], "simulated_tests": c[0]} for c in t.simulated],
+                "row_info": [_row_info(t, i) for i in range(len(t.rows))],
             }
             for t in tables
         ],

@@ -74,11 +74,12 @@ def tables_for(conn: sqlite3.Connection, sel: Selection, info: dict[str, ModelIn
     return tables
 
 
-def render(tables: list[Table], fmt: str, sel: Selection, *, source: str) -> str:
+def render(tables: list[Table], fmt: str, sel: Selection, *, source: str,
+           intervals: bool = False) -> str:
     if fmt == "table":
-        return formats.to_terminal(tables)
+        return formats.to_terminal(tables, intervals=intervals)
     if fmt == "markdown":
-        return formats.to_markdown(tables)
+        return formats.to_markdown(tables, intervals=intervals)
     if fmt == "csv":
         return formats.to_csv(tables)
     if fmt == "json":
@@ -90,7 +91,7 @@ def render(tables: list[Table], fmt: str, sel: Selection, *, source: str) -> str
 
 def make_report(*, db: Path | str, out: Path, results: Path | None, config: Path | None,
                 selection: Selection, tables: list[str], fmt: str,
-                compare: tuple[str, str] | None) -> str:
+                compare: tuple[str, str] | None, intervals: bool = False) -> str:
     from ultra.projecting import results_path
 
     path = results_path(out, results)
@@ -103,4 +104,4 @@ def make_report(*, db: Path | str, out: Path, results: Path | None, config: Path
         raise UserError(f"{path}: unreadable ({exc}); `ultra project --rebuild` rebuilds it") from None
     finally:
         conn.close()
-    return render(built, fmt, selection, source=str(path))
+    return render(built, fmt, selection, source=str(path), intervals=intervals)

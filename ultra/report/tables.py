@@ -16,7 +16,7 @@ from projections.results_db import CELL_SUMS, legacy_as_cells_sql
 from ultra.errors import UserError
 from ultra.events import ERROR_CATEGORIES
 from ultra.naming import canonical_model, rate_key
-from ultra.report.intervals import two_proportion_p, wilson
+from ultra.report.intervals import Z95, two_proportion_p, wilson
 
 Kind = Literal["text", "count", "rate", "interval", "score", "mean", "tokens", "cost", "delta",
                "p", "number", "figure"]
@@ -45,6 +45,10 @@ class Table(msgspec.Struct):
     notes: list[str] = []
     # per row: [simulated tests, tests] behind it (empty: the table does not say)
     simulated: list[list[int]] = []
+    # per row: rate column key -> [successes, tests] behind the rate (a mean of rates has
+    # [tests, tests, low, high]: its interval is given, not derived), so every format can
+    # give each rate its n and 95 % interval
+    counts: list[dict[str, list[Any]]] = []
 
     def simulated_state(self) -> str:
         """"all", "none" or "mixed": whether the simulator answered the table's tests."""
@@ -284,6 +288,7 @@ def overview(src: Source) -> Table:
         Column("errored", "errored", "count"),
     ]
     rows = []
+    counts: list[dict[str, list[Any]]] = []
     for model, c in per_model.items():
         rows.append([
             model, c.n,
@@ -295,6 +300,8 @@ def overview(src: Source) -> Table:
             (c.prompt_tokens + c.completion_tokens) / c.n,
             _cost(c, src.info.get(model)), errored.get(model, 0),
         ])
+        counts.append({"success_rate": [c.success, c.n], "full_success_rate": [c.full, c.n],
+                       "partial_rate": [c.partial, c.n], "failure_rate": [c.failure, c.n]})
     notes = ["success = full + partial success; 95 % Wilson intervals; score = mean final score",
              "errored = attempts that could not be taken (rate limits, timeouts, 5xx): in no rate",
              *src.notes()]
@@ -306,7 +313,7 @@ def overview(src: Source) -> Table:
             row.append(c.truncated)
         notes.append("truncated = tests with an answer cut off at the token limit"
                      " (finish_reason length): raise max_tokens")
-    return Table("overview", "Overview: per model", cols, rows, notes)
+    return Table("overview", "Overview: per model", cols, rows, notes, counts=counts)
 
 
 def _order(values: Iterable[str], first: Sequence[str]) -> list[str]:
@@ -321,11 +328,15 @@ def _pivot(src: Source, name: str, title: str, cells: dict[tuple[Any, ...], Coun
     cols += [Column(str(value), f"{str(label).replace('_', ' ')} %", "rate")
              for value, label in zip(values, labels)]
     rows = []
+    counts: list[dict[str, list[Any]]] = []
     for model in models:
         rates = [cells[(model, v)].success_rate if (model, v) in cells else None for v in values]
         n = sum(c.n for (m, _), c in cells.items() if m == model)
         rows.append([model, n, *rates])
-    return Table(name, title, cols, rows, ["cells: success rate (full + partial)", *src.notes()])
+        counts.append({str(v): [cells[(model, v)].success, cells[(model, v)].n]
+                       for v in values if (model, v) in cells})
+    return Table(name, title, cols, rows, ["cells: success rate (full + partial)", *src.notes()],
+                 counts=counts)
 
 
 def prompt_types(src: Source) -> Table:
@@ -347,10 +358,18 @@ def flaws(src: Source) -> Table:
     t = _pivot(src, "flaws", "Adaptation to flawed workflows", cells, values,
                [v.removeprefix(FLAWED) for v in values])
     t.columns.append(Column("adaptability", "adaptability %", "rate"))
-    for row in t.rows:
+    for row, cnt in zip(t.rows, t.counts):
         rates = [r for r in row[2:] if r is not None]
         row.append(sum(rates) / len(rates) if rates else None)
-    t.notes.insert(1, "adaptability: the mean success rate over the flaw types a model took")
+        if rates:  # a mean of independent rates: its normal-approximation interval
+            m = len(rates)
+            var = sum(k / n * (1 - k / n) / n for k, n in cnt.values()) / (m * m)
+            mean = sum(rates) / m
+            half = Z95 * var ** 0.5
+            n_all = sum(n for _, n in cnt.values())
+            cnt["adaptability"] = [n_all, n_all, max(0.0, mean - half), min(1.0, mean + half)]
+    t.notes.insert(1, "adaptability: the mean success rate over the flaw types a model took"
+                      " (its interval: normal approximation of a mean of rates)")
     return t
 
 
@@ -392,10 +411,12 @@ def scale(src: Source) -> Table:
             Column("success_rate", "success %", "rate"), Column("success_ci", "95% CI", "interval"),
             Column("avg_final_score", "score", "score")]
     rows = []
+    counts: list[dict[str, list[Any]]] = []
     for family, params, model in sorted(sized, key=lambda x: (x[0], x[1], x[2])):
         c = per_model[model]
         rows.append([family, model, params, c.n, c.success / c.n, list(wilson(c.success, c.n)),
                      c.final_score / c.n])
+        counts.append({"success_rate": [c.success, c.n]})
     if not rows:
         raise UserError("no model of this selection has `family` and `params_b` in the config "
                         "(see --config presets)")
@@ -403,7 +424,7 @@ def scale(src: Source) -> Table:
     notes = ["models of a family ordered by size (config: family, params_b)", *src.notes()]
     if unsized:
         notes.append(f"not shown (no family or size in the config): {', '.join(unsized)}")
-    return Table("scale", "Scale within a model family", cols, rows, notes)
+    return Table("scale", "Scale within a model family", cols, rows, notes, counts=counts)
 
 
 def errors(src: Source) -> Table:
@@ -412,12 +433,14 @@ def errors(src: Source) -> Table:
             Column("errors", "errors", "count")]
     cols += [Column(c, c.replace("_", " ") + " %", "rate") for c in ERROR_CATEGORIES]
     rows = []
+    counts: list[dict[str, list[Any]]] = []
     for model, c in per_model.items():
         total = sum(c.errors)
         rows.append([model, c.n, total, *[(e / total if total else None) for e in c.errors]])
+        counts.append({cat: [e, total] for cat, e in zip(ERROR_CATEGORIES, c.errors) if total})
     return Table("errors", "Error categories", cols, rows,
                  ["errors: tests that were not a full success; categories as shares of them",
-                  *src.notes()])
+                  *src.notes()], counts=counts)
 
 
 def compare(src: Source, run_a: str, run_b: str) -> Table:
