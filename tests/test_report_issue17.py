@@ -112,7 +112,8 @@ def test_the_demo_run_is_marked_simulated_in_every_format(demo_run):
         assert all(r["simulated_tests"] == r["tests"] for r in t["row_info"])
     md = ultra("report", "all", "--format", "markdown", cwd=demo_run).stdout
     assert md.count("SIMULATED") == md.count("\n## ") + md.startswith("## ")  # every table
-    lines = ultra("report", "errors", "--format", "csv", cwd=demo_run).stdout.splitlines()
+    text = ultra("report", "errors", "--format", "csv", cwd=demo_run).stdout
+    lines = text.split("\n\n")[0].splitlines()  # the table (its provenance follows)
     assert lines[0].endswith(",simulated_share") and all(ln.endswith(",1.0") for ln in lines[1:])
     run = ultra("run", "--progress", "none", "--json", cwd=demo_run)  # all taken: resumes
     assert "simulated" in json.loads(run.stdout)
@@ -155,7 +156,7 @@ def test_csv_cells_that_start_a_formula_are_neutralised(nasty):
 
     db, out = nasty
     text = ultra("report", "--db", str(db), "--out", str(out), "--format", "csv").stdout
-    rows = list(csv.reader(io.StringIO(text)))
+    rows = list(csv.reader(io.StringIO(text.split("\n\n")[0])))
     names = [r[0] for r in rows[1:]]
     models = json.loads(ultra("report", "--db", str(db), "--out", str(out), "--format",
                               "json").stdout)["tables"][0]["rows"]
@@ -202,7 +203,7 @@ def test_every_rate_of_every_table_has_n_and_an_interval_in_json_and_csv(demo_ru
                 checked += 1
     assert checked > 20
     text = ultra("report", "difficulty", "--format", "csv", cwd=demo_run).stdout
-    [header, *rows] = list(csv.reader(io.StringIO(text)))
+    [header, *rows] = list(csv.reader(io.StringIO(text.split("\n\n")[0])))
     assert {"easy_n", "easy_ci_low", "easy_ci_high"} <= set(header)
     assert all(int(r[header.index("easy_n")]) == int(r[header.index("tests")]) for r in rows)
 
@@ -215,3 +216,62 @@ def test_text_formats_show_n_below_30_tests_or_on_intervals(demo_run):
     assert "(30)" not in big
     shown = ultra("report", "overview", "--intervals", "--format", "markdown", cwd=demo_run).stdout
     assert "(30)" in shown and "[" in shown.split("| sim-good |")[1].split("\n")[0]
+
+
+# ---- 6. provenance ---------------------------------------------------------------------------
+
+
+def test_every_format_says_what_it_was_made_from(demo_run):
+    doc = json.loads(ultra("report", "--format", "json", cwd=demo_run).stdout)
+    p = doc["provenance"]
+    [run] = p["runs"]
+    assert run["started_at"] < run["finished_at"] and run["interrupted"] is False
+    assert p["ultra_version"] and len(p["chain_head"]) == 64 and p["simulated_share"] == 1.0
+    last = ultra("events", cwd=demo_run).stdout.splitlines()[-1]
+    assert p["generated_at"] == json.loads(last)["recorded_at"]  # the events' time
+    assert p["selection"]["models"] is None
+    for fmt in ("table", "markdown", "csv", "html"):
+        text = ultra("report", "--format", fmt, cwd=demo_run).stdout
+        for fact in (run["run_id"], p["chain_head"], p["ultra_version"], p["generated_at"],
+                     "simulated", "selection"):
+            assert fact in text, (fmt, fact)
+
+
+def test_ultra_runs_after_a_normal_and_an_interrupted_run(demo_run, tmp_path):
+    import shutil
+    import signal
+    import time
+
+    from collection_helpers import popen_ultra
+
+    shutil.copytree(demo_run / "ultra-data", tmp_path / "ultra-data")
+    db = tmp_path / "ultra-data" / "events.db"
+    p = popen_ultra("run", "--progress", "none", "--max-turns", "4", "--num-instances", "40",
+                    cwd=tmp_path)
+    try:
+        before = EventLog.open(db, create=False)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # until the second run has completed tests
+                n = sum(1 for _ in before.stream(types=("test.completed",)))
+                if n > 125:
+                    break
+                time.sleep(0.2)
+        finally:
+            before.close()
+        os.killpg(p.pid, signal.SIGINT)
+        p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == 130
+    found = json.loads(ultra("runs", "--json", cwd=tmp_path).stdout)
+    normal, *resumed, cut = found  # (the demo's resumed run, if it ran, took no test)
+    assert all(r["completed"] == 0 for r in resumed)
+    assert normal["interrupted"] is False and cut["interrupted"] is True
+    assert normal["completed"] == 120 and normal["errored"] == 0 and normal["simulated"] == 120
+    assert cut["completed"] > 0 and cut["finished_at"] > cut["started_at"]
+    assert normal["models"] == ["sim-good", "sim-medium", "sim-strong", "sim-weak"]
+    text = ultra("runs", cwd=tmp_path).stdout
+    assert normal["run_id"] in text and cut["run_id"] in text and "yes" in text

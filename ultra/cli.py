@@ -389,6 +389,45 @@ def report_command(
 
     write_atomic(output, text.encode())
     typer.echo(f"wrote {output}")
+
+
+@app.command("runs")
+def runs_command(
+    db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT, results: ResultsOpt = None,
+    config: UnusedConfigOpt = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The runs of a log: id, start, end, models, tests completed and errored, interrupted,
+    simulated."""
+    import msgspec
+
+    from ultra.report.provenance import interrupted_label
+    from ultra.report.run import list_runs
+
+    _check_common(out, results, config)
+    found = list_runs(db=db, out=out, results=results)
+    if json_output:
+        print(msgspec.json.encode(found).decode())
+        return
+    if not found:
+        raise UserError("the log holds no runs yet (run `ultra run`)")
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    table = RichTable(title=f"{len(found)} runs")
+    for col in ("run", "started", "finished", "models", "completed", "errored", "interrupted",
+                "simulated"):
+        table.add_column(col, justify="right" if col in ("completed", "errored", "simulated")
+                         else "left")
+    for r in found:
+        sim = "no" if not r.simulated else "yes" if r.simulated == r.completed else \
+            f"{r.simulated} of {r.completed}"
+        table.add_row(r.run_id, r.started_at or "-", r.finished_at or "-", ", ".join(r.models),
+                      str(r.completed), str(r.errored), interrupted_label(r), sim)
+    console = Console()
+    if not console.is_terminal:
+        console.width = 200  # a pipe gets whole names
+    console.print(table)
 # REPORT-COMMANDS-END
 
 

@@ -174,7 +174,8 @@ def _fit(cols: list[Column], cells: list[list[str]], width: int) -> list[int]:
     return widths
 
 
-def to_terminal(tables: list[Table], width: int = WIDTH, intervals: bool = False) -> str:
+def to_terminal(tables: list[Table], width: int = WIDTH, intervals: bool = False,
+                provenance: Any = None) -> str:
     """Plain tables that fit `width` columns (detail columns are left out)."""
     out: list[str] = []
     for t in tables:
@@ -205,10 +206,17 @@ def to_terminal(tables: list[Table], width: int = WIDTH, intervals: bool = False
         for note in [*t.notes, *([SMALL_N_NOTE] if small else [])]:
             out += textwrap.wrap(note, width, initial_indent="  ", subsequent_indent="    ")
         out.append("")
+    if provenance is not None:
+        from ultra.report.provenance import lines
+
+        out.append("Made from")
+        for line in lines(provenance):
+            out += textwrap.wrap(plain(line), width, initial_indent="  ", subsequent_indent="    ")
+        out.append("")
     return "\n".join(out)
 
 
-def to_markdown(tables: list[Table], intervals: bool = False) -> str:
+def to_markdown(tables: list[Table], intervals: bool = False, provenance: Any = None) -> str:
     parts = []
     for t in tables:
         lines = [f"## {md_escape(t.title)}", ""]
@@ -225,10 +233,15 @@ def to_markdown(tables: list[Table], intervals: bool = False) -> str:
         lines.append("")
         lines += [f"- {md_escape(n)}" for n in [*t.notes, *([SMALL_N_NOTE] if small else [])]]
         parts.append("\n".join(lines) + "\n")
+    if provenance is not None:
+        from ultra.report.provenance import lines as facts
+
+        parts.append("\n".join(["### Made from", "", *(f"- {md_escape(f)}" for f in facts(provenance))])
+                     + "\n")
     return "\n".join(parts)
 
 
-def to_csv(tables: list[Table]) -> str:
+def to_csv(tables: list[Table], provenance: Any = None) -> str:
     """One CSV block per table (a `# title` line between blocks); intervals as two columns."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
@@ -259,6 +272,13 @@ def to_csv(tables: list[Table]) -> str:
                 sim, n = t.simulated[i]
                 flat.append(sim / n if n else "")
             w.writerow(flat)
+    if provenance is not None:  # after the tables: a reader of the first block is unaffected
+        from ultra.report.provenance import rows
+
+        out.write("\n# provenance\n")
+        w.writerow(["key", "value"])
+        for key, value in rows(provenance):
+            w.writerow([csv_safe(key), csv_safe(value)])
     return out.getvalue()
 
 
@@ -278,9 +298,10 @@ def _row_info(t: Table, i: int) -> dict[str, Any]:
     return info
 
 
-def to_json(tables: list[Table], selection: Any = None) -> str:
+def to_json(tables: list[Table], selection: Any = None, provenance: Any = None) -> str:
     doc = {
         "selection": msgspec.to_builtins(selection) if selection is not None else None,
+        "provenance": msgspec.to_builtins(provenance) if provenance is not None else None,
         "tables": [
             {
                 "name": t.name,

@@ -113,7 +113,7 @@ def charts(tables: dict[str, Table]) -> list[tuple[str, Any]]:
     return out
 
 
-def to_html(tables: list[Table], *, source: str) -> str:
+def to_html(tables: list[Table], *, source: str, provenance: Any = None) -> str:
     by_name = {t.name: t for t in tables}
     parts = []
     first = True
@@ -123,6 +123,13 @@ def to_html(tables: list[Table], *, source: str) -> str:
     body = "".join(parts) + "".join(_table_html(t) for t in tables)
     sim = sum(c[0] for t in tables[:1] for c in t.simulated)
     n = sum(c[1] for t in tables[:1] for c in t.simulated)
+    if provenance is not None:  # the selection's own count, whatever the first table shows
+        sim, n = provenance.simulated_tests, provenance.tests
+        from ultra.report.provenance import lines
+
+        body += ('<section id="provenance"><h2>Made from</h2><ul class="notes">'
+                 + "".join(f"<li>{html.escape(f)}</li>" for f in lines(provenance))
+                 + "</ul></section>")
     if sim:  # the first table covers the selection's tests (per model)
         what = "every test in this report was" if sim == n else \
             f"{sim} of the {n} tests in this report were"

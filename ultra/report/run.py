@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from projections import results_db as rdb
 from ultra.errors import UserError
@@ -61,9 +62,44 @@ def open_results(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def provenance_of(src: Source, path: Path, runs: list[str] | None = None):
+    """What the report is made from: runs, selection, version, chain head, simulated share."""
+    import msgspec
+
+    from ultra import __version__
+    from ultra.projecting import read_results_meta
+    from ultra.report.provenance import Provenance, runs_of
+
+    meta = read_results_meta(src.conn)
+    where, params = src._where(src.sel.run, table="tests")
+    if runs:
+        where = f"({where}) AND run_id IN ({', '.join('?' * len(runs))})"
+        params = [*params, *runs]
+    found = runs_of(src.conn, where, params)
+    n = sum(c[1] for c in src.simulated_by_model().values())
+    sim = sum(c[0] for c in src.simulated_by_model().values())
+    return Provenance(
+        ultra_version=__version__, generated_at=meta.generated_at if meta else "",
+        last_seq=meta.last_seq if meta else 0, chain_head=meta.chain_head if meta else "",
+        results=str(path), selection=msgspec.to_builtins(src.sel), runs=found,
+        tests=n, simulated_tests=sim, simulated_share=sim / n if n else None)
+
+
 def tables_for(conn: sqlite3.Connection, sel: Selection, info: dict[str, ModelInfo],
                names: list[str], compare: tuple[str, str] | None) -> list[Table]:
+    return tables_with_provenance(conn, sel, info, names, compare)[0]
+
+
+def tables_with_provenance(conn: sqlite3.Connection, sel: Selection, info: dict[str, ModelInfo],
+                           names: list[str], compare: tuple[str, str] | None,
+                           source: Path | None = None) -> tuple[list[Table], Any]:
+    """The tables, and what they were made from (for every format)."""
     src = Source(conn, sel, info)
+    provenance = provenance_of(src, source or Path(""), list(compare) if compare else None)
+    return _tables(src, names, compare), provenance
+
+
+def _tables(src: Source, names: list[str], compare: tuple[str, str] | None) -> list[Table]:
     if compare is not None:
         from ultra.report.tables import mark_simulated
 
@@ -75,18 +111,18 @@ def tables_for(conn: sqlite3.Connection, sel: Selection, info: dict[str, ModelIn
 
 
 def render(tables: list[Table], fmt: str, sel: Selection, *, source: str,
-           intervals: bool = False) -> str:
+           intervals: bool = False, provenance=None) -> str:
     if fmt == "table":
-        return formats.to_terminal(tables, intervals=intervals)
+        return formats.to_terminal(tables, intervals=intervals, provenance=provenance)
     if fmt == "markdown":
-        return formats.to_markdown(tables, intervals=intervals)
+        return formats.to_markdown(tables, intervals=intervals, provenance=provenance)
     if fmt == "csv":
-        return formats.to_csv(tables)
+        return formats.to_csv(tables, provenance=provenance)
     if fmt == "json":
-        return formats.to_json(tables, sel)
+        return formats.to_json(tables, sel, provenance=provenance)
     from ultra.report.page import to_html
 
-    return to_html(tables, source=source)
+    return to_html(tables, source=source, provenance=provenance)
 
 
 def make_report(*, db: Path | str, out: Path, results: Path | None, config: Path | None,
@@ -99,9 +135,26 @@ def make_report(*, db: Path | str, out: Path, results: Path | None, config: Path
     info = model_info(config)
     conn = open_results(path)
     try:
-        built = tables_for(conn, selection, info, tables, compare)
+        built, provenance = tables_with_provenance(conn, selection, info, tables, compare, path)
     except sqlite3.DatabaseError as exc:
         raise UserError(f"{path}: unreadable ({exc}); `ultra project --rebuild` rebuilds it") from None
     finally:
         conn.close()
-    return render(built, fmt, selection, source=str(path), intervals=intervals)
+    return render(built, fmt, selection, source=str(path), intervals=intervals,
+                  provenance=provenance)
+
+
+def list_runs(*, db: Path | str, out: Path, results: Path | None) -> list[Any]:
+    """The runs of the log (results.db brought up to date first), in start order."""
+    from ultra.projecting import results_path
+    from ultra.report.provenance import runs_of
+
+    path = results_path(out, results)
+    refresh(db, path)
+    conn = open_results(path)
+    try:
+        return runs_of(conn)
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"{path}: unreadable ({exc}); `ultra project --rebuild` rebuilds it") from None
+    finally:
+        conn.close()
