@@ -275,3 +275,45 @@ def test_ultra_runs_after_a_normal_and_an_interrupted_run(demo_run, tmp_path):
     assert normal["models"] == ["sim-good", "sim-medium", "sim-strong", "sim-weak"]
     text = ultra("runs", cwd=tmp_path).stdout
     assert normal["run_id"] in text and cut["run_id"] in text and "yes" in text
+
+
+# ---- 2. conditions -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_conditions(tmp_path_factory) -> Path:
+    """The demo run, then the same tests with --max-turns 4 (one log)."""
+    tmp = tmp_path_factory.mktemp("conditions")
+    ultra("run", "--progress", "none", cwd=tmp)
+    ultra("run", "--progress", "none", "--max-turns", "4", cwd=tmp)
+    return tmp
+
+
+def test_no_table_adds_two_conditions_and_each_is_labelled(two_conditions):
+    runs = json.loads(ultra("runs", "--json", cwd=two_conditions).stdout)
+    assert [r["completed"] for r in runs] == [120, 120]
+    doc = json.loads(ultra("report", "all", "--format", "json", cwd=two_conditions).stdout)
+    labels = {t["condition"] for t in doc["tables"]}
+    assert labels == {"default", "max_turns=4"}
+    for t in doc["tables"]:
+        assert f"[{t['condition']}]" in t["title"]
+        for row in t["rows"]:
+            if "tests" in row:
+                assert row["tests"] == 30, (t["name"], t["condition"])  # never 60
+    assert {c["label"]: c["tests"] for c in doc["provenance"]["conditions"]} == \
+        {"default": 120, "max_turns=4": 120}
+    text = ultra("report", cwd=two_conditions).stdout
+    assert "Overview: per model [default]" in text and "Overview: per model [max_turns=4]" in text
+    one = json.loads(ultra("report", "--condition", "max_turns=4", "--format", "json",
+                           cwd=two_conditions).stdout)
+    [t] = one["tables"]
+    assert t["condition"] is None and all(r["tests"] == 30 for r in t["rows"])
+    default = {r["model"]: r["success_rate"] for r in next(
+        x for x in doc["tables"] if x["name"] == "overview" and x["condition"] == "default")["rows"]}
+    assert {r["model"]: r["success_rate"] for r in t["rows"]} != default
+    bad = ultra("report", "--condition", "max_turns=9", check=False, cwd=two_conditions)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown condition" in bad.stderr
+    events = [json.loads(x) for x in ultra("events", "--type", "run.started",
+                                           cwd=two_conditions).stdout.splitlines()]
+    assert [e["conditions"] for e in events][1] == {
+        next(iter(events[1]["conditions"])): {"max_turns": "4"}}

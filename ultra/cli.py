@@ -360,6 +360,9 @@ def report_command(
                                  " (default: each source is a condition of its own).")] = False,
     fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json | html")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", help="Write here instead of stdout.")] = None,
+    condition: Annotated[Optional[str], typer.Option(
+        "--condition", help="Only this condition: its label (max_turns=4, default) or id"
+                            " (default: one section per condition).")] = None,
     intervals: Annotated[bool, typer.Option(
         "--intervals", help="Every rate with its 95 % Wilson interval and n (table, markdown;"
                             " machine formats always carry them).")] = False,
@@ -379,7 +382,8 @@ def report_command(
     sel = Selection(models=_csv(models), prompt_types=_csv(prompt_types),
                     difficulties=_csv(difficulty), task_types=_csv(task_types),
                     rates=_rates(tool_success_rate), run=run_id,
-                    exclude_timeouts=exclude_timeouts, include_legacy=include_legacy)
+                    exclude_timeouts=exclude_timeouts, include_legacy=include_legacy,
+                    condition=condition)
     text = make_report(db=db, out=out, results=results, config=config, selection=sel,
                        tables=names, fmt=fmt, compare=compare, intervals=intervals)
     if output is None:

@@ -255,6 +255,8 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db["meta"].create({"key": str, "value": str}, pk="key")
     db["legacy_cells"].create(rdb.LEGACY_CELL_COLUMNS, pk="event_id")
     db["legacy_imports"].create(rdb.LEGACY_IMPORT_COLUMNS, pk="source")
+    db["conditions"].create(rdb.CONDITION_COLUMNS, pk="condition")
+    db["conditions"].insert(dict(condition="default", label="default", fields="{}"))
 
 
 def _create_indexes_and_views(db: sqlite_utils.Database) -> None:
@@ -273,12 +275,15 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
     caller's transaction)."""
     stream = log.stream_marked(after_seq=meta.last_seq, until_seq=until)
     runs: dict[str, dict] = {}
+    conditions: list[dict] = []
 
     def items() -> Iterator[mdb.Item]:
         for item in stream.with_earlier():
             e = item[1]
             if type(e) is RunStarted or type(e) is RunFinished:
                 runs[e.run_id] = {**runs.get(e.run_id, {}), **rdb.run_update(e)}  # type: ignore[union-attr]
+                if type(e) is RunStarted and e.conditions:
+                    conditions.extend(rdb.condition_rows(e))
             yield item
 
     counting = Counting(repairs)
@@ -316,6 +321,8 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
     # Plain SQL upserts: the incremental path (one CLI call per run) needs no sqlite-utils.
     for row in runs.values():
         _upsert(conn, "runs", row, "run_id")
+    for row in conditions:
+        _upsert(conn, "conditions", row, "condition")
     if repairs.aliases:  # the final table: a new alias rebuilds the file, so this is complete
         for a, c in repairs.aliases.items():
             _upsert(conn, "aliases", {"alias": a, "canonical": c}, "alias")

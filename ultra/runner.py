@@ -44,7 +44,7 @@ from ultra.leases import DEFAULT_TTL, ProcessLeases, holder_id, test_lease
 from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
 from ultra.projecting import project, results_path
-from ultra.resume import completed_keys, key_problems
+from ultra.resume import completed_keys, key_problems, tasks_id
 from ultra.progress import Display
 from ultra.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
 from ultra.store import EventLog, is_server_url
@@ -576,14 +576,14 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
     check_selection(config, suite, sel)
     after_seq = _last_seq(db)  # before the keys: completions after it are the claims' to find
     done_keys = completed_keys(db, config, suite, sel)
-    plan = make_plan(config, suite, sel, done_keys)
+    plan = make_plan(config, suite, sel, done_keys, tasks_id=tasks_id(tasks))
     missing = missing_secrets(plan)
     if missing:  # before anything is created or started
         raise UserError("\n".join(missing))
     EventLog.open(db).close()  # create the log, or refuse a file that is not one, up front
     with _simulator(config, sel.models) as sim_url:
         if sim_url:  # routes to the simulator we just started
-            plan = make_plan(config, suite, sel, done_keys, sim_url)
+            plan = make_plan(config, suite, sel, done_keys, sim_url, tasks_id=tasks_id(tasks))
         checks: dict[str, RouteCheck] = {}
         if check_first:  # a wrong key or deployment stops the run before any test
             quiet = progress == "none" or (json_output and progress == "auto")
@@ -598,6 +598,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
                 plan=PlanSummary(tests=plan.planned, shards=len(plan.shards),
                                  models=list(dict.fromkeys(s.model for s in plan.shards)),
                                  skipped_completed=plan.skipped_completed),
+                conditions={s.condition: s.condition_fields for s in plan.shards},
             ), *_checked_events(plan, run_id, checks)])
             snapshots, interrupted, crashed = _supervise(
                 plan, run_id, sel, db, tasks, processes or needed_processes(plan),

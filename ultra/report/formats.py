@@ -249,7 +249,8 @@ def to_csv(tables: list[Table], provenance: Any = None) -> str:
         if len(tables) > 1:
             if i:
                 out.write("\n")
-            out.write(f"# {csv_safe(t.name)}\n")
+            out.write(f"# {csv_safe(t.name)}" + (f" [{csv_safe(t.condition)}]" if t.condition
+                                                  else "") + "\n")
         header = []
         for c in t.columns:
             header += [f"{c.key}_low", f"{c.key}_high"] if c.kind == "interval" else [c.key]
@@ -306,6 +307,7 @@ def to_json(tables: list[Table], selection: Any = None, provenance: Any = None) 
             {
                 "name": t.name,
                 "title": t.title,
+                "condition": t.condition or None,  # set when the selection holds several
                 "columns": [{"key": c.key, "title": c.title, "kind": c.kind} for c in t.columns],
                 "rows": [dict(zip((c.key for c in t.columns), row)) for row in t.rows],
                 "notes": t.notes,

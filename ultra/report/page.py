@@ -37,7 +37,8 @@ def _table_html(t: Table) -> str:
     mark = simulated_line(t)
     marker = f'<p class="simulated">{html.escape(mark)}</p>' if mark else ""
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in t.notes)
-    return (f'<section id="table-{t.name}"><h2>{html.escape(t.title)}</h2>{marker}'
+    ident = t.name + (f"-{abs(hash(t.condition)) % 10**8}" if t.condition else "")
+    return (f'<section id="table-{html.escape(ident)}"><h2>{html.escape(t.title)}</h2>{marker}'
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
             f'<ul class="notes">{notes}</ul></section>')
 

@@ -79,6 +79,7 @@ def provenance_of(src: Source, path: Path, runs: list[str] | None = None):
     n = sum(c[1] for c in src.simulated_by_model().values())
     sim = sum(c[0] for c in src.simulated_by_model().values())
     return Provenance(
+        conditions=[dict(condition=c, label=label, tests=n) for c, label, n in src.conditions],
         ultra_version=__version__, generated_at=meta.generated_at if meta else "",
         last_seq=meta.last_seq if meta else 0, chain_head=meta.chain_head if meta else "",
         results=str(path), selection=msgspec.to_builtins(src.sel), runs=found,
@@ -100,6 +101,29 @@ def tables_with_provenance(conn: sqlite3.Connection, sel: Selection, info: dict[
 
 
 def _tables(src: Source, names: list[str], compare: tuple[str, str] | None) -> list[Table]:
+    """One set of tables per condition in the selection (labelled with what sets it apart
+    when there are several): no number adds tests of two conditions."""
+    if compare is not None or len(src.conditions) <= 1:
+        return _condition_tables(src, names, compare)
+    import msgspec
+
+    out: list[Table] = []
+    for cid, label, _ in src.conditions:
+        sub = Source(src.conn, msgspec.structs.replace(src.sel, condition=cid), src.info)
+        try:
+            built = _condition_tables(sub, names, None)
+        except UserError:
+            continue  # this condition has no data for these tables
+        for t in built:
+            t.condition = label
+            t.title = f"{t.title} [{label}]"
+        out += built
+    if not out:
+        raise UserError("no table has data for this selection")
+    return out
+
+
+def _condition_tables(src: Source, names: list[str], compare: tuple[str, str] | None) -> list[Table]:
     if compare is not None:
         from ultra.report.tables import mark_simulated
 

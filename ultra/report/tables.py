@@ -43,6 +43,7 @@ class Table(msgspec.Struct):
     columns: list[Column]
     rows: list[list[Any]]
     notes: list[str] = []
+    condition: str = ""  # the condition's label, when the selection holds several
     # per row: [simulated tests, tests] behind it (empty: the table does not say)
     simulated: list[list[int]] = []
     # per row: rate column key -> [successes, tests] behind the rate (a mean of rates has
@@ -68,6 +69,7 @@ class Selection(msgspec.Struct, kw_only=True):
     run: str | None = None
     exclude_timeouts: bool = False
     include_legacy: bool = False  # legacy sources' tests added into the models' own numbers
+    condition: str | None = None  # only this condition (its id or label: `max_turns=4`)
 
 
 class ModelInfo(msgspec.Struct, kw_only=True, frozen=True):
@@ -144,12 +146,28 @@ class Source:
             self.models = list(dict.fromkeys(chosen))
         if sel.run is not None:
             self._check_run(sel.run)
+        self.labels = dict(conn.execute("SELECT condition, label FROM conditions"))
+        self.condition: str | None = None
+        if sel.condition is not None:
+            by_label = {label: c for c, label in self.labels.items()}
+            self.condition = sel.condition if sel.condition in self.labels else \
+                by_label.get(sel.condition)
+            if self.condition is None:
+                raise UserError(f"unknown condition {sel.condition!r}: results.db has "
+                                + "; ".join(sorted(self.labels.values())))
         where, params = self._where(sel.run)
         self.where, self.params = where, params
         n = conn.execute(f"SELECT COALESCE(SUM(n), 0) FROM {self.table} WHERE {where}", params).fetchone()[0]
         if n == 0:
             raise UserError("no counted tests match this selection")
         self.timeouts_excluded = 0
+        # the conditions of ultra's own tests in the selection (legacy sources are rows of
+        # their own): (id, label, tests)
+        self.conditions: list[tuple[str, str, int]] = [
+            (c, self.labels.get(c, c), n) for c, n in conn.execute(
+                f"SELECT condition, SUM(n) FROM {self.table} WHERE {where} AND condition NOT LIKE"
+                " 'legacy:%' GROUP BY condition ORDER BY condition = 'default' DESC, condition",
+                params)]
         if sel.exclude_timeouts:
             base, base_params = self._where(sel.run, with_timeouts=True)
             self.timeouts_excluded = conn.execute(
@@ -197,6 +215,10 @@ class Source:
         if run is not None:
             parts.append("run_id = ?")
             params.append(run)
+        if getattr(self, "condition", None) is not None:
+            parts.append("(condition = ? OR condition LIKE 'legacy:%')" if table == "cells"
+                         else "condition = ?")
+            params.append(self.condition)
         if sel.exclude_timeouts and not with_timeouts and table == "cells":
             parts.append("timeout_failure = 0")
         return " AND ".join(parts), params
