@@ -317,3 +317,62 @@ def test_no_table_adds_two_conditions_and_each_is_labelled(two_conditions):
                                            cwd=two_conditions).stdout.splitlines()]
     assert [e["conditions"] for e in events][1] == {
         next(iter(events[1]["conditions"])): {"max_turns": "4"}}
+
+
+# ---- 4. comparisons that hold up ---------------------------------------------------------------
+
+
+def test_compare_pairs_tests_and_its_mcnemar_p_matches_one_by_hand(two_conditions):
+    from math import comb
+
+    a, b = (r["run_id"] for r in json.loads(ultra("runs", "--json", cwd=two_conditions).stdout))
+    done = [json.loads(x) for x in ultra("events", "--type", "test.completed",
+                                         cwd=two_conditions).stdout.splitlines()]
+
+    def key(e: dict) -> tuple:
+        return (e["model"], e["prompt_type"], e["tool_success_rate"], e["difficulty"],
+                e["task_type"], e["task_id"])
+
+    ok = {r: {key(e): e["result"]["outcome"] != "failure" for e in done if e["run_id"] == r}
+          for r in (a, b)}
+    doc = json.loads(ultra("report", "--compare", a, b, "--format", "json",
+                           cwd=two_conditions).stdout)
+    [t] = doc["tables"]
+    assert "paired" in t["title"]
+    for row in t["rows"]:
+        keys = [k for k in ok[a] if k[0] == row["model"] and k in ok[b]]
+        only_a = sum(ok[a][k] and not ok[b][k] for k in keys)
+        only_b = sum(ok[b][k] and not ok[a][k] for k in keys)
+        n = only_a + only_b
+        p = min(1.0, 2 * sum(comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n) if n else 1.0
+        assert row["paired"] == len(keys) == 30
+        assert (row["only_a"], row["only_b"]) == (only_a, only_b)
+        assert row["p_value"] == pytest.approx(p, rel=1e-12)
+        assert row["delta"] == pytest.approx((only_b - only_a) / 30)
+        lo, hi = row["delta_ci"]
+        assert lo <= row["delta"] <= hi
+        assert "n < 30" not in row["flags"] and "interrupted" not in row["flags"]
+    by_difficulty = json.loads(ultra("report", "difficulty", "--compare", a, b, "--format",
+                                     "json", cwd=two_conditions).stdout)["tables"][0]
+    assert "difficulty" in [c["key"] for c in by_difficulty["columns"]]
+    assert sum(r["paired"] for r in by_difficulty["rows"]) == 120
+
+
+def test_compare_on_disjoint_runs_exits_2_unless_unpaired(tmp_path):
+    db = log_with(tmp_path / "events.db", [
+        *completions("a", "m", 10, run="run-a"),
+        *completions("b", "m", 10, run="run-b", start=20, task_type="data_pipeline")])
+    out = tmp_path / "master_database.json"
+    p = ultra("report", "--compare", "run-a", "run-b", "--db", str(db), "--out", str(out),
+              check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert "runs run-a and run-b share no tests" in p.stderr
+    doc, _ = json_report(db, out, "--compare", "run-a", "run-b", "--unpaired")
+    assert "unpaired" in doc["tables"][0]["title"]
+    # a few paired tests: n < 30 is flagged next to the numbers
+    db2 = log_with(tmp_path / "two.db", [*completions("a", "m", 10, run="run-a"),
+                                         *completions("a2", "m", 10, run="run-b", start=20)])
+    doc, _ = json_report(db2, tmp_path / "two" / "m.json", "--compare", "run-a", "run-b")
+    [row] = doc["tables"][0]["rows"]
+    assert row["paired"] == 10 and "n < 30" in row["flags"]
+    assert "no end recorded" not in row["flags"]  # no run events at all: nothing to say

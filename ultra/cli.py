@@ -353,13 +353,18 @@ def report_command(
     exclude_timeouts: Annotated[bool, typer.Option(
         "--exclude-timeouts", help="Leave tests that failed by timeout out of the denominators.")] = False,
     compare: Annotated[Optional[tuple[str, str]], typer.Option(
-        "--compare", help="RUN_A RUN_B: per-model success deltas, with a two-proportion test;"
-                          " legacy:SOURCE names a legacy source (compared unpaired).")] = None,
+        "--compare", help="RUN_A RUN_B [TABLE]: B against A on the tests both took (paired n,"
+                          " difference with a 95 % interval, exact McNemar test), per model and"
+                          " the TABLE's dimension; legacy:SOURCE names a legacy source"
+                          " (compared unpaired).")] = None,
     include_legacy: Annotated[bool, typer.Option(
         "--include-legacy", help="Add the legacy sources' tests into the models' own numbers"
                                  " (default: each source is a condition of its own).")] = False,
     fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json | html")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", help="Write here instead of stdout.")] = None,
+    unpaired: Annotated[bool, typer.Option(
+        "--unpaired", help="--compare the two runs' samples without pairing tests"
+                           " (a two-proportion test; labelled unpaired).")] = False,
     condition: Annotated[Optional[str], typer.Option(
         "--condition", help="Only this condition: its label (max_turns=4, default) or id"
                             " (default: one section per condition).")] = None,
@@ -383,7 +388,7 @@ def report_command(
                     difficulties=_csv(difficulty), task_types=_csv(task_types),
                     rates=_rates(tool_success_rate), run=run_id,
                     exclude_timeouts=exclude_timeouts, include_legacy=include_legacy,
-                    condition=condition)
+                    condition=condition, unpaired=unpaired)
     text = make_report(db=db, out=out, results=results, config=config, selection=sel,
                        tables=names, fmt=fmt, compare=compare, intervals=intervals)
     if output is None:

@@ -22,6 +22,28 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (0.0 if k <= 0 else max(0.0, centre - half)), (1.0 if k >= n else min(1.0, centre + half))
 
 
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar test of `b` pairs that only A passed and `c` that only B
+    passed: the binomial test of min(b, c) in b + c trials at 1/2 (1.0 without discordant
+    pairs). The sum is exact (integers) and then divided once."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1))
+    return min(1.0, 2 * tail / 2 ** n)
+
+
+def paired_difference_ci(b: int, c: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95 % interval of the paired difference in success rates, (c - b) / n (B minus A), by
+    the Wald interval of matched pairs, clipped to [-1, 1]."""
+    if n <= 0:
+        return 0.0, 0.0
+    d = (c - b) / n
+    se = math.sqrt(max(0.0, (b + c) / n - d * d) / n)
+    return max(-1.0, d - z * se), min(1.0, d + z * se)
+
+
 def two_proportion_p(k1: int, n1: int, k2: int, n2: int) -> float | None:
     """Two-sided p-value of the pooled two-proportion z-test (None without data)."""
     if n1 <= 0 or n2 <= 0:

@@ -125,9 +125,15 @@ def _tables(src: Source, names: list[str], compare: tuple[str, str] | None) -> l
 
 def _condition_tables(src: Source, names: list[str], compare: tuple[str, str] | None) -> list[Table]:
     if compare is not None:
-        from ultra.report.tables import mark_simulated
+        from ultra.report.tables import compare_paired, mark_simulated
 
-        return [mark_simulated(compare_runs(src, *compare), src.simulated_by_model(list(compare)))]
+        if src.sel.unpaired or any(r.startswith("legacy:") for r in compare):
+            t = compare_runs(src, *compare)
+            if not t.title.endswith("unpaired"):
+                t.title += ", unpaired"
+        else:
+            t = compare_paired(src, *compare, table=names[0] if len(names) == 1 else "overview")
+        return [mark_simulated(t, src.simulated_by_model(list(compare)))]
     tables = build(src, names)
     if not tables:
         raise UserError("no table has data for this selection")

@@ -70,6 +70,7 @@ class Selection(msgspec.Struct, kw_only=True):
     exclude_timeouts: bool = False
     include_legacy: bool = False  # legacy sources' tests added into the models' own numbers
     condition: str | None = None  # only this condition (its id or label: `max_turns=4`)
+    unpaired: bool = False  # --compare without pairing tests (its samples as they are)
 
 
 class ModelInfo(msgspec.Struct, kw_only=True, frozen=True):
@@ -492,6 +493,77 @@ def compare(src: Source, run_a: str, run_b: str) -> Table:
     return Table("compare", f"Run {run_b} (B) against run {run_a} (A)", cols, rows,
                  ["delta: success rate of B minus A; * two-proportion z-test, p < 0.05",
                   *src.notes()])
+
+
+COMPARE_DIMS = {"overview": (), "scale": (), "errors": (), "prompt-types": ("prompt_type",),
+                "flaws": ("prompt_type",), "tool-reliability": ("tool_success_rate",),
+                "difficulty": ("difficulty",), "task-types": ("task_type",)}
+_PAIR = ("model", "prompt_type", "tool_success_rate", "difficulty", "task_type", "task_id")
+
+
+def compare_paired(src: Source, run_a: str, run_b: str, table: str = "overview") -> Table:
+    """B against A on the tests both took, paired by test (model, cell, task: the test key
+    without its condition inputs), per model and the TABLE's dimension: paired n, the
+    difference with a 95 % interval, and the exact McNemar test."""
+    from ultra.report.intervals import mcnemar_exact_p, paired_difference_ci
+
+    src.check_run(run_a)
+    src.check_run(run_b)
+    where, params = src._where(None, table="tests")
+    outcome: dict[str, dict[tuple, int]] = {run_a: {}, run_b: {}}
+    for row in src.conn.execute(
+            f"SELECT run_id, {', '.join(_PAIR)}, success FROM tests WHERE {where}"
+            " AND run_id IN (?, ?)", [*params, run_a, run_b]):
+        outcome[row[0]][tuple(row[1:-1])] = row[-1]
+    a, b = outcome[run_a], outcome[run_b]
+    common = a.keys() & b.keys()
+    if not common:
+        raise UserError(f"runs {run_a} and {run_b} share no tests (--unpaired compares their"
+                        " samples without pairing)")
+    dims = COMPARE_DIMS.get(table, ())
+    at = [_PAIR.index(d) for d in dims]
+    groups: dict[tuple, list[int]] = {}
+    for key in sorted(common, key=str):
+        if table == "flaws" and not key[1].startswith(FLAWED):
+            continue
+        if table == "prompt-types" and key[1].startswith(FLAWED):
+            continue
+        # n, A's successes, B's, passed by A only, by B only
+        g = groups.setdefault((key[0], *(key[i] for i in at)), [0, 0, 0, 0, 0])
+        g[0] += 1
+        g[1] += a[key]
+        g[2] += b[key]
+        g[3] += int(a[key] and not b[key])
+        g[4] += int(b[key] and not a[key])
+    interrupted = [r for r, fin, stop in src.conn.execute(
+        "SELECT run_id, finished_at, interrupted FROM runs WHERE run_id IN (?, ?)", (run_a, run_b))
+        if fin is None or stop]
+    cols = [Column("model", "model", "text"),
+            *(Column(d, d.replace("_", " "), "text") for d in dims),
+            Column("paired", "paired n", "count"), Column("success_a", "success A %", "rate"),
+            Column("success_b", "success B %", "rate"), Column("delta", "B - A", "delta"),
+            Column("delta_ci", "95% CI", "interval"),
+            Column("only_a", "A only", "count"), Column("only_b", "B only", "count"),
+            Column("p_value", "McNemar p", "p"), Column("flags", "flags", "text")]
+    rows, counts = [], []
+    for key, g in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        n, ka, kb, only_a, only_b = g
+        lo, hi = paired_difference_ci(only_a, only_b, n)
+        flags = [*(["n < 30"] if n < 30 else []), *(["interrupted run"] if interrupted else [])]
+        rows.append([*(rate_key(v) if isinstance(v, float) else v for v in key), n, ka / n,
+                     kb / n, (only_b - only_a) / n, [lo, hi], only_a, only_b,
+                     mcnemar_exact_p(only_a, only_b), "; ".join(flags)])
+        counts.append({"success_a": [ka, n], "success_b": [kb, n]})
+    left_a, left_b = len(a.keys() - common), len(b.keys() - common)
+    notes = [f"paired by test (model, cell, task): {len(common)} tests both runs took;"
+             f" left out: {left_a} only run A took, {left_b} only run B took",
+             "B - A: paired difference of success rates, 95 % Wald interval of matched pairs;"
+             " McNemar p: exact two-sided test on the discordant pairs (A only, B only)",
+             *([f"interrupted: run {', '.join(interrupted)} did not finish its plan"]
+               if interrupted else []),
+             *src.notes()]
+    return Table("compare", f"Run {run_b} (B) against run {run_a} (A), paired"
+                 + (f": {table}" if dims else ""), cols, rows, notes, counts=counts)
 
 
 def _unlabelled(model: str) -> str:
