@@ -115,7 +115,8 @@ class FoldState(msgspec.Struct):
     version: int = STATE_VERSION
     last_seq: int = 0
     generated_at: str = ""  # recorded_at of the last folded event
-    chain_head: str = ""  # the log's hash at last_seq (set by the shell; not saved)
+    chain_head: str = ""  # the log's hash at last_seq (set by the shell; saved with the state)
+    first_event: str = ""  # event_id of the log's first event (set by the shell): which log
     duplicate_completions: int = 0
     retracted_completions: int = 0
     skipped_events: int = 0  # unknown types and undecodable rows
@@ -155,6 +156,9 @@ class _SavedState(msgspec.Struct):
     leaves: list[_LeafEntry]
     spent: dict[str, list[int]] = {}
     legacy: dict[str, _SavedLegacy] = {}
+    # which log the state was folded from (absent in states saved before: not checked)
+    chain_head: str = ""
+    first_event: str = ""
 
 
 def dump_state(state: FoldState) -> bytes:
@@ -175,6 +179,8 @@ def dump_state(state: FoldState) -> bytes:
             declared_tests=src.declared_tests, cells=src.cells,
             leaves=[_LeafEntry(k, src.leaves[k]) for k in sorted(src.leaves)])
             for name, src in sorted(state.legacy.items())},
+        chain_head=state.chain_head,
+        first_event=state.first_event,
     )
     return msgspec.json.encode(saved)
 
@@ -197,6 +203,8 @@ def load_state(data: bytes | str) -> FoldState:
             declared_tests=src.declared_tests, cells=src.cells,
             leaves={tuple(e.key): e.acc for e in src.leaves})  # type: ignore[misc]
             for name, src in saved.legacy.items()},
+        chain_head=saved.chain_head,
+        first_event=saved.first_event,
     )
 
 

@@ -17,7 +17,7 @@ from projections.counting import Counted
 from ultra.events import ERROR_CATEGORIES, RunFinished, RunStarted, TestCompleted
 from ultra.naming import rate_key
 
-VERSION = 6  # bump when tables, rows or views change: an older results.db is rebuilt
+VERSION = 8  # bump when tables, rows or views change: an older results.db is rebuilt
 
 # Column name -> SQLite type, in table order. The dimensions come first.
 TEST_COLUMNS: dict[str, type] = {
@@ -56,6 +56,7 @@ TEST_COLUMNS: dict[str, type] = {
     "execution_time": float,  # seconds
     "started_at": str,
     "recorded_at": str,
+    "condition": str,  # every input of the test key but model, instance, cell (`conditions`)
 }
 
 ERRORED_COLUMNS: dict[str, type] = {
@@ -79,7 +80,11 @@ ERRORED_COLUMNS: dict[str, type] = {
     "recorded_at": str,
     "prompt_tokens": int,  # what the answers the test did get cost
     "completion_tokens": int,
+    "condition": str,
 }
+
+# `conditions`: what each condition id stands for (from the runs that used it)
+CONDITION_COLUMNS: dict[str, type] = {"condition": str, "label": str, "fields": str}
 
 RUN_COLUMNS: dict[str, type] = {
     "run_id": str,
@@ -98,7 +103,9 @@ RUN_COLUMNS: dict[str, type] = {
 # the failures by timeout apart (`ultra report --exclude-timeouts` leaves them out).
 CELL_KEYS: tuple[str, ...] = (
     "model", "run_id", "prompt_type", "tool_success_rate", "difficulty", "task_type",
-    "timeout_failure",
+    "condition",  # reports never add two conditions' tests into one number
+    "simulated",  # 1 when the simulator answered: reports mark simulated results apart
+    "timeout_failure",  # last: add_to_cells derives it, the others are test columns
 )
 CELL_SUMS: tuple[str, ...] = (
     "n", "success", "full_success", "partial_success", "failure", "final_score", "turns",
@@ -106,7 +113,8 @@ CELL_SUMS: tuple[str, ...] = (
     "truncated",
 )
 CELL_COLUMNS: dict[str, type] = {
-    **{k: (float if k == "tool_success_rate" else int if k == "timeout_failure" else str)
+    **{k: (float if k == "tool_success_rate" else int if k in ("timeout_failure", "simulated")
+           else str)
        for k in CELL_KEYS},
     **{k: (float if k == "final_score" else int) for k in CELL_SUMS},
 }
@@ -148,6 +156,7 @@ def cells_upsert_sql() -> str:
 
 DIMENSIONS: tuple[str, ...] = (
     "model", "run_id", "prompt_type", "tool_success_rate", "difficulty", "task_type",
+    "condition",
 )
 LEVELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("by_model", ("model",)),
@@ -178,7 +187,7 @@ def test_row(seq: int, e: TestCompleted, model: str) -> tuple[Any, ...]:
         r.error_category, r.turns, r.tool_calls, r.required_tools, r.tool_coverage,
         r.assisted_turns, int("length" in r.finish_reasons), u.prompt_tokens, u.completion_tokens,
         u.reasoning_tokens, e.retries, e.execution_time, e.started_at,
-        e.recorded_at,
+        e.recorded_at, e.condition,
     )
 
 
@@ -188,7 +197,7 @@ def errored_row(seq: int, e: Any, model: str) -> tuple[Any, ...]:
         seq, e.event_id, e.test_key, model, e.instance, e.provider, e.run_id, e.shard_id,
         e.prompt_type, _rate(e.tool_success_rate), e.difficulty, e.task_type, int(e.simulated),
         e.reason, getattr(e, "http_status", None), e.retries, e.execution_time, e.recorded_at,
-        e.usage.prompt_tokens, e.usage.completion_tokens,
+        e.usage.prompt_tokens, e.usage.completion_tokens, e.condition,
     )
 
 
@@ -199,6 +208,16 @@ def rows(counted: Iterable[Counted]) -> Iterator[tuple[str, tuple[Any, ...]]]:
             yield "tests", test_row(seq, e, model)
         else:
             yield "errored", errored_row(seq, e, model)
+
+
+def condition_rows(e: RunStarted) -> list[dict[str, Any]]:
+    """The `conditions` rows a run declares."""
+    import json
+
+    from ultra.plan import condition_label
+
+    return [dict(condition=c, label=condition_label(f), fields=json.dumps(f, sort_keys=True))
+            for c, f in sorted(e.conditions.items())]
 
 
 def run_update(e: RunStarted | RunFinished) -> dict[str, Any]:
@@ -328,4 +347,4 @@ def legacy_as_cells_sql(include: bool) -> str:
     cols = ", ".join((*CELL_KEYS, *CELL_SUMS))
     return (f"(SELECT {cols}, model AS base_model FROM cells UNION ALL"
             f" SELECT {label}, 'legacy:' || source, prompt_type, tool_success_rate, difficulty,"
-            f" task_type, 0, {legacy_sums}, model FROM legacy_cells)")
+            f" task_type, 'legacy:' || source, 0, 0, {legacy_sums}, model FROM legacy_cells)")

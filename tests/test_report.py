@@ -300,7 +300,7 @@ def test_selection_flags_and_exclude_timeouts(demo):
 
 def test_compare_two_runs_with_a_two_proportion_test(demo):
     tests, aliases = counted(demo["events"])
-    [table] = report(demo, "--compare", "run-a", "run-b")
+    [table] = report(demo, "--compare", "run-a", "run-b", "--unpaired")
     assert table["name"] == "compare"
     for row in table["rows"]:
         a = [t for t in tests if t.run_id == "run-a" and canonical_model(t.model, aliases) == row["model"]]

@@ -368,8 +368,10 @@ def report_command(
     exclude_timeouts: Annotated[bool, typer.Option(
         "--exclude-timeouts", help="Leave tests that failed by timeout out of the denominators.")] = False,
     compare: Annotated[Optional[tuple[str, str]], typer.Option(
-        "--compare", help="RUN_A RUN_B: per-model success deltas, with a two-proportion test;"
-                          " legacy:SOURCE names a legacy source (compared unpaired).")] = None,
+        "--compare", help="RUN_A RUN_B [TABLE]: B against A on the tests both took (paired n,"
+                          " difference with a 95 % interval, exact McNemar test), per model and"
+                          " the TABLE's dimension; legacy:SOURCE names a legacy source"
+                          " (compared unpaired).")] = None,
     include_legacy: Annotated[bool, typer.Option(
         "--include-legacy", help="Add the legacy sources' tests into the models' own numbers"
                                  " (default: each source is a condition of its own).")] = False,
@@ -378,6 +380,15 @@ def report_command(
     examples: Annotated[Optional[int], typer.Option(
         "--examples", help="With `errors`: N test keys per error category (and errored"
         " reason) and model, to open with `ultra show`.")] = None,
+    unpaired: Annotated[bool, typer.Option(
+        "--unpaired", help="--compare the two runs' samples without pairing tests"
+                           " (a two-proportion test; labelled unpaired).")] = False,
+    condition: Annotated[Optional[str], typer.Option(
+        "--condition", help="Only this condition: its label (max_turns=4, default) or id"
+                            " (default: one section per condition).")] = None,
+    intervals: Annotated[bool, typer.Option(
+        "--intervals", help="Every rate with its 95 % Wilson interval and n (table, markdown;"
+                            " machine formats always carry them).")] = False,
 ) -> None:
     """The standard tables of results.db (kept in step with the log first)."""
     from ultra.report.run import make_report
@@ -394,12 +405,13 @@ def report_command(
     sel = Selection(models=_csv(models), prompt_types=_csv(prompt_types),
                     difficulties=_csv(difficulty), task_types=_csv(task_types),
                     rates=_rates(tool_success_rate), run=run_id,
-                    exclude_timeouts=exclude_timeouts, include_legacy=include_legacy)
+                    exclude_timeouts=exclude_timeouts, include_legacy=include_legacy,
+                    condition=condition, unpaired=unpaired)
     if examples is not None and (examples < 1 or names != ["errors"] or fmt in ("json", "html")):
         raise UserError("--examples N (N >= 1) goes with `ultra report errors` in the table,"
                         " markdown or csv format")
     text = make_report(db=db, out=out, results=results, config=config, selection=sel,
-                       tables=names, fmt=fmt, compare=compare)
+                       tables=names, fmt=fmt, compare=compare, intervals=intervals)
     if examples is not None:
         from ultra.projecting import results_path
         from ultra.show import error_examples
@@ -413,6 +425,45 @@ def report_command(
 
     write_atomic(output, text.encode())
     typer.echo(f"wrote {output}")
+
+
+@app.command("runs")
+def runs_command(
+    db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT, results: ResultsOpt = None,
+    config: UnusedConfigOpt = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The runs of a log: id, start, end, models, tests completed and errored, interrupted,
+    simulated."""
+    import msgspec
+
+    from ultra.report.provenance import interrupted_label
+    from ultra.report.run import list_runs
+
+    _check_common(out, results, config)
+    found = list_runs(db=db, out=out, results=results)
+    if json_output:
+        print(msgspec.json.encode(found).decode())
+        return
+    if not found:
+        raise UserError("the log holds no runs yet (run `ultra run`)")
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    table = RichTable(title=f"{len(found)} runs")
+    for col in ("run", "started", "finished", "models", "completed", "errored", "interrupted",
+                "simulated"):
+        table.add_column(col, justify="right" if col in ("completed", "errored", "simulated")
+                         else "left")
+    for r in found:
+        sim = "no" if not r.simulated else "yes" if r.simulated == r.completed else \
+            f"{r.simulated} of {r.completed}"
+        table.add_row(r.run_id, r.started_at or "-", r.finished_at or "-", ", ".join(r.models),
+                      str(r.completed), str(r.errored), interrupted_label(r), sim)
+    console = Console()
+    if not console.is_terminal:
+        console.width = 200  # a pipe gets whole names
+    console.print(table)
 # REPORT-COMMANDS-END
 
 
@@ -610,7 +661,7 @@ def run(
 
     from ultra.config import digest
     from ultra.runner import error_allowance, execute
-    from ultra.summary import summary_lines
+    from ultra.summary import simulated_line, simulated_tests, summary_lines
 
     cfg, sel, tasks_path = _selection(
         config, suite_name=suite, tasks=tasks, models=models, prompt_types=prompt_types,
@@ -642,13 +693,16 @@ def run(
                      argv=sys.argv[1:], json_output=json_output,
                      check_first=not no_preflight, max_errors=max_errors, progress=progress,
                      wait=wait, lease_seconds=lease_seconds, store_timeout=store_timeout)
+    sim, sim_of = simulated_tests(result.results, result.run_id)
     if json_output:
-        print(msgspec.json.encode(result).decode())
+        print(msgspec.json.encode({**msgspec.to_builtins(result), "simulated": sim}).decode())
     else:
         rate = f"{100 * result.succeeded / result.completed:.1f}%" if result.completed else "-"
         print(f"run {result.run_id}: {result.completed} completed (success {rate}), "
               f"{result.errored} errored, {result.skipped_completed} skipped as already "
               f"completed{'; INTERRUPTED' if result.interrupted else ''}")
+        if simulated_line(sim, sim_of):
+            print(simulated_line(sim, sim_of))
         if result.crashed_processes:
             print(f"{result.crashed_processes} shard process(es) died; run again to resume",
                   file=sys.stderr)

@@ -105,6 +105,9 @@ class RunStarted(_Event, tag="run.started", kw_only=True, frozen=True):
     argv: list[Text]
     config_digest: Text
     plan: PlanSummary
+    # condition id (as the run's test events carry it) -> what sets it apart, readable:
+    # {"max_turns": "4"}; the default condition has no fields
+    conditions: dict[Name, dict[MetricName, Text]] = {}
 
 
 class RunFinished(_Event, tag="run.finished", kw_only=True, frozen=True):
@@ -208,6 +211,10 @@ class _TestEvent(_Event, kw_only=True, frozen=True):
     # The sha256 (hex) of the test's transcript, stored in the log's `transcripts` table
     # (ultra/transcripts.py); None: none stored. The chain covers it through this field.
     transcript: Digest | None = None
+    # every input of the test key but model, instance and cell (max_turns, request options,
+    # task library, suite): a short digest, "default" for the defaults (and older events);
+    # run.started says what it stands for. Reports never add tests of two conditions.
+    condition: Name = "default"
 
 
 class TestCompleted(_TestEvent, tag="test.completed", kw_only=True, frozen=True):

@@ -64,6 +64,8 @@ class Shard(msgspec.Struct, kw_only=True, frozen=True):
     options: RequestOptions = RequestOptions()
     broken_after: int = 3
     tests: list[TestSpec]
+    condition: str = "default"  # condition_of(...)[0] of its tests
+    condition_fields: dict[str, str] = {}
 
 
 class Plan(msgspec.Struct, kw_only=True, frozen=True):
@@ -91,6 +93,36 @@ def test_key(suite: str, model: str, prompt_type: str, rate: float, difficulty: 
     if options is not None and options != RequestOptions():
         parts.append("options=" + msgspec.json.encode(options, order="sorted").decode())
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+DEFAULT_CONDITION = "default"
+
+
+def condition_of(suite: str, max_turns: int = DEFAULT_MAX_TURNS,
+                 options: RequestOptions | None = None,
+                 tasks: str | None = None) -> tuple[str, dict[str, str]]:
+    """A test's condition: every input of its key but the model, the instance and the cell
+    (the suite, max_turns, the request options, the task library's digest). (id, fields):
+    the fields that differ from the defaults, readable, and a short stable digest of them;
+    the defaults are the condition "default"."""
+    fields: dict[str, str] = {}
+    if suite != "workflow":
+        fields["suite"] = suite
+    if max_turns != DEFAULT_MAX_TURNS:
+        fields["max_turns"] = str(max_turns)
+    if options is not None and options != RequestOptions():
+        fields["options"] = msgspec.json.encode(options, order="sorted").decode()
+    if tasks:
+        fields["tasks"] = tasks
+    if not fields:
+        return DEFAULT_CONDITION, {}
+    digest = hashlib.sha256(msgspec.json.encode(fields, order="sorted")).hexdigest()[:12]
+    return f"c-{digest}", fields
+
+
+def condition_label(fields: dict[str, str]) -> str:
+    """`max_turns=4, options=...`: what sets a condition apart ("default" for none)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(fields.items())) or DEFAULT_CONDITION
 
 
 def expand_prompt_types(suite: Suite, names: Iterable[str]) -> list[str]:
@@ -179,7 +211,7 @@ def split_evenly(tests: list[TestSpec], n: int) -> list[list[TestSpec]]:
 
 
 def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
-              bases: Mapping[str, str] | None = None) -> Plan:
+              bases: Mapping[str, str] | None = None, tasks_id: str | None = None) -> Plan:
     shards: list[Shard] = []
     planned = skipped = 0
     for name in sel.models:
@@ -191,6 +223,8 @@ def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
         planned += len(todo)
         routes = _routes(config, eff, bases or {})
         p = config.providers[eff.provider]
+        condition, condition_fields = condition_of(suite.name, sel.max_turns, eff.options,
+                                                   tasks_id)
         for (instance, key_index, deployment, route), tests in zip(routes, split_evenly(todo, len(routes))):
             shared = None
             if (p.key_qps or p.key_tpm) and route.shape == "openai":
@@ -204,6 +238,7 @@ def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
                 max_retries=eff.max_retries, max_turns=sel.max_turns, route=route,
                 shared_limit=shared, tpm=eff.tpm, options=eff.options,
                 broken_after=eff.broken_after, tests=tests,
+                condition=condition, condition_fields=condition_fields,
             ))
     return Plan(shards=shards, planned=planned, skipped_completed=skipped)
 

@@ -84,7 +84,27 @@ def fold_log(
     state.skipped_events += stream.skipped
     state.last_seq = until_seq
     state.chain_head = log.chain_head(until_seq) or ""
+    if until_seq > 0 and not state.first_event:
+        state.first_event = log.first_event_id()
     return n, stream
+
+
+def other_log(log: EventLog, last_seq: int, chain_head: str, first_event: str) -> str | None:
+    """Why a projection that says it folded `last_seq` events with `chain_head` (and the
+    first event `first_event`) was not folded from `log` (None if it may have been: the
+    same history up to `last_seq`). Identities a projection did not record are not checked."""
+    if last_seq <= 0:
+        return None  # nothing folded yet: any log's events are new to it
+    if chain_head and log.chain_head(last_seq) != chain_head:
+        return f"its chain head at seq {last_seq} is not this log's"
+    if first_event and log.first_event_id() != first_event:
+        return "its first event is not this log's"
+    return None
+
+
+def _say_rebuilt(what: str, why: str, log: EventLog) -> None:
+    print(f"ultra: note: {what} was folded from another event log ({why}); rebuilding it"
+          f" from {getattr(log, 'location', None) or 'this log'}", file=sys.stderr)
 
 
 def replay(log: EventLog, until_seq: int) -> tuple[mdb.FoldState, EventStream]:
@@ -105,6 +125,10 @@ def _saved_state(log: EventLog, until_seq: int) -> mdb.FoldState | None:
     try:
         state = mdb.load_state(text)
     except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    why = other_log(log, last_seq, state.chain_head, state.first_event)
+    if why is not None:
+        _say_rebuilt("master_database.json's fold state", why, log)
         return None
     if log.has_types_after(last_seq, until_seq, REPAIR_TYPES):
         return None  # repairs apply retroactively: replay everything
@@ -182,6 +206,7 @@ class ResultsMeta(msgspec.Struct, kw_only=True):
     retracted_completions: int = 0
     skipped_events: int = 0
     chain_head: str = ""  # the log's hash at last_seq: which history these rows come from
+    first_event: str = ""  # the event_id of the log's first event: which log
 
 
 class ResultsReport(msgspec.Struct, frozen=True):
@@ -230,6 +255,8 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db["meta"].create({"key": str, "value": str}, pk="key")
     db["legacy_cells"].create(rdb.LEGACY_CELL_COLUMNS, pk="event_id")
     db["legacy_imports"].create(rdb.LEGACY_IMPORT_COLUMNS, pk="source")
+    db["conditions"].create(rdb.CONDITION_COLUMNS, pk="condition")
+    db["conditions"].insert(dict(condition="default", label="default", fields="{}"))
 
 
 def _create_indexes_and_views(db: sqlite_utils.Database) -> None:
@@ -248,12 +275,15 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
     caller's transaction)."""
     stream = log.stream_marked(after_seq=meta.last_seq, until_seq=until)
     runs: dict[str, dict] = {}
+    conditions: list[dict] = []
 
     def items() -> Iterator[mdb.Item]:
         for item in stream.with_earlier():
             e = item[1]
             if type(e) is RunStarted or type(e) is RunFinished:
                 runs[e.run_id] = {**runs.get(e.run_id, {}), **rdb.run_update(e)}  # type: ignore[union-attr]
+                if type(e) is RunStarted and e.conditions:
+                    conditions.extend(rdb.condition_rows(e))
             yield item
 
     counting = Counting(repairs)
@@ -291,6 +321,8 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
     # Plain SQL upserts: the incremental path (one CLI call per run) needs no sqlite-utils.
     for row in runs.values():
         _upsert(conn, "runs", row, "run_id")
+    for row in conditions:
+        _upsert(conn, "conditions", row, "condition")
     if repairs.aliases:  # the final table: a new alias rebuilds the file, so this is complete
         for a, c in repairs.aliases.items():
             _upsert(conn, "aliases", {"alias": a, "canonical": c}, "alias")
@@ -300,6 +332,8 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
     meta.retracted_completions += counting.retracted
     meta.skipped_events += stream.skipped
     meta.chain_head = log.chain_head(until) or ""
+    if until > 0 and not meta.first_event:
+        meta.first_event = log.first_event_id()
     _upsert(conn, "meta", {"key": "state", "value": msgspec.json.encode(meta).decode()}, "key")
     return counting.folded
 
@@ -328,8 +362,16 @@ def update_results(log: EventLog, path: Path, until: int, *, rebuild: bool = Fal
             conn = _open_results(path)
             conn.execute("BEGIN IMMEDIATE")  # one projector at a time reads meta and appends
             meta = read_results_meta(conn)
+            why = None if meta is None else other_log(log, meta.last_seq, meta.chain_head,
+                                                      meta.first_event)
+            if why is not None and meta is not None and meta.last_seq > until \
+                    and log.chain_head(meta.last_seq) is None:
+                why = f"it holds events up to seq {meta.last_seq}; this log ends at {until}"
+            if why is not None:
+                _say_rebuilt(str(path), why, log)
             if (
-                meta is not None and meta.version == rdb.VERSION and meta.last_seq <= until
+                why is None and meta is not None and meta.version == rdb.VERSION
+                and meta.last_seq <= until
                 and not log.has_types_after(meta.last_seq, until, REPAIR_TYPES)
             ):
                 try:

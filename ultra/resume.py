@@ -37,7 +37,22 @@ def plan_run(config: Config, sel: Selection, db: Path | str, tasks: str | None) 
     """Check the selection, read what the log already holds, and plan what is left."""
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
-    return make_plan(config, suite, sel, completed_keys(db, config, suite, sel))
+    return make_plan(config, suite, sel, completed_keys(db, config, suite, sel),
+                     tasks_id=tasks_id(tasks))
+
+
+def tasks_id(tasks: str | None) -> str | None:
+    """A task library's identity in a condition: the digest of its bytes (None: the
+    suite's bundled library)."""
+    if not tasks:
+        return None
+    import hashlib
+
+    try:
+        with open(tasks, "rb") as fh:
+            return "sha256:" + hashlib.sha256(fh.read()).hexdigest()[:12]
+    except OSError:
+        return None
 
 
 def key_problems(plan: Plan) -> dict[str, tuple[str, str]]:

@@ -52,7 +52,7 @@ from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
 from ultra.projecting import project, results_path
 from ultra import providers
-from ultra.resume import completed_keys, key_problems
+from ultra.resume import completed_keys, key_problems, tasks_id
 from ultra.progress import Display
 from ultra.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
 from ultra.store import STORE_TIMEOUT, EventLog, is_server_url
@@ -631,7 +631,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
     # what the providers serve for the run first (the bundled simulator): the plan's routes
     # go to them
     with providers.serving(config, sel.models) as bases:
-        plan = make_plan(config, suite, sel, done_keys, bases)
+        plan = make_plan(config, suite, sel, done_keys, bases, tasks_id=tasks_id(tasks))
         missing = missing_secrets(plan)
         if missing:  # before the log is created, before any request
             raise UserError("\n".join(missing))
@@ -651,6 +651,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
                 plan=PlanSummary(tests=plan.planned, shards=len(plan.shards),
                                  models=list(dict.fromkeys(s.model for s in plan.shards)),
                                  skipped_completed=plan.skipped_completed),
+                conditions={s.condition: s.condition_fields for s in plan.shards},
             ), *_checked_events(plan, run_id, checks)])
             snapshots, interrupted, crashed = _supervise(
                 plan, run_id, sel, db, tasks, processes or needed_processes(plan),

@@ -235,6 +235,7 @@ async def _run_test(shard: Shard, suite: Suite, run_id: str, spec: TestSpec,
         task_id=spec.task_id, task_type=spec.task_type,
         difficulty=spec.difficulty, prompt_type=spec.prompt_type,
         tool_success_rate=spec.tool_success_rate, started_at=started_at,
+        condition=shard.condition,
     )
     reason = message = None
     http_status: int | None = None

@@ -943,6 +943,12 @@ class EventLog:
                               " ORDER BY seq DESC LIMIT 1", (key_or_id,))
         return (rows[0][0], rows[0][1]) if rows else None
 
+    def first_event_id(self) -> str:
+        """The event_id of the log's first event ("" when it has none): with the chain head at
+        a seq, what tells a projection which log it was folded from."""
+        rows = self._read("SELECT event_id FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (0,))
+        return rows[0][0] if rows else ""
+
     # -- projection state (same file, same transaction as its last seq) --
 
     def load_projection_state(self, name: str) -> tuple[int, int, str] | None:

@@ -28,3 +28,32 @@ def summary_lines(r: RunResult) -> list[str]:
         lines.append(f"tokens {t.model}: {t.prompt_tokens:,} in, {t.completion_tokens:,} out"
                      f"{reasoning}{cost}")
     return lines
+
+
+def simulated_tests(results: str, run_id: str) -> tuple[int, int]:
+    """(simulated, completed) tests of a run, as results.db counts them ((0, 0) if it
+    cannot be read): the run summary marks simulated results."""
+    import sqlite3
+    from pathlib import Path
+
+    if not results or not Path(results).is_file():
+        return 0, 0
+    try:
+        conn = sqlite3.connect(f"file:{results}?mode=ro", uri=True)
+        try:
+            n, sim = conn.execute("SELECT COUNT(*), COALESCE(SUM(simulated), 0) FROM tests"
+                                  " WHERE run_id = ?", (run_id,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0, 0
+    return sim, n
+
+
+def simulated_line(sim: int, n: int) -> str | None:
+    """The run summary's mark of simulated results (None when there are none)."""
+    if not sim:
+        return None
+    what = "all" if sim == n else f"{sim} of"
+    return (f"SIMULATED: {what} {n} completed tests of this run were answered by the simulator,"
+            " not by a model")

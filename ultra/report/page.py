@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from ultra.report.formats import cell
+from ultra.report.formats import cell, simulated_line, with_simulated_column
 from ultra.report.tables import Table
 
 STYLE = """
@@ -21,18 +21,24 @@ th, td { padding: 0.2rem 0.6rem; border-bottom: 1px solid #ddd; }
 th { text-align: right; background: #f4f4f4; } th.text, td.text { text-align: left; }
 td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .notes { color: #555; font-size: 0.8rem; } .chart { margin: 1rem 0; }
+.banner { background: #fff3cd; border: 1px solid #e0b400; padding: 0.6rem 1rem; font-weight: 600; }
+.simulated { color: #8a6d00; font-weight: 600; }
 """
 
 
 def _table_html(t: Table) -> str:
-    head = "".join(f'<th class="{c.kind}">{html.escape(c.title)}</th>' for c in t.columns)
+    columns, rows = with_simulated_column(t)
+    head = "".join(f'<th class="{c.kind}">{html.escape(c.title)}</th>' for c in columns)
     body = "".join(
         "<tr>" + "".join(f'<td class="{c.kind}">{html.escape(cell(c, v))}</td>'
-                         for c, v in zip(t.columns, row)) + "</tr>"
-        for row in t.rows
+                         for c, v in zip(columns, row)) + "</tr>"
+        for row in rows
     )
+    mark = simulated_line(t)
+    marker = f'<p class="simulated">{html.escape(mark)}</p>' if mark else ""
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in t.notes)
-    return (f'<section id="table-{t.name}"><h2>{html.escape(t.title)}</h2>'
+    ident = t.name + (f"-{abs(hash(t.condition)) % 10**8}" if t.condition else "")
+    return (f'<section id="table-{html.escape(ident)}"><h2>{html.escape(t.title)}</h2>{marker}'
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
             f'<ul class="notes">{notes}</ul></section>')
 
@@ -40,6 +46,12 @@ def _table_html(t: Table) -> str:
 def _col(t: Table, key: str) -> list[Any]:
     j = [c.key for c in t.columns].index(key)
     return [row[j] for row in t.rows]
+
+
+def _label(text: Any) -> str:
+    """A name as a chart label: plotly reads labels as a little HTML (<b>, <a href>), so
+    markup in a name is escaped and shows as text."""
+    return html.escape(str(text), quote=False)
 
 
 def charts(tables: dict[str, Table]) -> list[tuple[str, Any]]:
@@ -53,7 +65,7 @@ def charts(tables: dict[str, Table]) -> list[tuple[str, Any]]:
         rates = _col(t, "success_rate")
         ci = _col(t, "success_ci")
         fig = go.Figure(go.Bar(
-            x=_col(t, "model"), y=rates, marker_color="#4C78A8",
+            x=[_label(m) for m in _col(t, "model")], y=rates, marker_color="#4C78A8",
             error_y=dict(type="data", symmetric=False, array=[hi - r for r, (_, hi) in zip(rates, ci)],
                          arrayminus=[r - lo for r, (lo, _) in zip(rates, ci)]),
             hovertemplate="%{x}: %{y:.1%}<extra></extra>"))
@@ -73,7 +85,7 @@ def charts(tables: dict[str, Table]) -> list[tuple[str, Any]]:
                 line.append(rows[m][t.columns.index(c)] if m in rows else None)
             z.append(line)
         fig = go.Figure(go.Heatmap(
-            z=z, x=[c.key for _, c in columns], y=models, zmin=0, zmax=1, colorscale="Viridis",
+            z=z, x=[_label(c.key) for _, c in columns], y=[_label(m) for m in models], zmin=0, zmax=1, colorscale="Viridis",
             texttemplate="%{z:.0%}", hovertemplate="%{y} · %{x}: %{z:.1%}<extra></extra>"))
         fig.update_layout(title="Success rate: model × prompt type", **layout)
         out.append(("model-by-prompt-type", fig))
@@ -84,17 +96,17 @@ def charts(tables: dict[str, Table]) -> list[tuple[str, Any]]:
         for row in t.rows:
             fig.add_trace(go.Scatter(
                 x=[float(c.key) for c in rate_cols], y=[row[t.columns.index(c)] for c in rate_cols],
-                mode="lines+markers", name=row[0], hovertemplate="%{x}: %{y:.1%}"))
+                mode="lines+markers", name=_label(row[0]), hovertemplate="%{x}: %{y:.1%}"))
         fig.update_layout(title="Success rate over tool success rate", xaxis_title="tool success rate",
                           yaxis=dict(tickformat=".0%", range=[0, 1]), **layout)
         out.append(("success-over-tool-reliability", fig))
     if "errors" in tables:
         t = tables["errors"]
-        models = _col(t, "model")
+        models = [_label(m) for m in _col(t, "model")]
         fig = go.Figure()
         for c in t.columns:
             if c.kind == "rate":
-                fig.add_trace(go.Bar(x=models, y=_col(t, c.key), name=c.key,
+                fig.add_trace(go.Bar(x=models, y=_col(t, c.key), name=_label(c.key),
                                      hovertemplate="%{x}: %{y:.1%}"))
         fig.update_layout(title="Error categories (shares of each model's errors)", barmode="stack",
                           yaxis=dict(tickformat=".0%"), **layout)
@@ -102,7 +114,7 @@ def charts(tables: dict[str, Table]) -> list[tuple[str, Any]]:
     return out
 
 
-def to_html(tables: list[Table], *, source: str) -> str:
+def to_html(tables: list[Table], *, source: str, provenance: Any = None) -> str:
     by_name = {t.name: t for t in tables}
     parts = []
     first = True
@@ -110,6 +122,20 @@ def to_html(tables: list[Table], *, source: str) -> str:
         parts.append(f'<div class="chart">{fig.to_html(full_html=False, include_plotlyjs=first, div_id=f"chart-{name}", config={"displaylogo": False})}</div>')
         first = False
     body = "".join(parts) + "".join(_table_html(t) for t in tables)
+    sim = sum(c[0] for t in tables[:1] for c in t.simulated)
+    n = sum(c[1] for t in tables[:1] for c in t.simulated)
+    if provenance is not None:  # the selection's own count, whatever the first table shows
+        sim, n = provenance.simulated_tests, provenance.tests
+        from ultra.report.provenance import lines
+
+        body += ('<section id="provenance"><h2>Made from</h2><ul class="notes">'
+                 + "".join(f"<li>{html.escape(f)}</li>" for f in lines(provenance))
+                 + "</ul></section>")
+    if sim:  # the first table covers the selection's tests (per model)
+        what = "every test in this report was" if sim == n else \
+            f"{sim} of the {n} tests in this report were"
+        body = (f'<div class="banner simulated" id="simulated-banner">SIMULATED: {what}'
+                " answered by the simulator, not by a model</div>" + body)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<title>ultra report</title>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from projections import results_db as rdb
 from ultra.errors import UserError
@@ -61,34 +62,102 @@ def open_results(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def provenance_of(src: Source, path: Path, runs: list[str] | None = None):
+    """What the report is made from: runs, selection, version, chain head, simulated share."""
+    import msgspec
+
+    from ultra import __version__
+    from ultra.projecting import read_results_meta
+    from ultra.report.provenance import Provenance, runs_of
+
+    meta = read_results_meta(src.conn)
+    where, params = src._where(src.sel.run, table="tests")
+    if runs:
+        where = f"({where}) AND run_id IN ({', '.join('?' * len(runs))})"
+        params = [*params, *runs]
+    found = runs_of(src.conn, where, params)
+    n = sum(c[1] for c in src.simulated_by_model().values())
+    sim = sum(c[0] for c in src.simulated_by_model().values())
+    return Provenance(
+        conditions=[dict(condition=c, label=label, tests=n) for c, label, n in src.conditions],
+        ultra_version=__version__, generated_at=meta.generated_at if meta else "",
+        last_seq=meta.last_seq if meta else 0, chain_head=meta.chain_head if meta else "",
+        results=str(path), selection=msgspec.to_builtins(src.sel), runs=found,
+        tests=n, simulated_tests=sim, simulated_share=sim / n if n else None)
+
+
 def tables_for(conn: sqlite3.Connection, sel: Selection, info: dict[str, ModelInfo],
                names: list[str], compare: tuple[str, str] | None) -> list[Table]:
+    return tables_with_provenance(conn, sel, info, names, compare)[0]
+
+
+def tables_with_provenance(conn: sqlite3.Connection, sel: Selection, info: dict[str, ModelInfo],
+                           names: list[str], compare: tuple[str, str] | None,
+                           source: Path | None = None) -> tuple[list[Table], Any]:
+    """The tables, and what they were made from (for every format)."""
     src = Source(conn, sel, info)
+    provenance = provenance_of(src, source or Path(""), list(compare) if compare else None)
+    return _tables(src, names, compare), provenance
+
+
+def _tables(src: Source, names: list[str], compare: tuple[str, str] | None) -> list[Table]:
+    """One set of tables per condition in the selection (labelled with what sets it apart
+    when there are several): no number adds tests of two conditions."""
+    if compare is not None or len(src.conditions) <= 1:
+        return _condition_tables(src, names, compare)
+    import msgspec
+
+    out: list[Table] = []
+    for cid, label, _ in src.conditions:
+        sub = Source(src.conn, msgspec.structs.replace(src.sel, condition=cid), src.info)
+        try:
+            built = _condition_tables(sub, names, None)
+        except UserError:
+            continue  # this condition has no data for these tables
+        for t in built:
+            t.condition = label
+            t.title = f"{t.title} [{label}]"
+        out += built
+    if not out:
+        raise UserError("no table has data for this selection")
+    return out
+
+
+def _condition_tables(src: Source, names: list[str], compare: tuple[str, str] | None) -> list[Table]:
     if compare is not None:
-        return [compare_runs(src, *compare)]
+        from ultra.report.tables import compare_paired, mark_simulated
+
+        if src.sel.unpaired or any(r.startswith("legacy:") for r in compare):
+            t = compare_runs(src, *compare)
+            if not t.title.endswith("unpaired"):
+                t.title += ", unpaired"
+        else:
+            t = compare_paired(src, *compare, table=names[0] if len(names) == 1 else "overview")
+        return [mark_simulated(t, src.simulated_by_model(list(compare)))]
     tables = build(src, names)
     if not tables:
         raise UserError("no table has data for this selection")
     return tables
 
 
-def render(tables: list[Table], fmt: str, sel: Selection, *, source: str) -> str:
+def render(tables: list[Table], fmt: str, sel: Selection, *, source: str,
+           intervals: bool = False, provenance=None) -> str:
     if fmt == "table":
-        return formats.to_terminal(tables)
+        return formats.to_terminal(tables, intervals=intervals, provenance=provenance)
     if fmt == "markdown":
-        return formats.to_markdown(tables)
+        return formats.to_markdown(tables, intervals=intervals, provenance=provenance)
     if fmt == "csv":
-        return formats.to_csv(tables)
+        return formats.to_csv(tables, provenance=provenance)
     if fmt == "json":
-        return formats.to_json(tables, sel)
+        return formats.to_json(tables, sel, provenance=provenance)
     from ultra.report.page import to_html
 
-    return to_html(tables, source=source)
+    return to_html(tables, source=source, provenance=provenance)
 
 
 def make_report(*, db: Path | str, out: Path, results: Path | None, config: Path | None,
                 selection: Selection, tables: list[str], fmt: str,
-                compare: tuple[str, str] | None) -> str:
+                compare: tuple[str, str] | None, intervals: bool = False) -> str:
     from ultra.projecting import results_path
 
     path = results_path(out, results)
@@ -96,9 +165,26 @@ def make_report(*, db: Path | str, out: Path, results: Path | None, config: Path
     info = model_info(config)
     conn = open_results(path)
     try:
-        built = tables_for(conn, selection, info, tables, compare)
+        built, provenance = tables_with_provenance(conn, selection, info, tables, compare, path)
     except sqlite3.DatabaseError as exc:
         raise UserError(f"{path}: unreadable ({exc}); `ultra project --rebuild` rebuilds it") from None
     finally:
         conn.close()
-    return render(built, fmt, selection, source=str(path))
+    return render(built, fmt, selection, source=str(path), intervals=intervals,
+                  provenance=provenance)
+
+
+def list_runs(*, db: Path | str, out: Path, results: Path | None) -> list[Any]:
+    """The runs of the log (results.db brought up to date first), in start order."""
+    from ultra.projecting import results_path
+    from ultra.report.provenance import runs_of
+
+    path = results_path(out, results)
+    refresh(db, path)
+    conn = open_results(path)
+    try:
+        return runs_of(conn)
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"{path}: unreadable ({exc}); `ultra project --rebuild` rebuilds it") from None
+    finally:
+        conn.close()

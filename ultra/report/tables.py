@@ -16,7 +16,7 @@ from projections.results_db import CELL_SUMS, legacy_as_cells_sql
 from ultra.errors import UserError
 from ultra.events import ERROR_CATEGORIES
 from ultra.naming import canonical_model, rate_key
-from ultra.report.intervals import two_proportion_p, wilson
+from ultra.report.intervals import Z95, two_proportion_p, wilson
 
 Kind = Literal["text", "count", "rate", "interval", "score", "mean", "tokens", "cost", "delta",
                "p", "number", "figure"]
@@ -43,6 +43,19 @@ class Table(msgspec.Struct):
     columns: list[Column]
     rows: list[list[Any]]
     notes: list[str] = []
+    condition: str = ""  # the condition's label, when the selection holds several
+    # per row: [simulated tests, tests] behind it (empty: the table does not say)
+    simulated: list[list[int]] = []
+    # per row: rate column key -> [successes, tests] behind the rate (a mean of rates has
+    # [tests, tests, low, high]: its interval is given, not derived), so every format can
+    # give each rate its n and 95 % interval
+    counts: list[dict[str, list[Any]]] = []
+
+    def simulated_state(self) -> str:
+        """"all", "none" or "mixed": whether the simulator answered the table's tests."""
+        sim = sum(r[0] for r in self.simulated)
+        n = sum(r[1] for r in self.simulated)
+        return "none" if sim == 0 else "all" if sim == n else "mixed"
 
 
 class Selection(msgspec.Struct, kw_only=True):
@@ -56,6 +69,8 @@ class Selection(msgspec.Struct, kw_only=True):
     run: str | None = None
     exclude_timeouts: bool = False
     include_legacy: bool = False  # legacy sources' tests added into the models' own numbers
+    condition: str | None = None  # only this condition (its id or label: `max_turns=4`)
+    unpaired: bool = False  # --compare without pairing tests (its samples as they are)
 
 
 class ModelInfo(msgspec.Struct, kw_only=True, frozen=True):
@@ -132,12 +147,28 @@ class Source:
             self.models = list(dict.fromkeys(chosen))
         if sel.run is not None:
             self._check_run(sel.run)
+        self.labels = dict(conn.execute("SELECT condition, label FROM conditions"))
+        self.condition: str | None = None
+        if sel.condition is not None:
+            by_label = {label: c for c, label in self.labels.items()}
+            self.condition = sel.condition if sel.condition in self.labels else \
+                by_label.get(sel.condition)
+            if self.condition is None:
+                raise UserError(f"unknown condition {sel.condition!r}: results.db has "
+                                + "; ".join(sorted(self.labels.values())))
         where, params = self._where(sel.run)
         self.where, self.params = where, params
         n = conn.execute(f"SELECT COALESCE(SUM(n), 0) FROM {self.table} WHERE {where}", params).fetchone()[0]
         if n == 0:
             raise UserError("no counted tests match this selection")
         self.timeouts_excluded = 0
+        # the conditions of ultra's own tests in the selection (legacy sources are rows of
+        # their own): (id, label, tests)
+        self.conditions: list[tuple[str, str, int]] = [
+            (c, self.labels.get(c, c), n) for c, n in conn.execute(
+                f"SELECT condition, SUM(n) FROM {self.table} WHERE {where} AND condition NOT LIKE"
+                " 'legacy:%' GROUP BY condition ORDER BY condition = 'default' DESC, condition",
+                params)]
         if sel.exclude_timeouts:
             base, base_params = self._where(sel.run, with_timeouts=True)
             self.timeouts_excluded = conn.execute(
@@ -185,6 +216,10 @@ class Source:
         if run is not None:
             parts.append("run_id = ?")
             params.append(run)
+        if getattr(self, "condition", None) is not None:
+            parts.append("(condition = ? OR condition LIKE 'legacy:%')" if table == "cells"
+                         else "condition = ?")
+            params.append(self.condition)
         if sel.exclude_timeouts and not with_timeouts and table == "cells":
             parts.append("timeout_failure = 0")
         return " AND ".join(parts), params
@@ -215,6 +250,20 @@ class Source:
 
     def check_run(self, run: str) -> None:
         self._check_run(run)
+
+    def simulated_by_model(self, runs: Sequence[str] | None = None) -> dict[str, list[int]]:
+        """model (as the rows name it) -> [simulated tests, tests] under the selection (or
+        the selection in `runs`)."""
+        out: dict[str, list[int]] = {}
+        for run in (runs or [None]):
+            where, params = (self.where, self.params) if run is None else self._where(run)
+            for model, n, sim in self.conn.execute(
+                    f"SELECT model, SUM(n), SUM(simulated * n) FROM {self.table} WHERE {where}"
+                    " GROUP BY model", params):
+                acc = out.setdefault(_unlabelled(model) if runs else model, [0, 0])
+                acc[0] += sim or 0
+                acc[1] += n or 0
+        return out
 
     def notes(self) -> list[str]:
         out = []
@@ -262,6 +311,7 @@ def overview(src: Source) -> Table:
         Column("errored", "errored", "count"),
     ]
     rows = []
+    counts: list[dict[str, list[Any]]] = []
     for model, c in per_model.items():
         rows.append([
             model, c.n,
@@ -273,6 +323,8 @@ def overview(src: Source) -> Table:
             (c.prompt_tokens + c.completion_tokens) / c.n,
             _cost(c, src.info.get(model)), errored.get(model, 0),
         ])
+        counts.append({"success_rate": [c.success, c.n], "full_success_rate": [c.full, c.n],
+                       "partial_rate": [c.partial, c.n], "failure_rate": [c.failure, c.n]})
     notes = ["success = full + partial success; 95 % Wilson intervals; score = mean final score",
              "errored = attempts that could not be taken (rate limits, timeouts, 5xx): in no rate",
              *src.notes()]
@@ -284,7 +336,7 @@ def overview(src: Source) -> Table:
             row.append(c.truncated)
         notes.append("truncated = tests with an answer cut off at the token limit"
                      " (finish_reason length): raise max_tokens")
-    return Table("overview", "Overview: per model", cols, rows, notes)
+    return Table("overview", "Overview: per model", cols, rows, notes, counts=counts)
 
 
 def _order(values: Iterable[str], first: Sequence[str]) -> list[str]:
@@ -299,11 +351,15 @@ def _pivot(src: Source, name: str, title: str, cells: dict[tuple[Any, ...], Coun
     cols += [Column(str(value), f"{str(label).replace('_', ' ')} %", "rate")
              for value, label in zip(values, labels)]
     rows = []
+    counts: list[dict[str, list[Any]]] = []
     for model in models:
         rates = [cells[(model, v)].success_rate if (model, v) in cells else None for v in values]
         n = sum(c.n for (m, _), c in cells.items() if m == model)
         rows.append([model, n, *rates])
-    return Table(name, title, cols, rows, ["cells: success rate (full + partial)", *src.notes()])
+        counts.append({str(v): [cells[(model, v)].success, cells[(model, v)].n]
+                       for v in values if (model, v) in cells})
+    return Table(name, title, cols, rows, ["cells: success rate (full + partial)", *src.notes()],
+                 counts=counts)
 
 
 def prompt_types(src: Source) -> Table:
@@ -325,10 +381,18 @@ def flaws(src: Source) -> Table:
     t = _pivot(src, "flaws", "Adaptation to flawed workflows", cells, values,
                [v.removeprefix(FLAWED) for v in values])
     t.columns.append(Column("adaptability", "adaptability %", "rate"))
-    for row in t.rows:
+    for row, cnt in zip(t.rows, t.counts):
         rates = [r for r in row[2:] if r is not None]
         row.append(sum(rates) / len(rates) if rates else None)
-    t.notes.insert(1, "adaptability: the mean success rate over the flaw types a model took")
+        if rates:  # a mean of independent rates: its normal-approximation interval
+            m = len(rates)
+            var = sum(k / n * (1 - k / n) / n for k, n in cnt.values()) / (m * m)
+            mean = sum(rates) / m
+            half = Z95 * var ** 0.5
+            n_all = sum(n for _, n in cnt.values())
+            cnt["adaptability"] = [n_all, n_all, max(0.0, mean - half), min(1.0, mean + half)]
+    t.notes.insert(1, "adaptability: the mean success rate over the flaw types a model took"
+                      " (its interval: normal approximation of a mean of rates)")
     return t
 
 
@@ -370,10 +434,12 @@ def scale(src: Source) -> Table:
             Column("success_rate", "success %", "rate"), Column("success_ci", "95% CI", "interval"),
             Column("avg_final_score", "score", "score")]
     rows = []
+    counts: list[dict[str, list[Any]]] = []
     for family, params, model in sorted(sized, key=lambda x: (x[0], x[1], x[2])):
         c = per_model[model]
         rows.append([family, model, params, c.n, c.success / c.n, list(wilson(c.success, c.n)),
                      c.final_score / c.n])
+        counts.append({"success_rate": [c.success, c.n]})
     if not rows:
         raise UserError("no model of this selection has `family` and `params_b` in the config "
                         "(see --config presets)")
@@ -381,7 +447,7 @@ def scale(src: Source) -> Table:
     notes = ["models of a family ordered by size (config: family, params_b)", *src.notes()]
     if unsized:
         notes.append(f"not shown (no family or size in the config): {', '.join(unsized)}")
-    return Table("scale", "Scale within a model family", cols, rows, notes)
+    return Table("scale", "Scale within a model family", cols, rows, notes, counts=counts)
 
 
 def errors(src: Source) -> Table:
@@ -390,12 +456,14 @@ def errors(src: Source) -> Table:
             Column("errors", "errors", "count")]
     cols += [Column(c, c.replace("_", " ") + " %", "rate") for c in ERROR_CATEGORIES]
     rows = []
+    counts: list[dict[str, list[Any]]] = []
     for model, c in per_model.items():
         total = sum(c.errors)
         rows.append([model, c.n, total, *[(e / total if total else None) for e in c.errors]])
+        counts.append({cat: [e, total] for cat, e in zip(ERROR_CATEGORIES, c.errors) if total})
     return Table("errors", "Error categories", cols, rows,
                  ["errors: tests that were not a full success; categories as shares of them",
-                  *src.notes()])
+                  *src.notes()], counts=counts)
 
 
 def compare(src: Source, run_a: str, run_b: str) -> Table:
@@ -427,6 +495,77 @@ def compare(src: Source, run_a: str, run_b: str) -> Table:
                   *src.notes()])
 
 
+COMPARE_DIMS = {"overview": (), "scale": (), "errors": (), "prompt-types": ("prompt_type",),
+                "flaws": ("prompt_type",), "tool-reliability": ("tool_success_rate",),
+                "difficulty": ("difficulty",), "task-types": ("task_type",)}
+_PAIR = ("model", "prompt_type", "tool_success_rate", "difficulty", "task_type", "task_id")
+
+
+def compare_paired(src: Source, run_a: str, run_b: str, table: str = "overview") -> Table:
+    """B against A on the tests both took, paired by test (model, cell, task: the test key
+    without its condition inputs), per model and the TABLE's dimension: paired n, the
+    difference with a 95 % interval, and the exact McNemar test."""
+    from ultra.report.intervals import mcnemar_exact_p, paired_difference_ci
+
+    src.check_run(run_a)
+    src.check_run(run_b)
+    where, params = src._where(None, table="tests")
+    outcome: dict[str, dict[tuple, int]] = {run_a: {}, run_b: {}}
+    for row in src.conn.execute(
+            f"SELECT run_id, {', '.join(_PAIR)}, success FROM tests WHERE {where}"
+            " AND run_id IN (?, ?)", [*params, run_a, run_b]):
+        outcome[row[0]][tuple(row[1:-1])] = row[-1]
+    a, b = outcome[run_a], outcome[run_b]
+    common = a.keys() & b.keys()
+    if not common:
+        raise UserError(f"runs {run_a} and {run_b} share no tests (--unpaired compares their"
+                        " samples without pairing)")
+    dims = COMPARE_DIMS.get(table, ())
+    at = [_PAIR.index(d) for d in dims]
+    groups: dict[tuple, list[int]] = {}
+    for key in sorted(common, key=str):
+        if table == "flaws" and not key[1].startswith(FLAWED):
+            continue
+        if table == "prompt-types" and key[1].startswith(FLAWED):
+            continue
+        # n, A's successes, B's, passed by A only, by B only
+        g = groups.setdefault((key[0], *(key[i] for i in at)), [0, 0, 0, 0, 0])
+        g[0] += 1
+        g[1] += a[key]
+        g[2] += b[key]
+        g[3] += int(a[key] and not b[key])
+        g[4] += int(b[key] and not a[key])
+    interrupted = [r for r, fin, stop in src.conn.execute(
+        "SELECT run_id, finished_at, interrupted FROM runs WHERE run_id IN (?, ?)", (run_a, run_b))
+        if fin is None or stop]
+    cols = [Column("model", "model", "text"),
+            *(Column(d, d.replace("_", " "), "text") for d in dims),
+            Column("paired", "paired n", "count"), Column("success_a", "success A %", "rate"),
+            Column("success_b", "success B %", "rate"), Column("delta", "B - A", "delta"),
+            Column("delta_ci", "95% CI", "interval"),
+            Column("only_a", "A only", "count"), Column("only_b", "B only", "count"),
+            Column("p_value", "McNemar p", "p"), Column("flags", "flags", "text")]
+    rows, counts = [], []
+    for key, g in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        n, ka, kb, only_a, only_b = g
+        lo, hi = paired_difference_ci(only_a, only_b, n)
+        flags = [*(["n < 30"] if n < 30 else []), *(["interrupted run"] if interrupted else [])]
+        rows.append([*(rate_key(v) if isinstance(v, float) else v for v in key), n, ka / n,
+                     kb / n, (only_b - only_a) / n, [lo, hi], only_a, only_b,
+                     mcnemar_exact_p(only_a, only_b), "; ".join(flags)])
+        counts.append({"success_a": [ka, n], "success_b": [kb, n]})
+    left_a, left_b = len(a.keys() - common), len(b.keys() - common)
+    notes = [f"paired by test (model, cell, task): {len(common)} tests both runs took;"
+             f" left out: {left_a} only run A took, {left_b} only run B took",
+             "B - A: paired difference of success rates, 95 % Wald interval of matched pairs;"
+             " McNemar p: exact two-sided test on the discordant pairs (A only, B only)",
+             *([f"interrupted: run {', '.join(interrupted)} did not finish its plan"]
+               if interrupted else []),
+             *src.notes()]
+    return Table("compare", f"Run {run_b} (B) against run {run_a} (A), paired"
+                 + (f": {table}" if dims else ""), cols, rows, notes, counts=counts)
+
+
 def _unlabelled(model: str) -> str:
     """A model's name without the `[legacy:<source>]` label of a legacy condition."""
     i = model.find(" [legacy:")
@@ -444,14 +583,29 @@ BUILDERS = {
 }
 
 
+def mark_simulated(t: Table, by_model: dict[str, list[int]]) -> Table:
+    """Set each row's [simulated tests, tests] from its model, and say when the table mixes
+    simulated and real tests."""
+    keys = [c.key for c in t.columns]
+    if "model" not in keys:
+        return t
+    j = keys.index("model")
+    t.simulated = [list(by_model.get(row[j], [0, 0])) for row in t.rows]
+    if t.simulated_state() == "mixed":
+        t.notes.append("this table mixes simulated and real tests: rows marked simulated were"
+                       " answered by the simulator, not by a model")
+    return t
+
+
 def build(src: Source, names: Sequence[str]) -> list[Table]:
     """The named tables; with several, those the selection has no data for are skipped."""
+    sim = src.simulated_by_model()
     if len(names) == 1:
-        return [BUILDERS[names[0]](src)]
+        return [mark_simulated(BUILDERS[names[0]](src), sim)]
     out = []
     for name in names:
         try:
-            out.append(BUILDERS[name](src))
+            out.append(mark_simulated(BUILDERS[name](src), sim))
         except UserError:
             continue
     return out
