@@ -103,7 +103,7 @@ def demo_run(tmp_path_factory) -> Path:
 
 
 def test_the_demo_run_is_marked_simulated_in_every_format(demo_run):
-    for fmt in ("table", "markdown", "csv", "json", "html"):
+    for fmt in ("table", "markdown", "csv", "json", "html", "latex"):
         text = ultra("report", "all", "--format", fmt, cwd=demo_run).stdout
         assert "simulated" in text.lower(), fmt
     doc = json.loads(ultra("report", "all", "--format", "json", cwd=demo_run).stdout)
@@ -230,7 +230,7 @@ def test_every_format_says_what_it_was_made_from(demo_run):
     last = ultra("events", cwd=demo_run).stdout.splitlines()[-1]
     assert p["generated_at"] == json.loads(last)["recorded_at"]  # the events' time
     assert p["selection"]["models"] is None
-    for fmt in ("table", "markdown", "csv", "html"):
+    for fmt in ("table", "markdown", "csv", "html", "latex"):
         text = ultra("report", "--format", fmt, cwd=demo_run).stdout
         for fact in (run["run_id"], p["chain_head"], p["ultra_version"], p["generated_at"],
                      "simulated", "selection"):
@@ -376,3 +376,72 @@ def test_compare_on_disjoint_runs_exits_2_unless_unpaired(tmp_path):
     [row] = doc["tables"][0]["rows"]
     assert row["paired"] == 10 and "n < 30" in row["flags"]
     assert "no end recorded" not in row["flags"]  # no run events at all: nothing to say
+
+
+# ---- 7. paper-ready output ---------------------------------------------------------------------
+
+LATEX_NAME = "a&b%c$d#e_f{g}h~i^j\\k<l>"
+
+
+def latex_structure(text: str) -> list[list[str]]:
+    """Checks LaTeX as a compiler would see its structure (environments balanced, braces
+    balanced on every line, no special character left bare, rows as wide as the column
+    spec) and gives each tabular's lines between \\toprule and \\bottomrule."""
+    import re
+
+    stack: list[str] = []
+    tabulars: list[list[str]] = []
+    width = 0
+    for line in text.splitlines():
+        if line.startswith("%") or not line:
+            continue
+        bare = re.sub(r"\\[\\&%$#_{}]|\\[A-Za-z]+", "", line.replace("\\\\", ""))
+        assert not re.search(r"[&%$#_~^]", bare.replace("&", "") if line.endswith("\\\\")
+                             else bare), line  # only a row's column separators
+        depth = 0
+        for ch in re.sub(r"\\[{}]", "", line):
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            assert depth >= 0, line
+        assert depth == 0, line
+        for kind, env in re.findall(r"\\(begin|end)\{(\w+)\}", line):
+            if kind == "begin":
+                stack.append(env)
+            else:
+                assert stack and stack.pop() == env, line
+        if m := re.match(r"\\begin\{tabular\}\{([lr]+)\}$", line):
+            width = len(m.group(1))
+            tabulars.append([])
+        elif stack and stack[-1] == "tabular":
+            tabulars[-1].append(line)
+            if line.endswith("\\\\"):
+                assert len(re.findall(r"(?<!\\)&", line)) == width - 1, line
+    assert stack == []
+    return tabulars
+
+
+def test_latex_output_is_booktabs_tables_that_compile_in_structure(tmp_path, demo_run):
+    events: list[ev.Event] = []
+    for i, name in enumerate([*NASTY, LATEX_NAME]):
+        events += completions(f"n{i}-", name, 3, start=10 * i + 1)
+    db, out = log_with(tmp_path / "events.db", events), tmp_path / "master_database.json"
+    doc, _ = json_report(db, out, "all")
+    text = ultra("report", "all", "--db", str(db), "--out", str(out), "--format", "latex").stdout
+    tabulars = latex_structure(text)
+    assert len(tabulars) == text.count("\\begin{table}") == len(doc["tables"])
+    for lines, t in zip(tabulars, doc["tables"]):
+        assert lines[0] == "\\toprule" and lines[2] == "\\midrule" and lines[-1] == "\\bottomrule"
+        assert len(lines) == 4 + len(t["rows"]), t["name"]
+    assert ("a\\&b\\%c\\$d\\#e\\_f\\{g\\}h\\textasciitilde{}i\\textasciicircum{}"
+            "j\\textbackslash{}k\\textless{}l\\textgreater{}") in text
+    assert "a\\textbar{}b*c\\_d" in text and "\\textless{}script\\textgreater{}" in text
+    # every rate carries its interval as [lo, hi]; provenance as comments
+    demo = ultra("report", "--format", "latex", cwd=demo_run).stdout
+    latex_structure(demo)
+    [good] = [ln for ln in demo.splitlines() if ln.startswith("sim-good &")]
+    row = json.loads(ultra("report", "--format", "json", cwd=demo_run).stdout)["tables"][0]
+    lo, hi = next(r for r in row["rows"] if r["model"] == "sim-good")["success_ci"]
+    assert f"{{[{100 * lo:.1f}, {100 * hi:.1f}]}}" in good
+    assert "% Made from" in demo and "SIMULATED" in demo
+    assert all(ln.startswith("%   ") for ln in demo.split("% Made from\n")[1].splitlines() if ln)
+    bad = ultra("report", "--format", "tex", cwd=demo_run, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "latex" in bad.stderr

@@ -346,7 +346,7 @@ def repair_retract(
 # ---- reports ----------------------------------------------------------------------------
 
 # REPORT-COMMANDS-BEGIN
-REPORT_FORMATS = ("table", "markdown", "csv", "json", "html")
+REPORT_FORMATS = ("table", "markdown", "csv", "json", "html", "latex")
 
 
 @app.command("report")
@@ -375,7 +375,7 @@ def report_command(
     include_legacy: Annotated[bool, typer.Option(
         "--include-legacy", help="Add the legacy sources' tests into the models' own numbers"
                                  " (default: each source is a condition of its own).")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json | html")] = "table",
+    fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json | html | latex")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", help="Write here instead of stdout.")] = None,
     examples: Annotated[Optional[int], typer.Option(
         "--examples", help="With `errors`: N test keys per error category (and errored"

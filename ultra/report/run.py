@@ -148,6 +148,8 @@ def render(tables: list[Table], fmt: str, sel: Selection, *, source: str,
         return formats.to_markdown(tables, intervals=intervals, provenance=provenance)
     if fmt == "csv":
         return formats.to_csv(tables, provenance=provenance)
+    if fmt == "latex":
+        return formats.to_latex(tables, provenance=provenance)
     if fmt == "json":
         return formats.to_json(tables, sel, provenance=provenance)
     from ultra.report.page import to_html
