@@ -103,9 +103,11 @@ def demo_run(tmp_path_factory) -> Path:
 
 
 def test_the_demo_run_is_marked_simulated_in_every_format(demo_run):
-    for fmt in ("table", "markdown", "csv", "json", "html", "latex"):
+    for fmt in ("table", "markdown", "json", "html", "latex"):
         text = ultra("report", "all", "--format", fmt, cwd=demo_run).stdout
         assert "simulated" in text.lower(), fmt
+    text = ultra("report", "overview", "--format", "csv", cwd=demo_run).stdout
+    assert "simulated" in text.lower()
     doc = json.loads(ultra("report", "all", "--format", "json", cwd=demo_run).stdout)
     for t in doc["tables"]:
         assert t["simulated"]["state"] == "all" and t["simulated"]["tests"] > 0, t["name"]
@@ -445,3 +447,46 @@ def test_latex_output_is_booktabs_tables_that_compile_in_structure(tmp_path, dem
     assert all(ln.startswith("%   ") for ln in demo.split("% Made from\n")[1].splitlines() if ln)
     bad = ultra("report", "--format", "tex", cwd=demo_run, check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "latex" in bad.stderr
+
+
+def test_csv_gives_one_table_per_call_or_a_directory_of_files_with_all(demo_run, tmp_path):
+    import csv
+    import io
+
+    one = ultra("report", "difficulty", "--format", "csv", cwd=demo_run).stdout
+    table, provenance = one.split("\n\n# provenance\n")
+    assert "#" not in table  # one plain table, then what it was made from
+    [header, *rows] = list(csv.reader(io.StringIO(table)))
+    assert header[:2] == ["model", "tests"] and len(rows) == 4
+    bad = ultra("report", "all", "--format", "csv", cwd=demo_run, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--output DIR" in bad.stderr
+    out = tmp_path / "tables"
+    p = ultra("report", "all", "--format", "csv", "--output", str(out), cwd=demo_run)
+    doc = json.loads(ultra("report", "all", "--format", "json", cwd=demo_run).stdout)
+    names = sorted(f"{t['name']}.csv" for t in doc["tables"])
+    assert sorted(f.name for f in out.iterdir()) == sorted([*names, "provenance.csv"])
+    assert p.stdout.count("wrote ") == len(names) + 1
+    for t in doc["tables"]:
+        text = (out / f"{t['name']}.csv").read_text()
+        assert "#" not in text and text == ultra(
+            "report", t["name"], "--format", "csv", cwd=demo_run).stdout.split("\n\n# provenance")[0] + "\n"
+        [head, *body] = list(csv.reader(io.StringIO(text)))
+        assert head[0] in ("model", "family") and len(body) == len(t["rows"])
+    facts = dict(csv.reader(io.StringIO((out / "provenance.csv").read_text())))
+    assert facts["chain_head"] == doc["provenance"]["chain_head"]
+    # a directory given for one table gets its file; a file given for several is refused
+    one_dir = tmp_path / "one"
+    one_dir.mkdir()
+    ultra("report", "errors", "--format", "csv", "--output", str(one_dir), cwd=demo_run)
+    assert (one_dir / "errors.csv").is_file()
+    bad = ultra("report", "all", "--format", "csv", "--output", str(one_dir / "errors.csv"),
+                cwd=demo_run, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a directory" in bad.stderr
+
+
+def test_csv_of_two_conditions_is_a_file_for_each(two_conditions, tmp_path):
+    bad = ultra("report", "--format", "csv", cwd=two_conditions, check=False)
+    assert bad.returncode == 2 and "--condition" in bad.stderr
+    ultra("report", "--format", "csv", "--output", str(tmp_path), cwd=two_conditions)
+    assert sorted(f.name for f in tmp_path.iterdir()) == [
+        "overview-default.csv", "overview-max_turns=4.csv", "provenance.csv"]

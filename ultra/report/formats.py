@@ -283,6 +283,30 @@ def to_csv(tables: list[Table], provenance: Any = None) -> str:
     return out.getvalue()
 
 
+def csv_file_name(t: Table) -> str:
+    """The file a table goes to in a directory of CSV files: its name, and its condition's
+    label when the selection holds several (`overview-max_turns=4.csv`)."""
+    raw = t.name + (f"-{t.condition}" if t.condition else "")
+    return "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._=-") else "-"
+                   for ch in raw) + ".csv"
+
+
+def csv_files(tables: list[Table], provenance: Any = None) -> list[tuple[str, str]]:
+    """(file name, CSV) for each table, each file one plain table (no comment lines), and
+    `provenance.csv` (key, value) for what they were made from."""
+    out = [(csv_file_name(t), to_csv([t])) for t in tables]
+    if provenance is not None:
+        from ultra.report.provenance import rows
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["key", "value"])
+        for key, value in rows(provenance):
+            w.writerow([csv_safe(key), csv_safe(value)])
+        out.append(("provenance.csv", buf.getvalue()))
+    return out
+
+
 def _row_info(t: Table, i: int) -> dict[str, Any]:
     """What stands behind row `i`: its tests, how many were simulated, and every rate's
     n, successes and 95 % interval."""
