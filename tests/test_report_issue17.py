@@ -490,3 +490,43 @@ def test_csv_of_two_conditions_is_a_file_for_each(two_conditions, tmp_path):
     ultra("report", "--format", "csv", "--output", str(tmp_path), cwd=two_conditions)
     assert sorted(f.name for f in tmp_path.iterdir()) == [
         "overview-default.csv", "overview-max_turns=4.csv", "provenance.csv"]
+
+
+LONG_NAMES = ["qwen2.5-72b-instruct-on-the-eastus2-deployment-key1",
+              "DeepSeek-V3-0324-served-by-the-gateway-key2", "gpt-4o-mini"]
+
+
+def header_words(text: str, titles: set[str]) -> list[str]:
+    """The words of every header line (the lines above each table's rule)."""
+    lines = text.splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if line.startswith("─"):
+            j = i - 1  # up to the blank line, the title or the simulated mark above
+            while j >= 0 and lines[j] and lines[j] not in titles and lines[j] != "model" \
+                    and not lines[j].startswith("SIMULATED"):
+                out += lines[j].split()
+                j -= 1
+    return out
+
+
+@pytest.mark.parametrize("columns", [200, 80])
+def test_terminal_tables_use_the_width_keep_whole_names_and_whole_header_words(tmp_path, columns):
+    events: list[ev.Event] = []
+    for i, name in enumerate(LONG_NAMES):
+        events += completions(f"l{i}-", name, 40, start=50 * i + 1, ok=30 - i)
+    db, out = log_with(tmp_path / "events.db", events), tmp_path / "master_database.json"
+    text = ultra("report", "all", "--db", str(db), "--out", str(out), columns=columns).stdout
+    doc, _ = json_report(db, out, "all")
+    assert max(len(line) for line in text.splitlines()) <= columns
+    for name in LONG_NAMES:  # whole, at the start of a row, in every table
+        assert sum(ln.startswith(name + " ") for ln in text.splitlines()) >= len(doc["tables"])
+    assert "…" not in text
+    words = {w for t in doc["tables"] for c in t["columns"] for w in c["title"].split()}
+    heads = header_words(text, {t["title"] for t in doc["tables"]})
+    assert heads and set(heads) <= words, set(heads) - words
+    rules = [ln for ln in text.splitlines() if ln.startswith("─")]
+    if columns == 200:  # each table in one block, as wide as it needs
+        assert len(rules) == len(doc["tables"]) and max(map(len, rules)) > 80
+    else:  # a wide table continues below, its names repeated
+        assert len(rules) > len(doc["tables"])

@@ -143,7 +143,8 @@ def _condition_tables(src: Source, names: list[str], compare: tuple[str, str] | 
 def render(tables: list[Table], fmt: str, sel: Selection, *, source: str,
            intervals: bool = False, provenance=None) -> str:
     if fmt == "table":
-        return formats.to_terminal(tables, intervals=intervals, provenance=provenance)
+        return formats.to_terminal(tables, formats.terminal_width(), intervals=intervals,
+                                   provenance=provenance, whole_names=True)
     if fmt == "markdown":
         return formats.to_markdown(tables, intervals=intervals, provenance=provenance)
     if fmt == "csv":
