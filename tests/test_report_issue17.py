@@ -530,3 +530,19 @@ def test_terminal_tables_use_the_width_keep_whole_names_and_whole_header_words(t
         assert len(rules) == len(doc["tables"]) and max(map(len, rules)) > 80
     else:  # a wide table continues below, its names repeated
         assert len(rules) > len(doc["tables"])
+
+
+def test_the_page_draws_no_line_chart_over_a_single_tool_success_rate(demo_run):
+    from ultra.report.page import charts
+    from ultra.report.tables import Column, Table
+
+    page = ultra("report", "--format", "html", cwd=demo_run).stdout  # the demo: rate 0.8 only
+    assert 'id="chart-success-by-model"' in page and 'id="chart-error-categories"' in page
+    assert "chart-success-over-tool-reliability" not in page and '"mode":"lines' not in page
+    cols = [Column("model", "model", "text"), Column("tests", "tests", "count")]
+    one = Table("tool-reliability", "t", [*cols, Column("0.8", "0.8 %", "rate")], [["m", 3, 0.5]])
+    two = Table("tool-reliability", "t", [*cols, Column("0.8", "0.8 %", "rate"),
+                                          Column("1.0", "1.0 %", "rate")], [["m", 3, 0.5, 0.7]])
+    assert [n for n, _ in charts({"tool-reliability": one})] == []
+    [(name, fig)] = charts({"tool-reliability": two})
+    assert name == "success-over-tool-reliability" and fig.data[0].mode == "lines+markers"
