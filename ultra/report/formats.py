@@ -194,7 +194,8 @@ def _layout(cols: list[Column], cells: list[list[str]], width: int,
     if not whole_names or not rest:
         return [(every, shrink(text, [j for j in every if j not in text]))]
     widest = max(need[j] for j in rest)
-    widths = need if span(keys, need) + 1 + widest <= width else shrink(keys, [max(rest, key=need.__getitem__)])
+    widths = need if span(keys, need) + 1 + widest <= width \
+        else shrink(keys, [max(rest, key=need.__getitem__)])
     blocks: list[tuple[list[int], list[int]]] = []
     block: list[int] = []
     for j in rest:
