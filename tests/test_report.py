@@ -123,8 +123,8 @@ def demo(tmp_path_factory) -> dict[str, Any]:
     return {"tmp": tmp, "events": events}
 
 
-def ultra(tmp: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+def ultra(tmp: Path, *args: str, check: bool = True, columns: int = 200) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": str(columns)}
     common = ["--db", str(tmp / "events.db")]
     if args[0] in ("project", "report"):
         common += ["--out", str(tmp / "master_database.json")]
@@ -316,12 +316,14 @@ def test_compare_two_runs_with_a_two_proportion_test(demo):
 
 
 def test_terminal_tables_fit_80_columns_and_show_the_same_numbers(demo):
-    text = ultra(demo["tmp"], "report", "all").stdout
-    assert max(len(line) for line in text.splitlines()) <= 80
+    narrow = ultra(demo["tmp"], "report", "all", columns=80).stdout
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    text = ultra(demo["tmp"], "report", "all").stdout  # 200 columns: one block a table
     for title in ("Overview", "prompt type", "flawed", "tool reliability", "difficulty", "task type",
                   "Scale", "Error categories"):
-        assert title in text
+        assert title in text and title in narrow
     [table] = report(demo, "overview")
+    assert all(f"\n{row['model']} " in narrow for row in table["rows"])  # whole names
     overview = text.split("\n\n")[0]
     for row in table["rows"]:
         line = next(ln for ln in overview.splitlines() if ln.split()[0] == row["model"]).split()

@@ -103,9 +103,11 @@ def demo_run(tmp_path_factory) -> Path:
 
 
 def test_the_demo_run_is_marked_simulated_in_every_format(demo_run):
-    for fmt in ("table", "markdown", "csv", "json", "html"):
+    for fmt in ("table", "markdown", "json", "html", "latex"):
         text = ultra("report", "all", "--format", fmt, cwd=demo_run).stdout
         assert "simulated" in text.lower(), fmt
+    text = ultra("report", "overview", "--format", "csv", cwd=demo_run).stdout
+    assert "simulated" in text.lower()
     doc = json.loads(ultra("report", "all", "--format", "json", cwd=demo_run).stdout)
     for t in doc["tables"]:
         assert t["simulated"]["state"] == "all" and t["simulated"]["tests"] > 0, t["name"]
@@ -230,7 +232,7 @@ def test_every_format_says_what_it_was_made_from(demo_run):
     last = ultra("events", cwd=demo_run).stdout.splitlines()[-1]
     assert p["generated_at"] == json.loads(last)["recorded_at"]  # the events' time
     assert p["selection"]["models"] is None
-    for fmt in ("table", "markdown", "csv", "html"):
+    for fmt in ("table", "markdown", "csv", "html", "latex"):
         text = ultra("report", "--format", fmt, cwd=demo_run).stdout
         for fact in (run["run_id"], p["chain_head"], p["ultra_version"], p["generated_at"],
                      "simulated", "selection"):
@@ -376,3 +378,171 @@ def test_compare_on_disjoint_runs_exits_2_unless_unpaired(tmp_path):
     [row] = doc["tables"][0]["rows"]
     assert row["paired"] == 10 and "n < 30" in row["flags"]
     assert "no end recorded" not in row["flags"]  # no run events at all: nothing to say
+
+
+# ---- 7. paper-ready output ---------------------------------------------------------------------
+
+LATEX_NAME = "a&b%c$d#e_f{g}h~i^j\\k<l>"
+
+
+def latex_structure(text: str) -> list[list[str]]:
+    """Checks LaTeX as a compiler would see its structure (environments balanced, braces
+    balanced on every line, no special character left bare, rows as wide as the column
+    spec) and gives each tabular's lines between \\toprule and \\bottomrule."""
+    import re
+
+    stack: list[str] = []
+    tabulars: list[list[str]] = []
+    width = 0
+    for line in text.splitlines():
+        if line.startswith("%") or not line:
+            continue
+        bare = re.sub(r"\\[\\&%$#_{}]|\\[A-Za-z]+", "", line.replace("\\\\", ""))
+        assert not re.search(r"[&%$#_~^]", bare.replace("&", "") if line.endswith("\\\\")
+                             else bare), line  # only a row's column separators
+        depth = 0
+        for ch in re.sub(r"\\[{}]", "", line):
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            assert depth >= 0, line
+        assert depth == 0, line
+        for kind, env in re.findall(r"\\(begin|end)\{(\w+)\}", line):
+            if kind == "begin":
+                stack.append(env)
+            else:
+                assert stack and stack.pop() == env, line
+        if m := re.match(r"\\begin\{tabular\}\{([lr]+)\}$", line):
+            width = len(m.group(1))
+            tabulars.append([])
+        elif stack and stack[-1] == "tabular":
+            tabulars[-1].append(line)
+            if line.endswith("\\\\"):
+                assert len(re.findall(r"(?<!\\)&", line)) == width - 1, line
+    assert stack == []
+    return tabulars
+
+
+def test_latex_output_is_booktabs_tables_that_compile_in_structure(tmp_path, demo_run):
+    events: list[ev.Event] = []
+    for i, name in enumerate([*NASTY, LATEX_NAME]):
+        events += completions(f"n{i}-", name, 3, start=10 * i + 1)
+    db, out = log_with(tmp_path / "events.db", events), tmp_path / "master_database.json"
+    doc, _ = json_report(db, out, "all")
+    text = ultra("report", "all", "--db", str(db), "--out", str(out), "--format", "latex").stdout
+    tabulars = latex_structure(text)
+    assert len(tabulars) == text.count("\\begin{table}") == len(doc["tables"])
+    for lines, t in zip(tabulars, doc["tables"]):
+        assert lines[0] == "\\toprule" and lines[2] == "\\midrule" and lines[-1] == "\\bottomrule"
+        assert len(lines) == 4 + len(t["rows"]), t["name"]
+    assert ("a\\&b\\%c\\$d\\#e\\_f\\{g\\}h\\textasciitilde{}i\\textasciicircum{}"
+            "j\\textbackslash{}k\\textless{}l\\textgreater{}") in text
+    assert "a\\textbar{}b*c\\_d" in text and "\\textless{}script\\textgreater{}" in text
+    # every rate carries its interval as [lo, hi]; provenance as comments
+    demo = ultra("report", "--format", "latex", cwd=demo_run).stdout
+    latex_structure(demo)
+    [good] = [ln for ln in demo.splitlines() if ln.startswith("sim-good &")]
+    row = json.loads(ultra("report", "--format", "json", cwd=demo_run).stdout)["tables"][0]
+    lo, hi = next(r for r in row["rows"] if r["model"] == "sim-good")["success_ci"]
+    assert f"{{[{100 * lo:.1f}, {100 * hi:.1f}]}}" in good
+    assert "% Made from" in demo and "SIMULATED" in demo
+    assert all(ln.startswith("%   ") for ln in demo.split("% Made from\n")[1].splitlines() if ln)
+    bad = ultra("report", "--format", "tex", cwd=demo_run, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "latex" in bad.stderr
+
+
+def test_csv_gives_one_table_per_call_or_a_directory_of_files_with_all(demo_run, tmp_path):
+    import csv
+    import io
+
+    one = ultra("report", "difficulty", "--format", "csv", cwd=demo_run).stdout
+    table, provenance = one.split("\n\n# provenance\n")
+    assert "#" not in table  # one plain table, then what it was made from
+    [header, *rows] = list(csv.reader(io.StringIO(table)))
+    assert header[:2] == ["model", "tests"] and len(rows) == 4
+    bad = ultra("report", "all", "--format", "csv", cwd=demo_run, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--output DIR" in bad.stderr
+    out = tmp_path / "tables"
+    p = ultra("report", "all", "--format", "csv", "--output", str(out), cwd=demo_run)
+    doc = json.loads(ultra("report", "all", "--format", "json", cwd=demo_run).stdout)
+    names = sorted(f"{t['name']}.csv" for t in doc["tables"])
+    assert sorted(f.name for f in out.iterdir()) == sorted([*names, "provenance.csv"])
+    assert p.stdout.count("wrote ") == len(names) + 1
+    for t in doc["tables"]:
+        text = (out / f"{t['name']}.csv").read_text()
+        assert "#" not in text and text == ultra(
+            "report", t["name"], "--format", "csv", cwd=demo_run).stdout.split("\n\n# provenance")[0] + "\n"
+        [head, *body] = list(csv.reader(io.StringIO(text)))
+        assert head[0] in ("model", "family") and len(body) == len(t["rows"])
+    facts = dict(csv.reader(io.StringIO((out / "provenance.csv").read_text())))
+    assert facts["chain_head"] == doc["provenance"]["chain_head"]
+    # a directory given for one table gets its file; a file given for several is refused
+    one_dir = tmp_path / "one"
+    one_dir.mkdir()
+    ultra("report", "errors", "--format", "csv", "--output", str(one_dir), cwd=demo_run)
+    assert (one_dir / "errors.csv").is_file()
+    bad = ultra("report", "all", "--format", "csv", "--output", str(one_dir / "errors.csv"),
+                cwd=demo_run, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a directory" in bad.stderr
+
+
+def test_csv_of_two_conditions_is_a_file_for_each(two_conditions, tmp_path):
+    bad = ultra("report", "--format", "csv", cwd=two_conditions, check=False)
+    assert bad.returncode == 2 and "--condition" in bad.stderr
+    ultra("report", "--format", "csv", "--output", str(tmp_path), cwd=two_conditions)
+    assert sorted(f.name for f in tmp_path.iterdir()) == [
+        "overview-default.csv", "overview-max_turns=4.csv", "provenance.csv"]
+
+
+LONG_NAMES = ["qwen2.5-72b-instruct-on-the-eastus2-deployment-key1",
+              "DeepSeek-V3-0324-served-by-the-gateway-key2", "gpt-4o-mini"]
+
+
+def header_words(text: str, titles: set[str]) -> list[str]:
+    """The words of every header line (the lines above each table's rule)."""
+    lines = text.splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if line.startswith("─"):
+            j = i - 1  # up to the blank line, the title or the simulated mark above
+            while j >= 0 and lines[j] and lines[j] not in titles and lines[j] != "model" \
+                    and not lines[j].startswith("SIMULATED"):
+                out += lines[j].split()
+                j -= 1
+    return out
+
+
+@pytest.mark.parametrize("columns", [200, 80])
+def test_terminal_tables_use_the_width_keep_whole_names_and_whole_header_words(tmp_path, columns):
+    events: list[ev.Event] = []
+    for i, name in enumerate(LONG_NAMES):
+        events += completions(f"l{i}-", name, 40, start=50 * i + 1, ok=30 - i)
+    db, out = log_with(tmp_path / "events.db", events), tmp_path / "master_database.json"
+    text = ultra("report", "all", "--db", str(db), "--out", str(out), columns=columns).stdout
+    doc, _ = json_report(db, out, "all")
+    assert max(len(line) for line in text.splitlines()) <= columns
+    for name in LONG_NAMES:  # whole, at the start of a row, in every table
+        assert sum(ln.startswith(name + " ") for ln in text.splitlines()) >= len(doc["tables"])
+    assert "…" not in text
+    words = {w for t in doc["tables"] for c in t["columns"] for w in c["title"].split()}
+    heads = header_words(text, {t["title"] for t in doc["tables"]})
+    assert heads and set(heads) <= words, set(heads) - words
+    rules = [ln for ln in text.splitlines() if ln.startswith("─")]
+    if columns == 200:  # each table in one block, as wide as it needs
+        assert len(rules) == len(doc["tables"]) and max(map(len, rules)) > 80
+    else:  # a wide table continues below, its names repeated
+        assert len(rules) > len(doc["tables"])
+
+
+def test_the_page_draws_no_line_chart_over_a_single_tool_success_rate(demo_run):
+    from ultra.report.page import charts
+    from ultra.report.tables import Column, Table
+
+    page = ultra("report", "--format", "html", cwd=demo_run).stdout  # the demo: rate 0.8 only
+    assert 'id="chart-success-by-model"' in page and 'id="chart-error-categories"' in page
+    assert "chart-success-over-tool-reliability" not in page and '"mode":"lines' not in page
+    cols = [Column("model", "model", "text"), Column("tests", "tests", "count")]
+    one = Table("tool-reliability", "t", [*cols, Column("0.8", "0.8 %", "rate")], [["m", 3, 0.5]])
+    two = Table("tool-reliability", "t", [*cols, Column("0.8", "0.8 %", "rate"),
+                                          Column("1.0", "1.0 %", "rate")], [["m", 3, 0.5, 0.7]])
+    assert [n for n, _ in charts({"tool-reliability": one})] == []
+    [(name, fig)] = charts({"tool-reliability": two})
+    assert name == "success-over-tool-reliability" and fig.data[0].mode == "lines+markers"

@@ -346,7 +346,7 @@ def repair_retract(
 # ---- reports ----------------------------------------------------------------------------
 
 # REPORT-COMMANDS-BEGIN
-REPORT_FORMATS = ("table", "markdown", "csv", "json", "html")
+REPORT_FORMATS = ("table", "markdown", "csv", "json", "html", "latex")
 
 
 @app.command("report")
@@ -375,8 +375,10 @@ def report_command(
     include_legacy: Annotated[bool, typer.Option(
         "--include-legacy", help="Add the legacy sources' tests into the models' own numbers"
                                  " (default: each source is a condition of its own).")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json | html")] = "table",
-    output: Annotated[Optional[Path], typer.Option("--output", help="Write here instead of stdout.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json | html | latex")] = "table",
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", help="Write here instead of stdout (csv of several tables: a directory,"
+                         " a file per table).")] = None,
     examples: Annotated[Optional[int], typer.Option(
         "--examples", help="With `errors`: N test keys per error category (and errored"
         " reason) and model, to open with `ultra show`.")] = None,
@@ -410,6 +412,16 @@ def report_command(
     if examples is not None and (examples < 1 or names != ["errors"] or fmt in ("json", "html")):
         raise UserError("--examples N (N >= 1) goes with `ultra report errors` in the table,"
                         " markdown or csv format")
+    if fmt == "csv" and output is not None and (len(names) > 1 or output.is_dir()):
+        from ultra.report.run import write_csv_dir
+
+        if examples is not None:
+            raise UserError("--examples N goes with one table on stdout or in a file, not a"
+                            " directory of CSV files")
+        for path in write_csv_dir(output, db=db, out=out, results=results, config=config,
+                                  selection=sel, tables=names, compare=compare):
+            typer.echo(f"wrote {path}")
+        return
     text = make_report(db=db, out=out, results=results, config=config, selection=sel,
                        tables=names, fmt=fmt, compare=compare, intervals=intervals)
     if examples is not None:

@@ -156,27 +156,61 @@ def text_cells(t: Table, columns: list[Column], rows: list[list[Any]],
     return out, small
 
 
-def _fit(cols: list[Column], cells: list[list[str]], width: int) -> list[int]:
-    """Column widths that fit `width` with one space between columns: numbers keep their
-    width, headers wrap (words broken only if they must), names are shortened."""
+def terminal_width() -> int:
+    """The terminal's width (`COLUMNS` when set; 80 for a pipe), at least 40."""
+    import shutil
+
+    return max(40, shutil.get_terminal_size((WIDTH, 24)).columns)
+
+
+def _layout(cols: list[Column], cells: list[list[str]], width: int,
+            whole_names: bool) -> list[tuple[list[int], list[int]]]:
+    """(column indices, widths) of each block a table is drawn in, one space between
+    columns. Numbers keep their width and headers wrap only between words. A table too wide
+    for `width`: names are shortened (never below 8 columns), or, with `whole_names`, the
+    columns after the leading names continue in further blocks that repeat the names
+    (names shortened only when one whole name and one column cannot fit)."""
     content = [max([len(r[j]) for r in cells] + [1]) for j in range(len(cols))]
-    words = [max(len(w) for w in c.title.split()) for c in cols]
-    budget = width - (len(cols) - 1)
-    text = [j for j, c in enumerate(cols) if c.kind == "text"]
-    for cap in range(12, 3, -1):
-        widths = [max(content[j], min(words[j], cap)) if j not in text
-                  else max(min(content[j], NAME_WIDTH), min(words[j], cap)) for j in range(len(cols))]
-        if sum(widths) <= budget:
-            return widths
-    spare = budget - sum(w for j, w in enumerate(widths) if j not in text)
-    for j in text:  # names give way last, and never below 8 columns
-        widths[j] = max(8, spare // max(1, len(text)))
-    return widths
+    words = [max([len(w) for w in c.title.split()] + [1]) for c in cols]
+    need = [max(n, w) for n, w in zip(content, words)]
+    every = list(range(len(cols)))
+
+    def span(js: list[int], ws: list[int]) -> int:
+        return sum(ws[j] for j in js) + len(js) - 1
+
+    if span(every, need) <= width:
+        return [(every, need)]
+    text = [j for j in every if cols[j].kind == "text"]
+    keys = every[:next((j for j in every if cols[j].kind != "text"), len(every))]
+    rest = [j for j in every if j not in keys]
+
+    def shrink(names: list[int], others: list[int]) -> list[int]:
+        widths = list(need)
+        spare = width - span(others, need) - len(names) if others else width - len(names) + 1
+        for j in names:  # names give way last, never below 8 columns nor a header word
+            widths[j] = min(need[j], max(8, words[j], spare // max(1, len(names))))
+        return widths
+
+    if not whole_names or not rest:
+        return [(every, shrink(text, [j for j in every if j not in text]))]
+    widest = max(need[j] for j in rest)
+    widths = need if span(keys, need) + 1 + widest <= width \
+        else shrink(keys, [max(rest, key=need.__getitem__)])
+    blocks: list[tuple[list[int], list[int]]] = []
+    block: list[int] = []
+    for j in rest:
+        if block and span(keys + block + [j], widths) > width:
+            blocks.append((keys + block, widths))
+            block = []
+        block.append(j)
+    blocks.append((keys + block, widths))
+    return blocks
 
 
 def to_terminal(tables: list[Table], width: int = WIDTH, intervals: bool = False,
-                provenance: Any = None) -> str:
-    """Plain tables that fit `width` columns (detail columns are left out)."""
+                provenance: Any = None, whole_names: bool = False) -> str:
+    """Plain tables that fit `width` columns (detail columns are left out); see `_layout`
+    for a table wider than that."""
     out: list[str] = []
     for t in tables:
         all_cols, all_rows = with_simulated_column(t)
@@ -185,24 +219,27 @@ def to_terminal(tables: list[Table], width: int = WIDTH, intervals: bool = False
         texts, small = text_cells(t, all_cols, all_rows, intervals)
         cells = [[plain(row[j]) if all_cols[j].kind == "text" else text[j]
                   for j in keep] for row, text in zip(all_rows, texts)]
-        widths = _fit(cols, cells, width)
-        heads = [textwrap.wrap(c.title, w, break_on_hyphens=False) or [""]
-                 for c, w in zip(cols, widths)]
-        depth = max(len(h) for h in heads)
-        out.append(plain(t.title))
+        out += textwrap.wrap(plain(t.title), width) or [""]
         if simulated_line(t):
             out += textwrap.wrap(simulated_line(t), width)  # type: ignore[arg-type]
-        for line in range(depth):
-            parts = []
-            for c, w, h in zip(cols, widths, heads):
-                word = h[line - (depth - len(h))] if line >= depth - len(h) else ""
-                parts.append(word.ljust(w) if c.kind == "text" else word.rjust(w))
-            out.append(" ".join(parts).rstrip())
-        out.append(" ".join("─" * w for w in widths))
-        for row in cells:
-            out.append(" ".join(
-                shorten(v, w).ljust(w) if c.kind == "text" else v.rjust(w)
-                for c, w, v in zip(cols, widths, row)).rstrip())
+        for b, (js, widths) in enumerate(_layout(cols, cells, width, whole_names)):
+            if b:
+                out.append("")
+            heads = [textwrap.wrap(cols[j].title, widths[j], break_long_words=False,
+                                   break_on_hyphens=False) or [""] for j in js]
+            depth = max(len(h) for h in heads)
+            for line in range(depth):
+                parts = []
+                for j, h in zip(js, heads):
+                    word = h[line - (depth - len(h))] if line >= depth - len(h) else ""
+                    parts.append(word.ljust(widths[j]) if cols[j].kind == "text"
+                                 else word.rjust(widths[j]))
+                out.append(" ".join(parts).rstrip())
+            out.append(" ".join("─" * widths[j] for j in js))
+            for row in cells:
+                out.append(" ".join(
+                    shorten(row[j], widths[j]).ljust(widths[j]) if cols[j].kind == "text"
+                    else row[j].rjust(widths[j]) for j in js).rstrip())
         for note in [*t.notes, *([SMALL_N_NOTE] if small else [])]:
             out += textwrap.wrap(note, width, initial_indent="  ", subsequent_indent="    ")
         out.append("")
@@ -283,6 +320,30 @@ def to_csv(tables: list[Table], provenance: Any = None) -> str:
     return out.getvalue()
 
 
+def csv_file_name(t: Table) -> str:
+    """The file a table goes to in a directory of CSV files: its name, and its condition's
+    label when the selection holds several (`overview-max_turns=4.csv`)."""
+    raw = t.name + (f"-{t.condition}" if t.condition else "")
+    return "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._=-") else "-"
+                   for ch in raw) + ".csv"
+
+
+def csv_files(tables: list[Table], provenance: Any = None) -> list[tuple[str, str]]:
+    """(file name, CSV) for each table, each file one plain table (no comment lines), and
+    `provenance.csv` (key, value) for what they were made from."""
+    out = [(csv_file_name(t), to_csv([t])) for t in tables]
+    if provenance is not None:
+        from ultra.report.provenance import rows
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["key", "value"])
+        for key, value in rows(provenance):
+            w.writerow([csv_safe(key), csv_safe(value)])
+        out.append(("provenance.csv", buf.getvalue()))
+    return out
+
+
 def _row_info(t: Table, i: int) -> dict[str, Any]:
     """What stands behind row `i`: its tests, how many were simulated, and every rate's
     n, successes and 95 % interval."""
@@ -321,3 +382,89 @@ def to_json(tables: list[Table], selection: Any = None, provenance: Any = None) 
         ],
     }
     return msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n"
+
+
+_LATEX_SPECIAL = str.maketrans({
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}", "–": "--",
+})
+
+
+def latex_escape(text: Any) -> str:
+    """Text for LaTeX: its special characters as the commands that print them (a name
+    `a_b&c` stays text), control characters as `?`."""
+    return plain(str(text)).translate(_LATEX_SPECIAL)
+
+
+def _latex_interval(lo: float, hi: float) -> str:
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _latex_label(t: Table) -> str:
+    raw = t.name + (f"-{t.condition}" if t.condition else "")
+    return "tab:" + "".join(ch if ch.isascii() and ch.isalnum() else "-" for ch in raw.lower())
+
+
+def _latex_cells(t: Table, columns: list[Column], rows: list[list[Any]]) -> list[list[str]]:
+    """Each cell for LaTeX: every rate with its 95 % interval `[lo, hi]` (unless the table
+    has the interval as a column of its own beside it), and its n under 30 tests."""
+    keys = {c.key for c in columns}
+    out = []
+    for i, row in enumerate(rows):
+        line = []
+        for c, v in zip(columns, row):
+            if c.kind == "text":
+                line.append(latex_escape("" if v is None else v))
+                continue
+            if v is None:
+                line.append("--")
+                continue
+            if c.kind == "interval":
+                line.append("{" + _latex_interval(*v) + "}")
+                continue
+            text = latex_escape(cell(c, v))
+            stats = rate_stats(t, i, c.key) if c.kind == "rate" else None
+            if stats is not None:
+                _, n, lo, hi = stats
+                if c.key.removesuffix("_rate") + "_ci" not in keys:
+                    text += " {" + _latex_interval(lo, hi) + "}"
+                if n < SMALL_N:
+                    text += f" ({n})"
+            line.append(text)
+        out.append(line)
+    return out
+
+
+def to_latex(tables: list[Table], provenance: Any = None) -> str:
+    """One booktabs `table` per report table (detail columns left out, as on the terminal):
+    `\\toprule`, the header, `\\midrule`, the rows, `\\bottomrule`; every rate with its 95 %
+    interval `[lo, hi]`; the notes under it; what it was made from as comments."""
+    out = ["% ultra report: tables for LaTeX; needs \\usepackage{booktabs}", ""]
+    for t in tables:
+        all_cols, all_rows = with_simulated_column(t)
+        keep = [j for j, c in enumerate(all_cols) if not c.detail]
+        cols = [all_cols[j] for j in keep]
+        rows = [[r[j] for j in keep] for r in all_rows]
+        body = _latex_cells(t, cols, rows)
+        spec = "".join("l" if c.kind == "text" else "r" for c in cols)
+        out += ["\\begin{table}[htbp]", "\\centering", "\\small",
+                f"\\caption{{{latex_escape(t.title)}}}", f"\\label{{{_latex_label(t)}}}"]
+        if simulated_line(t):
+            out.append(f"\\textbf{{{latex_escape(simulated_line(t))}}}\\par\\smallskip")
+        out += [f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+                " & ".join(latex_escape(c.title) for c in cols) + " \\\\", "\\midrule"]
+        out += [" & ".join(line) + " \\\\" for line in body]
+        out += ["\\bottomrule", "\\end{tabular}"]
+        notes = [*t.notes, "rates in %, each with its 95 % interval [low, high];"
+                 " (n): a rate of fewer than 30 tests"]
+        out += ["\\par\\smallskip", "\\begin{minipage}{\\linewidth}\\footnotesize"]
+        out += [latex_escape(n) + "\\par" for n in notes]
+        out += ["\\end{minipage}", "\\end{table}", ""]
+    if provenance is not None:
+        from ultra.report.provenance import lines
+
+        out.append("% Made from")
+        out += [f"%   {plain(line)}" for line in lines(provenance)]
+        out.append("")
+    return "\n".join(out)

@@ -1,4 +1,4 @@
-"""The report as one self-contained HTML page: the tables and four charts, offline.
+"""The report as one self-contained HTML page: the tables and up to four charts, offline.
 
 Charts come from plotly (its Python library writes the figure as JSON and inlines
 plotly.js, about 4.6 MB, once): interactive (hover values, zoom, PNG export), well kept,
@@ -55,7 +55,8 @@ def _label(text: Any) -> str:
 
 
 def charts(tables: dict[str, Table]) -> list[tuple[str, Any]]:
-    """(name, plotly figure) for each chart whose table is present."""
+    """(name, plotly figure) for each chart whose table is present and has the data the
+    chart needs: a line over tool success rates only when there are two or more."""
     import plotly.graph_objects as go
 
     out: list[tuple[str, Any]] = []
@@ -89,9 +90,10 @@ def charts(tables: dict[str, Table]) -> list[tuple[str, Any]]:
             texttemplate="%{z:.0%}", hovertemplate="%{y} · %{x}: %{z:.1%}<extra></extra>"))
         fig.update_layout(title="Success rate: model × prompt type", **layout)
         out.append(("model-by-prompt-type", fig))
-    if "tool-reliability" in tables:
+    rate_cols = [c for c in tables["tool-reliability"].columns if c.kind == "rate"] \
+        if "tool-reliability" in tables else []
+    if len(rate_cols) >= 2:  # a line over one tool success rate would be a single point
         t = tables["tool-reliability"]
-        rate_cols = [c for c in t.columns if c.kind == "rate"]
         fig = go.Figure()
         for row in t.rows:
             fig.add_trace(go.Scatter(

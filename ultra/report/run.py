@@ -143,11 +143,14 @@ def _condition_tables(src: Source, names: list[str], compare: tuple[str, str] | 
 def render(tables: list[Table], fmt: str, sel: Selection, *, source: str,
            intervals: bool = False, provenance=None) -> str:
     if fmt == "table":
-        return formats.to_terminal(tables, intervals=intervals, provenance=provenance)
+        return formats.to_terminal(tables, formats.terminal_width(), intervals=intervals,
+                                   provenance=provenance, whole_names=True)
     if fmt == "markdown":
         return formats.to_markdown(tables, intervals=intervals, provenance=provenance)
     if fmt == "csv":
         return formats.to_csv(tables, provenance=provenance)
+    if fmt == "latex":
+        return formats.to_latex(tables, provenance=provenance)
     if fmt == "json":
         return formats.to_json(tables, sel, provenance=provenance)
     from ultra.report.page import to_html
@@ -158,6 +161,41 @@ def render(tables: list[Table], fmt: str, sel: Selection, *, source: str,
 def make_report(*, db: Path | str, out: Path, results: Path | None, config: Path | None,
                 selection: Selection, tables: list[str], fmt: str,
                 compare: tuple[str, str] | None, intervals: bool = False) -> str:
+    built, provenance, path = make_tables(db=db, out=out, results=results, config=config,
+                                          selection=selection, tables=tables, compare=compare)
+    if fmt == "csv" and len(built) > 1:
+        raise UserError(f"--format csv gives one table and this report has {len(built)}: name"
+                        " one table (and --condition), or --output DIR for a file per table")
+    return render(built, fmt, selection, source=str(path), intervals=intervals,
+                  provenance=provenance)
+
+
+def write_csv_dir(directory: Path, *, db: Path | str, out: Path, results: Path | None,
+                  config: Path | None, selection: Selection, tables: list[str],
+                  compare: tuple[str, str] | None) -> list[Path]:
+    """A CSV file per table in `directory` (made if missing), and provenance.csv."""
+    from ultra.projecting import write_atomic
+
+    built, provenance, _ = make_tables(db=db, out=out, results=results, config=config,
+                                       selection=selection, tables=tables, compare=compare)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"--output {directory}: not a directory (a report of several CSV"
+                        " tables is written as a directory of files)")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output {directory}: cannot make the directory ({exc.strerror})") from None
+    written = []
+    for name, text in formats.csv_files(built, provenance):
+        write_atomic(directory / name, text.encode())
+        written.append(directory / name)
+    return written
+
+
+def make_tables(*, db: Path | str, out: Path, results: Path | None, config: Path | None,
+                selection: Selection, tables: list[str],
+                compare: tuple[str, str] | None) -> tuple[list[Table], Any, Path]:
+    """The tables, what they were made from, and the results.db they were read from."""
     from ultra.projecting import results_path
 
     path = results_path(out, results)
@@ -170,8 +208,7 @@ def make_report(*, db: Path | str, out: Path, results: Path | None, config: Path
         raise UserError(f"{path}: unreadable ({exc}); `ultra project --rebuild` rebuilds it") from None
     finally:
         conn.close()
-    return render(built, fmt, selection, source=str(path), intervals=intervals,
-                  provenance=provenance)
+    return built, provenance, path
 
 
 def list_runs(*, db: Path | str, out: Path, results: Path | None) -> list[Any]:
