@@ -9,9 +9,18 @@ instances) and rates are spelled as keys here, once, for every projection.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from projections.repairs import Repairs
-from ultra.events import Event, LegacyCell, LegacyImported, RouteChecked, TestCompleted, TestErrored
+from ultra.events import (
+    Event,
+    LegacyCell,
+    LegacyImported,
+    RouteChecked,
+    ShardStarted,
+    TestCompleted,
+    TestErrored,
+)
 from ultra.naming import rate_key
 
 Item = tuple[int, Event, Sequence[TestCompleted]]  # seq, event, earlier completions of its key
@@ -21,11 +30,14 @@ Counted = tuple[int, Event, str, str]  # seq, event, canonical model, rate key (
 class Counting:
     """Filters a stream of items down to what projections fold, tallying what it drops."""
 
-    def __init__(self, repairs: Repairs, spent: dict[str, list[int]] | None = None) -> None:
+    def __init__(self, repairs: Repairs, spent: dict[str, list[float]] | None = None,
+                 prices: dict[str, tuple[float, float]] | None = None) -> None:
         self.repairs = repairs
         # model -> [prompt, completion, reasoning] tokens of every test event and preflight
         # check, counted or not (a duplicate or retracted test was paid for all the same)
         self.spent = spent
+        # "run/shard" -> prices per million tokens (shard.started), to price what was spent
+        self.prices = prices
         self.folded = 0  # items seen
         self.duplicates = 0
         self.retracted = 0
@@ -42,6 +54,7 @@ class Counting:
         models: dict[str, str] = {}  # raw name -> canonical: a subscript, not a call per event
         rate_keys: dict[float, str] = {}
         spent = self.spent
+        prices = self.prices
         n = 0
         e: Event | None = None
         try:
@@ -54,7 +67,7 @@ class Counting:
                     except KeyError:
                         model = models[e.model] = canonical(e.model)  # type: ignore[union-attr]
                     if spent is not None:
-                        _spend(spent, model, e.usage)  # type: ignore[union-attr]
+                        _spend(spent, model, e, prices)
                     if retracts is not None and retracts(e, model):  # type: ignore[arg-type]
                         self.retracted += 1
                         continue
@@ -69,10 +82,15 @@ class Counting:
                 elif kind is TestErrored:
                     model = canonical(e.model)  # type: ignore[union-attr]
                     if spent is not None:
-                        _spend(spent, model, e.usage)  # type: ignore[union-attr]
+                        _spend(spent, model, e, prices)
                     yield seq, e, model, ""
                 elif kind is RouteChecked and spent is not None:
-                    _spend(spent, canonical(e.model), e.usage)  # type: ignore[union-attr]
+                    p = e.prices  # type: ignore[union-attr]
+                    _spend(spent, canonical(e.model), e,  # type: ignore[union-attr]
+                           {f"{e.run_id}/{e.shard_id}": (p.input, p.output)} if p else prices)
+                elif kind is ShardStarted and prices is not None and e.prices is not None:  # type: ignore[union-attr]
+                    p = e.prices  # type: ignore[union-attr]
+                    prices[f"{e.run_id}/{e.shard_id}"] = (p.input, p.output)  # type: ignore[union-attr]
                 elif (kind is LegacyCell or kind is LegacyImported) and self.legacy is not None:
                     self.legacy.append((seq, e))
         finally:
@@ -81,14 +99,22 @@ class Counting:
                 self.last_recorded_at = e.recorded_at
 
 
-def _spend(spent: dict[str, list[int]], model: str, u) -> None:
+def _spend(spent: dict[str, list[float]], model: str, e: Any,
+           prices: dict[str, tuple[float, float]] | None) -> None:
+    """Add an event's tokens to its model's: [prompt, completion, reasoning, cost, priced]
+    (cost and priced only where its run gave the model prices)."""
+    u = e.usage
     if u.prompt_tokens or u.completion_tokens or u.reasoning_tokens:
         t = spent.get(model)
         if t is None:
-            t = spent[model] = [0, 0, 0]
+            t = spent[model] = [0, 0, 0, 0.0, 0]
         t[0] += u.prompt_tokens
         t[1] += u.completion_tokens
         t[2] += u.reasoning_tokens
+        price = prices.get(f"{e.run_id}/{e.shard_id}") if prices else None
+        if price is not None:
+            t[3] += (u.prompt_tokens * price[0] + u.completion_tokens * price[1]) / 1e6
+            t[4] += 1
 
 
 def current_legacy_cells(legacy: Iterable[tuple[int, Event]], current: dict[str, str]

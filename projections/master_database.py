@@ -26,7 +26,7 @@ from ultra.events import ERROR_CATEGORIES, LegacyCell, LegacyImported, Outcome, 
 from ultra.naming import rate_key
 
 FILE_SCHEMA_VERSION = 2  # 2: documented key order, num_instances, simulated share, tokens
-STATE_VERSION = 6  # bump when Acc/FoldState change: saved states are then rebuilt
+STATE_VERSION = 7  # bump when Acc/FoldState change: saved states are then rebuilt
 DIGITS = 6  # every float in the file is rounded to this many decimals
 
 LeafKey = tuple[str, str, str, str, str]  # model, prompt key, rate key, difficulty, task type
@@ -69,6 +69,8 @@ class Acc(msgspec.Struct, array_like=True):
     simulated: int = 0  # tests answered by the bundled simulator
     truncated: int = 0  # tests with an answer cut off at the token limit (finish_reason length)
     legacy: int = 0  # tests from legacy sources (`legacy.cell`)
+    cost: float = 0.0  # of the priced tests' tokens, at their run's prices (shard.started)
+    priced: int = 0  # tests whose run gave their model a price
     # stat name -> tests whose legacy leaf lacked that mean: left out of its denominator
     uncovered: dict[str, int] = msgspec.field(default_factory=dict)
 
@@ -82,6 +84,9 @@ class Acc(msgspec.Struct, array_like=True):
         self.execution_time += o.execution_time
         self.simulated += o.simulated
         self.truncated += o.truncated
+        if o.priced:
+            self.cost += o.cost
+            self.priced += o.priced
         self.errors = [a + b for a, b in zip(self.errors, o.errors)]
         self.sums = [a + b for a, b in zip(self.sums, o.sums)]
         self.tokens = [a + b for a, b in zip(self.tokens, o.tokens)]
@@ -123,9 +128,11 @@ class FoldState(msgspec.Struct):
     errored: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)  # model -> reason -> n
     leaves: dict[LeafKey, Acc] = msgspec.field(default_factory=dict)
     # model -> tokens (as TOKENS) of every test event and preflight check: what was paid
-    spent: dict[str, list[int]] = msgspec.field(default_factory=dict)
+    spent: dict[str, list[Any]] = msgspec.field(default_factory=dict)  # [p, c, r, cost, priced]
     # source -> its latest import (`ultra import-legacy`); kept apart from `leaves`
     legacy: dict[str, LegacySource] = msgspec.field(default_factory=dict)
+    # "run/shard" -> (input, output) price per million tokens, from shard.started
+    prices: dict[str, tuple[float, float]] = msgspec.field(default_factory=dict)
 
 
 class _LeafEntry(msgspec.Struct, array_like=True):
@@ -154,8 +161,9 @@ class _SavedState(msgspec.Struct):
     skipped_events: int
     errored: dict[str, dict[str, int]]
     leaves: list[_LeafEntry]
-    spent: dict[str, list[int]] = {}
+    spent: dict[str, list[int | float]] = {}  # tokens stay ints, the cost a float
     legacy: dict[str, _SavedLegacy] = {}
+    prices: dict[str, tuple[float, float]] = {}
     # which log the state was folded from (absent in states saved before: not checked)
     chain_head: str = ""
     first_event: str = ""
@@ -181,6 +189,7 @@ def dump_state(state: FoldState) -> bytes:
             for name, src in sorted(state.legacy.items())},
         chain_head=state.chain_head,
         first_event=state.first_event,
+        prices=state.prices,
     )
     return msgspec.json.encode(saved)
 
@@ -205,6 +214,7 @@ def load_state(data: bytes | str) -> FoldState:
             for name, src in saved.legacy.items()},
         chain_head=saved.chain_head,
         first_event=saved.first_event,
+        prices={k: tuple(v) for k, v in saved.prices.items()},  # type: ignore[misc]
     )
 
 
@@ -217,8 +227,8 @@ def load_state(data: bytes | str) -> FoldState:
 # `fold` spells the slots as literals (the hot loop):
 #   0 unused (total is 1 + 2 + 3), 1 full_success, 2 partial_success, 3 failure, 4 with_assistance, 5 simulated,
 #   6 execution_time, 7-9 sums (AVERAGED), 10-12 tokens (TOKENS), 13 metrics, 14 last_test_time,
-#   15 truncated, then one count per error category (ERROR_CATEGORIES).
-_ERRORS = 16
+#   15 truncated, 16 cost, 17 priced, then one count per error category (ERROR_CATEGORIES).
+_ERRORS = 18
 _OUTCOME_SLOT = {o: {"full_success": 1, "partial_success": 2}.get(o, 3) for o in get_args(Outcome)}
 _ERROR_SLOT = {c: _ERRORS + i for i, c in enumerate(ERROR_CATEGORIES)}
 # `fold` adds these by name: plain bytecode, twice as fast as a C map of `operator.add`.
@@ -231,14 +241,14 @@ if tuple(f for f, _, _ in AVERAGED) != ("turns", "tool_calls", "tool_coverage") 
 def _open(a: Acc) -> list[Any]:
     return [a.total, a.full_success, a.partial_success, a.failure, a.with_assistance, a.simulated,
             a.execution_time, *a.sums, *a.tokens, defaultdict(float, a.metrics), a.last_test_time,
-            a.truncated, *a.errors]
+            a.truncated, a.cost, a.priced, *a.errors]
 
 
 def _close(w: list[Any]) -> Acc:
     return Acc(total=w[1] + w[2] + w[3], full_success=w[1], partial_success=w[2], failure=w[3],
                with_assistance=w[4], errors=w[_ERRORS:], execution_time=w[6], sums=w[7:10],
                metrics=dict(w[13]), tokens=w[10:13], last_test_time=w[14], simulated=w[5],
-               truncated=w[15])
+               truncated=w[15], cost=w[16], priced=w[17])
 
 
 def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
@@ -250,8 +260,9 @@ def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
     """
     leaves = state.leaves
     work: dict[LeafKey, list[Any]] = {}
-    counting = Counting(repairs, state.spent)
+    counting = Counting(repairs, state.spent, state.prices)
     counting.legacy = []
+    prices = state.prices  # filled by shard.started events as the fold meets them
     counting.last_recorded_at = state.generated_at
     outcome_slot, error_slot = _OUTCOME_SLOT, _ERROR_SLOT
     try:
@@ -286,6 +297,11 @@ def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
                     w[14] = e.recorded_at
                 if r.finish_reasons and "length" in r.finish_reasons:
                     w[15] += 1
+                if prices:
+                    price = prices.get(f"{e.run_id}/{e.shard_id}")
+                    if price is not None:
+                        w[16] += (u.prompt_tokens * price[0] + u.completion_tokens * price[1]) / 1e6
+                        w[17] += 1
             else:
                 by_reason = state.errored.setdefault(model, {})
                 by_reason[e.reason] = by_reason.get(e.reason, 0) + 1  # type: ignore[union-attr]
@@ -408,6 +424,9 @@ def stats(a: Acc, digits: int | None = DIGITS, legacy: bool = False) -> dict[str
     out["failure"] = failure
     out["tests_with_assistance"] = assisted
     out["tests_truncated"] = a.truncated  # an answer cut off at the token limit (length)
+    if a.priced:  # only where prices are known: a log without them keeps its bytes
+        out["cost"] = round(a.cost, digits) if digits is not None else a.cost
+        out["priced_tests"] = a.priced
     out.update(zip(TOKENS, a.tokens))  # sums, like the counts: children add up to them
     # means per test: the suite's metrics (in its order), then the marked result fields
     at = len(_RATE_NAMES)
@@ -461,8 +480,12 @@ def _tree(state: FoldState) -> Tree:
     return tree
 
 
-def _spent(tokens: list[int] | None) -> dict[str, int]:
-    return dict(zip(TOKENS, tokens or [0] * len(TOKENS)))
+def _spent(spent: list[float] | None) -> dict[str, float]:
+    """A `tokens_spent` block: the tokens, and their cost where the run priced them."""
+    out: dict[str, float] = dict(zip(TOKENS, spent[:3] if spent else [0] * len(TOKENS)))
+    if spent and spent[4]:
+        out["cost"] = round(spent[3], DIGITS)
+    return out
 
 
 def _model_node(

@@ -137,3 +137,27 @@ def test_answers_cut_off_at_max_tokens_are_counted_as_truncated(tmp_path):
     assert report.returncode == 0, report.stderr
     (overview,) = [t for t in json.loads(report.stdout)["tables"] if t["name"] == "overview"]
     assert [row["truncated"] for row in overview["rows"]] == [3]
+
+
+def test_cost_in_master_database_where_prices_are_known_agrees_with_the_run(tmp_path):
+    with SimProcess(SimConfig()) as sim:
+        config = write(tmp_path, real_providers(sim.url, instances=3, models=(
+            model("sim-good", "gw", "per-key", workers=2, qps=100, input_price=0.15,
+                  output_price=0.6)
+            + model("sim-weak", "gw", "single", workers=2, qps=100))))
+        proc = run(config, tmp_path, "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = {t["model"]: t["cost"] for t in json.loads(proc.stdout)["tokens"]}
+    master = json.loads((tmp_path / "master.json").read_text())
+    good, weak = master["models"]["sim-good"], master["models"]["sim-weak"]
+    assert abs(good["tokens_spent"]["cost"] - printed["sim-good"]) < 1e-6  # preflight included
+    assert printed["sim-weak"] is None and "cost" not in weak["tokens_spent"]
+    stats = good["overall_stats"]
+    assert stats["priced_tests"] == stats["total"] == 3
+    assert abs(stats["cost"] - (stats["prompt_tokens"] * 0.15 + stats["completion_tokens"] * 0.6) / 1e6) < 1e-6
+    leaves = [leaf for p in good["by_prompt_type"].values()
+              for r in p["by_tool_success_rate"].values() for d in r["by_difficulty"].values()
+              for leaf in d["by_task_type"].values()]
+    assert abs(sum(leaf["cost"] for leaf in leaves) - stats["cost"]) < 1e-6  # at every level
+    assert "cost" not in weak["overall_stats"]  # no price, no cost
+    assert master["summary"]["priced_tests"] == 3

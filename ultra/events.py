@@ -117,6 +117,17 @@ class RunFinished(_Event, tag="run.finished", kw_only=True, frozen=True):
     interrupted: bool = False
 
 
+Price = Annotated[float, Meta(ge=0.0, le=1e9)]
+
+
+class Prices(msgspec.Struct, frozen=True, kw_only=True):
+    """A model's prices per million tokens, as its config gave them (0 where it gave one
+    price only): the projections price the shard's tokens by them."""
+
+    input: Price = 0.0  # per million prompt tokens
+    output: Price = 0.0  # per million completion tokens (reasoning included)
+
+
 class ShardStarted(_Event, tag="shard.started", kw_only=True, frozen=True):
     run_id: Name
     shard_id: Name
@@ -129,6 +140,7 @@ class ShardStarted(_Event, tag="shard.started", kw_only=True, frozen=True):
     workers: Annotated[int, Meta(ge=1, le=2**31)]
     qps: Annotated[float, Meta(gt=0.0, le=1e9)]
     planned: Count
+    prices: Prices | None = None  # None: the config gave the model no price
 
 
 class ShardFinished(_Event, tag="shard.finished", kw_only=True, frozen=True):
@@ -248,6 +260,7 @@ class RouteChecked(_Event, tag="route.checked", kw_only=True, frozen=True):
     http_status: Annotated[int, Meta(ge=100, le=599)] | None = None
     message: Text = ""
     usage: Usage = Usage()
+    prices: Prices | None = None  # as its shard.started (which comes later in the log)
 
 
 class AliasDefined(_Event, tag="alias.defined", kw_only=True, frozen=True):

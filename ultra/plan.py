@@ -64,6 +64,7 @@ class Shard(msgspec.Struct, kw_only=True, frozen=True):
     options: RequestOptions = RequestOptions()
     broken_after: int = 3
     tests: list[TestSpec]
+    prices: tuple[float, float] | None = None  # per million prompt / completion tokens
     condition: str = "default"  # condition_of(...)[0] of its tests
     condition_fields: dict[str, str] = {}
 
@@ -238,6 +239,8 @@ def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
                 max_retries=eff.max_retries, max_turns=sel.max_turns, route=route,
                 shared_limit=shared, tpm=eff.tpm, options=eff.options,
                 broken_after=eff.broken_after, tests=tests,
+                prices=None if eff.input_price is None and eff.output_price is None
+                else (eff.input_price or 0.0, eff.output_price or 0.0),
                 condition=condition, condition_fields=condition_fields,
             ))
     return Plan(shards=shards, planned=planned, skipped_completed=skipped)

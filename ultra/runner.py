@@ -41,6 +41,7 @@ from ultra.errors import UserError
 from ultra.events import (
     Event,
     PlanSummary,
+    Prices,
     RouteChecked,
     RunFinished,
     RunStarted,
@@ -541,7 +542,8 @@ def check_routes(plan: Plan, say: Callable[[str], None] | None = None
 def _checked_events(plan: Plan, run_id: str, checks: dict[str, RouteCheck]) -> list[Event]:
     return [RouteChecked(run_id=run_id, shard_id=s.shard_id, model=s.model, instance=s.instance,
                          provider=s.provider, simulated=c.simulated, ok=c.ok,
-                         http_status=c.http_status, message=c.message[:4000], usage=c.usage)
+                         http_status=c.http_status, message=c.message[:4000], usage=c.usage,
+                         prices=Prices(input=s.prices[0], output=s.prices[1]) if s.prices else None)
             for s in plan.shards if (c := checks.get(s.shard_id)) is not None]
 
 

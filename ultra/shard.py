@@ -27,6 +27,7 @@ from ultra.client import (
 )
 from ultra.events import (
     Event,
+    Prices,
     ShardFinished,
     ShardStarted,
     TestCompleted,
@@ -171,6 +172,7 @@ async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Eve
         provider=shard.provider, strategy=shard.strategy, key_index=shard.key_index,
         deployment=shard.deployment, workers=shard.workers, qps=shard.qps,
         planned=len(shard.tests),
+        prices=Prices(input=shard.prices[0], output=shard.prices[1]) if shard.prices else None,
     ))
     finished = False
     try:
