@@ -244,10 +244,12 @@ def _check_completion_index(log: EventLog) -> list[str]:
     if not problems:
         return []
     try:
-        log.rebuild_completion_index()
-        outcome = "rebuilt it from the log"
+        problems = log.repair_completion_index()  # checked again under the lock: a racing
+        outcome = "rebuilt it from the log"       # indexer's rows are no damage
     except UserError as exc:
         outcome = f"could not rebuild it ({exc}); the next `ultra run` or `ultra project` does"
+    if not problems:
+        return []
     return [f"completion index (completion_keys) differs from the log: {'; '.join(problems)};"
             f" {outcome}"]
 

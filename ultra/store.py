@@ -380,9 +380,44 @@ def _reset_index(tx: Tx) -> tuple[int, Digest]:
     return 0, _EMPTY_DIGEST
 
 
-def _seqs(rows: Sequence[Sequence[Any]], limit: int) -> str:
-    shown = ", ".join(str(r[0]) for r in rows[:limit])
-    return shown + (", ..." if len(rows) > limit else "")
+def _index_differences(read: Callable[..., list[Any]], limit: int) -> list[str]:
+    """How completion_keys differs from the log's completions and from its digest."""
+    state = _index_state(read(INDEX_STATE_QUERY))
+    if state is None:
+        return ["its state (projection_state 'completion_keys') is missing or unreadable"]
+    last, digest = state
+    out = []
+    top = read("SELECT COALESCE(MAX(seq), 0) FROM events")[0][0]
+    if last > top:
+        out.append(f"its state claims seq {last}, but the log ends at seq {top}")
+    for sql, what in ((_INDEX_MISSING, f"of the log's completions up to seq {last} are missing"
+                                       " from it"),
+                      (_INDEX_EXTRA, "of its rows are no completion of the log (edited or added)")):
+        count = read(f"SELECT COUNT(*) {sql}", (last,))[0][0]
+        if count:
+            seqs = read(f"SELECT seq {sql} ORDER BY seq LIMIT ?", (last, limit))
+            shown = ", ".join(str(r[0]) for r in seqs) + (", ..." if count > limit else "")
+            out.append(f"{count} {what} (seq {shown})")
+    actual = _digest(read(f"SELECT {_AGGREGATES} FROM completion_keys")[0])
+    if actual != digest:
+        out.append(f"its rows do not match the digest its state recorded ({actual[0]} rows,"
+                   f" {digest[0]} recorded)")
+    return out
+
+
+# The log's completions (up to a seq) that completion_keys lacks: a primary-key probe each.
+_INDEX_MISSING = (
+    "FROM events e WHERE e.type = 'test.completed' AND e.test_key IS NOT NULL AND e.seq <= ?"
+    " AND NOT EXISTS (SELECT 1 FROM completion_keys k WHERE k.test_key = e.test_key"
+    " AND k.seq = e.seq AND k.event_id = e.event_id)"
+)
+# Rows of completion_keys that are no completion of the log (or past the seq indexed).
+_INDEX_EXTRA = (
+    "FROM completion_keys k WHERE k.seq > ? OR NOT EXISTS (SELECT 1 FROM events e"
+    " WHERE e.seq = k.seq AND e.type = 'test.completed' AND e.test_key = k.test_key"
+    " AND e.event_id = k.event_id)"
+)
+
 
 
 # ---- reading ---------------------------------------------------------------------------
@@ -912,45 +947,23 @@ class EventLog:
     def check_completion_index(self, limit: int = 5) -> list[str]:
         """The full check (audit): completion_keys against the log's completions up to the
         seq its state names, row by row, and against its recorded digest. What differs,
-        one line each (empty when it agrees)."""
-        state_rows = self._read(INDEX_STATE_QUERY)
-        state = _index_state(state_rows)
-        if state is None:
-            return ["its state (projection_state 'completion_keys') is missing or unreadable"]
-        last, digest = state
-        out = []
-        top = self.last_seq()
-        if last > top:
-            out.append(f"its state claims seq {last}, but the log ends at seq {top}")
-        missing = self._read(
-            "SELECT e.seq FROM events e WHERE e.type = 'test.completed'"
-            " AND e.test_key IS NOT NULL AND e.seq <= ? AND NOT EXISTS (SELECT 1 FROM completion_keys k"
-            " WHERE k.test_key = e.test_key AND k.seq = e.seq AND k.event_id = e.event_id)"
-            " ORDER BY e.seq", (last,))
-        if missing:
-            out.append(f"{len(missing)} of the log's completions up to seq {last} are missing from"
-                       f" it (seq {_seqs(missing, limit)})")
-        extra = self._read(
-            "SELECT k.seq FROM completion_keys k WHERE k.seq > ? OR NOT EXISTS (SELECT 1 FROM"
-            " events e WHERE e.seq = k.seq AND e.type = 'test.completed'"
-            " AND e.test_key = k.test_key AND e.event_id = k.event_id) ORDER BY k.seq", (last,))
-        if extra:
-            out.append(f"{len(extra)} of its rows are no completion of the log (edited or"
-                       f" added: seq {_seqs(extra, limit)})")
-        actual = _digest(self._read(f"SELECT {_AGGREGATES} FROM completion_keys")[0])
-        if actual != digest:
-            out.append(f"its rows do not match the digest its state recorded ({actual[0]} rows,"
-                       f" {digest[0]} recorded)")
-        return out
+        one line each (empty when it agrees). Read without a lock: a collector indexing
+        meanwhile can make it report what `repair_completion_index` then does not find."""
+        return _index_differences(self._read, limit)
 
     @_patient
-    def rebuild_completion_index(self) -> None:
-        """Drop completion_keys and index the log's completions anew."""
+    def repair_completion_index(self, limit: int = 5) -> list[str]:
+        """`check_completion_index` again under the append lock (nobody indexes meanwhile);
+        if the index still differs it is dropped and rebuilt from the log. What differed."""
         with self._transaction() as tx:
             self._lock_appends(tx)
-            _reset_index(tx)
+            problems = _index_differences(lambda sql, p=(): tx.execute(sql, p).fetchall(), limit)
+            if problems:
+                _reset_index(tx)
         self._index_checked = True
-        self.index_completions(self.last_seq())
+        if problems:
+            self.index_completions(self.last_seq())
+        return problems
 
     @staticmethod
     def _indexed_seq(read: Any) -> int | None:
