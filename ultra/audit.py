@@ -2,7 +2,8 @@
 
 Findings (anything wrong: exit 1): a broken hash chain (the first bad `seq` named), a
 projection whose chain head is not the log's, missing immutability triggers, undecodable events,
-duplicate completions of a test key, a projection (master_database.json, results.db)
+duplicate completions of a test key, a completion index (completion_keys)
+that differs from the log's completions (rebuilt), a projection (master_database.json, results.db)
 that is missing, breaks an invariant, or differs from a fresh replay of the log. Notes (information only): counts,
 a file that is merely behind the log, unknown event types (a newer writer's), and shards
 started but never finished (interrupted runs are normal; `ultra run` resumes them).
@@ -23,6 +24,7 @@ from projections.repairs import Repairs
 from ultra.events import ShardFinished, ShardStarted
 from ultra import chain
 from ultra.projecting import fresh_results, log_repairs, read_results_meta, replay, results_path
+from ultra.errors import UserError
 from ultra.store import EventLog
 
 MAX_LISTED = 20  # findings of one kind listed one by one; the rest are counted
@@ -58,6 +60,8 @@ def audit(db: Path | str, out: Path | str, results: Path | str | None = None) ->
                 f"hash chain broken at seq {broken}: that event (or one before it) was changed,"
                 " removed or inserted after it was stored"
             )
+        # Before anything reads it (duplicates, replays): the completion index, row by row.
+        findings += _check_completion_index(log)
 
         file_bytes, file_doc, file_seq = _read_projection(out, until, findings)
         state, stream = replay(log, file_seq)
@@ -231,6 +235,23 @@ def _duplicates(log: EventLog, repairs: Repairs) -> list[str]:
     if len(dup) > MAX_LISTED:
         out.append(f"... and {len(dup) - MAX_LISTED} more duplicated test keys")
     return out
+
+
+def _check_completion_index(log: EventLog) -> list[str]:
+    """completion_keys (what resume and duplicate detection read) against the log's
+    completions; one that differs is named and rebuilt from the log."""
+    problems = log.check_completion_index()
+    if not problems:
+        return []
+    try:
+        problems = log.repair_completion_index()  # checked again under the lock: a racing
+        outcome = "rebuilt it from the log"       # indexer's rows are no damage
+    except UserError as exc:
+        outcome = f"could not rebuild it ({exc}); the next `ultra run` or `ultra project` does"
+    if not problems:
+        return []
+    return [f"completion index (completion_keys) differs from the log: {'; '.join(problems)};"
+            f" {outcome}"]
 
 
 def _interrupted_shards(log: EventLog, until: int) -> list[str]:

@@ -303,6 +303,123 @@ def _same_event(a: str, b: str) -> bool:
     return a == b or _any_decoder.decode(a) == _any_decoder.decode(b)
 
 
+# ---- the completion index's digest ----------------------------------------------------
+# completion_keys is derived from the log; its state (projection_state 'completion_keys',
+# version INDEX_VERSION) records, with the last indexed seq, aggregates of its rows added
+# up as they were indexed: count, sum and greatest seq, total test-key and event-id length.
+# Deleted rows change the count and sums, edited keys their length: found by one scan.
+
+INDEX_VERSION = 2
+_LOG_COMPLETIONS = "type = 'test.completed' AND test_key IS NOT NULL"
+_AGGREGATES = ("COUNT(*), COALESCE(SUM(seq), 0), COALESCE(MAX(seq), 0),"
+               " COALESCE(SUM(LENGTH(test_key)), 0), COALESCE(SUM(LENGTH(event_id)), 0)")
+INDEX_STATE_QUERY = ("SELECT version, last_seq, state FROM projection_state"
+                     " WHERE name = 'completion_keys'")
+INDEX_CHECK_QUERY = (f"SELECT p.version, p.last_seq, p.state, k.* FROM projection_state p,"
+                     f" (SELECT {_AGGREGATES} FROM completion_keys) k"
+                     " WHERE p.name = 'completion_keys'")
+_DIGEST_FIELDS = ("rows", "seq_sum", "max_seq", "key_chars", "id_chars")
+_EMPTY_DIGEST = (0, 0, 0, 0, 0)
+Digest = tuple[int, int, int, int, int]
+
+
+def _digest(row: Sequence[Any]) -> Digest:
+    return tuple(int(x or 0) for x in row)  # type: ignore[return-value]
+
+
+def _add_digests(a: Digest, b: Digest) -> Digest:
+    return (a[0] + b[0], a[1] + b[1], max(a[2], b[2]), a[3] + b[3], a[4] + b[4])
+
+
+def _encode_digest(d: Digest) -> str:
+    return _encoder.encode(dict(zip(_DIGEST_FIELDS, d))).decode()
+
+
+def _index_state(rows: Sequence[Sequence[Any]]) -> tuple[int, Digest] | None:
+    """(last indexed seq, recorded digest) from the state row, None if missing or unreadable."""
+    if not rows:
+        return None
+    version, last, state = rows[0][:3]
+    if version != INDEX_VERSION or not isinstance(last, int):
+        return None
+    try:
+        doc = _any_decoder.decode(state)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    values = [doc.get(f) for f in _DIGEST_FIELDS]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return None
+    return last, tuple(values)  # type: ignore[return-value]
+
+
+def _index_problem(rows: Sequence[Sequence[Any]]) -> str | None:
+    """What is wrong with the index, from INDEX_CHECK_QUERY's row (None: it agrees)."""
+    state = _index_state(rows)
+    if state is None:
+        return "had lost its state"
+    last, recorded = state
+    actual = _digest(rows[0][3:])
+    if actual[2] > last:
+        return f"holds seq {actual[2]}, past the seq {last} its state says it reached"
+    if actual != recorded:
+        what = ("rows" if actual[0] != recorded[0] else "seqs" if actual[1:3] != recorded[1:3]
+                else "test keys or event ids")
+        return (f"does not match its recorded digest ({actual[0]} rows, {recorded[0]} recorded:"
+                f" {what} deleted or edited)")
+    return None
+
+
+def _reset_index(tx: Tx) -> tuple[int, Digest]:
+    """Empty completion_keys and its state (indexed up to seq 0), in `tx`."""
+    tx.execute("DELETE FROM completion_keys")
+    tx.execute("DELETE FROM projection_state WHERE name = 'completion_keys'")
+    tx.execute("INSERT INTO projection_state (name, version, last_seq, state) VALUES"
+               " ('completion_keys', ?, 0, ?)", (INDEX_VERSION, _encode_digest(_EMPTY_DIGEST)))
+    return 0, _EMPTY_DIGEST
+
+
+def _index_differences(read: Callable[..., list[Any]], limit: int) -> list[str]:
+    """How completion_keys differs from the log's completions and from its digest."""
+    state = _index_state(read(INDEX_STATE_QUERY))
+    if state is None:
+        return ["its state (projection_state 'completion_keys') is missing or unreadable"]
+    last, digest = state
+    out = []
+    top = read("SELECT COALESCE(MAX(seq), 0) FROM events")[0][0]
+    if last > top:
+        out.append(f"its state claims seq {last}, but the log ends at seq {top}")
+    for sql, what in ((_INDEX_MISSING, f"of the log's completions up to seq {last} are missing"
+                                       " from it"),
+                      (_INDEX_EXTRA, "of its rows are no completion of the log (edited or added)")):
+        count = read(f"SELECT COUNT(*) {sql}", (last,))[0][0]
+        if count:
+            seqs = read(f"SELECT seq {sql} ORDER BY seq LIMIT ?", (last, limit))
+            shown = ", ".join(str(r[0]) for r in seqs) + (", ..." if count > limit else "")
+            out.append(f"{count} {what} (seq {shown})")
+    actual = _digest(read(f"SELECT {_AGGREGATES} FROM completion_keys")[0])
+    if actual != digest:
+        out.append(f"its rows do not match the digest its state recorded ({actual[0]} rows,"
+                   f" {digest[0]} recorded)")
+    return out
+
+
+# The log's completions (up to a seq) that completion_keys lacks: a primary-key probe each.
+_INDEX_MISSING = (
+    "FROM events e WHERE e.type = 'test.completed' AND e.test_key IS NOT NULL AND e.seq <= ?"
+    " AND NOT EXISTS (SELECT 1 FROM completion_keys k WHERE k.test_key = e.test_key"
+    " AND k.seq = e.seq AND k.event_id = e.event_id)"
+)
+# Rows of completion_keys that are no completion of the log (or past the seq indexed).
+_INDEX_EXTRA = (
+    "FROM completion_keys k WHERE k.seq > ? OR NOT EXISTS (SELECT 1 FROM events e"
+    " WHERE e.seq = k.seq AND e.type = 'test.completed' AND e.test_key = k.test_key"
+    " AND e.event_id = k.event_id)"
+)
+
+
+
 # ---- reading ---------------------------------------------------------------------------
 
 
@@ -452,6 +569,7 @@ class EventLog:
     lock_rows_sql: ClassVar[str] = ""  # locks the rows a SELECT read (SQLite: the write lock did)
     lost_errors: ClassVar[tuple[type[Exception], ...]] = ()  # the connection may be lost: retry
     retry_seconds: float = STORE_TIMEOUT  # how long a lost log is waited for
+    _index_checked: bool = False  # completion_keys checked against its digest by this log
 
     @classmethod
     def open(cls, db: Path | str, *, create: bool = True) -> EventLog:
@@ -771,34 +889,81 @@ class EventLog:
         """Extend completion_keys (test key, seq, event id of every completion) up to
         `until_seq`. Appenders never touch it: a random-key index on the append path
         dirtied a page per event. Readers that detect duplicates fill it here, in bulk
-        and in key order, in one write transaction that racing readers serialize on."""
+        and in key order, in one write transaction that racing readers serialize on.
+
+        The index is derived data: before this log trusts it the first time, its
+        aggregates are checked against those its state recorded as rows were added (one
+        scan of the index), and an index that disagrees (rows deleted or edited) is
+        rebuilt from the log, saying so on stderr. `check_completion_index` (audit)
+        compares it with the log row by row."""
+        if not self._index_checked:
+            self._check_index_aggregates()
         while (self._indexed_seq(self._read) or 0) < until_seq:
             with self._transaction() as tx:
                 self._lock_appends(tx)
-                done = self._indexed_seq(lambda sql: tx.execute(sql).fetchall())
-                if done is None:  # its row deleted: the index is derived data, built anew
+                state = _index_state(tx.execute(INDEX_STATE_QUERY).fetchall())
+                if state is None:  # its row deleted or unreadable: built anew from the log
                     print("ultra: note: the completion index had lost its state; rebuilding it"
                           " from the log", file=sys.stderr)
-                    tx.execute("DELETE FROM completion_keys")
-                    tx.execute("INSERT INTO projection_state (name, version, last_seq, state)"
-                               " VALUES ('completion_keys', 1, 0, '')")
-                    done = 0
+                    state = _reset_index(tx)
+                done, digest = state
                 # Chunks bound the sort's memory and let appenders in between.
                 upto = min(until_seq, done + INDEX_CHUNK)
                 if done >= upto:
                     return
                 tx.execute(
                     "INSERT INTO completion_keys (test_key, seq, event_id)"
-                    " SELECT test_key, seq, event_id FROM events WHERE type = 'test.completed'"
-                    " AND test_key IS NOT NULL AND seq > ? AND seq <= ? ORDER BY test_key, seq"
-                    # a rewound last_seq re-reads rows it has: they stay as they are
+                    f" SELECT test_key, seq, event_id FROM events WHERE {_LOG_COMPLETIONS}"
+                    " AND seq > ? AND seq <= ? ORDER BY test_key, seq"
+                    # a rewound last_seq re-reads rows it has: they stay as they are (and
+                    # the digest no longer matches: the next check rebuilds the index)
                     " ON CONFLICT DO NOTHING",
                     (done, upto),
                 )
+                added = _digest(tx.execute(
+                    f"SELECT {_AGGREGATES} FROM events WHERE {_LOG_COMPLETIONS}"
+                    " AND seq > ? AND seq <= ?", (done, upto)).fetchone())
                 tx.execute(
-                    "UPDATE projection_state SET last_seq = ? WHERE name = 'completion_keys'",
-                    (upto,),
+                    "UPDATE projection_state SET last_seq = ?, state = ?"
+                    " WHERE name = 'completion_keys'",
+                    (upto, _encode_digest(_add_digests(digest, added))),
                 )
+
+    def _check_index_aggregates(self) -> None:
+        """The cheap check: the index's row count, seq sum, greatest seq and key and id
+        lengths, against its state (one statement: one snapshot); on a mismatch, again
+        under the append lock, then the index is rebuilt from the log."""
+        rows = self._read(INDEX_CHECK_QUERY)
+        if _index_problem(rows) is not None:
+            with self._transaction() as tx:
+                self._lock_appends(tx)
+                problem = _index_problem(tx.execute(INDEX_CHECK_QUERY).fetchall())
+                if problem is not None:
+                    print(f"ultra: note: the completion index {problem}; rebuilding it from the"
+                          " log", file=sys.stderr)
+                    _reset_index(tx)
+        self._index_checked = True
+
+    def check_completion_index(self, limit: int = 5) -> list[str]:
+        """The full check (audit): completion_keys against the log's completions up to the
+        seq its state names, row by row, and against its recorded digest. What differs,
+        one line each (empty when it agrees). Read without a lock: a collector indexing
+        meanwhile can make it report what `repair_completion_index` then does not find."""
+        return _index_differences(self._read, limit)
+
+    @_patient
+    def repair_completion_index(self, limit: int = 5) -> list[str]:
+        """`check_completion_index` again under the append lock (nobody indexes meanwhile);
+        if the index still differs it is dropped and rebuilt from the log. What differed."""
+        with self._transaction() as tx:
+            self._lock_appends(tx)
+            problems = _index_differences(lambda sql, p=(): tx.execute(sql, p).fetchall(), limit)
+            if problems:
+                _reset_index(tx)
+        self._index_checked = True
+        if problems:
+            self.index_completions(self.last_seq())
+        return problems
 
     @staticmethod
     def _indexed_seq(read: Any) -> int | None:
