@@ -35,3 +35,39 @@ def db(request, tmp_path):
     if request.param == "sqlite":
         return tmp_path / "events.db"
     return request.getfixturevalue("pg_url")
+
+
+class Demo:
+    """The bundled demo's `ultra run` (in an empty directory), made once per session: its
+    data directory, what the run printed, its run id and how many tests it completed."""
+
+    def __init__(self, root, stdout: str) -> None:
+        import json
+
+        from collection_helpers import events
+
+        self.data = root / "ultra-data"
+        self.stdout = stdout
+        started = events(self.data / "events.db", "--type", "run.started")
+        self.run_id = started[0]["run_id"]
+        self.completed = len(events(self.data / "events.db", "--type", "test.completed"))
+        self.result = {"run_id": self.run_id, "completed": self.completed,
+                       "planned": json.loads(json.dumps(started[0]["plan"]))["tests"]}
+
+    def copy_to(self, where):
+        """A copy of the demo's data directory under `where` (`where/ultra-data`), to
+        change freely: tests share one run of the demo instead of a run each."""
+        import shutil
+
+        shutil.copytree(self.data, where / "ultra-data")
+        return where / "ultra-data"
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Demo:
+    from collection_helpers import ultra
+
+    root = tmp_path_factory.mktemp("shared-demo")
+    proc = ultra("run", "--progress", "none", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return Demo(root, proc.stdout)

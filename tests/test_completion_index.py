@@ -7,7 +7,6 @@ an adversary would (sqlite3, psycopg)."""
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from collections import Counter
 
@@ -34,18 +33,11 @@ def _completed_once(db, expected: int) -> None:
     assert len(counts) == expected and set(counts.values()) == {1}, counts.most_common(3)
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo's data directory after one full run, and how many tests it completed."""
-    root = tmp_path_factory.mktemp("demo")
-    result, _ = _run_json(root)
-    assert result["completed"] == result["planned"] > 0
-    return root / "ultra-data", result["completed"]
-
-
 def _tampered(demo, tmp_path, change: str):
-    data, done = demo
-    shutil.copytree(data, tmp_path / "ultra-data")
+    """A copy of the session's demo run (tests/conftest.py) with its index tampered."""
+    done = demo.completed
+    assert done == demo.result["planned"] > 0
+    demo.copy_to(tmp_path)
     conn = sqlite3.connect(tmp_path / "ultra-data" / "events.db")
     with conn:
         assert conn.execute(change).rowcount > 0
@@ -82,7 +74,8 @@ def test_resume_rebuilds_a_tampered_completion_index_and_repeats_nothing(demo, t
 def test_postgresql_completion_index_tampered_is_found_and_nothing_repeats(pg_url, tmp_path):
     import psycopg
 
-    result, _ = _run_json(tmp_path, "--db", pg_url)
+    one = ("--models", "sim-good")  # one model's 30 tests: the demo's shape, a quarter of its time
+    result, _ = _run_json(tmp_path, "--db", pg_url, *one)
     done = result["completed"]
     assert done == result["planned"] > 0
 
@@ -101,11 +94,11 @@ def test_postgresql_completion_index_tampered_is_found_and_nothing_repeats(pg_ur
         proc = ultra("audit", "--db", pg_url, cwd=tmp_path)
         assert proc.returncode == 1 and "completion index" in proc.stdout, proc.stdout + proc.stderr
         assert "Traceback" not in proc.stderr
-        again, _ = _run_json(tmp_path, "--db", pg_url)
+        again, _ = _run_json(tmp_path, "--db", pg_url, *one)
         assert again["completed"] == 0 and again["skipped_completed"] == done
     for change in (DELETE, EDIT):  # resume finds each, rebuilds it
         tamper(change)
-        again, stderr = _run_json(tmp_path, "--db", pg_url)
+        again, stderr = _run_json(tmp_path, "--db", pg_url, *one)
         assert again["completed"] == 0 and again["skipped_completed"] == done
         assert "completion index" in stderr, stderr
     completed_once()

@@ -33,13 +33,10 @@ def inspect_extra():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(demo, tmp_path_factory):
+    """A copy of the session's demo run (tests/conftest.py): its directory, log, run id."""
     tmp = tmp_path_factory.mktemp("demo")
-    proc = ultra("run", "--json", "--progress", "none", cwd=tmp)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    db = tmp / "ultra-data" / "events.db"
-    run = json.loads(proc.stdout)["run_id"]
-    return tmp, db, run
+    return tmp, demo.copy_to(tmp) / "events.db", demo.run_id
 
 
 def test_the_export_reads_back_with_inspect_ai(inspect_extra, demo, tmp_path):

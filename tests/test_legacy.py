@@ -264,10 +264,8 @@ def test_no_legacy_keys_without_legacy_imports():
 # ---- a mixed log: legacy + a demo run --------------------------------------------------
 
 
-def test_mixed_log_totals_report_conditions_and_audit(tmp_path):
-    run = ultra("run", "--json", cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    data = tmp_path / "ultra-data"
+def test_mixed_log_totals_report_conditions_and_audit(tmp_path, demo):
+    data = demo.copy_to(tmp_path)  # the session's demo run (tests/conftest.py)
     before = json.loads((data / "master_database.json").read_text())["summary"]["total_tests"]
     proc = ultra("import-legacy", str(PARTIAL), "--source", "old", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -93,12 +93,11 @@ def test_two_logs_beside_one_out_directory_each_report_shows_only_its_own_tests(
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
-    """The bundled demo `ultra run` in an empty directory (the simulator answers)."""
+def demo_run(demo, tmp_path_factory) -> Path:
+    """A copy of the session's bundled demo run (tests/conftest.py; the simulator answered)."""
+    assert "SIMULATED" in demo.stdout  # the run summary says so
     tmp = tmp_path_factory.mktemp("demo")
-    p = ultra("run", "--progress", "none", cwd=tmp, check=False)
-    assert p.returncode == 0, p.stderr
-    assert "SIMULATED" in p.stdout  # the run summary says so
+    demo.copy_to(tmp)
     return tmp
 
 
@@ -283,10 +282,10 @@ def test_ultra_runs_after_a_normal_and_an_interrupted_run(demo_run, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def two_conditions(tmp_path_factory) -> Path:
-    """The demo run, then the same tests with --max-turns 4 (one log)."""
+def two_conditions(demo, tmp_path_factory) -> Path:
+    """The demo run (the session's, copied), then the same tests with --max-turns 4 (one log)."""
     tmp = tmp_path_factory.mktemp("conditions")
-    ultra("run", "--progress", "none", cwd=tmp)
+    demo.copy_to(tmp)
     ultra("run", "--progress", "none", "--max-turns", "4", cwd=tmp)
     return tmp
 

@@ -31,10 +31,8 @@ def _test_events(db) -> list[dict]:
     return [e for e in events(db) if e["type"] in ("test.completed", "test.errored")]
 
 
-def test_the_demo_stores_one_transcript_per_test_and_show_prints_it(tmp_path):
-    proc = ultra("run", "--json", "--progress", "none", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    db = tmp_path / "ultra-data" / "events.db"
+def test_the_demo_stores_one_transcript_per_test_and_show_prints_it(tmp_path, demo):
+    db = demo.copy_to(tmp_path) / "events.db"  # the session's demo run (tests/conftest.py)
     tests = _test_events(db)
     stored = _stored(db)
     assert tests and len(stored) == len(tests)
