@@ -4,7 +4,6 @@ served by `inspect view` on loopback into headless Chromium (no network)."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import socket
 import subprocess
