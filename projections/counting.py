@@ -66,8 +66,16 @@ class Counting:
                         model = models[e.model]  # type: ignore[union-attr]
                     except KeyError:
                         model = models[e.model] = canonical(e.model)  # type: ignore[union-attr]
-                    if spent is not None:
-                        _spend(spent, model, e, prices)
+                    if spent is not None:  # inline: the hot path of every completion
+                        u = e.usage  # type: ignore[union-attr]
+                        t = spent.get(model)
+                        if t is None:
+                            t = spent[model] = [0, 0, 0, 0.0, 0]
+                        t[0] += u.prompt_tokens
+                        t[1] += u.completion_tokens
+                        t[2] += u.reasoning_tokens
+                        if prices:
+                            _price(t, e, prices)
                     if retracts is not None and retracts(e, model):  # type: ignore[arg-type]
                         self.retracted += 1
                         continue
@@ -111,10 +119,17 @@ def _spend(spent: dict[str, list[float]], model: str, e: Any,
         t[0] += u.prompt_tokens
         t[1] += u.completion_tokens
         t[2] += u.reasoning_tokens
-        price = prices.get(f"{e.run_id}/{e.shard_id}") if prices else None
-        if price is not None:
-            t[3] += (u.prompt_tokens * price[0] + u.completion_tokens * price[1]) / 1e6
-            t[4] += 1
+        if prices:
+            _price(t, e, prices)
+
+
+def _price(t: list[float], e: Any, prices: dict[str, tuple[float, float]]) -> None:
+    """Add the cost of an event's tokens to `t`, where its run priced its shard."""
+    price = prices.get(f"{e.run_id}/{e.shard_id}")
+    if price is not None:
+        u = e.usage
+        t[3] += (u.prompt_tokens * price[0] + u.completion_tokens * price[1]) / 1e6
+        t[4] += 1
 
 
 def current_legacy_cells(legacy: Iterable[tuple[int, Event]], current: dict[str, str]
