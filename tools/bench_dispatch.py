@@ -188,6 +188,38 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class Window(msgspec.Struct):
+    """What a measurement window saw: requests the simulator accepted, seconds, CPU seconds
+    of the client processes and of the simulator, and its last /stats."""
+
+    requests: int
+    seconds: float
+    client_cpu: float
+    sim_cpu: float
+    stats: dict
+
+
+def measure(sim, procs, warmup: float, window: float) -> Window:
+    """Wait `warmup` seconds, then measure `window` seconds of the load, and stop `procs`."""
+    try:
+        time.sleep(warmup)
+        r0, t0 = sim.stats()["total"]["accepted"], time.perf_counter()
+        c0 = sum(_cpu_seconds(p.pid) for p in procs)
+        s0 = _cpu_seconds(sim.pid)
+        time.sleep(window)
+        stats = sim.stats()
+        r1, t1 = stats["total"]["accepted"], time.perf_counter()
+        c1 = sum(_cpu_seconds(p.pid) for p in procs)
+        s1 = _cpu_seconds(sim.pid)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+    return Window(requests=r1 - r0, seconds=t1 - t0, client_cpu=c1 - c0, sim_cpu=s1 - s0,
+                  stats=stats)
+
+
 def seed_load(processes: int, warmup: float, window: float, per_client: int) -> dict:
     instances = 200  # enough tests that no shard runs dry within the window
     with SimProcess(SimConfig(latency=SEED_LATENCY)) as sim, tempfile.TemporaryDirectory() as tmp:
@@ -202,22 +234,9 @@ def seed_load(processes: int, warmup: float, window: float, per_client: int) -> 
         procs = [subprocess.Popen([sys.executable, __file__, "--seed-child", sim.url, db,
                                    str(processes), str(i), str(instances), str(per_client)])
                  for i in range(min(processes, len(plan.shards)))]
-        try:
-            time.sleep(warmup)
-            r0, t0 = sim.stats()["total"]["accepted"], time.perf_counter()
-            c0 = sum(_cpu_seconds(p.pid) for p in procs)
-            s0 = _cpu_seconds(sim.pid)
-            time.sleep(window)
-            stats = sim.stats()
-            r1, t1 = stats["total"]["accepted"], time.perf_counter()
-            c1 = sum(_cpu_seconds(p.pid) for p in procs)
-            s1 = _cpu_seconds(sim.pid)
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
-        achieved = (r1 - r0) / (t1 - t0)
+        w = measure(sim, procs, warmup, window)
+        stats, n = w.stats, max(1, w.requests)
+        achieved = w.requests / w.seconds
         return dict(processes=processes, connections_per_client=per_client, shards=len(plan.shards),
                     workers=sum(s.workers for s in plan.shards), offered_rps=round(offered, 1),
                     ceiling_rps=round(ceiling, 1),
@@ -228,8 +247,8 @@ def seed_load(processes: int, warmup: float, window: float, per_client: int) -> 
                     sim_residency_s=round(stats["total"]["in_flight"] / achieved, 3),
                     latency_mean_s=round(mean_s, 3),
                     achieved_rps=round(achieved, 1), achieved_vs_offered=round(achieved / offered, 3),
-                    client_cpu_ms_per_request=round(1000 * (c1 - c0) / max(1, r1 - r0), 3),
-                    sim_cpu_ms_per_request=round(1000 * (s1 - s0) / max(1, r1 - r0), 3),
+                    client_cpu_ms_per_request=round(1000 * w.client_cpu / n, 3),
+                    sim_cpu_ms_per_request=round(1000 * w.sim_cpu / n, 3),
                     sim_status=stats["status"], sim_in_flight=stats["total"]["in_flight"],
                     rejected=[m for part in ("models", "deployments", "keys") for m, c in stats[part].items() if c["rejected"]])
 

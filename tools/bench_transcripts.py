@@ -89,7 +89,7 @@ def seed_child(url: str, db: str, processes: int, index: int, instances: int, mo
 
 
 def seed_load(mode: str, processes: int, warmup: float, window: float) -> dict:
-    from bench_dispatch import SEED_LATENCY, _cpu_seconds, seed_plan
+    from bench_dispatch import SEED_LATENCY, measure, seed_plan
 
     from ultra.sim.config import SimConfig
     from ultra.sim.process import SimProcess
@@ -103,21 +103,10 @@ def seed_load(mode: str, processes: int, warmup: float, window: float) -> dict:
         procs = [subprocess.Popen([sys.executable, __file__, "--seed-child", sim.url, db,
                                    str(processes), str(i), str(instances), mode])
                  for i in range(min(processes, len(plan.shards)))]
-        try:
-            time.sleep(warmup)
-            r0, t0 = sim.stats()["total"]["accepted"], time.perf_counter()
-            c0 = sum(_cpu_seconds(p.pid) for p in procs)
-            time.sleep(window)
-            r1, t1 = sim.stats()["total"]["accepted"], time.perf_counter()
-            c1 = sum(_cpu_seconds(p.pid) for p in procs)
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
-        achieved = (r1 - r0) / (t1 - t0)
+        w = measure(sim, procs, warmup, window)
+        achieved = w.requests / w.seconds
         out = dict(achieved_rps=round(achieved, 1), achieved_vs_offered=round(achieved / offered, 3),
-                   client_cpu_ms_per_request=round(1000 * (c1 - c0) / max(1, r1 - r0), 3))
+                   client_cpu_ms_per_request=round(1000 * w.client_cpu / max(1, w.requests), 3))
         if mode != "none":
             out["stored"] = _sizes(db)
         return out
