@@ -209,6 +209,30 @@ def test_killed_process_group_then_an_immediate_run_finishes_every_test_once(tmp
     _audit_clean(db, home)
 
 
+def _stop_outside_a_write(proc, db) -> None:
+    """SIGSTOP `proc`'s process group. A SQLite writer stopped inside its write transaction
+    (microseconds long) holds the file's lock until it continues: no store can take a lock
+    from a living process, so the test stops it again until the lock is free. PostgreSQL
+    ends a stopped collector's idle transaction itself (STALL_SECONDS)."""
+    import sqlite3
+
+    for _ in range(100):
+        os.killpg(proc.pid, signal.SIGSTOP)
+        if not isinstance(db, Path):
+            return
+        conn = sqlite3.connect(db, timeout=0.2, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.killpg(proc.pid, signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    raise AssertionError("the collector never left its write transaction")
+
+
 def test_a_collector_stopped_past_its_lease_completes_no_test_twice(tmp_path, db):
     """SIGSTOP (a suspended VM, swap) past the lease: another collector takes and finishes
     the stopped one's tests; woken, the first still holds results in flight, and fencing
@@ -218,7 +242,7 @@ def test_a_collector_stopped_past_its_lease_completes_no_test_twice(tmp_path, db
             _collector(tmp_path, name, sim.url, instances=3) for name in ("a", "b"))
         first = _start(home_a, config_a, db, "--lease-seconds", "3")
         _wait_for(db, 4, [first])
-        os.killpg(first.pid, signal.SIGSTOP)
+        _stop_outside_a_write(first, db)
         try:
             time.sleep(5)  # past the 3 s lease: its routes and claims expire
             code_b, result_b, err_b = _finish(

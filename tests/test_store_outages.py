@@ -149,3 +149,38 @@ def test_a_batch_tried_again_after_its_commit_stores_nothing_twice(db):
         assert (again.stored, again.fenced) == (0, ())
         assert log.count() == 1
         assert log.claim("test:key-1", "other", "run-2", 30) == "done"  # the mark stayed
+
+
+def test_a_collector_stopped_inside_a_transaction_does_not_hold_the_log(pg_url):
+    """A collector stopped (SIGSTOP, a suspended VM) while it holds the append lock would
+    hold every other collector with it: the server ends its idle transaction after
+    STALL_SECONDS, the others append, and the stalled one reconnects and appends again."""
+    import threading
+
+    from ultra.store_postgres import STALL_SECONDS
+
+    with EventLog.open(pg_url) as stalled, EventLog.open(pg_url) as other:
+        holding, outcome = threading.Event(), {}
+
+        def stall() -> None:
+            try:
+                with stalled._transaction() as tx:
+                    stalled._lock_appends(tx)
+                    holding.set()
+                    time.sleep(STALL_SECONDS + 3)  # stopped: nothing sent to the server
+                    tx.execute("SELECT 1")
+                outcome["stalled"] = "committed"
+            except stalled.lost_errors as exc:
+                outcome["stalled"] = type(exc).__name__
+
+        thread = threading.Thread(target=stall)
+        thread.start()
+        assert holding.wait(30)
+        appended = threading.Thread(target=lambda: outcome.update(other=other.append([completed(1)])))
+        appended.start()
+        appended.join(STALL_SECONDS + 60)
+        assert outcome.get("other") == 1, "the stalled transaction held the log"
+        thread.join(60)
+        assert outcome["stalled"] != "committed"
+        assert stalled.append([completed(2)]) == 1  # reconnected
+        assert other.count() == 2

@@ -12,6 +12,14 @@ A lost connection (the server restarted or unreachable: an error without SQLSTAT
 08, or an admin/crash shutdown) is reopened with exponential backoff (0.1 s doubling to
 RECONNECT_MAX_DELAY) under the log's lock, so threads sharing the log wait for one
 reconnect; past `retry_seconds` from the first loss the call raises `StoreLost`.
+
+A collector stopped inside a transaction (SIGSTOP, a suspended VM) would hold the append
+lock, and every other collector with it, for as long as it stays stopped. Each session
+therefore sets `idle_in_transaction_session_timeout` (STALL_SECONDS): the server ends a
+session whose transaction sits idle that long, which rolls it back and frees the lock. Our
+own transactions send their statements back to back; one that was ended this way counts as
+a lost connection, is reconnected and runs again (a stalled collector's lease has expired
+by then, and fencing drops what it would have stored).
 """
 
 from __future__ import annotations
@@ -31,7 +39,9 @@ from ultra.store import _COLUMNS, MIGRATIONS_TABLE, EventLog, StoreLost, _patien
 APPEND_LOCK = 0x756C747261  # "ultra": the advisory lock key that serializes appends
 RECONNECT_MAX_DELAY = 4.0  # seconds between reconnection attempts, at most
 CONNECT_TIMEOUT = 10  # seconds for one connection attempt (libpq's least is 2)
-_LOST_STATES = ("57P01", "57P02", "57P03")  # admin shutdown, crash shutdown, cannot connect now
+STALL_SECONDS = 5  # a transaction idle this long (its collector stopped) is ended by the server
+# admin shutdown, crash shutdown, cannot connect now; the server ended an idle transaction
+_LOST_STATES = ("57P01", "57P02", "57P03", "25P03")
 
 
 @functools.lru_cache(maxsize=256)
@@ -49,6 +59,13 @@ def _reason(exc: BaseException, line: int = 0) -> str:
 def _is_loss(exc: BaseException) -> bool:
     state = getattr(exc, "sqlstate", None)
     return state is None or state.startswith("08") or state in _LOST_STATES
+
+
+def _session(url: str, connect_timeout: int) -> Any:
+    """A connection in autocommit whose idle transactions the server ends (STALL_SECONDS)."""
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout)
+    conn.execute(f"SET idle_in_transaction_session_timeout = {STALL_SECONDS * 1000}")
+    return conn
 
 
 def redacted(url: str) -> str:
@@ -88,7 +105,8 @@ class PostgresLog(EventLog):
     guards_sql = ("SELECT tgname FROM pg_trigger WHERE tgrelid = 'events'::regclass"
                   " AND NOT tgisinternal AND tgenabled <> 'D'")
 
-    lost_errors = (psycopg.OperationalError,)  # also "the connection is closed"
+    # also "the connection is closed", and a session the server ended for idling in a transaction
+    lost_errors = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout)
 
     def __init__(self, conn: Any, location: str, url: str) -> None:
         self._conn = conn
@@ -101,7 +119,7 @@ class PostgresLog(EventLog):
     def connect(cls, url: str, *, create: bool = True) -> PostgresLog:
         where = redacted(url)
         try:
-            conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+            conn = _session(url, CONNECT_TIMEOUT)
         except psycopg.Error as exc:
             raise UserError(f"{where}: cannot connect to the event log ({_reason(exc, -1)})") from None
         return cls(conn, where, url)._prepared(
@@ -135,8 +153,7 @@ class PostgresLog(EventLog):
                 left = deadline - time.monotonic()
                 if left > 0:
                     try:
-                        conn = psycopg.connect(self._url, autocommit=True,
-                                               connect_timeout=max(2, min(CONNECT_TIMEOUT, int(left))))
+                        conn = _session(self._url, max(2, min(CONNECT_TIMEOUT, int(left))))
                         break
                     except psycopg.Error as again:
                         reason = _reason(again)
