@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from ultra.errors import UserError
+from ultra.errors import ConfigError, UserError
 from ultra.providers import KINDS, provider
 from ultra.sim.config import SimConfig
 
@@ -198,18 +198,18 @@ def load_config(path: Path | str | None) -> tuple[Config, Path]:
     try:
         raw = source.read_bytes()
     except OSError as exc:
-        raise UserError(f"cannot read config {source}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read config {source}: {exc.strerror or exc}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"malformed config {source}: {exc}") from None
+        raise ConfigError(f"malformed config {source}: {exc}") from None
     try:
         config = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
-        raise UserError(f"invalid config {source}: {_where(data, exc)}") from None
+        raise ConfigError(f"invalid config {source}: {_where(data, exc)}") from None
     problems = validate(config)
     if problems:
-        raise UserError("\n".join(problems))
+        raise ConfigError("\n".join(problems))
     return config, source
 
 

@@ -23,7 +23,7 @@ _PROJECT_VALUES = ("--db", "--out", "--results")
 def main() -> None:
     import sqlite3
 
-    from ultra.errors import storage_problem
+    from ultra.errors import fail, storage_error
 
     try:
         if not _quick_project(sys.argv[1:]):
@@ -31,19 +31,13 @@ def main() -> None:
 
             app()
     except UserError as exc:
-        _fail(str(exc))
+        fail(exc)
     except (sqlite3.DatabaseError, OSError) as exc:
         # What the stores did not already name (results.db, an output file): still one line.
-        line = storage_problem(getattr(exc, "filename", None) or "ultra", exc)
-        if line is None:
+        problem = storage_error(getattr(exc, "filename", None) or "ultra", exc)
+        if problem is None:
             raise
-        _fail(line)
-
-
-def _fail(message: str) -> None:
-    for line in message.splitlines() or [""]:  # one line per problem
-        print(f"ultra: error: {line}", file=sys.stderr)
-    raise SystemExit(2) from None
+        fail(problem)
 
 
 def _quick_project(argv: list[str]) -> bool:

@@ -37,7 +37,7 @@ import trio
 
 from ultra.client import PREFLIGHT_TIMEOUT, RouteCheck, preflight
 from ultra.config import Config, effective_model
-from ultra.errors import UserError
+from ultra.errors import RouteRefused, UserError, fail, say
 from ultra.events import (
     Event,
     PlanSummary,
@@ -351,8 +351,7 @@ def _child_main(payload: bytes, progress: Connection, parent_pid: int) -> None:
         user = _user_error(exc)  # trio groups the errors of a nursery's tasks
         if user is None:
             raise
-        print(f"ultra: error: {user}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(user)
     finally:
         reporter.close(timeout=2.0)
 
@@ -643,7 +642,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
             quiet = progress == "none" or (json_output and progress == "auto")
             broken, checks = check_routes(plan, None if quiet else _say)
             if broken:
-                raise UserError("\n".join(broken))
+                raise RouteRefused("\n".join(broken))
         run_id = uuid.uuid4().hex[:12]
         failed = ""
         with EventLog.open(db) as log:
@@ -682,7 +681,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
         except UserError as exc:
             failed = str(exc)
     if failed:
-        print(f"ultra: error: {failed}", file=sys.stderr)
+        say(failed)
     by_id = {s.shard_id: s for s in plan.shards}
     broken = [BrokenRoute(shard=s.shard, route=route_label(by_id[s.shard]), reason=s.broken)
               for s in snapshots.values() if s.broken]

@@ -35,7 +35,7 @@ import msgspec
 
 from ultra import chain, liveness
 from ultra import events as ev
-from ultra.errors import UserError
+from ultra.errors import ImportConflict, UserError
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -84,10 +84,6 @@ IMPORT_LINE_LIMIT = 16 * 2**20  # bytes: an event line is a few KB; anything nea
 DONE = "done"  # `claim`'s answer for a test another collector completed meanwhile
 TEST_LEASE_PREFIX = "test:"  # a test's claim is the lease 'test:<test key>'
 STORE_TIMEOUT = 60.0  # seconds a lost connection to the log is retried before giving up
-
-
-class StoreLost(UserError):
-    """The log stayed out of reach for `retry_seconds` (one line: where, and why)."""
 
 
 def _patient(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -279,14 +275,14 @@ def _check_conflicts(conn: Tx, batch: list[tuple[Row, str]]) -> None:
     for row, where in batch:
         seen = first.setdefault(row[0], (row, where))
         if seen[0] is not row and not _same_event(seen[0][-1], row[-1]):
-            raise UserError(f"{where}: event {row[0]!r} differs from the one on {seen[1]} under"
-                            " the same event_id; nothing imported")
+            raise ImportConflict(f"{where}: event {row[0]!r} differs from the one on {seen[1]}"
+                                 " under the same event_id; nothing imported")
     for event_id, seq, payload in _stored(conn, list(first), "event_id, seq, payload"):
         row, where = first[event_id]
         if not _same_event(payload, row[-1]):
-            raise UserError(f"{where}: event {event_id!r} differs from the stored event seq"
-                            f" {seq} with that event_id (a changed event is a conflict);"
-                            " nothing imported")
+            raise ImportConflict(f"{where}: event {event_id!r} differs from the stored event seq"
+                                 f" {seq} with that event_id (a changed event is a conflict);"
+                                 " nothing imported")
 
 
 def _stored(tx: Tx, ids: list[str], columns: str) -> Iterator[tuple[Any, ...]]:
@@ -597,14 +593,14 @@ class EventLog:
         raise exc
 
     def _prepared(self, create: bool, refused: type[Exception],
-                  problem: Callable[[Exception], str]) -> Self:
+                  problem: Callable[[Exception], UserError]) -> Self:
         """This log once `_prepare`d, or closed: a `refused` error (the driver's) becomes
         one line, `problem(exc)`; anything else propagates."""
         try:
             self._prepare(create)
         except refused as exc:
             self.close()
-            raise UserError(problem(exc)) from None
+            raise problem(exc) from None
         except BaseException:
             self.close()
             raise

@@ -34,7 +34,8 @@ from typing import Any
 import psycopg
 
 from ultra.errors import UserError
-from ultra.store import _COLUMNS, MIGRATIONS_TABLE, EventLog, StoreLost, _patient
+from ultra.errors import StoreLost, storage_error
+from ultra.store import _COLUMNS, MIGRATIONS_TABLE, EventLog, _patient
 
 APPEND_LOCK = 0x756C747261  # "ultra": the advisory lock key that serializes appends
 RECONNECT_MAX_DELAY = 4.0  # seconds between reconnection attempts, at most
@@ -141,7 +142,7 @@ class PostgresLog(EventLog):
 
     def _wait_for_server(self, exc: Exception) -> None:
         if not _is_loss(exc):
-            raise exc
+            raise storage_error(self.location, exc) or exc
         with self._lock:
             if not self._conn.closed:
                 return  # another thread reconnected meanwhile

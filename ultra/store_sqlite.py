@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ultra import chain
-from ultra.errors import UserError, storage_problem
+from ultra.errors import StoreBusy, UserError, storage_error
 from ultra.store import MIGRATIONS_TABLE, EventLog
 
 BUSY_TIMEOUT_S = 5.0  # SQLite's own wait for a lock, per attempt
@@ -121,7 +121,7 @@ class SqliteLog(EventLog):
             raise UserError(f"{path}: cannot open the event log ({exc})") from None
         return cls(conn, path)._prepared(
             create, sqlite3.DatabaseError,
-            lambda exc: storage_problem(path, exc) or f"{path}: not a usable SQLite database ({exc})")
+            lambda exc: storage_error(path, exc) or UserError(f"{path}: not a usable SQLite database ({exc})"))
 
     def _prepare(self, create: bool) -> None:
         conn = self._conn
@@ -162,7 +162,7 @@ class SqliteLog(EventLog):
                 if not _is_busy(exc):
                     raise self._problem(exc) from None
                 if time.monotonic() > deadline:
-                    raise UserError(
+                    raise StoreBusy(
                         f"{self.path}: event log busy for {LOCK_PATIENCE_S:.0f} s; is a writer stuck?"
                     ) from None
                 import random  # only a writer that waits jitters: kept out of every start
@@ -188,8 +188,7 @@ class SqliteLog(EventLog):
 
     def _problem(self, exc: sqlite3.DatabaseError) -> Exception:
         """A read-only, full or corrupted file as one line for the user; else `exc`."""
-        line = storage_problem(self.path, exc)
-        return UserError(line) if line is not None else exc
+        return storage_error(self.path, exc) or exc
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ultra.errors import UserError
+from ultra.errors import ImportConflict, UserError
 from ultra.events import Usage
 
 FORMAT = 1
@@ -175,8 +175,8 @@ def parse_line(text: str | bytes, where: str) -> tuple[str, bytes]:
         raise UserError(f"{where}: not a transcript line ({exc}); nothing imported") from None
     problem = check(obj.transcript, blob)
     if problem is not None:
-        raise UserError(f"{where}: transcript {obj.transcript[:16]}…: {problem}; refused,"
-                        " nothing imported")
+        raise ImportConflict(f"{where}: transcript {obj.transcript[:16]}…: {problem}; refused,"
+                             " nothing imported")
     return obj.transcript, blob
 
 
