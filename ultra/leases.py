@@ -1,7 +1,7 @@
 """Leases of one collector process: its routes and the tests it is running.
 
 A collector holds a route's lease (one key of a gateway, one deployment) while it sends on
-it, and claims each test before running it, so per-route limits (a provider's `key_qps`
+it, and claims each test before running it (a batch of tests in one transaction), so per-route limits (a provider's `key_qps`
 included) hold across collectors and no test runs twice at once. Leases live in the
 store's `leases` table, not in the immutable log; a heartbeat renews them every
 `ttl / HEARTBEATS_PER_TTL` seconds, and they expire `ttl` seconds after the last renewal
@@ -105,18 +105,22 @@ class ProcessLeases:
             raise
 
     async def _claim(self, name: str) -> str | None:
-        def claim() -> str | None:
-            return self.log.claim(name, self.holder, self.run_id, self.ttl,
-                                  plan_seq=self.after_seq)
+        return (await self._claim_all([name]))[name]
 
-        why = await self._store(claim)
-        if why is None or why == DONE or trio.current_time() - self._freed_at < WAIT_POLL:
-            return why  # type: ignore[return-value]
-        # Held by another run: if that run died on this host meanwhile, its claim is free.
+    async def _claim_all(self, names: list[str]) -> dict[str, str | None]:
+        def claim(names: list[str]) -> dict[str, str | None]:
+            return self.log.claim_many(names, self.holder, self.run_id, self.ttl,
+                                       plan_seq=self.after_seq)
+
+        found: dict[str, str | None] = await self._store(claim, names)  # type: ignore[assignment]
+        held = [n for n, why in found.items() if why is not None and why != DONE]
+        if not held or trio.current_time() - self._freed_at < WAIT_POLL:
+            return found
+        # Held by another run: if that run died on this host meanwhile, its claims are free.
         self._freed_at = trio.current_time()
         if await self._store(self.log.free_dead_holders):
-            why = await self._store(claim)
-        return why  # type: ignore[return-value]
+            found.update(await self._store(claim, held))  # type: ignore[arg-type]
+        return found
 
     async def hold_route(self, shard: Shard, progress: ShardProgress) -> bool:
         """Hold the shard's route (with `wait`, wait until it is free). False when another
@@ -148,10 +152,24 @@ class ProcessLeases:
                         raise
                     self.failed(exc)  # the route is freed with the process's other leases
 
-    async def take_test(self, test_key: str) -> str | None:
-        """None when the test is ours to run; DONE when another collector completed it;
-        else the run id that holds it now."""
-        return await self._claim(test_lease(test_key))
+    async def take_tests(self, test_keys: list[str]) -> dict[str, str | None]:
+        """For each key, None when the test is ours to run; DONE when another collector
+        completed it; else the run id that holds it now. One transaction for them all."""
+        found = await self._claim_all([test_lease(k) for k in test_keys])
+        return {k: found[test_lease(k)] for k in test_keys}
+
+    async def give_back(self, test_keys: list[str]) -> None:
+        """Release claims on tests we took and will not run (the shard stopped first)."""
+        if not test_keys:
+            return
+        with trio.CancelScope(shield=True):  # also on the way out of a cancelled shard
+            try:
+                await trio.to_thread.run_sync(
+                    self.log.release, [test_lease(k) for k in test_keys], self.holder)
+            except UserError as exc:
+                if self.failed is None:
+                    raise
+                self.failed(exc)  # they are freed with the process's other leases
 
     async def heartbeat(self, lost_route: trio.CancelScope) -> None:
         """Renew every lease we hold; if a route was lost (we stalled past the ttl and
@@ -177,39 +195,62 @@ class ProcessLeases:
         self.log.release_all(self.holder)
 
 
+CLAIM_BATCH = 32  # tests a shard claims in one transaction (at most its worker count)
+
+
 class ClaimedTests:
     """A shard's tests, handed to its workers one claimed test at a time.
 
-    Without leases it is the plain list. With them, a test held by another collector is
-    put back and asked for again once the rest are done (with `wait`, until it is ours or
-    completed); one completed elsewhere meanwhile is dropped; one still held at the end is
-    counted as not taken, with the run that holds it.
+    Without leases it is the plain list. With them, tests are claimed in batches of up to
+    `CLAIM_BATCH` (never more than the shard's workers), one transaction per batch and one
+    batch in flight per shard; a test's claim still ends in the transaction that stores
+    its event. A test held by another collector is put back and asked for again once the
+    rest are done (with `wait`, until it is ours or completed); one completed elsewhere
+    meanwhile is dropped; one still held at the end is counted as not taken, with the run
+    that holds it. Claimed tests no worker took are released by `close`.
     """
 
     def __init__(self, tests: list[TestSpec], leases: ProcessLeases | None,
-                 progress: ShardProgress) -> None:
+                 progress: ShardProgress, batch: int = CLAIM_BATCH) -> None:
         self._todo: deque[TestSpec] = deque(tests)
         self._held: deque[TestSpec] = deque()
+        self._ready: deque[TestSpec] = deque()  # claimed, not yet handed out
         self._leases = leases
         self._progress = progress
+        self._batch = max(1, batch)
+        self._claiming = trio.Lock()
 
     async def next(self) -> TestSpec | None:
         leases = self._leases
-        while True:
-            if self._todo:
-                spec, again = self._todo.popleft(), False
-            elif self._held:
-                spec, again = self._held.popleft(), True
-                if leases is not None and leases.wait:
-                    await trio.sleep(WAIT_POLL)
-            else:
-                return None
-            if leases is None:
-                return spec
-            why = await leases.take_test(spec.test_key)
+        if leases is None:
+            return self._todo.popleft() if self._todo else None
+        while not self._ready:
+            async with self._claiming:
+                if self._ready:
+                    break
+                if not self._todo and not self._held:
+                    return None
+                await self._claim_batch(leases)
+        return self._ready.popleft()
+
+    async def _claim_batch(self, leases: ProcessLeases) -> None:
+        if self._todo:
+            source, again = self._todo, False
+        else:
+            source, again = self._held, True
+            if leases.wait:
+                await trio.sleep(WAIT_POLL)
+        specs = [source.popleft() for _ in range(min(self._batch, len(source)))]
+        try:
+            found = await leases.take_tests([s.test_key for s in specs])
+        except BaseException:
+            source.extendleft(reversed(specs))  # unclaimed: the next run takes them
+            raise
+        for spec in specs:
+            why = found[spec.test_key]
             if why is None:
-                return spec
-            if why == DONE:
+                self._ready.append(spec)
+            elif why == DONE:
                 self._progress.elsewhere += 1
             elif not again or leases.wait:
                 self._held.append(spec)
@@ -217,6 +258,13 @@ class ClaimedTests:
                 self._progress.not_taken += 1
                 self._progress.held_by.add(why)
 
+    async def close(self) -> None:
+        """Give back the claims of tests no worker took (the shard stopped early)."""
+        if self._leases is not None and self._ready:
+            keys = [s.test_key for s in self._ready]
+            self._ready.clear()
+            await self._leases.give_back(keys)
 
-__all__ = ["DONE", "DEFAULT_TTL", "ClaimedTests", "ProcessLeases", "holder_id", "route_lease",
+
+__all__ = ["CLAIM_BATCH", "DONE", "DEFAULT_TTL", "ClaimedTests", "ProcessLeases", "holder_id", "route_lease",
            "test_lease"]

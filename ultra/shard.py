@@ -34,7 +34,7 @@ from ultra.events import (
     TestErrored,
     utc_now,
 )
-from ultra.leases import ClaimedTests, ProcessLeases
+from ultra.leases import CLAIM_BATCH, ClaimedTests, ProcessLeases
 from ultra.limits import Concurrency, RateLimiter, TokenBudget
 from ultra.plan import Shard
 from ultra.suites import ModelUnavailable, Suite, TestSpec
@@ -198,7 +198,8 @@ async def run_shard(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Eve
 async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Event], None],
                      progress: ShardProgress, shared: KeyBudget | None,
                      leases: ProcessLeases | None = None, transcripts: str = "none") -> None:
-    pending = ClaimedTests(shard.tests, leases, progress)  # one queue: the pool never idles early
+    # one queue: the pool never idles early; claims in batches of at most the worker count
+    pending = ClaimedTests(shard.tests, leases, progress, batch=min(CLAIM_BATCH, shard.workers))
     limiters = tuple(x for x in (progress.limiter, shared and shared.limiter) if x)
     budgets = tuple(x for x in (progress.budget, shared and shared.tokens) if x)
     health = progress.health
@@ -217,9 +218,12 @@ async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Ev
                 )
                 await _run_test(shard, suite, run_id, spec, model, progress, emit, transcripts)
 
-        async with trio.open_nursery() as nursery:
-            for i in range(min(shard.workers, len(shard.tests))):
-                nursery.start_soon(worker, clients[i % len(clients)])
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(min(shard.workers, len(shard.tests))):
+                    nursery.start_soon(worker, clients[i % len(clients)])
+        finally:
+            await pending.close()
 
 
 async def _run_test(shard: Shard, suite: Suite, run_id: str, spec: TestSpec,

@@ -1143,7 +1143,6 @@ class EventLog:
 
     # -- leases (a table of their own: nothing here touches an event) --
 
-    @_patient
     def claim(self, name: str, holder: str, run_id: str, ttl: float, *,
               plan_seq: int = 0) -> str | None:
         """Take lease `name` for `ttl` seconds if it is free, expired or already `holder`'s.
@@ -1154,10 +1153,18 @@ class EventLog:
         the planner (a retracted completion, say), so the test is taken again. `plan_seq`
         also tells `release_all` which marks a running plan may still need.
         """
+        return self.claim_many([name], holder, run_id, ttl, plan_seq=plan_seq)[name]
+
+    @_patient
+    def claim_many(self, names: Sequence[str], holder: str, run_id: str, ttl: float, *,
+                   plan_seq: int = 0) -> dict[str, str | None]:
+        """`claim` of every name in one transaction: name -> None (ours) or why not."""
         now = self.clock_sql
         host, pid, started = liveness.me()
+        names = sorted(set(names))  # one lock order: two claimers of one batch never deadlock
+        found: dict[str, str | None] = {}
         with self._transaction() as tx:
-            tx.execute(
+            tx.executemany(
                 "INSERT INTO leases (name, holder, run_id, expires_at, plan_seq, host, pid, started)"
                 f" VALUES (?, ?, ?, {now} + ?, ?, ?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
@@ -1167,14 +1174,17 @@ class EventLog:
                 " WHERE (leases.done_seq IS NULL"
                 f" AND (leases.holder = excluded.holder OR leases.expires_at < {now}))"
                 " OR leases.done_seq <= excluded.plan_seq",
-                (name, holder, run_id, ttl, plan_seq, host, pid, started),
+                [(name, holder, run_id, ttl, plan_seq, host, pid, started) for name in names],
             )
-            owner, owner_run, done_seq = tx.execute(
-                "SELECT holder, run_id, done_seq FROM leases WHERE name = ?", (name,)
-            ).fetchone()
-        if done_seq is not None:
-            return DONE
-        return None if owner == holder else owner_run
+            for i in range(0, len(names), 500):
+                part = names[i : i + 500]
+                for name, owner, owner_run, done_seq in tx.execute(
+                    "SELECT name, holder, run_id, done_seq FROM leases"
+                    f" WHERE name IN ({', '.join('?' * len(part))})", part,
+                ).fetchall():
+                    found[name] = (DONE if done_seq is not None
+                                   else None if owner == holder else owner_run)
+        return found
 
     @_patient
     def free_dead_holders(self) -> int:
