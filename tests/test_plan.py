@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections import Counter
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.collection_helpers import ultra
 
 from ultra.config import load_config, masked
 from ultra.errors import UserError
@@ -209,6 +212,37 @@ def test_processes_follow_the_load():
     full = make_plan(config, SUITE, selection(list(config.models)), completed=set())
     assert sum(map(offered_rps, full.shards)) == 645
     assert needed_processes(full) == min(os.cpu_count() or 1, len(full.shards), 2)
+
+
+def test_processes_follow_the_measured_latency_and_plan_shows_the_choice(tmp_path):
+    """Workers against a fast server drive far more than one request a second each: at the
+    latency the preflight measured, the demo's load needs every CPU; `ultra plan` says how
+    many processes a run starts and why."""
+    import os
+
+    from ultra.runner import choose_processes, needed_processes, offered_rps
+
+    demo, _ = load_config("demo")
+    small = make_plan(demo, SUITE, selection(list(demo.models)), completed=set())
+    assumed = choose_processes(small)
+    assert (assumed.processes, assumed.measured) == (1, False)
+    config, _ = load_config("presets")
+    full = make_plan(config, SUITE, selection(list(config.models)), completed=set())
+    fast = {s.shard_id: 0.002 for s in full.shards}  # 2 ms answers: the qps limits bind
+    assert sum(offered_rps(s, 0.002) for s in full.shards) == sum(s.qps for s in full.shards)
+    choice = choose_processes(full, fast)
+    assert choice.measured and choice.offered_rps == sum(s.qps for s in full.shards)
+    want = math.ceil(choice.offered_rps * 0.0014 / 0.7)
+    assert want > needed_processes(full)  # more than at an assumed second a request
+    assert choice.processes == min(os.cpu_count() or 1, len(full.shards), want)
+    assert "requests/s offered at the routes' preflight latency" in choice.line()
+    shown = ultra("plan", "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    got = json.loads(shown.stdout)["processes"]
+    assert got == dict(processes=1, offered_rps=assumed.offered_rps, cpu_per_request_ms=1.4,
+                       measured=False)
+    table = ultra("plan", cwd=tmp_path)
+    assert "1 shard process: " in table.stdout and "an assumed 1 s per request" in table.stdout
 
 
 def test_processes_share_the_request_rate_not_only_the_tests():

@@ -594,10 +594,13 @@ def plan(
              tests=len(s.tests))
         for s in result.shards
     ]
+    from ultra.runner import choose_processes
+
+    choice = choose_processes(result)
     if json_output:
         print(msgspec.json.encode(dict(planned=result.planned,
                                        skipped_completed=result.skipped_completed,
-                                       shards=rows)).decode())
+                                       shards=rows, processes=choice)).decode())
         return
     from rich.console import Console
     from rich.table import Table
@@ -621,6 +624,7 @@ def plan(
     if not console.is_terminal:
         console.width = 200  # a pipe gets whole names, not an 80-column squeeze
     console.print(table)
+    console.print(f"{choice.line()}; `ultra run` measures each route's latency at preflight")
 
 
 def _key_budget(s: "Shard", on_key: "Counter[str]") -> str:

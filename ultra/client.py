@@ -663,6 +663,7 @@ class RouteCheck(msgspec.Struct, frozen=True):
     message: str = ""
     usage: Usage = Usage()
     simulated: bool = False
+    latency_s: float | None = None  # of the answered request (what `ultra run` sizes by)
 
 
 async def preflight(route: Route, options: RequestOptions, *, request_timeout: float,
@@ -691,10 +692,12 @@ async def preflight(route: Route, options: RequestOptions, *, request_timeout: f
         def found(ok: bool, outcome: _Failure | None = None) -> RouteCheck:
             return RouteCheck(ok=ok, http_status=outcome and outcome.http_status,
                               message=outcome.message if outcome else "", usage=model.usage,
-                              simulated=model.simulated)
+                              simulated=model.simulated,
+                              latency_s=trio.current_time() - sent if ok else None)
 
         with trio.move_on_at(deadline):
             while True:
+                sent = trio.current_time()
                 try:
                     outcome = await model._paced_attempt(payload)
                 except ContextLengthExceeded:

@@ -370,26 +370,31 @@ def _user_error(exc: BaseException) -> UserError | None:
 # ---- the parent ---------------------------------------------------------------------------
 
 
-# A chat completion seldom comes back in under a second: a shard's workers drive at most
-# about this many requests per second each, whatever its qps limit allows.
-REQUESTS_PER_WORKER = 1.0
+# Before a route has answered (`ultra plan`), a request is taken to last this long: a chat
+# completion seldom comes back in under a second. `ultra run` uses each route's preflight.
+ASSUMED_LATENCY_S = 1.0
+MIN_LATENCY_S = 0.001  # a loopback answer in microseconds drives no more than this
 
 
-def offered_rps(shard: Shard) -> float:
-    """The request rate a shard can drive: its qps limit, or its workers, whichever binds."""
-    return min(shard.qps, shard.workers * REQUESTS_PER_WORKER)
+def offered_rps(shard: Shard, latency: float | None = None) -> float:
+    """The request rate a shard can drive: its qps limit, or its workers each sending one
+    request after another of `latency` seconds (assumed 1 s), whichever binds."""
+    per_worker = 1.0 / max(MIN_LATENCY_S, latency if latency is not None else ASSUMED_LATENCY_S)
+    return min(shard.qps, shard.workers * per_worker)
 
 
-def assign(shards: list[Shard], processes: int) -> list[list[Shard]]:
+def assign(shards: list[Shard], processes: int,
+           latency: dict[str, float] | None = None) -> list[list[Shard]]:
     """The busiest work first onto the least-loaded process, balanced by the request rate
     (a process's CPU goes per request), then by planned tests. Shards that share a key
     budget travel together: their pacer lives in one process."""
     units: dict[str, list[Shard]] = {}
     for s in shards:
         units.setdefault(s.shared_limit.name if s.shared_limit else s.shard_id, []).append(s)
+    seconds = latency or {}
 
     def load(unit: list[Shard]) -> tuple[float, int]:
-        return sum(offered_rps(s) for s in unit), sum(len(s.tests) for s in unit)
+        return sum(offered_rps(s, seconds.get(s.shard_id)) for s in unit), sum(len(s.tests) for s in unit)
 
     groups: list[list[Shard]] = [[] for _ in range(max(1, processes))]
     loads = [(0.0, 0)] * len(groups)
@@ -606,17 +611,44 @@ def missing_secrets(plan: Plan) -> list[str]:
             for env, (provider, problem) in key_problems(plan).items()]
 
 
-# What one shard process drives with room to spare, in requests/s offered (the sum of its
-# shards' `offered_rps`): tools/bench_dispatch.py --seed-load.
-PROCESS_RPS = 500.0
+# What a request costs a shard process in CPU (client, executor, event: calibrated with
+# tools/bench_dispatch.py --seed-load, docs/benchmarks.md), and the share of a core one is
+# planned to use (the rest: bursts, the event writer, the parent): 500 requests/s each.
+CPU_PER_REQUEST_S = 0.0014
+PROCESS_CPU_SHARE = 0.7
 YOUNG_GC_THRESHOLD = 14_000  # allocations between young collections in a shard process
 
 
-def needed_processes(plan: Plan) -> int:
-    """Shard processes for the plan's load: its offered rate over what one process drives,
-    at least 1, at most one per CPU (and per shard). A small run starts one process."""
-    offered = sum(offered_rps(s) for s in plan.shards)
-    return max(1, min(os.cpu_count() or 1, len(plan.shards), math.ceil(offered / PROCESS_RPS)))
+class ProcessChoice(msgspec.Struct, frozen=True):
+    """How many shard processes a run starts by default, and why."""
+
+    processes: int
+    offered_rps: float  # what the shards' workers can drive (within their qps)
+    cpu_per_request_ms: float
+    measured: bool  # from the routes' preflight latency (else ASSUMED_LATENCY_S)
+
+    def line(self) -> str:
+        basis = "the routes' preflight latency" if self.measured else \
+            f"an assumed {ASSUMED_LATENCY_S:g} s per request"
+        return (f"{self.processes} shard process{'es' if self.processes != 1 else ''}:"
+                f" {self.offered_rps:,.0f} requests/s offered at {basis},"
+                f" {self.cpu_per_request_ms:g} ms of CPU each (--processes sets it)")
+
+
+def choose_processes(plan: Plan, latency: dict[str, float] | None = None) -> ProcessChoice:
+    """Shard processes for the plan's load: the CPU its offered rate costs over the share
+    of a core one process is given; at least 1, at most one per CPU (and per shard). A
+    small run starts one process; a fast server with many workers gets more."""
+    latency = latency or {}
+    offered = sum(offered_rps(s, latency.get(s.shard_id)) for s in plan.shards)
+    cpus = math.ceil(offered * CPU_PER_REQUEST_S / PROCESS_CPU_SHARE - 1e-9)
+    n = max(1, min(os.cpu_count() or 1, len(plan.shards), cpus))
+    return ProcessChoice(processes=n, offered_rps=offered,
+                         cpu_per_request_ms=CPU_PER_REQUEST_S * 1000, measured=bool(latency))
+
+
+def needed_processes(plan: Plan, latency: dict[str, float] | None = None) -> int:
+    return choose_processes(plan, latency).processes
 
 
 def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | str, out: Path,
@@ -654,8 +686,14 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
                                  skipped_completed=plan.skipped_completed),
                 conditions={s.condition: s.condition_fields for s in plan.shards},
             ), *_checked_events(plan, run_id, checks)])
+            latency = {sid: c.latency_s for sid, c in checks.items() if c.latency_s is not None}
+            if processes is None:
+                choice = choose_processes(plan, latency)
+                processes = choice.processes
+                if not (progress == "none" or (json_output and progress == "auto")):
+                    _say(choice.line())
             snapshots, interrupted, crashed = _supervise(
-                plan, run_id, sel, db, tasks, processes or needed_processes(plan),
+                plan, run_id, sel, db, tasks, processes, latency=latency,
                 progress="none" if json_output and progress == "auto" else progress,
                 after_seq=after_seq, lease_seconds=lease_seconds, wait=wait,
                 store_timeout=store_timeout, transcripts=config.run.transcripts)
@@ -712,7 +750,8 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
 def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: str | None,
                processes: int, *, progress: str, after_seq: int = 0,
                lease_seconds: float = DEFAULT_TTL, wait: bool = False,
-               store_timeout: float = STORE_TIMEOUT, transcripts: str = "all"
+               store_timeout: float = STORE_TIMEOUT, transcripts: str = "all",
+               latency: dict[str, float] | None = None,
                ) -> tuple[dict[str, ShardSnapshot], bool, int]:
     """Start the shard processes and follow them to the end; forward Ctrl-C / SIGTERM."""
     ctx = mp.get_context("spawn")
@@ -720,7 +759,7 @@ def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: s
                  for s in plan.shards}
     procs = []
     readers: list[Connection] = []  # one progress pipe per child: its end of file is its exit
-    for group in assign(plan.shards, processes):
+    for group in assign(plan.shards, processes, latency):
         job = ChildJob(run_id=run_id, db=str(db), suite=sel.suite, tasks=tasks, shards=group,
                        after_seq=after_seq, lease_seconds=lease_seconds, wait=wait,
                        store_timeout=store_timeout, transcripts=transcripts)
