@@ -5,7 +5,8 @@ level of master_database's hierarchy). What counts is decided by `projections.co
 exactly as for master_database.json; `ultra.projecting` writes the rows with sqlite-utils.
 
 `test_row` and `errored_row` are the one place that reads the fields of test events, so
-a change of the event schema is an edit here.
+a change of the event schema is an edit here. A suite's own metrics (any but the workflow
+suite's four) become columns of `tests` as they appear (`MetricColumns`).
 """
 
 from __future__ import annotations
@@ -127,6 +128,44 @@ _OUTCOME, _CATEGORY, _SUCCESS, _SCORE, _TURNS, _PROMPT, _COMPLETION, _TRUNCATED 
                      "prompt_tokens", "completion_tokens", "truncated"))
 
 
+# The workflow suite's scores have columns of their own; any other suite's metrics get a
+# FLOAT column each (named after the metric, `metric_<name>` where that is taken), added
+# when a metric first appears, and listed in the `metrics` table (made with the first).
+FIXED_METRICS: frozenset[str] = frozenset(
+    ("final_score", "workflow_score", "phase2_score", "quality_score"))
+METRIC_COLUMNS: dict[str, type] = {
+    "name": str, "column_name": str, "suite": str,
+    "seq": int,  # of the first test that had it
+    "position": int,  # the column's place among these (their order in `tests`)
+}
+
+
+class MetricColumns:
+    """The suites' own metrics beyond FIXED_METRICS that results.db has columns for, in
+    order of first appearance in the log (so a fresh fold and an incremental one agree)."""
+
+    def __init__(self, known: Iterable[tuple[str, str]] = ()) -> None:
+        self.names: list[str] = []
+        self.columns: dict[str, str] = {}  # metric name -> column name
+        for name, column in known:
+            self.names.append(name)
+            self.columns[name] = column
+
+    def add(self, name: str) -> str:
+        taken = {c.lower() for c in (*TEST_COLUMNS, *self.columns.values())}
+        column = name
+        while column.lower() in taken:
+            column = f"metric_{column}"
+        self.names.append(name)
+        self.columns[name] = column
+        return column
+
+
+def quoted(name: str) -> str:
+    """An SQL identifier for any metric name (64 characters at most, by the schema)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def add_to_cells(cells: dict[tuple[Any, ...], list[Any]], row: tuple[Any, ...]) -> None:
     """Add one `tests` row (TEST_COLUMNS order) to the cell sums in `cells`."""
     outcome, category = row[_OUTCOME], row[_CATEGORY]
@@ -201,11 +240,26 @@ def errored_row(seq: int, e: Any, model: str) -> tuple[Any, ...]:
     )
 
 
-def rows(counted: Iterable[Counted]) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    """(table, row) for each counted completion ("tests") and `test.errored` ("errored")."""
+def rows(counted: Iterable[Counted], extra: MetricColumns | None = None,
+         ) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """(table, row) for each counted completion ("tests") and `test.errored` ("errored");
+    with `extra`, a test's row ends with its values of `extra`'s metrics, and a metric seen
+    for the first time is added to `extra` and announced first as ("metric", (seq, name,
+    suite)), so that its column exists before a row carries it."""
+    fixed = FIXED_METRICS
     for seq, e, model, _rk in counted:
         if type(e) is TestCompleted:
-            yield "tests", test_row(seq, e, model)
+            row = test_row(seq, e, model)
+            if extra is not None:
+                m = e.result.metrics
+                if not m.keys() <= fixed:
+                    for name in m:
+                        if name not in fixed and name not in extra.columns:
+                            extra.add(name)
+                            yield "metric", (seq, name, e.suite)
+                if extra.names:
+                    row = (*row, *[m.get(name) for name in extra.names])
+            yield "tests", row
         else:
             yield "errored", errored_row(seq, e, model)
 
@@ -229,7 +283,7 @@ def run_update(e: RunStarted | RunFinished) -> dict[str, Any]:
                 errored=e.errored, interrupted=int(e.interrupted))
 
 
-def _stats_sql() -> str:
+def _stats_sql(extra: MetricColumns | None = None) -> str:
     """Aggregate columns named as in master_database.json's stats blocks."""
     cols = [
         "COUNT(*) AS total",
@@ -249,22 +303,27 @@ def _stats_sql() -> str:
         "SUM(prompt_tokens) AS prompt_tokens",
         "SUM(completion_tokens) AS completion_tokens",
         "SUM(reasoning_tokens) AS reasoning_tokens",
-        "AVG(final_score) AS avg_final_score",
-        "AVG(workflow_score) AS avg_workflow_score",
-        "AVG(phase2_score) AS avg_phase2_score",
-        "AVG(quality_score) AS avg_quality_score",
+        # a suite's metrics are means per test, as master_database's: a test without one
+        # (another suite's, or one that ended before it was scored) adds 0
+        "TOTAL(final_score) / COUNT(*) AS avg_final_score",
+        "TOTAL(workflow_score) / COUNT(*) AS avg_workflow_score",
+        "TOTAL(phase2_score) / COUNT(*) AS avg_phase2_score",
+        "TOTAL(quality_score) / COUNT(*) AS avg_quality_score",
         "AVG(turns) AS avg_turns",
         "AVG(tool_calls) AS avg_tool_calls",
         "AVG(execution_time) AS avg_execution_time",
         "SUM(error_category IS NOT NULL) AS total_errors",
     ]
     cols += [f"SUM(error_category IS '{c}') AS {c}_errors" for c in ERROR_CATEGORIES]
+    if extra is not None:  # the other suites' metrics likewise
+        cols += [f"TOTAL({quoted(extra.columns[n])}) / COUNT(*) AS {quoted('avg_' + n)}"
+                 for n in extra.names]
     return ",\n  ".join(cols)
 
 
-def view_sql() -> dict[str, str]:
+def view_sql(extra: MetricColumns | None = None) -> dict[str, str]:
     """One view per level of the hierarchy: name -> SELECT."""
-    stats = _stats_sql()
+    stats = _stats_sql(extra)
     return {
         name: f"SELECT {', '.join(keys)},\n  {stats}\nFROM tests GROUP BY {', '.join(keys)}"
         for name, keys in LEVELS

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -294,6 +295,31 @@ def test_a_second_suite_runs_through_the_same_collection(tmp_path):
     master = json.loads((tmp_path / "master.json").read_text())
     stats = master["models"]["sim-strong"]["by_prompt_type"]["plain"]["overall_stats"]
     assert stats["total"] == 10 and stats["full_success"] >= 7  # skill 0.9
+    # its own two metrics: avg_<name> in master_database.json, columns of results.db (and
+    # its views), a table of `ultra report`
+    accuracy = stats["full_success"] / 10
+    assert stats["avg_accuracy"] == pytest.approx(accuracy)
+    assert stats["avg_answer_chars"] > 1
+    results = tmp_path / "results.db"
+    with sqlite3.connect(results) as conn:
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(tests)")]
+        assert cols[-2:] == ["accuracy", "answer_chars"]
+        assert conn.execute("SELECT SUM(accuracy), COUNT(answer_chars) FROM tests").fetchone() \
+            == (stats["full_success"], 10)
+        view = conn.execute("SELECT avg_accuracy, avg_answer_chars FROM by_model").fetchone()
+        assert view == pytest.approx((accuracy, stats["avg_answer_chars"]))
+    report = ultra("report", "metrics", "--db", str(tmp_path / "events.db"), "--out",
+                   str(tmp_path / "master.json"), "--format", "json")
+    assert report.returncode == 0, report.stderr
+    table = json.loads(report.stdout)["tables"][0]
+    keys = [c["key"] for c in table["columns"]]
+    assert keys == ["model", "suite", "tests", "success_rate", "success_ci", "avg_accuracy",
+                    "avg_answer_chars"]
+    (row,) = table["rows"]
+    assert row.pop("success_rate") > 0 and len(row.pop("success_ci")) == 2
+    assert table["rows"] == [{"model": "sim-strong", "suite": "arith", "tests": 10,
+                              "avg_accuracy": pytest.approx(accuracy),
+                              "avg_answer_chars": pytest.approx(stats["avg_answer_chars"])}]
 
 
 def test_malformed_config_and_foreign_db_are_one_line_errors(tmp_path):

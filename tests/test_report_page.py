@@ -69,11 +69,11 @@ def test_the_page_loads_offline_and_every_chart_draws_its_marks(page_and_tables)
             assert count("#chart-success-over-tool-reliability .scatterlayer .point") == \
                 present(tables["tool-reliability"])
             assert count("#chart-error-categories .barlayer .point") == present(tables["errors"])
-            assert count("section table") == len(tables) == 8
+            assert count("section table") == len(tables) == 9
             # the demo's tests are simulated: a banner says so, and every table
             assert page.locator("#simulated-banner").is_visible()
             assert "SIMULATED" in page.locator("#simulated-banner").inner_text()
-            assert count("section p.simulated") == 8
+            assert count("section p.simulated") == 9
             page.screenshot(path=str(tmp / "report.png"), full_page=True)
         finally:
             browser.close()

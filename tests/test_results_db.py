@@ -10,7 +10,8 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from storage_helpers import append_and_project, completed, errored, event_lists, ts
+from storage_helpers import (_test, append_and_project, completed, completion, errored,
+                             event_lists, ts)
 
 from projections import results_db as rdb
 from ultra import events as ev
@@ -146,3 +147,45 @@ def test_a_repair_rebuilds_and_audit_checks_the_file(tmp_path):
     assert any("results.db" in f for f in audit(db, out).findings)
     assert project(db, out).results_rebuilt  # an unusable file is rebuilt, not an error
     assert audit(db, out).clean
+
+
+def _arith(i: int, metrics: dict[str, float] | None, outcome: str = "full_success"):
+    return completion(**{**_test(i, "c"), **dict(
+        suite="arith", task_type="addition", outcome=outcome, execution_time=1.0, turns=1,
+        error_category=None if outcome == "full_success" else "other", metrics=metrics or {})})
+
+
+def test_a_second_suites_metrics_are_columns_and_view_means_over_any_split():
+    """A suite's own metrics get a column each (one named as a column is renamed), the
+    views average them as master_database.json does, and an incremental update over any
+    split (one that must rebuild included) equals a fresh fold."""
+    events = [completed(0), completed(1),
+              _arith(2, None, outcome="failure"),  # its suite's first test has no metrics
+              _arith(3, {"accuracy": 1.0, "answer_chars": 3.0}),
+              _arith(4, {"accuracy": 0.0, "answer_chars": 5.0, "turns": 2.0}),
+              completed(5)]
+    for splits in ([], [2], [3], [4, 5], [1, 3, 5]):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = project_at_splits(events, Path(tmp), splits)
+            with sqlite3.connect(path) as conn, EventLog.open(Path(tmp) / "events.db") as log:
+                fresh = fresh_results(log, log.last_seq())
+                assert dump(conn) == dump(fresh.conn), splits
+                cols = [r[1] for r in conn.execute("PRAGMA table_info(tests)")]
+                assert cols[len(rdb.TEST_COLUMNS):] == ["accuracy", "answer_chars", "metric_turns"]
+                assert conn.execute("SELECT name, column_name, suite, position FROM metrics"
+                                    " ORDER BY position").fetchall() == [
+                    ("accuracy", "accuracy", "arith", 0),
+                    ("answer_chars", "answer_chars", "arith", 1),
+                    ("turns", "metric_turns", "arith", 2)]
+                assert conn.execute("SELECT accuracy, answer_chars, metric_turns FROM tests"
+                                    " ORDER BY seq").fetchall() == [
+                    (None, None, None), (None, None, None), (None, None, None),
+                    (1.0, 3.0, None), (0.0, 5.0, 2.0), (None, None, None)]
+                doc = json.loads((Path(tmp) / "master_database.json").read_bytes())
+                assert_views_match(conn, doc)
+                conn.row_factory = None
+                # the arith tests' means over the arith tests (three), as master_database
+                arith = conn.execute("SELECT avg_accuracy, avg_answer_chars FROM by_task_type"
+                                     " WHERE task_type = 'addition'").fetchone()
+                assert arith == (1 / 3, 8 / 3)
+            assert audit(Path(tmp) / "events.db", Path(tmp) / "master_database.json").findings == []

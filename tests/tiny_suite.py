@@ -46,7 +46,8 @@ class ArithSuite:
         right = resp.text.strip() == str(a + b)
         return TestResult(
             outcome="full_success" if right else "failure",
-            metrics={"accuracy": float(right)}, turns=1, error_category=None if right else "other",
+            metrics={"accuracy": float(right), "answer_chars": float(len(resp.text.strip()))},
+            turns=1, error_category=None if right else "other",
         )
 
     def simulated_reply(self, skill: float, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> dict[str, Any] | None:

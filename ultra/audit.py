@@ -142,7 +142,9 @@ def _check_results(log: EventLog, path: Path, until: int, notes: list[str]) -> l
         fresh = fresh_results(log, meta.last_seq)
         bad = []
         try:
-            for table, key in _RESULTS_TABLES:
+            present = "SELECT 1 FROM sqlite_master WHERE name = 'metrics'"
+            suite_metrics = (conn.execute(present).fetchone() or fresh.conn.execute(present).fetchone())
+            for table, key in (*_RESULTS_TABLES, *([("metrics", "name")] if suite_metrics else [])):
                 sql = f"SELECT * FROM {table} ORDER BY {key}"
                 got, want = conn.execute(sql).fetchall(), fresh.conn.execute(sql).fetchall()
                 if got != want:

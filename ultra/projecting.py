@@ -265,8 +265,38 @@ def _create_indexes_and_views(db: sqlite_utils.Database) -> None:
     db["tests"].create_index(["seq"], index_name="tests_by_seq")
     for dim in ("model", "run_id", "seq"):
         db["errored"].create_index([dim], index_name=f"errored_by_{dim}")
-    for name, sql in rdb.view_sql().items():
+    for name, sql in rdb.view_sql(metric_columns(db.conn)).items():
         db.create_view(name, sql)
+
+
+def metric_columns(conn: sqlite3.Connection) -> rdb.MetricColumns:
+    """The suite metrics results.db has columns for (none: no `metrics` table)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'metrics'").fetchone() is None:
+        return rdb.MetricColumns()
+    return rdb.MetricColumns(conn.execute(
+        "SELECT name, column_name FROM metrics ORDER BY position").fetchall())
+
+
+class _Rebuild(Exception):
+    """An incremental update cannot give what a fresh fold would: rebuild instead."""
+
+
+def _add_metric(conn: sqlite3.Connection, extra: rdb.MetricColumns, seq: int, name: str,
+                suite: str, folded_up_to: int) -> None:
+    """A new metric's column in `tests` (and its row in `metrics`). Tests of its suite
+    folded by an earlier update may have had it (a results.db from before suite metrics had
+    columns): then only a rebuild fills their column."""
+    if folded_up_to and conn.execute("SELECT 1 FROM tests WHERE suite = ? AND seq <= ? LIMIT 1",
+                                     (suite, folded_up_to)).fetchone():
+        raise _Rebuild(name)
+    if len(extra.names) == 1:
+        cols = ", ".join(f"{c} {'INTEGER' if t is int else 'TEXT'}"
+                         for c, t in rdb.METRIC_COLUMNS.items())
+        conn.execute(f"CREATE TABLE metrics ({cols}, PRIMARY KEY (name))")
+    column = extra.columns[name]
+    conn.execute(f"ALTER TABLE tests ADD COLUMN {rdb.quoted(column)} FLOAT")
+    conn.execute("INSERT INTO metrics (name, column_name, suite, seq, position) VALUES (?, ?, ?, ?, ?)",
+                 (name, column, suite, seq, len(extra.names) - 1))
 
 
 def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, until: int,
@@ -290,12 +320,17 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
     counting.legacy = []
     counting.last_recorded_at = meta.generated_at
     buffers: dict[str, list] = {"tests": [], "errored": []}
-    columns = {"tests": list(rdb.TEST_COLUMNS), "errored": list(rdb.ERRORED_COLUMNS)}
+    extra = metric_columns(conn)
+    known_metrics = len(extra.names)
 
-    inserts = {
-        table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        for table, cols in columns.items()
-    }
+    def insert_sql(table: str, cols: list[str]) -> str:
+        return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+    def tests_insert() -> str:
+        return insert_sql("tests", [*rdb.TEST_COLUMNS,
+                                    *(rdb.quoted(extra.columns[n]) for n in extra.names)])
+
+    inserts = {"tests": tests_insert(), "errored": insert_sql("errored", list(rdb.ERRORED_COLUMNS))}
 
     def flush(table: str) -> None:
         # Rows are tuples of scalars in column order: plain executemany, not sqlite-utils'
@@ -305,7 +340,13 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
 
     cells: dict[tuple, list] = {}
     with _gc_paused():
-        for table, row in rdb.rows(counting.events(items())):
+        for table, row in rdb.rows(counting.events(items()), extra):
+            if table == "metric":  # its column first, then the rows that carry it
+                if buffers["tests"]:
+                    flush("tests")
+                _add_metric(conn, extra, *row, folded_up_to=meta.last_seq)
+                inserts["tests"] = tests_insert()
+                continue
             buf = buffers[table]
             buf.append(row)
             if table == "tests":
@@ -316,6 +357,12 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
         if buffers[table]:
             flush(table)
     conn.executemany(rdb.cells_upsert_sql(), [(*k, *v) for k, v in sorted(cells.items())])
+    if len(extra.names) > known_metrics:  # the views average the new metrics too
+        for name, sql in rdb.view_sql(extra).items():
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?",
+                            (name,)).fetchone():
+                conn.execute(f"DROP VIEW {name}")
+                conn.execute(f"CREATE VIEW {name} AS {sql}")
     if counting.legacy:
         _fold_legacy_results(conn, counting.legacy, repairs)
     # Plain SQL upserts: the incremental path (one CLI call per run) needs no sqlite-utils.
@@ -382,8 +429,8 @@ def update_results(log: EventLog, path: Path, until: int, *, rebuild: bool = Fal
                         conn.execute("ROLLBACK")
                 return ResultsReport(events_folded=n, last_seq=until, rebuilt=False)
             conn.execute("ROLLBACK")
-        except sqlite3.DatabaseError:
-            pass  # not a results.db we can use: rebuild it
+        except (sqlite3.DatabaseError, _Rebuild):
+            pass  # not a results.db we can use (or one an update cannot complete): rebuild it
         finally:
             if conn is not None:
                 conn.close()

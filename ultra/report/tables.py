@@ -23,7 +23,7 @@ Kind = Literal["text", "count", "rate", "interval", "score", "mean", "tokens", "
 
 TABLES: tuple[str, ...] = (
     "overview", "prompt-types", "flaws", "tool-reliability", "difficulty", "task-types",
-    "scale", "errors",
+    "scale", "errors", "metrics",
 )
 DIFFICULTY_ORDER = ("very_easy", "easy", "medium", "hard", "very_hard")
 PROMPT_ORDER = ("baseline", "cot", "optimal")
@@ -248,6 +248,13 @@ class Source:
             f"SELECT model, COUNT(*) FROM errored WHERE {where} GROUP BY model", params).fetchall()
         return dict(rows)
 
+    def where_tests(self) -> tuple[str, list[Any]]:
+        """The selection over `tests` rows (ultra's own tests; legacy cells have none)."""
+        where, params = self._where(self.sel.run, table="tests")
+        if self.sel.exclude_timeouts:
+            where += " AND NOT (outcome = 'failure' AND error_category IS 'timeout')"
+        return where, params
+
     def check_run(self, run: str) -> None:
         self._check_run(run)
 
@@ -466,6 +473,43 @@ def errors(src: Source) -> Table:
                   *src.notes()], counts=counts)
 
 
+def metrics(src: Source) -> Table:
+    """Each suite's own metrics, means per test, per model and suite (from `tests`: a
+    metric's tests are its suite's, so the table never adds one suite's into another's)."""
+    from projections.results_db import FIXED_METRICS, quoted
+    from ultra.projecting import metric_columns
+
+    extra = metric_columns(src.conn)
+    names = [*sorted(FIXED_METRICS, key=_FIXED_ORDER.index), *extra.names]
+    column = {**{n: n for n in FIXED_METRICS}, **extra.columns}
+    where, params = src.where_tests()
+    means = ", ".join(f"TOTAL({quoted(column[n])}) / COUNT(*)" for n in names)  # as the views
+    have = ", ".join(f"COUNT({quoted(column[n])})" for n in names)
+    found = src.conn.execute(
+        f"SELECT model, suite, COUNT(*), SUM(success), {means}, {have}, SUM(simulated) FROM tests"
+        f" WHERE {where} GROUP BY model, suite ORDER BY model, suite", params).fetchall()
+    if not found:
+        raise UserError("no counted tests match this selection")
+    k = len(names)
+    used = [i for i in range(k) if any(r[4 + k + i] for r in found)]
+    if not used:
+        raise UserError("the selected tests carry no metrics")
+    cols = [Column("model", "model", "text"), Column("suite", "suite", "text"),
+            Column("tests", "tests", "count"), Column("success_rate", "success %", "rate"),
+            Column("success_ci", "95% CI", "interval")]
+    cols += [Column(f"avg_{names[i]}", names[i].replace("_", " "), "score") for i in used]
+    rows = [[r[0], r[1], r[2], r[3] / r[2], list(wilson(r[3], r[2])),
+             *[(r[4 + i] if r[4 + k + i] else None) for i in used]] for r in found]
+    return Table("metrics", "Suite metrics: means per test", cols, rows,
+                 ["each suite's own metrics (a suite without one shows none); a test without"
+                  " a metric its suite declares adds 0 to its mean", *src.notes()],
+                 counts=[{"success_rate": [r[3], r[2]]} for r in found],
+                 simulated=[[r[-1], r[2]] for r in found])
+
+
+_FIXED_ORDER = ("final_score", "workflow_score", "phase2_score", "quality_score")
+
+
 def compare(src: Source, run_a: str, run_b: str) -> Table:
     src.check_run(run_a)
     src.check_run(run_b)
@@ -579,7 +623,7 @@ def _what(run: str) -> str:
 BUILDERS = {
     "overview": overview, "prompt-types": prompt_types, "flaws": flaws,
     "tool-reliability": tool_reliability, "difficulty": difficulty, "task-types": task_types,
-    "scale": scale, "errors": errors,
+    "scale": scale, "errors": errors, "metrics": metrics,
 }
 
 
