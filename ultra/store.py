@@ -6,7 +6,8 @@ shared by collectors on several machines.
 Same semantics on both: migrations in plain SQL per dialect (`migrations/<dialect>/`),
 idempotent append by `event_id`, immutable rows (triggers), the hash chain (ultra/chain.py)
 computed inside the write transaction, streaming reads by `seq`, projection state saved
-with its last `seq` in one transaction, and leases (a table of their own: see `claim`).
+with its last `seq` in one transaction, and leases (a table of their own, `LeaseTable` in
+ultra/lease_table.py).
 Appends are serialized (SQLite's write lock; a PostgreSQL advisory lock): the chain needs
 the previous hash, and `seq` is assigned under the lock, so an event with a lower `seq`
 never commits after a reader has passed it. The store knows the event schema and nothing
@@ -22,20 +23,22 @@ a lease call sets what it sets again.
 
 from __future__ import annotations
 
-import functools
 import re
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import msgspec
 
-from ultra import chain, liveness
+from ultra import chain
 from ultra import events as ev
 from ultra.errors import ImportConflict, UserError
+from ultra.lease_table import DONE, TEST_LEASE_PREFIX, LeaseTable, release_in
+from ultra.store_tx import Tx
+from ultra.store_tx import patient as _patient
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -81,23 +84,8 @@ REPEATS_AFTER_QUERY = (
     f" AND {EARLIER_COMPLETION}"
 )
 IMPORT_LINE_LIMIT = 16 * 2**20  # bytes: an event line is a few KB; anything near this is not one
-DONE = "done"  # `claim`'s answer for a test another collector completed meanwhile
-TEST_LEASE_PREFIX = "test:"  # a test's claim is the lease 'test:<test key>'
 STORE_TIMEOUT = 60.0  # seconds a lost connection to the log is retried before giving up
 
-
-def _patient(method: Callable[..., Any]) -> Callable[..., Any]:
-    """`method`, run again after the log reconnects when its connection was lost."""
-
-    @functools.wraps(method)
-    def run(self: EventLog, *args: Any, **kwargs: Any) -> Any:
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except self.lost_errors as exc:
-                self._wait_for_server(exc)
-
-    return run
 
 
 def is_server_url(db: str | Path) -> bool:
@@ -245,18 +233,6 @@ def raw_row(line: str | bytes, where: str) -> Row:
         text("run_id"),
         _encoder.encode(obj).decode(),
     )
-
-
-def _release(tx: Tx, names: Sequence[str], holder: str) -> None:
-    names = list(names)
-    for i in range(0, len(names), 500):
-        part = names[i : i + 500]
-        tx.execute(
-            # never a completion mark: a retried batch (stored before) keeps its marks
-            "DELETE FROM leases WHERE holder = ? AND done_seq IS NULL"
-            f" AND name IN ({', '.join('?' * len(part))})",
-            [holder, *part],
-        )
 
 
 class _Identity(msgspec.Struct):
@@ -537,19 +513,7 @@ class EventStream:
 # ---- the log ---------------------------------------------------------------------------
 
 
-class Cursor(Protocol):
-    def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
-
-
-class Tx(Protocol):
-    """One open write transaction, SQL written with `?` placeholders."""
-
-    def execute(self, sql: str, params: Sequence[Any] = ...) -> Cursor: ...
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any: ...
-
-
-class EventLog:
+class EventLog(LeaseTable):
     """An open event log (the store interface). Thread-safe, usable from trio worker
     threads. `EventLog.open(db)` picks the implementation from `db`."""
 
@@ -726,7 +690,7 @@ class EventLog:
                 if kept:
                     self._insert_transcripts(tx, kept)
             if holder is not None and (release or done):
-                _release(tx, [*release, *(n for n, e in (done or {}).items() if e not in seqs)], holder)
+                release_in(tx, [*release, *(n for n, e in (done or {}).items() if e not in seqs)], holder)
                 marks = [(seqs[e], name, holder) for name, e in (done or {}).items() if e in seqs]
                 if marks:
                     tx.executemany(
@@ -1140,104 +1104,6 @@ class EventLog:
             else:
                 return False
         return True
-
-    # -- leases (a table of their own: nothing here touches an event) --
-
-    def claim(self, name: str, holder: str, run_id: str, ttl: float, *,
-              plan_seq: int = 0) -> str | None:
-        """Take lease `name` for `ttl` seconds if it is free, expired or already `holder`'s.
-
-        None when taken; otherwise why not: the run id of its holder, or DONE when the
-        lease marks a test completed at a seq after `plan_seq` (the log's last seq when the
-        claimer planned: it could not know). A mark at or before `plan_seq` was known to
-        the planner (a retracted completion, say), so the test is taken again. `plan_seq`
-        also tells `release_all` which marks a running plan may still need.
-        """
-        return self.claim_many([name], holder, run_id, ttl, plan_seq=plan_seq)[name]
-
-    @_patient
-    def claim_many(self, names: Sequence[str], holder: str, run_id: str, ttl: float, *,
-                   plan_seq: int = 0) -> dict[str, str | None]:
-        """`claim` of every name in one transaction: name -> None (ours) or why not."""
-        now = self.clock_sql
-        host, pid, started = liveness.me()
-        names = sorted(set(names))  # one lock order: two claimers of one batch never deadlock
-        found: dict[str, str | None] = {}
-        with self._transaction() as tx:
-            tx.executemany(
-                "INSERT INTO leases (name, holder, run_id, expires_at, plan_seq, host, pid, started)"
-                f" VALUES (?, ?, ?, {now} + ?, ?, ?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
-                " run_id = excluded.run_id, expires_at = excluded.expires_at,"
-                " plan_seq = excluded.plan_seq, done_seq = NULL, host = excluded.host,"
-                " pid = excluded.pid, started = excluded.started"
-                " WHERE (leases.done_seq IS NULL"
-                f" AND (leases.holder = excluded.holder OR leases.expires_at < {now}))"
-                " OR leases.done_seq <= excluded.plan_seq",
-                [(name, holder, run_id, ttl, plan_seq, host, pid, started) for name in names],
-            )
-            for i in range(0, len(names), 500):
-                part = names[i : i + 500]
-                for name, owner, owner_run, done_seq in tx.execute(
-                    "SELECT name, holder, run_id, done_seq FROM leases"
-                    f" WHERE name IN ({', '.join('?' * len(part))})", part,
-                ).fetchall():
-                    found[name] = (DONE if done_seq is not None
-                                   else None if owner == holder else owner_run)
-        return found
-
-    @_patient
-    def free_dead_holders(self) -> int:
-        """Drop the leases of holders on this host whose process is gone (pid missing, or
-        reused by a process started at another time): a crashed collector's routes and
-        tests are free at once, not `ttl` seconds later. Holders on other hosts are left
-        to their ttl. Returns how many holders were freed."""
-        host = liveness.this_host()
-        rows = self._read("SELECT DISTINCT holder, pid, started FROM leases"
-                          " WHERE host = ? AND done_seq IS NULL AND pid IS NOT NULL", (host,))
-        dead = [(holder, pid, started) for holder, pid, started in rows
-                if liveness.process_gone(pid, started)]
-        if not dead:
-            return 0
-        with self._transaction() as tx:
-            for holder, pid, started in dead:
-                # Only if it is still that process's: a lease taken over meanwhile stays.
-                tx.execute("DELETE FROM leases WHERE holder = ? AND host = ? AND pid = ?"
-                           " AND done_seq IS NULL", (holder, host, pid))
-        return len(dead)
-
-    @_patient
-    def renew(self, holder: str, ttl: float) -> set[str]:
-        """Extend every lease of `holder` by `ttl` from now; the names it still holds."""
-        with self._transaction() as tx:
-            tx.execute(f"UPDATE leases SET expires_at = {self.clock_sql} + ?"
-                       " WHERE holder = ? AND done_seq IS NULL", (ttl, holder))
-            rows = tx.execute("SELECT name FROM leases WHERE holder = ? AND done_seq IS NULL",
-                              (holder,)).fetchall()
-        return {r[0] for r in rows}
-
-    @_patient
-    def release(self, names: Sequence[str], holder: str) -> None:
-        with self._transaction() as tx:
-            _release(tx, names, holder)
-
-    @_patient
-    def release_all(self, holder: str) -> None:
-        """Drop `holder`'s leases, and the completion marks no live plan predates."""
-        with self._transaction() as tx:
-            tx.execute("DELETE FROM leases WHERE holder = ? AND done_seq IS NULL", (holder,))
-            tx.execute(
-                "DELETE FROM leases WHERE done_seq IS NOT NULL AND done_seq <= COALESCE("
-                f"(SELECT MIN(plan_seq) FROM leases WHERE done_seq IS NULL AND expires_at >= {self.clock_sql}),"
-                " (SELECT MAX(seq) FROM events))"
-            )
-
-    def leases(self) -> list[tuple[str, str, str, float]]:
-        """(name, holder, run_id, seconds left) of every held lease, expired ones included."""
-        return self._read(
-            f"SELECT name, holder, run_id, expires_at - {self.clock_sql} FROM leases"
-            " WHERE done_seq IS NULL ORDER BY name"
-        )
 
     # -- lifetime --
 
