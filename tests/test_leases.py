@@ -11,7 +11,8 @@ from storage_helpers import completed, errored
 from ultra.leases import ClaimedTests, ProcessLeases, holder_id
 from ultra.plan import Route, Shard
 from ultra.shard import ShardProgress
-from ultra.store import DONE, EventLog
+from ultra.lease_table import DONE
+from ultra.store import EventLog
 from ultra.suites import TestSpec
 
 

@@ -43,7 +43,8 @@ import trio
 from ultra.errors import UserError
 
 from ultra.plan import Shard
-from ultra.store import DONE, EventLog
+from ultra.lease_table import DONE
+from ultra.store import EventLog
 from ultra.suites import TestSpec
 
 if TYPE_CHECKING:
