@@ -21,7 +21,8 @@ second over a window after warm-up with `--processes` shard processes (offered: 
 shard's min(qps, workers / median latency)), the client CPU per request of those
 processes, each the median of `--runs` runs (with `ceiling_rps`, what a client that costs
 nothing reaches at the latency's mean, and the simulator's own CPU per request and mean
-residency, by Little's law: above the latency's mean, it waited for a core); beside it
+residency, by Little's law: above the latency's mean, it waited for a core, and its CPU
+share of one core over the window, `sim_cpu_share`); beside it
 the same load with one httpx pool per shard; and a bare loop of 128 tasks at 200 ms latency on one `httpx.AsyncClient` of 128
 connections, on pools of `CONNECTIONS_PER_CLIENT` through `AsyncClient.post`, and on the
 same pools through ultra's `RouteClient` (httpx's transport called directly): client CPU
@@ -249,6 +250,9 @@ def seed_load(processes: int, warmup: float, window: float, per_client: int) -> 
                     achieved_rps=round(achieved, 1), achieved_vs_offered=round(achieved / offered, 3),
                     client_cpu_ms_per_request=round(1000 * w.client_cpu / n, 3),
                     sim_cpu_ms_per_request=round(1000 * w.sim_cpu / n, 3),
+                    # of one core, over the window: near 1.0 the simulator, not the
+                    # client, bounds the figure
+                    sim_cpu_share=round(w.sim_cpu / w.seconds, 3),
                     sim_status=stats["status"], sim_in_flight=stats["total"]["in_flight"],
                     rejected=[m for part in ("models", "deployments", "keys") for m, c in stats[part].items() if c["rejected"]])
 
@@ -316,7 +320,7 @@ def seed_main(args: argparse.Namespace) -> None:
     for name, rs in runs.items():
         med = dict(rs[0])
         for k in ("achieved_rps", "achieved_vs_offered", "client_cpu_ms_per_request", "sim_in_flight",
-                  "sim_residency_s", "sim_cpu_ms_per_request"):
+                  "sim_residency_s", "sim_cpu_ms_per_request", "sim_cpu_share"):
             med[k] = statistics.median(r[k] for r in rs)
         med["achieved_vs_offered_each_run"] = [r["achieved_vs_offered"] for r in rs]
         med["sim_status"] = rs[-1]["sim_status"]

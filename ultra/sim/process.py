@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from ultra.sim.config import SimConfig, to_json, validate
 
 _LISTENING_PREFIX = b"ultra-sim listening on "
+CONTROL_TIMEOUT_S = 30.0  # seconds one control request (/stats) may take before it is sent again
 
 
 class SimStartError(RuntimeError):
@@ -129,18 +130,26 @@ class SimProcess:
 
     # -- control endpoints -----------------------------------------------------------------
 
-    def _request(self, method: str, path: str) -> Any:
-        # http.client, not urllib: loopback must never go through an *_proxy variable.
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
-        try:
-            conn.request(method, path)
-            resp = conn.getresponse()
-            body = resp.read()
+    def _request(self, method: str, path: str, *, attempts: int = 3) -> Any:
+        """A control request, tried `attempts` times 30 s each: under a load that keeps both
+        cores busy the server's loop may answer its control endpoints late, not never."""
+        for attempt in range(attempts):
+            # http.client, not urllib: loopback must never go through an *_proxy variable.
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=CONTROL_TIMEOUT_S)
+            try:
+                conn.request(method, path)
+                resp = conn.getresponse()
+                body = resp.read()
+            except (TimeoutError, ConnectionError):
+                if attempt == attempts - 1:
+                    raise
+                continue
+            finally:
+                conn.close()
             if resp.status != 200:
                 raise RuntimeError(f"simulator {method} {path}: HTTP {resp.status}")
             return json.loads(body)
-        finally:
-            conn.close()
+        raise AssertionError("unreachable")
 
     def stats(self) -> dict[str, Any]:
         """The accounting at `GET /stats` (see the server module for its shape)."""
