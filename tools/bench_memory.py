@@ -85,7 +85,7 @@ def _role(pid: int, root: int) -> str:
     line = _cmdline(pid)
     if "resource_tracker" in line:
         return "tracker"
-    if "ultra.sim" in line or "sim" in line.split(" -c ")[-1][:40]:
+    if "ultra.sim" in line:
         return "simulator"
     return "shard" if "multiprocessing" in line or "spawn" in line else "other"
 

@@ -185,9 +185,6 @@ class CompletionIndex:
     _read: Callable[..., list[Any]]
     _lock_appends: Callable[[Tx], None]
 
-    def _wait_for_server(self, exc: Exception) -> None:
-        raise exc
-
     def earlier_completions(self, test_key: str, before_seq: int) -> list[tuple[int, ev.TestCompleted]]:
         """Stored completions of `test_key` with a smaller `seq` (decodable ones)."""
         self.index_completions(min(before_seq - 1, self.last_seq()))

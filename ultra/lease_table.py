@@ -45,9 +45,6 @@ class LeaseTable:
     _transaction: Callable[[], AbstractContextManager[Tx]]
     _read: Callable[..., list[Any]]
 
-    def _wait_for_server(self, exc: Exception) -> None:
-        raise exc
-
     def claim(self, name: str, holder: str, run_id: str, ttl: float, *,
               plan_seq: int = 0) -> str | None:
         """Take lease `name` for `ttl` seconds if it is free, expired or already `holder`'s.
