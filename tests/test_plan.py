@@ -159,11 +159,12 @@ def test_deployment_names_are_escaped_path_segments():
 
 
 def test_every_input_that_changes_a_result_is_in_the_test_key():
-    from ultra.plan import DEFAULT_MAX_TURNS, test_key
+    from ultra.defaults import MAX_TURNS
+    from ultra.plan import test_key
 
     cell = ("grid", "m", "baseline", 0.8, "easy", "a", 0, "a-0")
     # The default keeps the key every earlier log was written with (resume keeps working).
-    assert test_key(*cell) == test_key(*cell, max_turns=DEFAULT_MAX_TURNS) == "3c60b9636609efbd713dc443"
+    assert test_key(*cell) == test_key(*cell, max_turns=MAX_TURNS) == "3c60b9636609efbd713dc443"
     for rate in (0.6, 0.75, 0.9999, 1.0, 0.0):  # keys as before for every 4-digit rate
         old = "|".join(("grid", "m", "baseline", str(round(rate, 4)), "easy", "a", "0", "a-0"))
         assert test_key("grid", "m", "baseline", rate, "easy", "a", 0, "a-0") == \

@@ -29,7 +29,8 @@ app = typer.Typer(
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-from ultra.launch import DEFAULT_DB, DEFAULT_OUT, project_message  # noqa: E402
+from ultra.defaults import DEFAULT_DB, DEFAULT_OUT  # noqa: E402
+from ultra.launch import project_message  # noqa: E402
 from ultra.sim.cli import sim_app  # noqa: E402  (its commands: `ultra sim serve`)
 
 app.add_typer(sim_app)

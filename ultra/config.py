@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from ultra import defaults as D
 from ultra.errors import ConfigError, UserError
 from ultra.providers import KINDS, provider
 from ultra.sim.config import SimConfig
@@ -66,7 +67,7 @@ class ProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api_key_envs: list[str] = []
     base_urls: list[str] | None = None
     endpoint: str | None = None
-    api_version: str = "2024-12-01-preview"
+    api_version: str = D.AZURE_API_VERSION
     api_key_env: str | None = None
     shape: Literal["openai", "azure"] = "openai"
     keys: Keys = 1
@@ -99,9 +100,9 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     strategy: Strategy | None = None
     workers: Workers | None = None
     qps: Qps | None = None
-    request_timeout: Seconds = 120.0  # seconds for one HTTP request
-    test_timeout: Seconds = 900.0  # seconds for one whole test, retries included
-    max_retries: Retries = 5  # failed requests retried per test (429 waits are bounded by time)
+    request_timeout: Seconds = D.REQUEST_TIMEOUT_S
+    test_timeout: Seconds = D.TEST_TIMEOUT_S  # retries included
+    max_retries: Retries = D.MAX_RETRIES  # 429 waits are bounded by time
     deployments: list[str] | None = None  # azure: defaults to [name, name-2, name-3]
     api_model: str | None = None  # the name sent in the request body; default: the model name
     family: str | None = None  # for `ultra report scale`: models of one family by size
@@ -118,11 +119,11 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     extra_body: dict[str, Any] = {}  # merged into every request body as it is
     input_price: Price | None = None  # per million prompt tokens, for the cost at the end of a run
     output_price: Price | None = None  # per million completion tokens (reasoning included)
-    broken_after: BrokenAfter = 3  # consecutive non-retryable answers that mark a route broken
+    broken_after: BrokenAfter = D.BROKEN_AFTER  # consecutive non-retryable answers that mark a route broken
 
 
 class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    suite: str = "workflow"
+    suite: str = D.SUITE
     tasks: str | None = None  # a team's own task library (JSON), relative to the config file
     models: list[str] | None = None  # default: every configured model
     prompt_types: list[str] = msgspec.field(default_factory=lambda: ["baseline"])
@@ -130,9 +131,9 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     task_types: list[str] | None = None  # default: all of the suite's
     tool_success_rates: list[Rate] = msgspec.field(default_factory=lambda: [0.8])
     num_instances: NumInstances = 1
-    max_turns: MaxTurns = 10
+    max_turns: MaxTurns = D.MAX_TURNS
     # whose transcripts the log stores (docs/transcripts.md); `ultra run --transcripts`
-    transcripts: Literal["all", "failures", "none"] = "all"
+    transcripts: Literal["all", "failures", "none"] = D.TRANSCRIPTS
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

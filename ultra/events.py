@@ -24,6 +24,8 @@ from typing import Annotated, Literal, Union
 import msgspec
 from msgspec import Meta
 
+from ultra.defaults import DEFAULT_CONDITION
+
 SCHEMA_VERSION = 2
 KNOWN_VERSIONS: tuple[int, ...] = (1, 2)
 
@@ -226,7 +228,7 @@ class _TestEvent(_Event, kw_only=True, frozen=True):
     # every input of the test key but model, instance and cell (max_turns, request options,
     # task library, suite): a short digest, "default" for the defaults (and older events);
     # run.started says what it stands for. Reports never add tests of two conditions.
-    condition: Name = "default"
+    condition: Name = DEFAULT_CONDITION
 
 
 class TestCompleted(_TestEvent, tag="test.completed", kw_only=True, frozen=True):

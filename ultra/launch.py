@@ -13,10 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ultra.defaults import DEFAULT_DB, DEFAULT_OUT
 from ultra.errors import UserError
 
-DEFAULT_DB = Path("ultra-data/events.db")
-DEFAULT_OUT = Path("ultra-data/master_database.json")
 _PROJECT_VALUES = ("--db", "--out", "--results")
 
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ultra.defaults import CLAIM_BATCH, LEASE_SECONDS
 from ultra.errors import UserError
 
 from ultra.plan import Shard
@@ -50,7 +51,6 @@ from ultra.suites import TestSpec
 if TYPE_CHECKING:
     from ultra.shard import ShardProgress
 
-DEFAULT_TTL = 30.0
 HEARTBEATS_PER_TTL = 6
 WAIT_POLL = 1.0  # how often a waiting collector asks again for a held route or test
 
@@ -196,7 +196,6 @@ class ProcessLeases:
         self.log.release_all(self.holder)
 
 
-CLAIM_BATCH = 32  # tests a shard claims in one transaction (at most its worker count)
 
 
 class ClaimedTests:
@@ -267,5 +266,5 @@ class ClaimedTests:
             await self._leases.give_back(keys)
 
 
-__all__ = ["CLAIM_BATCH", "DONE", "DEFAULT_TTL", "ClaimedTests", "ProcessLeases", "holder_id", "route_lease",
+__all__ = ["DONE", "ClaimedTests", "ProcessLeases", "holder_id", "route_lease",
            "test_lease"]

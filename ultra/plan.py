@@ -12,12 +12,12 @@ import msgspec
 from ultra.config import (
     Config, EffectiveModel, MaxTurns, NumInstances, Rate, RequestOptions, checked, effective_model,
 )
+from ultra.defaults import DEFAULT_CONDITION, MAX_TURNS
 from ultra.errors import UserError
 from ultra.naming import canonical_model
 from ultra.providers import Route, RouteSpec, provider
 from ultra.suites import Suite, TestSpec
 
-DEFAULT_MAX_TURNS = 10
 # One run plans at most this many tests: the plan is held in memory (a few hundred bytes a
 # test), so a typo such as `--num-instances 100000000` is refused before anything is built.
 MAX_PLANNED_TESTS = 1_000_000
@@ -33,7 +33,7 @@ class Selection(msgspec.Struct, kw_only=True, frozen=True):
     task_types: list[str]
     tool_success_rates: list[float]
     num_instances: int
-    max_turns: int = DEFAULT_MAX_TURNS
+    max_turns: int = MAX_TURNS
 
 
 class SharedLimit(msgspec.Struct, kw_only=True, frozen=True):
@@ -65,7 +65,7 @@ class Shard(msgspec.Struct, kw_only=True, frozen=True):
     broken_after: int = 3
     tests: list[TestSpec]
     prices: tuple[float, float] | None = None  # per million prompt / completion tokens
-    condition: str = "default"  # condition_of(...)[0] of its tests
+    condition: str = DEFAULT_CONDITION  # condition_of(...)[0] of its tests
     condition_fields: dict[str, str] = {}
 
 
@@ -77,7 +77,7 @@ class Plan(msgspec.Struct, kw_only=True, frozen=True):
 
 def test_key(suite: str, model: str, prompt_type: str, rate: float, difficulty: str,
              task_type: str, index: int, task_id: str, *,
-             max_turns: int = DEFAULT_MAX_TURNS,
+             max_turns: int = MAX_TURNS,
              options: RequestOptions | None = None) -> str:
     """Deterministic identity of one test: every input that changes its result is in it
     (same cell, instance, task and settings -> same key; any other -> another key).
@@ -89,17 +89,16 @@ def test_key(suite: str, model: str, prompt_type: str, rate: float, difficulty: 
     # The rate exactly (repr), not its 4-digit projection key: 0.80004 is not 0.8. For rates
     # of at most 4 decimals both spell the same, so keys written before are unchanged.
     parts = [suite, model, prompt_type, repr(float(rate)), difficulty, task_type, str(index), task_id]
-    if max_turns != DEFAULT_MAX_TURNS:
+    if max_turns != MAX_TURNS:
         parts.append(f"max_turns={max_turns}")
     if options is not None and options != RequestOptions():
         parts.append("options=" + msgspec.json.encode(options, order="sorted").decode())
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
-DEFAULT_CONDITION = "default"
 
 
-def condition_of(suite: str, max_turns: int = DEFAULT_MAX_TURNS,
+def condition_of(suite: str, max_turns: int = MAX_TURNS,
                  options: RequestOptions | None = None,
                  tasks: str | None = None) -> tuple[str, dict[str, str]]:
     """A test's condition: every input of its key but the model, the instance and the cell
@@ -109,7 +108,7 @@ def condition_of(suite: str, max_turns: int = DEFAULT_MAX_TURNS,
     fields: dict[str, str] = {}
     if suite != "workflow":
         fields["suite"] = suite
-    if max_turns != DEFAULT_MAX_TURNS:
+    if max_turns != MAX_TURNS:
         fields["max_turns"] = str(max_turns)
     if options is not None and options != RequestOptions():
         fields["options"] = msgspec.json.encode(options, order="sorted").decode()

@@ -27,6 +27,7 @@ from projections import master_database as mdb
 from projections import results_db as rdb
 from projections.counting import Counting, current_legacy_cells
 from projections.repairs import REPAIR_TYPES, Repairs, collect_repairs
+from ultra.defaults import DEFAULT_CONDITION
 from ultra.errors import UserError
 from ultra.events import RunFinished, RunStarted
 from ultra.store import EventLog, EventStream
@@ -256,7 +257,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db["legacy_cells"].create(rdb.LEGACY_CELL_COLUMNS, pk="event_id")
     db["legacy_imports"].create(rdb.LEGACY_IMPORT_COLUMNS, pk="source")
     db["conditions"].create(rdb.CONDITION_COLUMNS, pk="condition")
-    db["conditions"].insert(dict(condition="default", label="default", fields="{}"))
+    db["conditions"].insert(dict(condition=DEFAULT_CONDITION, label=DEFAULT_CONDITION, fields="{}"))
 
 
 def _create_indexes_and_views(db: sqlite_utils.Database) -> None:

@@ -48,7 +48,8 @@ from ultra.events import (
     TestCompleted,
     TestErrored,
 )
-from ultra.leases import DEFAULT_TTL, ProcessLeases, holder_id, test_lease
+from ultra.defaults import LEASE_SECONDS
+from ultra.leases import ProcessLeases, holder_id, test_lease
 from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
 from ultra.projecting import project, results_path
@@ -74,7 +75,7 @@ class ChildJob(msgspec.Struct, kw_only=True):
     tasks: str | None
     shards: list[Shard]
     after_seq: int = 0  # the log's last seq when the plan was made (test claims check after it)
-    lease_seconds: float = DEFAULT_TTL
+    lease_seconds: float = LEASE_SECONDS
     wait: bool = False  # wait for routes and tests other runs hold, instead of leaving them
     leases: bool = True  # hold routes and claim tests in the store (off: benchmarks only)
     store_timeout: float = STORE_TIMEOUT  # how long a lost log is waited for
@@ -655,7 +656,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
             processes: int | None, tasks: str | None, argv: list[str], json_output: bool,
             check_first: bool = True, max_errors: str | None = None,
             progress: str = "auto",
-            wait: bool = False, lease_seconds: float = DEFAULT_TTL,
+            wait: bool = False, lease_seconds: float = LEASE_SECONDS,
             results: Path | None = None, store_timeout: float = STORE_TIMEOUT) -> RunResult:
     suite = get_suite(sel.suite, tasks)
     check_selection(config, suite, sel)
@@ -749,7 +750,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
 
 def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: str | None,
                processes: int, *, progress: str, after_seq: int = 0,
-               lease_seconds: float = DEFAULT_TTL, wait: bool = False,
+               lease_seconds: float = LEASE_SECONDS, wait: bool = False,
                store_timeout: float = STORE_TIMEOUT, transcripts: str = "all",
                latency: dict[str, float] | None = None,
                ) -> tuple[dict[str, ShardSnapshot], bool, int]:

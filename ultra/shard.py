@@ -34,7 +34,8 @@ from ultra.events import (
     TestErrored,
     utc_now,
 )
-from ultra.leases import CLAIM_BATCH, ClaimedTests, ProcessLeases
+from ultra.defaults import CLAIM_BATCH
+from ultra.leases import ClaimedTests, ProcessLeases
 from ultra.limits import Concurrency, RateLimiter, TokenBudget
 from ultra.plan import Shard
 from ultra.suites import ModelUnavailable, Suite, TestSpec

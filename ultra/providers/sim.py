@@ -14,7 +14,7 @@ from typing import Any
 from ultra.providers import RouteSpec
 from ultra.providers.azure import deployment_routes
 from ultra.providers.openai import key_routes
-from ultra.providers.wire import AZURE_API_VERSION
+from ultra.defaults import AZURE_API_VERSION
 
 AZURE_KEY = "sim-azure-key"  # the simulator's keys are names, not secrets
 

@@ -11,7 +11,6 @@ from urllib.parse import quote
 
 from ultra.providers import Route
 
-AZURE_API_VERSION = "2024-12-01-preview"  # the default of `api_version`
 
 
 def auth_header(shape: str, secret: str) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
+from ultra.defaults import MAX_TURNS
 from ultra.errors import UserError
 from ultra.events import TestResult, Usage
 
@@ -107,7 +108,7 @@ class Suite(Protocol):
         """The task that instance `index` of a cell takes (deterministic)."""
         ...
 
-    async def run(self, spec: TestSpec, model: ChatModel, *, max_turns: int = 10) -> TestResult:
+    async def run(self, spec: TestSpec, model: ChatModel, *, max_turns: int = MAX_TURNS) -> TestResult:
         """Take one test with `model` and score it. Tool results are simulated locally."""
         ...
 

@@ -17,6 +17,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from ultra.defaults import MAX_TURNS
 from ultra.errors import UserError
 from ultra.suites import ChatModel, TestResult, TestSpec
 from ultra.suites.workflow.executor import execute
@@ -80,7 +81,7 @@ class WorkflowSuite:
     def task_id(self, task_type: str, difficulty: str, index: int) -> str:
         return self.library.task_id(task_type, index)
 
-    async def run(self, spec: TestSpec, model: ChatModel, *, max_turns: int = 10) -> TestResult:
+    async def run(self, spec: TestSpec, model: ChatModel, *, max_turns: int = MAX_TURNS) -> TestResult:
         if spec.prompt_type not in PROMPT_TYPES:
             raise UserError(f"unknown prompt type {spec.prompt_type!r} (known: {', '.join(PROMPT_TYPES)})")
         view = self.library.view(spec.task_id)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from ultra.defaults import MAX_TURNS
 from ultra.suites import ChatModel, ChatResponse, ContextLengthExceeded
 from ultra.suites.workflow.library import TaskView
 from ultra.suites.workflow.prompts import FORMAT_HELP
@@ -131,7 +132,7 @@ async def execute(
     *,
     tool_success_rate: float,
     seed: int,
-    max_turns: int = 10,
+    max_turns: int = MAX_TURNS,
 ) -> tuple[Trajectory, list[dict[str, Any]]]:
     """Run the conversation to its end; returns the trajectory and the full transcript.
 
