@@ -144,3 +144,6 @@ def current_legacy_cells(legacy: Iterable[tuple[int, Event]], current: dict[str,
             yield seq, e
         elif current.get(e.source) == e.import_id:  # type: ignore[union-attr]
             yield seq, e
+
+
+__all__ = ["Counted", "Counting", "current_legacy_cells", "Item"]

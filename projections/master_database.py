@@ -817,3 +817,10 @@ def check_invariants(doc: Any) -> list[str]:
     if group_total != summary["total_tests"]:
         bad.append(f"test_groups add up to {group_total}, summary says {summary['total_tests']}")
     return bad
+
+
+__all__ = ["Acc", "all_leaves", "AVERAGED", "check_invariants", "DIGITS", "dump_state",
+           "encode_document", "FILE_SCHEMA_VERSION", "fold", "fold_legacy", "FoldState",
+           "LeafKey", "legacy_acc", "legacy_key", "LegacySource", "load_state", "ModelMemo",
+           "render", "render_bytes", "render_file", "RENDERER", "RenderMemo", "STATE_VERSION",
+           "stats", "TOKENS", "Tree", "UNPLACED"]

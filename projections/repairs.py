@@ -85,3 +85,6 @@ def collect_repairs(items: Iterable[tuple[int, Event]]) -> Repairs:
             else:
                 legacy += 1
     return Repairs(aliases, withdrawn, legacy)
+
+
+__all__ = ["collect_repairs", "match_selector", "REPAIR_TYPES", "Repairs", "resolve_retraction"]

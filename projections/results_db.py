@@ -16,7 +16,7 @@ from typing import Any
 
 from projections.counting import Counted
 from ultra.events import ERROR_CATEGORIES, RunFinished, RunStarted, TestCompleted
-from ultra.naming import rate_key
+from ultra.naming import condition_label, rate_key
 
 VERSION = 8  # bump when tables, rows or views change: an older results.db is rebuilt
 
@@ -268,7 +268,6 @@ def condition_rows(e: RunStarted) -> list[dict[str, Any]]:
     """The `conditions` rows a run declares."""
     import json
 
-    from ultra.plan import condition_label
 
     return [dict(condition=c, label=condition_label(f), fields=json.dumps(f, sort_keys=True))
             for c, f in sorted(e.conditions.items())]
@@ -407,3 +406,11 @@ def legacy_as_cells_sql(include: bool) -> str:
     return (f"(SELECT {cols}, model AS base_model FROM cells UNION ALL"
             f" SELECT {label}, 'legacy:' || source, prompt_type, tool_success_rate, difficulty,"
             f" task_type, 'legacy:' || source, 0, 0, {legacy_sums}, model FROM legacy_cells)")
+
+
+__all__ = ["add_to_cells", "CELL_COLUMNS", "CELL_KEYS", "CELL_SUMS", "cells_upsert_sql",
+           "CONDITION_COLUMNS", "condition_rows", "DIMENSIONS", "ERRORED_COLUMNS", "errored_row",
+           "FIXED_METRICS", "legacy_as_cells_sql", "LEGACY_CELL_COLUMNS", "legacy_cell_row",
+           "LEGACY_IMPORT_COLUMNS", "legacy_import_row", "LEVELS", "METRIC_COLUMNS",
+           "MetricColumns", "quoted", "rows", "RUN_COLUMNS", "run_update", "TEST_COLUMNS",
+           "test_row", "VERSION", "view_sql"]

@@ -378,3 +378,6 @@ def _check_transcripts(log: EventLog, notes: list[str]) -> list[str]:
         if len(found) > MAX_LISTED:
             out.append(f"... and {len(found) - MAX_LISTED} more like it")
     return out
+
+
+__all__ = ["audit", "AuditReport", "MAX_LISTED"]

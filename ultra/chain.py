@@ -31,3 +31,6 @@ def first_break(rows: Iterable[tuple[int, str | None, str]], prev: str = GENESIS
             return seq
         prev = expected
     return None
+
+
+__all__ = ["first_break", "GENESIS", "link"]

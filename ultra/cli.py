@@ -807,3 +807,13 @@ def export_inspect_command(
     for path in export(db, run_id, _csv(models), output):
         typer.echo(f"wrote {path}")
 # TRANSCRIPT-COMMANDS-END
+
+
+__all__ = ["app", "audit_command", "config_app", "config_show", "ConfigOpt", "DbOpt",
+           "DifficultyOpt", "events_command", "export_app", "export_inspect_command",
+           "import_command", "import_legacy_command", "InstancesOpt", "JsonOpt", "ListOpt",
+           "main", "ModelsOpt", "OutOpt", "plan", "project_command", "PromptOpt", "RateOpt",
+           "ReasonOpt", "RebuildOpt", "repair_alias", "repair_app", "repair_retract",
+           "report_command", "REPORT_FORMATS", "ResultsOpt", "run", "runs_command",
+           "show_command", "SuiteOpt", "TasksOpt", "TaskTypesOpt", "TurnsOpt", "UnusedConfigOpt",
+           "UnusedOutOpt", "UnusedResultsOpt"]

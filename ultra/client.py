@@ -716,3 +716,10 @@ async def preflight(route: Route, options: RequestOptions, *, request_timeout: f
                     break
                 await trio.sleep(rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** failures)))
         return found(False, last)
+
+
+__all__ = ["BACKOFF_BASE", "BACKOFF_CAP", "BodyTooLarge", "COMPLETION_GUESS",
+           "CONNECTIONS_PER_CLIENT", "HttpChatModel", "MAX_BODY_BYTES", "MESSAGE_CHARS",
+           "open_clients", "preflight", "PREFLIGHT_TIMEOUT", "PREFLIGHT_TOKENS", "redact",
+           "request_body", "resolve_secret", "RouteCheck", "RouteClient", "RouteHealth",
+           "SECRET_PIECE", "server_message", "ShardCounters", "SIMULATED_HEADER", "USER_AGENT"]

@@ -352,3 +352,11 @@ def masked(config: Config) -> dict:
             shown["secrets"] = {env: "<set>" if os.environ.get(env) else "<unset>" for env in envs}
         out["providers"][pname] = shown
     return out
+
+
+__all__ = ["BrokenAfter", "BUNDLED", "checked", "Config", "digest", "effective_model",
+           "EffectiveModel", "key_count", "KeyIndex", "Keys", "load_config", "masked",
+           "MaxTurns", "MODEL_CLASSES", "ModelConfig", "ModelPreset", "NumInstances", "ParamsB",
+           "Price", "Processes", "provider_shape", "ProviderConfig", "Qps", "Rate",
+           "RequestOptions", "Retries", "RunConfig", "Seconds", "STRATEGIES", "Strategy",
+           "Temperature", "Tokens", "Tpm", "validate", "Workers"]

@@ -417,3 +417,14 @@ def require_identity(obj: dict) -> str | None:
     if not isinstance(obj["version"], int) or obj["version"] not in KNOWN_VERSIONS:
         return f"unknown schema version {obj['version']!r} (known: {', '.join(map(str, KNOWN_VERSIONS))})"
     return None
+
+
+__all__ = ["AliasDefined", "Count", "decode", "decode_current", "Digest", "encode",
+           "ERROR_CATEGORIES", "ErrorCategory", "ERRORED_REASONS", "ErroredReason", "Event",
+           "EVENT_TYPES", "EventId", "FinishReason", "from_builtins", "IDENTITY_FIELDS",
+           "KNOWN_VERSIONS", "LegacyCell", "LegacyImported", "MetricName", "Name", "NAME_MAX",
+           "new_event_id", "Outcome", "PlanSummary", "Price", "Prices", "Rate",
+           "require_identity", "RouteChecked", "RunFinished", "RunStarted", "SCHEMA_VERSION",
+           "Score", "Seconds", "Selector", "ShardFinished", "ShardStarted", "Strategy",
+           "TestCompleted", "TestErrored", "TestResult", "TestsRetracted", "Text", "Timestamp",
+           "TIMESTAMP_PATTERN", "upgrade", "Usage", "utc_now", "Version"]

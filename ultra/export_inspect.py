@@ -256,3 +256,6 @@ def _ultra_version() -> str:
     from ultra import __version__
 
     return __version__
+
+
+__all__ = ["export"]

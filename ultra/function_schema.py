@@ -63,3 +63,6 @@ def tools_problem(tools: list[Any] | None) -> tuple[str, str] | None:
         if message:
             return message, f"tools[{i}].function.parameters"
     return None
+
+
+__all__ = ["function_problem", "schema_problem", "tools_problem"]

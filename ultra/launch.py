@@ -80,3 +80,6 @@ def project_message(r: object) -> str:
     also = "rebuilt" if r.results_rebuilt else "updated"  # type: ignore[attr-defined]
     return (f"{how} {r.out}: {r.events_folded} events folded, up to seq {r.last_seq}{note}"  # type: ignore[attr-defined]
             f"; {also} {r.results}")  # type: ignore[attr-defined]
+
+
+__all__ = ["main", "project_message"]

@@ -472,3 +472,9 @@ def event_id(source: str, sha256: str, path: str = "") -> str:
 
 def fold_names(names: list[str], canonical: Callable[[str], str]) -> dict[str, str]:
     return {n: canonical(n) for n in names}
+
+
+__all__ = ["ALL", "ANOMALY_KINDS", "AVERAGES", "Cell", "ERRORS_UNSUMMED", "event_id",
+           "FITS_NEITHER", "fold_names", "leaf_keys", "LEVELS", "MALFORMED", "METRICS",
+           "RATES_DISAGREE", "read", "read_leaf", "Reading", "SKIPPING_KINDS", "TOLERANCE",
+           "UNDECIDED", "V2_BREAKDOWNS"]

@@ -158,3 +158,7 @@ def report(p: Plan, path: Path) -> list[str]:
                     f" --exclude-models {m} drops it")
     rows += [f"  {'note':<20}{n}" for n in r.notes]
     return rows
+
+
+__all__ = ["FIRST_PATHS", "Plan", "plan", "read_file", "recorded_at", "report", "SOURCE_NAME",
+           "source_name", "TEST_MODEL"]

@@ -431,3 +431,10 @@ class Concurrency:
         free = self.slots - self.in_flight
         if free > 0 and self._lot:
             self._lot.unpark(count=free)
+
+
+__all__ = ["Concurrency", "COOLDOWN", "DECREASE", "INCREASE", "LOW_REMAINING", "MIN_FRACTION",
+           "NO_RATE_HEADERS", "PACE_SHARE", "PACE_UNKNOWN", "parse_duration",
+           "parse_retry_after", "PROVIDER_WINDOW", "RateHeaders", "RateLimiter",
+           "read_rate_headers", "requests_pace", "requests_pause", "Spend", "TOKEN_WINDOW",
+           "TokenBudget", "tokens_pace", "tokens_pause", "wait_after_429", "WINDOW_MARGIN"]

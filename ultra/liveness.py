@@ -85,3 +85,6 @@ def me() -> tuple[str, int, str | None]:
     """(host, pid, start time) of this process."""
     pid = os.getpid()
     return this_host(), pid, start_time(pid)
+
+
+__all__ = ["me", "process_gone", "start_time", "this_host"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from ultra.defaults import DEFAULT_CONDITION
+
 KNOWN_MODELS: tuple[str, ...] = (
     # open-source on the multi-key OpenAI-compatible provider
     "qwen2.5-72b-instruct",
@@ -76,3 +78,11 @@ def canonical_model(name: str, aliases: Mapping[str, str] | None = None) -> str:
 def rate_key(rate: float) -> str:
     """The one spelling of a tool success rate as a key: `str(round(rate, 4))`."""
     return str(round(rate, 4))
+
+
+def condition_label(fields: dict[str, str]) -> str:
+    """`max_turns=4, options=...`: what sets a condition apart ("default" for none)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(fields.items())) or DEFAULT_CONDITION
+
+
+__all__ = ["canonical_model", "condition_label", "INSTANCE_SUFFIXES", "KNOWN_MODELS", "rate_key"]

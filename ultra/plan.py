@@ -120,11 +120,6 @@ def condition_of(suite: str, max_turns: int = MAX_TURNS,
     return f"c-{digest}", fields
 
 
-def condition_label(fields: dict[str, str]) -> str:
-    """`max_turns=4, options=...`: what sets a condition apart ("default" for none)."""
-    return ", ".join(f"{k}={v}" for k, v in sorted(fields.items())) or DEFAULT_CONDITION
-
-
 def expand_prompt_types(suite: Suite, names: Iterable[str]) -> list[str]:
     """Prompt type names with `all` (the suite's unflawed types) and `all_with_flawed`
     (every type it knows) expanded, in order, without repeats."""
@@ -250,3 +245,8 @@ def effective_qps(shard: Shard) -> float:
     shares a key budget (every shard on that key then draws from the same one)."""
     limit = shard.shared_limit.qps if shard.shared_limit else None
     return min(shard.qps, limit) if limit else shard.qps
+
+
+__all__ = ["check_selection", "condition_of", "effective_qps", "expand",
+           "expand_prompt_types", "make_plan", "MAX_PLANNED_TESTS", "Plan", "route_names",
+           "Selection", "selection_keys", "Shard", "SharedLimit", "split_evenly", "test_key"]

@@ -197,3 +197,7 @@ def model_summary(snapshots: dict[str, ShardSnapshot], shard_models: dict[str, s
 def summary_text(snapshots: dict[str, ShardSnapshot], shard_models: dict[str, str],
                  report_command: str) -> str:
     return to_terminal([model_summary(snapshots, shard_models)]) + f"more: {report_command}\n"
+
+
+__all__ = ["clock", "COLUMNS", "Display", "Mode", "model_summary", "MODES", "PLAIN_EVERY",
+           "plain_line", "shard_table", "summary_text", "totals", "wall_clock", "WIDTH"]

@@ -557,3 +557,9 @@ def write_atomic(path: Path, data: bytes) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+__all__ = ["build_results", "fold_log", "fresh_results", "log_repairs", "metric_columns",
+           "other_log", "project", "PROJECTION_NAME", "ProjectReport", "read_results_meta",
+           "RENDER_MEMO_NAME", "RENDER_MEMO_VERSION", "replay", "RESULTS_NAME", "results_path",
+           "ResultsMeta", "ResultsReport", "temp_beside", "update_results", "write_atomic"]

@@ -69,3 +69,6 @@ def key_problems(plan: Plan) -> dict[str, tuple[str, str]]:
             problems[env] = (s.provider, "holds characters an API key cannot have (non-ASCII"
                                          " or control characters); check it")
     return problems
+
+
+__all__ = ["completed_keys", "completed_test_keys", "key_problems", "plan_run", "tasks_id"]

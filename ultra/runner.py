@@ -829,3 +829,13 @@ def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: s
     if interrupted:
         crashed = 0  # children ended by our own signal are not crashes
     return snapshots, interrupted, crashed
+
+
+__all__ = ["assign", "ASSUMED_LATENCY_S", "BATCH_EVENTS", "BATCH_SECONDS", "BrokenRoute",
+           "check_routes", "ChildJob", "choose_processes", "CPU_PER_REQUEST_S",
+           "error_allowance", "execute", "exit_code", "EXIT_INTERRUPTED", "MIN_LATENCY_S",
+           "missing_secrets", "ModelTokens", "needed_processes", "offered_rps",
+           "ORPHAN_CHECK_SECONDS", "PR_SET_PDEATHSIG", "PREFLIGHT_SAY_AFTER",
+           "PREFLIGHT_SAY_EVERY", "PROCESS_CPU_SHARE", "ProcessChoice", "REPORT_SECONDS",
+           "route_label", "RouteErrors", "run_process", "RunResult", "StoreFailure",
+           "write_events", "YOUNG_GC_THRESHOLD"]

@@ -311,3 +311,7 @@ def _with_transcript(emit: Callable[[Any], None], spec: TestSpec, shard: Shard,
         emit((msgspec.structs.replace(event, transcript=digest), (digest, blob)))
 
     return send
+
+
+__all__ = ["ErrorGroup", "KeyBudget", "MAX_ERROR_GROUPS", "PAUSE_SHOWN", "run_shard",
+           "ShardProgress", "ShardSnapshot"]

@@ -195,3 +195,6 @@ def error_examples(results: Path, n: int, *, models: list[str] | None, run: str 
     for (model, category), keys in sorted(groups.items()):
         lines.append(f"  {model:<{width}}  {category:<{cwidth}}  {' '.join(keys)}")
     return "\n".join(lines) + "\n"
+
+
+__all__ = ["CLIP", "error_examples", "load", "render"]

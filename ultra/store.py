@@ -911,3 +911,9 @@ class _CarriedTranscripts:
 
     def finish(self, log: EventLog, tx: Tx) -> None:
         self._flush(log, tx)
+
+
+__all__ = ["AppendResult", "db_location", "event_row", "EventLog", "EventStream",
+           "IMPORT_LINE_LIMIT", "ImportResult", "is_server_url", "load_migrations",
+           "migrations_dir", "MIGRATIONS_TABLE", "raw_row", "Row", "SERVER_SCHEMES",
+           "STORE_TIMEOUT", "transcript_ref"]

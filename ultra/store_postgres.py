@@ -194,3 +194,7 @@ class PostgresLog(EventLog):
         with self._lock, self._conn.cursor() as cur:
             cur.execute(_dialect(sql), params or None)
             return cur.fetchall()
+
+
+__all__ = ["APPEND_LOCK", "CONNECT_TIMEOUT", "PostgresLog", "RECONNECT_MAX_DELAY", "redacted",
+           "STALL_SECONDS"]

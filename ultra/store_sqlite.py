@@ -211,3 +211,7 @@ class SqliteLog(EventLog):
                     self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 except sqlite3.OperationalError:
                     pass  # busy: the next append tries again
+
+
+__all__ = ["BUSY_TIMEOUT_S", "LOCK_PATIENCE_S", "SqliteLog", "WAL_AUTOCHECKPOINT_PAGES",
+           "WAL_TRUNCATE_BYTES"]

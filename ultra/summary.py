@@ -57,3 +57,6 @@ def simulated_line(sim: int, n: int) -> str | None:
     what = "all" if sim == n else f"{sim} of"
     return (f"SIMULATED: {what} {n} completed tests of this run were answered by the simulator,"
             " not by a model")
+
+
+__all__ = ["simulated_line", "simulated_tests", "summary_lines"]

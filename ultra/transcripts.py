@@ -206,3 +206,8 @@ def build(*, test_key: str, suite: str, model: str, instance: str, chat: Any,
         test_key=test_key, suite=suite, model=model, instance=instance,
         messages=list(chat.messages or ()), tools=chat.tools, turns=turns,
         unanswered=unanswered, error=error, scoring=chat.scoring)
+
+
+__all__ = ["Attempt", "build", "Call", "check", "decode", "digest", "encode", "FORMAT",
+           "is_line", "LEVEL", "line", "LINE_PREFIX", "Mode", "MODES", "pack", "parse_line",
+           "Transcript", "Turn", "Unanswered", "unpack", "wanted"]

@@ -88,3 +88,6 @@ def serving(config: Any, names: list[str]) -> Iterator[Mapping[str, str]]:
         for kind, ps in by_kind.items():
             bases.update(stack.enter_context(provider(kind).serving(ps, config)))
         yield bases
+
+
+__all__ = ["KINDS", "Provider", "provider", "Route", "RouteSpec", "serving"]

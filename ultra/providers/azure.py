@@ -49,3 +49,6 @@ class AzureProvider:
 
 
 PROVIDER = AzureProvider()
+
+
+__all__ = ["AzureProvider", "deployment_routes", "PROVIDER"]

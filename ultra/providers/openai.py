@@ -64,3 +64,6 @@ class OpenAIProvider:
 
 
 PROVIDER = OpenAIProvider()
+
+
+__all__ = ["default_key", "key_routes", "OpenAIProvider", "PROVIDER"]

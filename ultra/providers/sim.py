@@ -56,3 +56,6 @@ class SimProvider:
 
 
 PROVIDER = SimProvider()
+
+
+__all__ = ["AZURE_KEY", "PROVIDER", "SimProvider"]

@@ -29,3 +29,6 @@ def azure_route(endpoint: str, deployment: str, api_version: str, *, key_env: st
     return Route(url=f"{endpoint.rstrip('/')}/openai/deployments/{quote(deployment, safe='')}"
                      f"/chat/completions?api-version={quote(api_version, safe='')}",
                  shape="azure", api_model=None, key_env=key_env, key_literal=key_literal)
+
+
+__all__ = ["auth_header", "azure_route", "openai_route"]

@@ -468,3 +468,10 @@ def to_latex(tables: list[Table], provenance: Any = None) -> str:
         out += [f"%   {plain(line)}" for line in lines(provenance)]
         out.append("")
     return "\n".join(out)
+
+
+__all__ = ["cell", "csv_file_name", "csv_files", "csv_safe", "FORMATS", "latex_escape",
+           "md_escape", "NAME_WIDTH", "plain", "rate_stats", "shorten", "SIMULATED_ALL",
+           "simulated_cell", "SIMULATED_COLUMN", "simulated_line", "SMALL_N", "SMALL_N_NOTE",
+           "terminal_width", "text_cells", "to_csv", "to_json", "to_latex", "to_markdown",
+           "to_terminal", "WIDTH", "with_simulated_column"]

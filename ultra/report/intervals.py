@@ -54,3 +54,6 @@ def two_proportion_p(k1: int, n1: int, k2: int, n2: int) -> float | None:
         return 1.0  # both all successes or all failures: no difference to test
     z = (k1 / n1 - k2 / n2) / se
     return math.erfc(abs(z) / math.sqrt(2))
+
+
+__all__ = ["mcnemar_exact_p", "paired_difference_ci", "two_proportion_p", "wilson", "Z95"]

@@ -145,3 +145,6 @@ def to_html(tables: list[Table], *, source: str, provenance: Any = None) -> str:
         f"<h1>ultra report</h1><p class=\"notes\">from {html.escape(source)}</p>"
         f"{body}</body></html>\n"
     )
+
+
+__all__ = ["charts", "STYLE", "to_html"]

@@ -104,3 +104,6 @@ def rows(p: Provenance) -> list[tuple[str, Any]]:
     out += [(f"run:{r.run_id}", f"{r.started_at or ''}/{r.finished_at or ''};"
              f" interrupted={interrupted_label(r)}") for r in p.runs]
     return out
+
+
+__all__ = ["interrupted_label", "lines", "Provenance", "rows", "RunInfo", "runs_of"]

@@ -225,3 +225,8 @@ def list_runs(*, db: Path | str, out: Path, results: Path | None) -> list[Any]:
         raise UserError(f"{path}: unreadable ({exc}); `ultra project --rebuild` rebuilds it") from None
     finally:
         conn.close()
+
+
+__all__ = ["list_runs", "make_report", "make_tables", "model_info", "open_results",
+           "provenance_of", "refresh", "render", "tables_for", "tables_with_provenance",
+           "write_csv_dir"]

@@ -653,3 +653,9 @@ def build(src: Source, names: Sequence[str]) -> list[Table]:
         except UserError:
             continue
     return out
+
+
+__all__ = ["build", "BUILDERS", "Column", "compare", "COMPARE_DIMS", "compare_paired", "Counts",
+           "difficulty", "DIFFICULTY_ORDER", "errors", "FLAWED", "flaws", "Kind",
+           "mark_simulated", "metrics", "ModelInfo", "overview", "PROMPT_ORDER", "prompt_types",
+           "scale", "Selection", "Source", "Table", "TABLES", "task_types", "tool_reliability"]

@@ -195,3 +195,6 @@ class Stats:
             "models": {k: s.as_dict() for k, s in sorted(self.models.items())},
             "status": {str(code): n for code, n in sorted(self.status.items())},
         }
+
+
+__all__ = ["COUNTER_FIELDS", "RouteStats", "SlidingWindow", "Stats", "TOKEN_PERIOD", "TokenWindow"]

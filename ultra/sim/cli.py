@@ -53,3 +53,6 @@ def sim_serve(
 
     base = load_toml(config) if config is not None else SimConfig()
     raise typer.Exit(run(with_overrides(base, **options)))
+
+
+__all__ = ["sim_app", "sim_serve"]

@@ -264,3 +264,9 @@ def with_overrides(config: SimConfig, **options: object) -> SimConfig:
                        if (f"{sec}.{f}" if sec else f) == path), path)
         raise UserError(f"invalid --{option.replace('_', '-')}: {str(exc).split(' - at ')[0]}") from None
     return validate(merged)
+
+
+__all__ = ["Faults", "from_json", "HEADER_STYLES", "HeaderStyle", "Latency", "Limits",
+           "load_toml", "Millis", "OVERRIDABLE", "Probability", "RETRY_HEADERS", "Routes", "Rpm",
+           "Rps", "SimConfig", "SimSeconds", "Storm", "to_json", "Tpm", "validate",
+           "with_overrides"]

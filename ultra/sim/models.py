@@ -42,3 +42,6 @@ def is_reasoning_model(model: str) -> bool:
     """Models that take `max_completion_tokens` and refuse `temperature` (o-series, gpt-5),
     and the simulator's own reasoning style (`sim-*-reasoner`)."""
     return bool(_REASONING.match(model)) or "reasoner" in model
+
+
+__all__ = ["is_reasoning_model", "sim_skill", "SIM_SKILLS"]

@@ -158,3 +158,6 @@ class SimProcess:
     def reset(self) -> None:
         """Zero the accounting and the limit windows, and restart the storm clock."""
         self._request("POST", "/stats/reset")
+
+
+__all__ = ["CONTROL_TIMEOUT_S", "SimProcess", "SimStartError"]

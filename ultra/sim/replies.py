@@ -175,3 +175,8 @@ def responder_failure(exc: BaseException) -> bytes:
     """A responder bug becomes a 500 the client can see, and a traceback on stderr."""
     traceback.print_exception(exc, file=sys.stderr)
     return error_body(f"simulator responder failed: {type(exc).__name__}", "server_error", "sim_responder_error")
+
+
+__all__ = ["completion_body", "echo_responder", "empty_choices_body", "error_body",
+           "is_reasoner", "load_responder", "MALFORMED_BODY", "Message", "model_skill",
+           "prompt_tokens", "Responder", "responder_failure", "SuitesResponder", "TRIVIAL_REPLY"]

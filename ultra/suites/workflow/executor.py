@@ -216,3 +216,7 @@ async def execute(
         end=end,
     )
     return traj, messages
+
+
+__all__ = ["Call", "CallStatus", "End", "execute", "MAX_FAILED_TURNS", "parse_text_calls",
+           "Trajectory"]

@@ -115,3 +115,6 @@ def _substitute(tool: str, view: TaskView, rng: random.Random) -> str:
     spare = [n for n in view.offered if n not in view.task.required_tools]
     same = [n for n in spare if view.tools[n].category == view.tools[tool].category]
     return rng.choice(same or spare)
+
+
+__all__ = ["FLAWS", "goal_of", "inject", "optimal_plan", "Plan", "PlanStep"]

@@ -256,3 +256,7 @@ def default_library() -> Library:
     tools_file = msgspec.json.decode((data / "tools.json").read_bytes(), type=_ToolsFile)
     tools = _decode_items(tools_file.tools, Tool, "tool", "tools.json")
     return parse_library((data / "tasks.json").read_bytes(), "tasks.json", default_tools=tools)
+
+
+__all__ = ["default_library", "DIFFICULTIES", "Library", "load_library", "OFFERED_TOOLS",
+           "parse_library", "Task", "TASK_TYPES", "TaskView"]

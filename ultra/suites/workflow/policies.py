@@ -253,3 +253,7 @@ class SimulatedModel:
         calls = [ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"]["arguments"])
                  for c in d.get("tool_calls") or []]
         return ChatResponse(content=d.get("content"), tool_calls=calls, finish_reason="tool_calls" if calls else "stop")
+
+
+__all__ = ["CHATTER", "effective_skill", "Intent", "intent", "MISTAKES", "next_move",
+           "PERMANENT", "Policies", "render", "SimulatedModel", "Step", "TEXT_STYLE_RATE"]

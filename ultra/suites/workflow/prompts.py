@@ -98,3 +98,8 @@ def plan_of(prompt: str) -> list[PlanStep] | None:
             args = {}
         steps.append(PlanStep(tool=m.group(2), arguments=args, uses=int(m.group(4)) if m.group(4) else None))
     return steps
+
+
+__all__ = ["BASE_PROMPT_TYPES", "COMPLETION", "COT", "FORMAT_HELP", "initial_messages",
+           "is_ours", "MARKER", "plan_of", "render_plan", "SYSTEM", "task_id_of", "user_prompt",
+           "USES"]

@@ -133,3 +133,7 @@ def signature(tool: Tool) -> str:
     required = tool.parameters.get("required", [])
     names = [n if n in required else f"{n}?" for n in tool.parameters.get("properties", {})]
     return f"{tool.name}({', '.join(names)}): {tool.description}"
+
+
+__all__ = ["argument_error", "example_arguments", "missing_arguments", "openai_tool",
+           "signature", "Tool", "wrong_arguments"]

@@ -217,3 +217,8 @@ def breakdown(t: Trajectory) -> dict:
         idle_turns=t.idle_turns, assisted_turns=t.assisted_turns,
         calls=[msgspec.structs.asdict(x) for x in t.calls],
     )
+
+
+__all__ = ["breakdown", "Counts", "counts", "error_category", "execution_success", "lcs",
+           "order_score", "outcome", "OUTCOMES", "phase2_score", "quality_score", "score",
+           "success_sequence", "tool_coverage", "workflow_score"]
