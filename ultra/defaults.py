@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
-    "AZURE_API_VERSION", "BROKEN_AFTER", "CLAIM_BATCH", "DEFAULT_CONDITION", "DEFAULT_DB",
-    "DEFAULT_OUT", "LEASE_SECONDS", "MAX_RETRIES", "MAX_TURNS", "REQUEST_TIMEOUT_S",
+    "AZURE_API_VERSION", "BROKEN_AFTER", "CLAIM_BATCH", "COLLECTOR_CACHE_MIB", "DEFAULT_CONDITION",
+    "DEFAULT_DB", "DEFAULT_OUT", "LEASE_SECONDS", "LOG_CACHE_MIB", "MAX_RETRIES", "MAX_TURNS", "REQUEST_TIMEOUT_S",
     "SUITE", "TEST_TIMEOUT_S", "TRANSCRIPTS",
 ]
 
@@ -36,3 +36,7 @@ AZURE_API_VERSION = "2024-12-01-preview"  # Azure OpenAI's `api-version` query p
 # -- collectors sharing a log --
 LEASE_SECONDS = 30.0  # a route's or test's claim lives this long without a heartbeat
 CLAIM_BATCH = 32  # tests a shard claims in one transaction (at most its worker count)
+
+# -- the SQLite log's page cache per connection, MiB (it fills up to this and stays) --
+LOG_CACHE_MIB = 64  # projections and audits read the whole log
+COLLECTOR_CACHE_MIB = 8  # a shard process appends and claims: recent pages only

@@ -48,7 +48,7 @@ from ultra.events import (
     TestCompleted,
     TestErrored,
 )
-from ultra.defaults import LEASE_SECONDS
+from ultra.defaults import COLLECTOR_CACHE_MIB, LEASE_SECONDS, TRANSCRIPTS
 from ultra.leases import ProcessLeases, holder_id, test_lease
 from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
@@ -79,7 +79,7 @@ class ChildJob(msgspec.Struct, kw_only=True):
     wait: bool = False  # wait for routes and tests other runs hold, instead of leaving them
     leases: bool = True  # hold routes and claim tests in the store (off: benchmarks only)
     store_timeout: float = STORE_TIMEOUT  # how long a lost log is waited for
-    transcripts: str = "all"  # whose transcripts are stored: all | failures | none
+    transcripts: str = TRANSCRIPTS  # whose transcripts are stored: all | failures | none
 
 
 # ---- inside a shard process -------------------------------------------------------------
@@ -116,14 +116,7 @@ async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog,
                 batch: list[Event] = [await recv.receive()]
             except trio.EndOfChannel:
                 return
-            closed = False
-            with trio.move_on_after(BATCH_SECONDS):
-                while len(batch) < BATCH_EVENTS:
-                    try:
-                        batch.append(await recv.receive())
-                    except trio.EndOfChannel:
-                        closed = True
-                        break
+            closed = await _fill(batch, recv)
             batch, transcripts = _split_transcripts(batch)
             try:
                 if leases is None:
@@ -149,6 +142,31 @@ async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog,
                 return
             if closed:
                 return
+
+
+async def _fill(batch: list, recv: trio.MemoryReceiveChannel) -> bool:
+    """Add to `batch` what the channel holds, then what arrives within BATCH_SECONDS of
+    the first, up to BATCH_EVENTS; True once the channel is closed. What is already there
+    is taken without a checkpoint: each `receive` is a schedule point, behind every
+    runnable worker, and taking a backlog one scheduler round per event let it grow
+    without bound (memory rising with the run; the log falling behind)."""
+    deadline = trio.current_time() + BATCH_SECONDS
+    while len(batch) < BATCH_EVENTS:
+        try:
+            batch.append(recv.receive_nowait())
+            continue
+        except trio.WouldBlock:
+            pass
+        except trio.EndOfChannel:
+            return True
+        with trio.move_on_at(deadline) as waited:
+            try:
+                batch.append(await recv.receive())
+            except trio.EndOfChannel:
+                return True
+        if waited.cancelled_caught:
+            break
+    return False
 
 
 def _split_transcripts(items: list) -> tuple[list[Event], dict[str, tuple[str, bytes]]]:
@@ -237,6 +255,7 @@ async def _run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], No
     failed = StoreFailure(halt := trio.CancelScope())
     with EventLog.open(job.db) as log:
         log.retry_seconds = job.store_timeout
+        log.set_cache(COLLECTOR_CACHE_MIB)  # appends and claims: a run's memory stays flat
         leases = None
         try:
             if job.leases:
@@ -751,7 +770,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
 def _supervise(plan: Plan, run_id: str, sel: Selection, db: Path | str, tasks: str | None,
                processes: int, *, progress: str, after_seq: int = 0,
                lease_seconds: float = LEASE_SECONDS, wait: bool = False,
-               store_timeout: float = STORE_TIMEOUT, transcripts: str = "all",
+               store_timeout: float = STORE_TIMEOUT, transcripts: str = TRANSCRIPTS,
                latency: dict[str, float] | None = None,
                ) -> tuple[dict[str, ShardSnapshot], bool, int]:
     """Start the shard processes and follow them to the end; forward Ctrl-C / SIGTERM."""

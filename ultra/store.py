@@ -418,6 +418,10 @@ class EventLog(CompletionIndex, LeaseTable):
         """Check the schema, and with `create` make or migrate it."""
         raise NotImplementedError
 
+    def set_cache(self, mib: int) -> None:
+        """Bound the client-side page cache of this connection (SQLite; PostgreSQL keeps
+        its cache in the server)."""
+
     def _wait_for_server(self, exc: Exception) -> None:
         """After one of `lost_errors`: return once the call may be tried again (reconnected),
         raise `StoreLost` once `retry_seconds` have passed, or `exc` if it was no loss."""
