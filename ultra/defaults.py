@@ -38,5 +38,5 @@ LEASE_SECONDS = 30.0  # a route's or test's claim lives this long without a hear
 CLAIM_BATCH = 32  # tests a shard claims in one transaction (at most its worker count)
 
 # -- the SQLite log's page cache per connection, MiB (it fills up to this and stays) --
-LOG_CACHE_MIB = 64  # projections and audits read the whole log
+LOG_CACHE_MIB = 16  # projections and audits: a sequential read needs few pages
 COLLECTOR_CACHE_MIB = 8  # a shard process appends and claims: recent pages only

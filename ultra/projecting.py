@@ -39,6 +39,7 @@ PROJECTION_NAME = "master_database"
 RENDER_MEMO_NAME = "master_database.file"  # what the last render wrote (mdb.RenderMemo)
 RENDER_MEMO_VERSION = 2
 RESULTS_NAME = "results.db"
+RESULT_ROWS_PER_INSERT = 2_000  # rows held before an executemany: memory stays flat however long the log
 
 
 class ProjectReport(msgspec.Struct, frozen=True):
@@ -352,7 +353,7 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
             buf.append(row)
             if table == "tests":
                 rdb.add_to_cells(cells, row)
-            if len(buf) >= 20_000:
+            if len(buf) >= RESULT_ROWS_PER_INSERT:
                 flush(table)
     for table in buffers:
         if buffers[table]:

@@ -50,6 +50,7 @@ from ultra.events import (
 )
 from ultra.defaults import COLLECTOR_CACHE_MIB, LEASE_SECONDS, TRANSCRIPTS
 from ultra.leases import ProcessLeases, holder_id, test_lease
+from ultra.memory import TRIM_SECONDS, release_free_memory
 from ultra.naming import canonical_model
 from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
 from ultra.projecting import project, results_path
@@ -208,9 +209,16 @@ async def _cancel_on_signal(scope: trio.CancelScope) -> None:
 
 async def _report_loop(progresses: list[ShardProgress],
                        report: Callable[[list[ShardSnapshot]], None]) -> None:
+    """Send the parent a snapshot every REPORT_SECONDS; every TRIM_SECONDS give the heap's
+    free pages back (`ultra.memory`), so the process's memory stays flat however long
+    the run."""
+    trimmed = trio.current_time()
     while True:
         await trio.sleep(REPORT_SECONDS)
         report([p.snapshot() for p in progresses])
+        if trio.current_time() - trimmed >= TRIM_SECONDS:
+            release_free_memory()
+            trimmed = trio.current_time()
 
 
 async def _cancel_when_orphaned(scope: trio.CancelScope, parent_alive: Callable[[], bool]) -> None:
