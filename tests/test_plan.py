@@ -83,8 +83,8 @@ def test_test_keys_are_deterministic_and_unique():
     sel = selection(["gpt-4o-mini", "kimi-k2"])
     a = make_plan(config, SUITE, sel, completed=set())
     b = make_plan(config, SUITE, sel, completed=set())
-    keys_a = [t.test_key for s in a.shards for t in s.tests]
-    assert keys_a == [t.test_key for s in b.shards for t in s.tests]
+    keys_a = [t.test_key for s in a.shards for t in s.tests.specs(SUITE)]
+    assert keys_a == [t.test_key for s in b.shards for t in s.tests.specs(SUITE)]
     assert len(set(keys_a)) == len(keys_a) == 2 * 72
 
 
@@ -92,10 +92,10 @@ def test_resume_skips_completed_tests_only():
     config, _ = load_config("presets")
     sel = selection(["DeepSeek-R1-0528"])
     full = make_plan(config, SUITE, sel, completed=set())
-    keys = [t.test_key for s in full.shards for t in s.tests]
+    keys = [t.test_key for s in full.shards for t in s.tests.specs(SUITE)]
     done = set(keys[::3])
     resumed = make_plan(config, SUITE, sel, completed=done)
-    left = [t.test_key for s in resumed.shards for t in s.tests]
+    left = [t.test_key for s in resumed.shards for t in s.tests.specs(SUITE)]
     assert resumed.skipped_completed == len(done)
     assert sorted(left) == sorted(set(keys) - done)
     sizes = [len(s.tests) for s in resumed.shards]
@@ -174,7 +174,7 @@ def test_every_input_that_changes_a_result_is_in_the_test_key():
     config, _ = load_config("presets")
     short = make_plan(config, SUITE, selection(["kimi-k2"], max_turns=3), completed=set())
     normal = make_plan(config, SUITE, selection(["kimi-k2"]), completed=set())
-    done = {t.test_key for s in normal.shards for t in s.tests}
+    done = {t.test_key for s in normal.shards for t in s.tests.specs(SUITE)}
     assert make_plan(config, SUITE, selection(["kimi-k2"], max_turns=3), completed=done).planned \
         == short.planned == normal.planned  # tests at 10 turns are not tests at 3 turns
     assert all(s.max_turns == 3 for s in short.shards)

@@ -325,7 +325,7 @@ def seed_main(args: argparse.Namespace) -> None:
         med["achieved_vs_offered_each_run"] = [r["achieved_vs_offered"] for r in rs]
         med["sim_status"] = rs[-1]["sim_status"]
         out[name] = med
-    spec = shard_plan("http://x", workers=1, qps=1, tests=10).shards[0].tests[0]
+    spec = next(shard_plan("http://x", workers=1, qps=1, tests=10).shards[0].tests.specs(get_suite("workflow")))
     body = first_turn_body(spec)
     with SimProcess(SimConfig(latency=Latency(median_ms=200, spread_ms=50))) as sim:
         out["bare_128"] = {
@@ -358,7 +358,7 @@ def main() -> None:
     if args.seed_load:
         return seed_main(args)
     suite = get_suite("workflow")
-    spec = shard_plan("http://x", workers=1, qps=1, tests=10).shards[0].tests[0]
+    spec = next(shard_plan("http://x", workers=1, qps=1, tests=10).shards[0].tests.specs(get_suite("workflow")))
     body = first_turn_body(spec)
     out: dict = {}
     with SimProcess(SimConfig()) as sim:

@@ -14,6 +14,7 @@ the append lock.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -297,16 +298,16 @@ class CompletionIndex:
 
     def completions_of(self, keys: Iterable[str]) -> Iterator[tuple[str, str]]:
         """(test key, event id) of the stored completions of `keys`: primary-key look-ups
-        in completion_keys (brought up to date first), so the cost follows `keys`."""
-        wanted = list(keys)
+        in completion_keys (brought up to date first), so the cost follows `keys`, which
+        are read 500 at a time (a selection of a million keys is never held)."""
         try:
             self.index_completions(self.last_seq())
         except UserError:  # a log we may not write (a read-only file): scan it instead
-            chosen = set(wanted)
+            chosen = set(keys)
             yield from ((k, e) for k, e in self.completions() if k in chosen)
             return
-        for i in range(0, len(wanted), 500):
-            part = wanted[i:i + 500]
+        keys = iter(keys)
+        while part := list(itertools.islice(keys, 500)):
             yield from self._read(
                 f"{COMPLETIONS_OF_QUERY} ({', '.join('?' * len(part))})", part)
 

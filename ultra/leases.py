@@ -32,10 +32,11 @@ stops the process's shards: the calling shard is cancelled at once, as by an int
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import trio
@@ -198,6 +199,38 @@ class ProcessLeases:
 
 
 
+class _Ahead:
+    """An iterator of test specs that can be looked ahead of and given back to: the
+    `deque` operations `ClaimedTests` uses, over specs made one at a time."""
+
+    def __init__(self, specs: Iterable[TestSpec]) -> None:
+        self._specs = iter(specs)
+        self._back: deque[TestSpec] = deque()
+
+    def __bool__(self) -> bool:
+        if not self._back:
+            nxt = next(self._specs, None)
+            if nxt is None:
+                return False
+            self._back.append(nxt)
+        return True
+
+    def popleft(self) -> TestSpec:
+        return self._back.popleft() if self._back else next(self._specs)
+
+    def take(self, n: int) -> list[TestSpec]:
+        out = [self._back.popleft() for _ in range(min(n, len(self._back)))]
+        out.extend(itertools.islice(self._specs, n - len(out)))
+        return out
+
+    def extendleft(self, specs: Iterable[TestSpec]) -> None:
+        self._back.extendleft(specs)
+
+    def append(self, spec: TestSpec) -> None:
+        """After everything else (the queue of held tests, whose iterator is empty)."""
+        self._back.append(spec)
+
+
 class ClaimedTests:
     """A shard's tests, handed to its workers one claimed test at a time.
 
@@ -210,10 +243,10 @@ class ClaimedTests:
     that holds it. Claimed tests no worker took are released by `close`.
     """
 
-    def __init__(self, tests: list[TestSpec], leases: ProcessLeases | None,
+    def __init__(self, tests: Iterable[TestSpec], leases: ProcessLeases | None,
                  progress: ShardProgress, batch: int = CLAIM_BATCH) -> None:
-        self._todo: deque[TestSpec] = deque(tests)
-        self._held: deque[TestSpec] = deque()
+        self._todo = _Ahead(tests)  # made as they are asked for (a plan holds no spec)
+        self._held = _Ahead(())  # held by another collector: asked for again at the end
         self._ready: deque[TestSpec] = deque()  # claimed, not yet handed out
         self._leases = leases
         self._progress = progress
@@ -240,7 +273,7 @@ class ClaimedTests:
             source, again = self._held, True
             if leases.wait:
                 await trio.sleep(WAIT_POLL)
-        specs = [source.popleft() for _ in range(min(self._batch, len(source)))]
+        specs = source.take(self._batch)
         try:
             found = await leases.take_tests([s.test_key for s in specs])
         except BaseException:

@@ -5,7 +5,9 @@ is already completed."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import msgspec
 
@@ -21,6 +23,7 @@ from ultra.suites import Suite, TestSpec
 # One run plans at most this many tests: the plan is held in memory (a few hundred bytes a
 # test), so a typo such as `--num-instances 100000000` is refused before anything is built.
 MAX_PLANNED_TESTS = 1_000_000
+_T = TypeVar("_T")
 
 
 class Selection(msgspec.Struct, kw_only=True, frozen=True):
@@ -63,7 +66,7 @@ class Shard(msgspec.Struct, kw_only=True, frozen=True):
     tpm: float | None = None
     options: RequestOptions = RequestOptions()
     broken_after: int = 3
-    tests: list[TestSpec]
+    tests: TestSet
     prices: tuple[float, float] | None = None  # per million prompt / completion tokens
     condition: str = DEFAULT_CONDITION  # condition_of(...)[0] of its tests
     condition_fields: dict[str, str] = {}
@@ -158,25 +161,72 @@ def check_selection(config: Config, suite: Suite, sel: Selection) -> None:
                         f"{MAX_PLANNED_TESTS:,} (fewer --num-instances, models or cells)")
 
 
-def expand(suite: Suite, sel: Selection, model: str,
-           options: RequestOptions | None = None) -> list[TestSpec]:
-    """Every test of the selection for one (canonical) model, in a stable order."""
-    tests = []
+def iter_tests(suite: Suite, sel: Selection, model: str,
+               options: RequestOptions | None = None) -> Iterator[TestSpec]:
+    """Every test of the selection for one (canonical) model, in a stable order (made one at
+    a time: a plan of a million tests never holds them all)."""
     for prompt_type in sel.prompt_types:
         for rate in sel.tool_success_rates:
             for difficulty in sel.difficulties:
                 for task_type in sel.task_types:
                     for index in range(sel.num_instances):
                         task_id = suite.task_id(task_type, difficulty, index)
-                        tests.append(TestSpec(
+                        yield TestSpec(
                             test_key=test_key(suite.name, model, prompt_type, rate, difficulty,
                                               task_type, index, task_id, max_turns=sel.max_turns,
                                               options=options),
                             suite=suite.name, model=model, prompt_type=prompt_type,
                             tool_success_rate=rate, difficulty=difficulty,
                             task_type=task_type, index=index, task_id=task_id,
-                        ))
-    return tests
+                        )
+
+
+def expand(suite: Suite, sel: Selection, model: str,
+           options: RequestOptions | None = None) -> list[TestSpec]:
+    """`iter_tests` as a list."""
+    return list(iter_tests(suite, sel, model, options))
+
+
+class TestSet(msgspec.Struct, kw_only=True, frozen=True):
+    """A shard's tests: their positions in `iter_tests`' order for its model and selection,
+    4 bytes a test in the plan and on the way to the shard process (a `TestSpec` held per
+    test cost ~250). `specs(suite)` makes them one at a time, as workers ask for them."""
+
+    __test__ = False
+
+    selection: Selection
+    model: str
+    options: RequestOptions | None = None
+    positions: bytes = b""  # array("I"), ascending
+
+    def __len__(self) -> int:
+        return len(self.positions) // _POSITION.itemsize
+
+    def __bool__(self) -> bool:
+        return bool(self.positions)
+
+    def specs(self, suite: Suite) -> Iterator[TestSpec]:
+        wanted = array(_POSITION.typecode)
+        wanted.frombytes(self.positions)
+        if not wanted:
+            return
+        sel = self.selection
+        cells = [(p, r, d, t) for p in sel.prompt_types for r in sel.tool_success_rates
+                 for d in sel.difficulties for t in sel.task_types]
+        for position in wanted:
+            cell, index = divmod(position, sel.num_instances)
+            prompt_type, rate, difficulty, task_type = cells[cell]
+            task_id = suite.task_id(task_type, difficulty, index)
+            yield TestSpec(
+                test_key=test_key(suite.name, self.model, prompt_type, rate, difficulty, task_type,
+                                  index, task_id, max_turns=sel.max_turns, options=self.options),
+                suite=suite.name, model=self.model, prompt_type=prompt_type,
+                tool_success_rate=rate, difficulty=difficulty, task_type=task_type,
+                index=index, task_id=task_id,
+            )
+
+
+_POSITION = array("I")
 
 
 def _routes(config: Config, eff: EffectiveModel, bases: Mapping[str, str]) -> list[RouteSpec]:
@@ -186,11 +236,12 @@ def _routes(config: Config, eff: EffectiveModel, bases: Mapping[str, str]) -> li
     return provider(p.kind).routes(p, eff, bases.get(eff.provider))
 
 
-def selection_keys(config: Config, suite: Suite, sel: Selection) -> set[str]:
-    """The test keys of every test the selection names (what resume looks up), expanded
-    as `make_plan` expands them."""
-    return {t.test_key for name in sel.models
-            for t in expand(suite, sel, canonical_model(name), effective_model(config, name).options)}
+def selection_keys(config: Config, suite: Suite, sel: Selection) -> Iterator[str]:
+    """The test keys of every test the selection names (what resume looks up), made as
+    `make_plan` makes them, one at a time."""
+    for name in sel.models:
+        for t in iter_tests(suite, sel, canonical_model(name), effective_model(config, name).options):
+            yield t.test_key
 
 
 def route_names(config: Config, eff: EffectiveModel) -> list[dict[str, str | int]]:
@@ -200,9 +251,9 @@ def route_names(config: Config, eff: EffectiveModel) -> list[dict[str, str | int
             for instance, key, dep, _ in _routes(config, eff, {})]
 
 
-def split_evenly(tests: list[TestSpec], n: int) -> list[list[TestSpec]]:
+def split_evenly(items: Sequence[_T], n: int) -> list[Sequence[_T]]:
     """n parts whose sizes differ by at most one (round robin keeps cells mixed)."""
-    return [tests[i::n] for i in range(n)]
+    return [items[i::n] for i in range(n)]
 
 
 def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
@@ -212,15 +263,17 @@ def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
     for name in sel.models:
         eff = effective_model(config, name)
         model = canonical_model(name)
-        all_tests = expand(suite, sel, model, eff.options)
-        todo = [t for t in all_tests if t.test_key not in completed]
-        skipped += len(all_tests) - len(todo)
+        todo = array(_POSITION.typecode, (j for j, t in enumerate(iter_tests(suite, sel, model, eff.options))
+                                          if t.test_key not in completed))
+        model_tests = sel.num_instances * len(sel.prompt_types) * len(sel.tool_success_rates) \
+            * len(sel.difficulties) * len(sel.task_types)
+        skipped += model_tests - len(todo)
         planned += len(todo)
         routes = _routes(config, eff, bases or {})
         p = config.providers[eff.provider]
         condition, condition_fields = condition_of(suite.name, sel.max_turns, eff.options,
                                                    tasks_id)
-        for (instance, key_index, deployment, route), tests in zip(routes, split_evenly(todo, len(routes))):
+        for (instance, key_index, deployment, route), positions in zip(routes, split_evenly(todo, len(routes))):
             shared = None
             if (p.key_qps or p.key_tpm) and route.shape == "openai":
                 shared = SharedLimit(name=f"{eff.provider}/key{key_index or 0}",
@@ -232,7 +285,8 @@ def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
                 request_timeout=eff.request_timeout, test_timeout=eff.test_timeout,
                 max_retries=eff.max_retries, max_turns=sel.max_turns, route=route,
                 shared_limit=shared, tpm=eff.tpm, options=eff.options,
-                broken_after=eff.broken_after, tests=tests,
+                broken_after=eff.broken_after,
+                tests=TestSet(selection=sel, model=model, options=eff.options, positions=positions.tobytes()),
                 prices=None if eff.input_price is None and eff.output_price is None
                 else (eff.input_price or 0.0, eff.output_price or 0.0),
                 condition=condition, condition_fields=condition_fields,
@@ -248,5 +302,5 @@ def effective_qps(shard: Shard) -> float:
 
 
 __all__ = ["check_selection", "condition_of", "effective_qps", "expand",
-           "expand_prompt_types", "make_plan", "MAX_PLANNED_TESTS", "Plan", "route_names",
-           "Selection", "selection_keys", "Shard", "SharedLimit", "split_evenly", "test_key"]
+           "expand_prompt_types", "iter_tests", "make_plan", "MAX_PLANNED_TESTS", "Plan", "route_names",
+           "Selection", "selection_keys", "Shard", "SharedLimit", "split_evenly", "test_key", "TestSet"]

@@ -6,6 +6,7 @@ Kept apart from the runner so that `ultra plan` loads no HTTP or trio code.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from ultra.config import Config
@@ -15,7 +16,7 @@ from ultra.store import EventLog
 from ultra.suites import Suite, get_suite
 
 
-def completed_test_keys(log: EventLog, among: set[str] | None = None) -> set[str]:
+def completed_test_keys(log: EventLog, among: Iterable[str] | None = None) -> set[str]:
     """Keys of tests with a `test.completed` that no `tests.retracted` removed: `ultra run`
     resumes with this (completed tests are not taken again; tests that only errored are).
     With `among` (the selection's keys), only those are looked up, by key: the cost follows

@@ -107,7 +107,7 @@ async def write_events(recv: trio.MemoryReceiveChannel, log: EventLog,
     """Group commit: append a batch when it is full or BATCH_SECONDS old; the claims of the
     tests it finishes are released in the same transaction. A test whose claim this process
     lost (it stalled past the lease) is not stored: counted as fenced in its shard's
-    progress (`owners`: test key -> progress), instead of completed or errored. While the
+    progress (`owners`: shard id -> progress), instead of completed or errored. While the
     store reconnects, events wait in the channel (claims wait too, so no new test starts).
     A batch the store refuses for good goes to `failed`, and it and every later event are
     counted as unstored."""
@@ -190,7 +190,7 @@ def _uncount(batch: list[Event], keys: set[str] | None, owners: dict[str, ShardP
     """The results in `batch` (of `keys`, or all) were not stored: counted under `field`
     of their shard's progress instead of completed or errored."""
     for e in batch:
-        progress = owners.get(e.test_key) if isinstance(e, (TestCompleted, TestErrored)) else None
+        progress = owners.get(e.shard_id) if isinstance(e, (TestCompleted, TestErrored)) else None
         if progress is None or (keys is not None and e.test_key not in keys):
             continue
         setattr(progress, field, getattr(progress, field) + 1)
@@ -271,7 +271,7 @@ async def _run_process(job: ChildJob, report: Callable[[list[ShardSnapshot]], No
                                        after_seq=job.after_seq, wait=job.wait, failed=failed)
             send, recv = trio.open_memory_channel[Event](math.inf)
             async with trio.open_nursery() as outer:
-                owners = {t.test_key: p for s, p in zip(job.shards, progresses) for t in s.tests}
+                owners = {s.shard_id: p for s, p in zip(job.shards, progresses)}
                 outer.start_soon(write_events, recv, log, leases, owners, failed)
                 async with trio.open_nursery() as aux:
                     async with send:

@@ -200,7 +200,8 @@ async def _run_tests(shard: Shard, suite: Suite, run_id: str, emit: Callable[[Ev
                      progress: ShardProgress, shared: KeyBudget | None,
                      leases: ProcessLeases | None = None, transcripts: str = "none") -> None:
     # one queue: the pool never idles early; claims in batches of at most the worker count
-    pending = ClaimedTests(shard.tests, leases, progress, batch=min(CLAIM_BATCH, shard.workers))
+    pending = ClaimedTests(shard.tests.specs(suite), leases, progress,
+                           batch=min(CLAIM_BATCH, shard.workers))
     limiters = tuple(x for x in (progress.limiter, shared and shared.limiter) if x)
     budgets = tuple(x for x in (progress.budget, shared and shared.tokens) if x)
     health = progress.health
