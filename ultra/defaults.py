@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
-    "AZURE_API_VERSION", "BROKEN_AFTER", "CLAIM_BATCH", "COLLECTOR_CACHE_MIB", "DEFAULT_CONDITION",
+    "AZURE_API_VERSION", "BROKEN_AFTER", "CLAIM_BATCH", "DEFAULT_CONDITION",
     "DEFAULT_DB", "DEFAULT_OUT", "LEASE_SECONDS", "LOG_CACHE_MIB", "MAX_RETRIES", "MAX_TURNS", "REQUEST_TIMEOUT_S",
     "SUITE", "TEST_TIMEOUT_S", "TRANSCRIPTS",
 ]
@@ -38,5 +38,4 @@ LEASE_SECONDS = 30.0  # a route's or test's claim lives this long without a hear
 CLAIM_BATCH = 32  # tests a shard claims in one transaction (at most its worker count)
 
 # -- the SQLite log's page cache per connection, MiB (it fills up to this and stays) --
-LOG_CACHE_MIB = 16  # projections and audits: a sequential read needs few pages
-COLLECTOR_CACHE_MIB = 8  # a shard process appends and claims: recent pages only
+LOG_CACHE_MIB = 4

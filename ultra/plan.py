@@ -20,8 +20,9 @@ from ultra.naming import canonical_model
 from ultra.providers import Route, RouteSpec, provider
 from ultra.suites import Suite, TestSpec
 
-# One run plans at most this many tests: the plan is held in memory (a few hundred bytes a
-# test), so a typo such as `--num-instances 100000000` is refused before anything is built.
+# One run plans at most this many tests (the plan holds 4 bytes a test, but every key is
+# made and looked up once), so a typo such as `--num-instances 100000000` is refused before
+# anything is built.
 MAX_PLANNED_TESTS = 1_000_000
 _T = TypeVar("_T")
 

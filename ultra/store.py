@@ -67,6 +67,7 @@ _any_decoder = msgspec.json.Decoder()
 Row = tuple[str, str, str, str | None, str | None, str | None, str]
 IMPORT_LINE_LIMIT = 16 * 2**20  # bytes: an event line is a few KB; anything near this is not one
 STORE_TIMEOUT = 60.0  # seconds a lost connection to the log is retried before giving up
+READ_BATCH = 1000  # events a read asks for at a time: ~1.6 MB of rows held, however long the log
 
 
 
@@ -418,10 +419,6 @@ class EventLog(CompletionIndex, LeaseTable):
         """Check the schema, and with `create` make or migrate it."""
         raise NotImplementedError
 
-    def set_cache(self, mib: int) -> None:
-        """Bound the client-side page cache of this connection (SQLite; PostgreSQL keeps
-        its cache in the server)."""
-
     def _wait_for_server(self, exc: Exception) -> None:
         """After one of `lost_errors`: return once the call may be tried again (reconnected),
         raise `StoreLost` once `retry_seconds` have passed, or `exc` if it was no loss."""
@@ -677,7 +674,7 @@ class EventLog(CompletionIndex, LeaseTable):
         *,
         until_seq: int | None = None,
         types: Sequence[str] | None = None,
-        batch: int = 5000,
+        batch: int = READ_BATCH,
     ) -> EventStream:
         """Events with `after_seq < seq <= until_seq`, in `seq` order, `batch` rows a query.
 
@@ -686,7 +683,7 @@ class EventLog(CompletionIndex, LeaseTable):
         return EventStream(self, after_seq, until_seq, types, batch, mark_repeats=False)
 
     def stream_marked(
-        self, after_seq: int = 0, *, until_seq: int | None = None, batch: int = 5000
+        self, after_seq: int = 0, *, until_seq: int | None = None, batch: int = READ_BATCH
     ) -> EventStream:
         """Like `stream`, and `.marked()` also says whether a completion repeats a stored one."""
         return EventStream(self, after_seq, until_seq, None, batch, mark_repeats=True)
@@ -698,7 +695,7 @@ class EventLog(CompletionIndex, LeaseTable):
         types: Sequence[str] | None = None,
         run_id: str | None = None,
         since: str | None = None,
-        batch: int = 5000,
+        batch: int = READ_BATCH,
     ) -> Iterator[tuple[int, str, str | None, str]]:
         """Stored rows as they are: (seq, type, model, payload JSON), unknown types included."""
         where = ["seq > ?"]

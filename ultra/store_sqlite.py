@@ -124,12 +124,6 @@ class SqliteLog(EventLog):
             create, sqlite3.DatabaseError,
             lambda exc: storage_error(path, exc) or UserError(f"{path}: not a usable SQLite database ({exc})"))
 
-    def set_cache(self, mib: int) -> None:
-        """Bound this connection's page cache (SQLite's `cache_size`), which fills up to
-        it as pages are read and then stays that size."""
-        with self._lock:
-            self._conn.execute(f"PRAGMA cache_size = {-1024 * int(mib)}")
-
     def _prepare(self, create: bool) -> None:
         conn = self._conn
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -139,7 +133,9 @@ class SqliteLog(EventLog):
         # NORMAL is durable against process crashes in WAL mode; only power loss may lose
         # the last commits, never tear one.
         conn.execute("PRAGMA synchronous = NORMAL")
-        self.set_cache(LOG_CACHE_MIB)  # the event_id index and reads
+        # bounded: it fills up to this and stays (a sequential replay needs few pages; new
+        # event ids sort last, so appends touch the index's right edge)
+        conn.execute(f"PRAGMA cache_size = {-1024 * LOG_CACHE_MIB}")
         # Checkpoint every ~40 MB of WAL rather than 4 MB: fewer stalls in the appender that
         # hits the threshold (tools/bench_store.py: 1.3-1.9x appends at 200k events).
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
