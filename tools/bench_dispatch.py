@@ -15,6 +15,10 @@ prints one JSON line with:
 It asserts nothing about time. Usage: python tools/bench_dispatch.py [--seconds 5]
 [--burners 2] [--qps-only]
 
+`--peers` runs one load three ways side by side (tools/peers.py): ultra's own shard process
+at 128 workers, a bare httpx loop and raw trio sockets, at zero and 200 ms latency, each
+with its client CPU per request, and ultra's ratios to both.
+
 `--seed-load` measures the seed's full load instead (13 models of the four classes, 1,095
 workers, simulator latency lognormal with median 1 s): achieved / offered requests per
 second over a window after warm-up with `--processes` shard processes (offered: every
@@ -350,6 +354,8 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2, help="--seed-load: shard processes")
     ap.add_argument("--warmup", type=float, default=12.0, help="--seed-load: seconds before measuring")
     ap.add_argument("--runs", type=int, default=3, help="--seed-load: runs of each (median)")
+    ap.add_argument("--peers", action="store_true",
+                    help="ultra's shard beside a bare httpx loop and raw trio sockets (tools/peers.py)")
     ap.add_argument("--seed-child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.seed_child:
@@ -358,8 +364,13 @@ def main() -> None:
     if args.seed_load:
         return seed_main(args)
     suite = get_suite("workflow")
-    spec = next(shard_plan("http://x", workers=1, qps=1, tests=10).shards[0].tests.specs(get_suite("workflow")))
+    spec = next(shard_plan("http://x", workers=1, qps=1, tests=10).shards[0].tests.specs(suite))
     body = first_turn_body(spec)
+    if args.peers:
+        from peers import peers
+
+        print(json.dumps(peers(body, seconds=args.seconds)))
+        return
     out: dict = {}
     with SimProcess(SimConfig()) as sim:
         if not args.qps_only:
