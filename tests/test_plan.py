@@ -204,7 +204,7 @@ def test_processes_follow_the_load():
     or shards."""
     import os
 
-    from ultra.runner import needed_processes, offered_rps
+    from ultra.processes import needed_processes, offered_rps
 
     demo, _ = load_config("demo")
     small = make_plan(demo, SUITE, selection(list(demo.models)), completed=set())
@@ -221,7 +221,7 @@ def test_processes_follow_the_measured_latency_and_plan_shows_the_choice(tmp_pat
     many processes a run starts and why."""
     import os
 
-    from ultra.runner import choose_processes, needed_processes, offered_rps
+    from ultra.processes import choose_processes, needed_processes, offered_rps
 
     demo, _ = load_config("demo")
     small = make_plan(demo, SUITE, selection(list(demo.models)), completed=set())
@@ -249,7 +249,7 @@ def test_processes_follow_the_measured_latency_and_plan_shows_the_choice(tmp_pat
 def test_processes_share_the_request_rate_not_only_the_tests():
     """Balanced by planned tests alone, the presets' processes got 370 and 275 requests/s
     (the seed's load: 597 and 498); by rate, 320 and 325."""
-    from ultra.runner import assign, offered_rps
+    from ultra.processes import assign, offered_rps
 
     config, _ = load_config("presets")
     full = make_plan(config, SUITE, selection(list(config.models)), completed=set())

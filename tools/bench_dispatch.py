@@ -55,7 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ultra.config import Config, ModelConfig, ProviderConfig  # noqa: E402
 from ultra.plan import Selection, make_plan  # noqa: E402
-from ultra.runner import ChildJob, assign, offered_rps, run_process  # noqa: E402
+from ultra.processes import assign, offered_rps  # noqa: E402
+from ultra.shard_process import ChildJob, run_process  # noqa: E402
 from ultra.sim.config import Latency, SimConfig  # noqa: E402
 from ultra.sim.process import SimProcess  # noqa: E402
 from ultra.suites import ChatResponse, get_suite  # noqa: E402

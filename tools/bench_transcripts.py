@@ -79,7 +79,8 @@ def demo() -> tuple[dict, str]:
 def seed_child(url: str, db: str, processes: int, index: int, instances: int, mode: str) -> None:
     from bench_dispatch import seed_plan
 
-    from ultra.runner import ChildJob, assign, run_process
+    from ultra.processes import assign
+    from ultra.shard_process import ChildJob, run_process
 
     groups = assign(seed_plan(url, instances).shards, processes)
     job = ChildJob(run_id="bench-seed", db=db, suite="workflow", tasks=None, shards=groups[index],

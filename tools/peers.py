@@ -120,7 +120,7 @@ def httpx_loop(url: str, body: bytes, sim_pid: int, *, connections: int, seconds
 def ultra_shard(url: str, sim_pid: int, *, workers: int, seconds: float) -> dict:
     from bench_dispatch import shard_plan
 
-    from ultra.runner import ChildJob, run_process
+    from ultra.shard_process import ChildJob, run_process
 
     plan = shard_plan(url, workers=workers, qps=1e6, tests=200_000)  # never runs dry
     snapshots: list = []

@@ -595,7 +595,7 @@ def plan(
              tests=len(s.tests))
         for s in result.shards
     ]
-    from ultra.runner import choose_processes
+    from ultra.processes import choose_processes
 
     choice = choose_processes(result)
     if json_output:
@@ -677,7 +677,8 @@ def run(
     import msgspec
 
     from ultra.config import digest
-    from ultra.runner import error_allowance, execute
+    from ultra.run_result import error_allowance
+    from ultra.runner import execute
     from ultra.summary import simulated_line, simulated_tests, summary_lines
 
     cfg, sel, tasks_path = _selection(
