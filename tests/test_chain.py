@@ -148,7 +148,7 @@ def test_a_log_from_before_the_chain_is_chained_when_opened(tmp_path):
     for v, name, sql in old:
         conn.executescript(sql)
         conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} VALUES (?, ?, 'then')", (v, name))
-    from ultra.store import event_row
+    from ultra.event_rows import event_row
 
     conn.executemany("INSERT INTO events (event_id, type, recorded_at, test_key, model, run_id, payload)"
                      " VALUES (?, ?, ?, ?, ?, ?, ?)", [event_row(completed(i)) for i in range(1, 4)])

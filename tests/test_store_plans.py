@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from storage_helpers import completed, errored, raw_sql
 
-from ultra.store import (
+from ultra.completion_index import (
     EARLIER_COMPLETION,
     REPEATED_KEYS_QUERY,
     REPEATED_SEQS_QUERY,
     REPEATS_AFTER_QUERY,
     RESUME_QUERY,
-    EventLog,
 )
+from ultra.store import EventLog
 
 
 def plan(log: EventLog, sql: str, params: tuple) -> str:
@@ -101,7 +101,7 @@ def test_readers_fill_completion_keys_and_find_duplicates(db):
 
 
 def test_resume_of_a_selection_is_a_primary_key_search(tmp_path):
-    from ultra.store import COMPLETIONS_OF_QUERY
+    from ultra.completion_index import COMPLETIONS_OF_QUERY
 
     with filled(tmp_path) as log:
         got = plan(log, f"{COMPLETIONS_OF_QUERY} (?, ?)", ("a", "b"))

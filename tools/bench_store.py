@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 from ultra import chain  # noqa: E402
 from ultra import events as ev  # noqa: E402
 from ultra.projecting import project  # noqa: E402
-from ultra.store import EventLog, db_location, event_row, is_server_url  # noqa: E402
+from ultra.event_rows import event_row  # noqa: E402
+from ultra.store import EventLog, db_location, is_server_url  # noqa: E402
 
 MODELS = ["DeepSeek-V3-0324", "DeepSeek-V3-0324-2", "qwen2.5-72b-instruct-key1", "gpt-4o-mini", "kimi-k2"]
 PROMPTS = ["baseline", "optimal", "flawed_sequence_disorder"]

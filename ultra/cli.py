@@ -174,7 +174,7 @@ def events_command(
 def _write_transcript(out, log, seq: int, payload: str) -> None:
     """The transcript line of the event at `seq`, if it names one and it is stored."""
     from ultra import transcripts as tr
-    from ultra.store import transcript_ref
+    from ultra.event_rows import transcript_ref
 
     ref = transcript_ref(payload)
     stored = log.transcript_at(seq) if ref is not None else None

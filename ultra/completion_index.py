@@ -24,6 +24,7 @@ import msgspec
 
 from ultra import events as ev
 from ultra.errors import UserError
+from ultra.event_stream import READ_BATCH, EventStream
 from ultra.store_tx import Tx, patient
 
 __all__ = [
@@ -177,6 +178,11 @@ _INDEX_EXTRA = (
 # ---- reading ---------------------------------------------------------------------------
 
 
+# completion_keys is derived from the log; its state (projection_state 'completion_keys',
+# version INDEX_VERSION) records, with the last indexed seq, aggregates of its rows added
+# up as they were indexed: count, sum and greatest seq, total test-key and event-id length.
+# Deleted rows change the count and sums, edited keys their length: found by one scan.
+
 class CompletionIndex:
     """The completion-index half of an `EventLog`."""
 
@@ -185,6 +191,26 @@ class CompletionIndex:
     _transaction: Callable[[], AbstractContextManager[Tx]]
     _read: Callable[..., list[Any]]
     _lock_appends: Callable[[Tx], None]
+
+    def stream_marked(self, after_seq: int = 0, *, until_seq: int | None = None,
+                      batch: int = READ_BATCH) -> EventStream:
+        """Like the log's `stream`, and `.marked()` / `.with_earlier()` also say whether a
+        completion repeats a stored one: duplicate detection, here beside the index it reads.
+
+        The index is brought up to the stream's end first and asked once for the seqs of
+        the completions that may repeat an earlier one (usually none), so the stream itself
+        reads what a bare read does. A replay from zero asks for every completion of a key
+        completed more than once (an ordered scan of that table: no sort, no memory that
+        grows with the log); an incremental one probes its new rows. Only those seqs get a
+        probe with `earlier_completions`."""
+        until = self.last_seq() if until_seq is None else until_seq
+        self.index_completions(until)
+        if after_seq == 0:
+            rows = self._read(REPEATED_SEQS_QUERY, (until, until))
+        else:
+            rows = self._read(REPEATS_AFTER_QUERY, (after_seq, until))
+        return EventStream(self, after_seq, until, None, batch,  # type: ignore[arg-type]
+                           repeats={r[0] for r in rows}, earlier=self.earlier_completions)
 
     def earlier_completions(self, test_key: str, before_seq: int) -> list[tuple[int, ev.TestCompleted]]:
         """Stored completions of `test_key` with a smaller `seq` (decodable ones)."""

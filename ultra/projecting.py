@@ -30,7 +30,8 @@ from projections.repairs import REPAIR_TYPES, Repairs, collect_repairs
 from ultra.defaults import DEFAULT_CONDITION
 from ultra.errors import UserError
 from ultra.events import RunFinished, RunStarted
-from ultra.store import EventLog, EventStream
+from ultra.event_stream import EventStream
+from ultra.store import EventLog
 
 if TYPE_CHECKING:
     import sqlite_utils

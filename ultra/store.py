@@ -5,10 +5,12 @@ shared by collectors on several machines.
 
 Same semantics on both: migrations in plain SQL per dialect (`migrations/<dialect>/`),
 idempotent append by `event_id`, immutable rows (triggers), the hash chain (ultra/chain.py)
-computed inside the write transaction, streaming reads by `seq`, projection state saved
-with its last `seq` in one transaction, the completion index (derived from the events and
-checked against them: `CompletionIndex` in ultra/completion_index.py) and leases (a table
-of their own: `LeaseTable` in ultra/lease_table.py).
+computed inside the write transaction, streaming reads by `seq` (ultra/event_stream.py),
+rows made and imported lines checked by ultra/event_rows.py, projection state saved with
+its last `seq` in one transaction, the completion index with duplicate detection (derived
+from the events and checked against them: `CompletionIndex` in ultra/completion_index.py,
+whose `stream_marked` marks a completion that repeats a stored one; the store's own
+streams never do) and leases (a table of their own: `LeaseTable` in ultra/lease_table.py).
 Appends are serialized (SQLite's write lock; a PostgreSQL advisory lock): the chain needs
 the previous hash, and `seq` is assigned under the lock, so an event with a lower `seq`
 never commits after a reader has passed it. The store knows the event schema and nothing
@@ -35,16 +37,13 @@ import msgspec
 
 from ultra import chain
 from ultra import events as ev
-from ultra.errors import ImportConflict, UserError
-from ultra.completion_index import (  # noqa: F401  (the queries: tests pin their plans)
-    COMPLETIONS_OF_QUERY,
-    EARLIER_COMPLETION,
-    REPEATED_KEYS_QUERY,
-    REPEATED_SEQS_QUERY,
-    REPEATS_AFTER_QUERY,
-    RESUME_QUERY,
-    CompletionIndex,
+from ultra.errors import UserError
+from ultra.completion_index import CompletionIndex
+from ultra.event_rows import (
+    IMPORT_LINE_LIMIT, Row, _CarriedTranscripts, _check_conflicts, _stored, event_row, raw_row,
+    transcript_ref,
 )
+from ultra.event_stream import READ_BATCH, EventStream
 from ultra.lease_table import TEST_LEASE_PREFIX, LeaseTable, release_in
 from ultra.store_tx import Tx
 from ultra.store_tx import patient as _patient
@@ -60,15 +59,8 @@ SERVER_SCHEMES = ("postgresql://", "postgres://")
 # write lock; the triggers refuse anything else.
 _COLUMNS = "seq, event_id, type, recorded_at, test_key, model, run_id, payload, hash"
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_TAGS: dict[type, str] = {cls: tag for tag, cls in ev.EVENT_TYPES.items()}
-_encoder = msgspec.json.Encoder()
-_any_decoder = msgspec.json.Decoder()
 
-Row = tuple[str, str, str, str | None, str | None, str | None, str]
-IMPORT_LINE_LIMIT = 16 * 2**20  # bytes: an event line is a few KB; anything near this is not one
 STORE_TIMEOUT = 60.0  # seconds a lost connection to the log is retried before giving up
-READ_BATCH = 1000  # events a read asks for at a time: ~1.6 MB of rows held, however long the log
-
 
 
 def is_server_url(db: str | Path) -> bool:
@@ -110,273 +102,6 @@ def load_migrations(dialect: str = "sqlite") -> list[tuple[int, str, str]]:
     if not found or len(set(versions)) != len(versions):
         raise RuntimeError(f"broken migrations directory: {versions}")
     return found
-
-
-# ---- rows ------------------------------------------------------------------------------
-
-
-def event_row(event: ev.Event) -> Row:
-    """The stored row of one event: indexable columns plus the msgspec JSON payload."""
-    try:
-        tag = _TAGS[type(event)]
-    except KeyError:
-        raise TypeError(f"not an ultra event: {type(event).__name__}") from None
-    return (
-        event.event_id,
-        tag,
-        event.recorded_at,
-        getattr(event, "test_key", None),
-        getattr(event, "model", None),
-        getattr(event, "run_id", None),
-        _encoder.encode(event).decode(),
-    )
-
-
-def _impossible_time(value: Any) -> bool:
-    """Whether `value` has the log's time form but names no real time: the schema's pattern
-    alone lets 2026-02-30T25:61:61Z through (other malformed values are the schema's to
-    refuse, with its own message)."""
-    import datetime as dt
-
-    if not isinstance(value, str) or not re.fullmatch(ev.TIMESTAMP_PATTERN, value):
-        return False
-    try:
-        dt.datetime.fromisoformat(value[:19])
-    except ValueError:
-        return True
-    return False
-
-
-def _bad_time(obj: dict) -> tuple[str, Any] | None:
-    """The first time field inside an event (besides recorded_at) that is not a real UTC
-    time in the log's form: a test's `started_at` (or empty), a selector's bounds."""
-    started = obj.get("started_at")
-    if started not in (None, "") and (not isinstance(started, str) or _impossible_time(started)
-                                      or not re.fullmatch(ev.TIMESTAMP_PATTERN, started)):
-        return "started_at", started
-    selector = obj.get("selector")
-    if isinstance(selector, dict):
-        for name in ("recorded_before", "recorded_after"):
-            if _impossible_time(selector.get(name)):
-                return f"selector.{name}", selector[name]
-    return None
-
-
-def raw_row(line: str | bytes, where: str) -> Row:
-    """The row of one JSON line as `ultra events` prints it (`seq` is dropped).
-
-    Known types are validated against the schema of their version (`events.decode`'s
-    rules); unknown types (a newer writer's) are stored as they are, provided their
-    identity (`event_id`, `type`, `version`, `recorded_at`) is well formed.
-    """
-    try:
-        obj = _any_decoder.decode(line)
-    except msgspec.DecodeError as exc:
-        raise UserError(f"{where}: not valid JSON ({exc})") from None
-    except RecursionError:
-        raise UserError(f"{where}: JSON nested too deeply to be an event") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{where}: not a JSON object")
-    obj.pop("seq", None)
-    tag = obj.get("type")
-    if not isinstance(tag, str) or not tag:
-        raise UserError(f"{where}: event without a string 'type'")
-    if _impossible_time(obj.get("recorded_at")):
-        raise UserError(f"{where}: recorded_at {str(obj.get('recorded_at'))[:40]!r} is not a real"
-                        " UTC time (YYYY-MM-DDTHH:MM:SS[.f]Z)")
-    if tag in ev.EVENT_TYPES:
-        problem = ev.require_identity(obj)
-        if problem is not None:
-            raise UserError(f"{where}: {problem}")
-        try:
-            event = ev.from_builtins(obj)
-        except msgspec.ValidationError as exc:
-            raise UserError(f"{where}: invalid {tag} event ({exc})") from None
-        bad = _bad_time(obj)
-        if bad is not None:
-            raise UserError(f"{where}: {bad[0]} {str(bad[1])[:40]!r} is not a real UTC time"
-                            " (YYYY-MM-DDTHH:MM:SS[.f]Z)")
-        # Store the line itself, not a re-encoding: fields a newer writer added survive.
-        return (*event_row(event)[:-1], _encoder.encode(obj).decode())  # type: ignore[return-value]
-    try:
-        msgspec.convert(obj, _Identity)
-    except msgspec.ValidationError as exc:
-        raise UserError(f"{where}: event of unknown type {tag!r} with a bad identity ({exc})") from None
-
-    def text(name: str) -> str | None:
-        value = obj.get(name)
-        return value if isinstance(value, str) else None
-
-    return (
-        obj["event_id"],
-        obj["type"],
-        obj["recorded_at"],
-        text("test_key"),
-        text("model"),
-        text("run_id"),
-        _encoder.encode(obj).decode(),
-    )
-
-
-class _Identity(msgspec.Struct):
-    """What an event of a type this version does not know must still carry."""
-
-    event_id: ev.EventId
-    type: str
-    recorded_at: ev.Timestamp
-    version: int | None = None
-
-
-def _check_conflicts(conn: Tx, batch: list[tuple[Row, str]]) -> None:
-    """Imported rows whose `event_id` is already stored (or repeated in the batch) must
-    carry the same event, else the import is a conflict (raised; the caller rolls back)."""
-    first: dict[str, tuple[Row, str]] = {}
-    for row, where in batch:
-        seen = first.setdefault(row[0], (row, where))
-        if seen[0] is not row and not _same_event(seen[0][-1], row[-1]):
-            raise ImportConflict(f"{where}: event {row[0]!r} differs from the one on {seen[1]}"
-                                 " under the same event_id; nothing imported")
-    for event_id, seq, payload in _stored(conn, list(first), "event_id, seq, payload"):
-        row, where = first[event_id]
-        if not _same_event(payload, row[-1]):
-            raise ImportConflict(f"{where}: event {event_id!r} differs from the stored event seq"
-                                 f" {seq} with that event_id (a changed event is a conflict);"
-                                 " nothing imported")
-
-
-def _stored(tx: Tx, ids: list[str], columns: str) -> Iterator[tuple[Any, ...]]:
-    """`columns` of the stored events among `ids` (500 ids a query)."""
-    for i in range(0, len(ids), 500):
-        part = ids[i:i + 500]
-        yield from tx.execute(
-            f"SELECT {columns} FROM events WHERE event_id IN ({', '.join('?' * len(part))})", part
-        ).fetchall()
-
-
-def _same_event(a: str, b: str) -> bool:
-    """Same JSON content (key order aside)."""
-    return a == b or _any_decoder.decode(a) == _any_decoder.decode(b)
-
-
-# ---- the completion index's digest ----------------------------------------------------
-# completion_keys is derived from the log; its state (projection_state 'completion_keys',
-# version INDEX_VERSION) records, with the last indexed seq, aggregates of its rows added
-# up as they were indexed: count, sum and greatest seq, total test-key and event-id length.
-# Deleted rows change the count and sums, edited keys their length: found by one scan.
-
-class EventStream:
-    """Events by `seq`, read in batches; counts the rows it had to skip.
-
-    `skipped_unknown`: rows of types this reader does not know (a newer writer's).
-    `undecodable`: rows of known types whose payload does not decode (seqs in
-    `undecodable_seqs`, the first 100).
-    """
-
-    def __init__(
-        self,
-        log: EventLog,
-        after_seq: int,
-        until_seq: int | None,
-        types: Sequence[str] | None,
-        batch: int,
-        mark_repeats: bool,
-    ) -> None:
-        self._log = log
-        self._after = after_seq
-        self._until = until_seq
-        self._types = list(types) if types is not None else None
-        self._batch = batch
-        self._mark = mark_repeats
-        # Duplicate detection reads completion_keys, brought up to the stream's end first,
-        # for the seqs of the completions that may repeat an earlier one (usually none), so
-        # the stream itself reads what a bare read does. A replay from zero asks for every
-        # completion of a key completed more than once (an ordered scan of that table: no
-        # sort, no memory that grows with the log); an incremental run probes its new rows.
-        # Only those seqs get a probe with `earlier_completions`.
-        self._repeats: set[int] | None = None
-        if mark_repeats:
-            if self._until is None:
-                self._until = log.last_seq()
-            log.index_completions(self._until)
-            if after_seq == 0:
-                rows = log._read(REPEATED_SEQS_QUERY, (self._until, self._until))
-            else:
-                rows = log._read(REPEATS_AFTER_QUERY, (after_seq, self._until))
-            self._repeats = {r[0] for r in rows}
-        self.skipped_unknown = 0
-        self.undecodable = 0
-        self.undecodable_seqs: list[int] = []
-
-    def _query(self) -> tuple[str, list[Any]]:
-        where = ["seq > ?"]
-        params: list[Any] = []
-        if self._until is not None:
-            where.append("seq <= ?")
-            params.append(self._until)
-        if self._types is not None:
-            where.append(f"type IN ({', '.join('?' * len(self._types))})")
-            params.extend(self._types)
-        sql = f"SELECT seq, type, payload FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
-        return sql, params
-
-    def _decoded(self, probe: bool = False) -> Iterator[tuple[int, ev.Event, Any]]:
-        """(seq, event, mark); mark: `()` or False unless the seq may repeat an earlier
-        completion, then True, or with `probe` its earlier completions."""
-        if self._types == []:
-            return
-        sql, params = self._query()
-        after = self._after
-        known = ev.EVENT_TYPES
-        decode, decode_current = ev.decode, ev.decode_current
-        repeats = self._repeats
-        plain: Any = () if probe else False
-        read = self._log._read
-        batch = self._batch
-        while True:
-            rows = read(sql, [after, *params, batch])
-            for seq, tag, payload in rows:
-                if tag not in known:
-                    self.skipped_unknown += 1
-                    continue
-                try:
-                    event = decode_current(payload)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    try:
-                        event = decode(payload)  # an older version, upgraded
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        self.undecodable += 1
-                        if len(self.undecodable_seqs) < 100:
-                            self.undecodable_seqs.append(seq)
-                        continue
-                if not repeats or seq not in repeats:
-                    yield seq, event, plain
-                elif not probe:
-                    yield seq, event, True
-                elif isinstance(event, ev.TestCompleted):
-                    yield seq, event, [e for _, e in self._log.earlier_completions(event.test_key, seq)]
-                else:
-                    yield seq, event, ()
-            if len(rows) < batch:
-                return
-            after = rows[-1][0]
-
-    def __iter__(self) -> Iterator[tuple[int, ev.Event]]:
-        for seq, event, _ in self._decoded():
-            yield seq, event
-
-    def marked(self) -> Iterator[tuple[int, ev.Event, int]]:
-        """(seq, event, repeat): repeat is truthy when the event is a completion whose test
-        key may have an earlier stored completion (a probe with `earlier_completions` says)."""
-        return self._decoded()
-
-    def with_earlier(self) -> Iterator[tuple[int, ev.Event, Sequence[ev.TestCompleted]]]:
-        """(seq, event, earlier): the stored completions of a completion's test key with a
-        smaller seq, probed only for keys that repeat (usually none, so usually `()`)."""
-        return self._decoded(probe=True)
-
-    @property
-    def skipped(self) -> int:
-        return self.skipped_unknown + self.undecodable
 
 
 # ---- the log ---------------------------------------------------------------------------
@@ -680,13 +405,7 @@ class EventLog(CompletionIndex, LeaseTable):
 
         Iterate it for `(seq, event)`; afterwards its counters say what was skipped.
         """
-        return EventStream(self, after_seq, until_seq, types, batch, mark_repeats=False)
-
-    def stream_marked(
-        self, after_seq: int = 0, *, until_seq: int | None = None, batch: int = READ_BATCH
-    ) -> EventStream:
-        """Like `stream`, and `.marked()` also says whether a completion repeats a stored one."""
-        return EventStream(self, after_seq, until_seq, None, batch, mark_repeats=True)
+        return EventStream(self, after_seq, until_seq, types, batch)
 
     def raw(
         self,
@@ -857,64 +576,6 @@ class ImportResult(msgspec.Struct, frozen=True):
     transcripts: int = 0  # transcripts stored with the newly stored events
 
 
-class _TranscriptRef(msgspec.Struct):
-    transcript: str | None = None
-
-
-_ref_decoder = msgspec.json.Decoder(_TranscriptRef)
-
-
-def transcript_ref(payload: str | bytes) -> str | None:
-    """The transcript digest a stored event payload names, if any."""
-    if '"transcript":"' not in (payload if isinstance(payload, str) else payload.decode("utf-8", "replace")):
-        return None
-    try:
-        ref = _ref_decoder.decode(payload).transcript
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    return ref if isinstance(ref, str) else None
-
-
-class _CarriedTranscripts:
-    """The transcript lines of an import (each checked against its digest as it is read)
-    and the newly stored events that name them; rows are written as both are known, in the
-    import's transaction. A line follows its event in `ultra events --transcripts`, so what
-    waits is a batch's worth at most."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-        self.waiting: list[tuple[int, str]] = []  # (seq, digest) of stored events
-        self.written = 0
-
-    def take(self, line: str | bytes, where: str) -> bool:
-        from ultra import transcripts as tr
-
-        if not tr.is_line(line):
-            return False
-        digest, blob = tr.parse_line(line, where)
-        self.blobs[digest] = blob
-        return True
-
-    def stored(self, log: EventLog, tx: Tx, batch: list[tuple[Row, str]], seqs: dict[str, int]) -> None:
-        for row, _ in batch:
-            seq = seqs.get(row[0])
-            if seq is not None and (ref := transcript_ref(row[-1])) is not None:
-                self.waiting.append((seq, ref))
-        self._flush(log, tx)
-
-    def _flush(self, log: EventLog, tx: Tx) -> None:
-        ready = [(seq, d, self.blobs[d]) for seq, d in self.waiting if d in self.blobs]
-        if ready:
-            ready.sort()
-            log._insert_transcripts(tx, ready)
-            self.written += len(ready)
-            self.waiting = [(seq, d) for seq, d in self.waiting if d not in self.blobs]
-
-    def finish(self, log: EventLog, tx: Tx) -> None:
-        self._flush(log, tx)
-
-
-__all__ = ["AppendResult", "db_location", "event_row", "EventLog", "EventStream",
-           "IMPORT_LINE_LIMIT", "ImportResult", "is_server_url", "load_migrations",
-           "migrations_dir", "MIGRATIONS_TABLE", "raw_row", "Row", "SERVER_SCHEMES",
-           "STORE_TIMEOUT", "transcript_ref"]
+__all__ = ["AppendResult", "db_location", "EventLog", "ImportResult", "is_server_url",
+           "load_migrations", "migrations_dir", "MIGRATIONS_TABLE", "SERVER_SCHEMES",
+           "STORE_TIMEOUT"]
