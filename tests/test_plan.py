@@ -300,3 +300,25 @@ def test_config_show_lists_only_real_routes():
     assert shown["kimi-k2"]["routes"] == [{"instance": "kimi-k2", "key": default_key("kimi-k2", 3)}]
     assert all("deployments" not in m for m in shown.values())
     assert shown["o3-0416-global"]["options"] == {"max_completion_tokens": 8192}
+
+
+def test_a_shards_test_set_is_its_positions_and_survives_the_trip_to_a_shard_process():
+    """A TestSet holds 4 bytes a test; decoded as a shard process decodes its job, it makes
+    the very specs the plan chose, in order, and nothing completed."""
+    import msgspec
+
+    from ultra.plan import Plan
+
+    config, _ = load_config("presets")
+    sel = selection(["DeepSeek-R1-0528"])
+    everything = [t for s in make_plan(config, SUITE, sel, completed=set()).shards
+                  for t in s.tests.specs(SUITE)]
+    done = {t.test_key for t in everything[::4]}
+    plan = make_plan(config, SUITE, sel, completed=done)
+    back = msgspec.msgpack.decode(msgspec.msgpack.encode(plan), type=Plan)
+    for shard in back.shards:
+        assert len(shard.tests.positions) == 4 * len(shard.tests)
+    specs = [t for s in back.shards for t in s.tests.specs(SUITE)]
+    assert sorted(specs, key=lambda t: t.test_key) == sorted(
+        (t for t in everything if t.test_key not in done), key=lambda t: t.test_key)
+    assert sum(len(s.tests) for s in back.shards) == back.planned == len(everything) - len(done)

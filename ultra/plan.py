@@ -100,8 +100,6 @@ def test_key(suite: str, model: str, prompt_type: str, rate: float, difficulty: 
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
-
-
 def condition_of(suite: str, max_turns: int = MAX_TURNS,
                  options: RequestOptions | None = None,
                  tasks: str | None = None) -> tuple[str, dict[str, str]]:
@@ -162,30 +160,31 @@ def check_selection(config: Config, suite: Suite, sel: Selection) -> None:
                         f"{MAX_PLANNED_TESTS:,} (fewer --num-instances, models or cells)")
 
 
+def _cells(sel: Selection) -> list[tuple[str, float, str, str]]:
+    """The selection's cells (prompt type, rate, difficulty, task type) in plan order."""
+    return [(p, r, d, t) for p in sel.prompt_types for r in sel.tool_success_rates
+            for d in sel.difficulties for t in sel.task_types]
+
+
+def _spec(suite: Suite, sel: Selection, model: str, options: RequestOptions | None,
+          cell: tuple[str, float, str, str], index: int) -> TestSpec:
+    prompt_type, rate, difficulty, task_type = cell
+    task_id = suite.task_id(task_type, difficulty, index)
+    return TestSpec(
+        test_key=test_key(suite.name, model, prompt_type, rate, difficulty, task_type, index,
+                          task_id, max_turns=sel.max_turns, options=options),
+        suite=suite.name, model=model, prompt_type=prompt_type, tool_success_rate=rate,
+        difficulty=difficulty, task_type=task_type, index=index, task_id=task_id,
+    )
+
+
 def iter_tests(suite: Suite, sel: Selection, model: str,
                options: RequestOptions | None = None) -> Iterator[TestSpec]:
     """Every test of the selection for one (canonical) model, in a stable order (made one at
     a time: a plan of a million tests never holds them all)."""
-    for prompt_type in sel.prompt_types:
-        for rate in sel.tool_success_rates:
-            for difficulty in sel.difficulties:
-                for task_type in sel.task_types:
-                    for index in range(sel.num_instances):
-                        task_id = suite.task_id(task_type, difficulty, index)
-                        yield TestSpec(
-                            test_key=test_key(suite.name, model, prompt_type, rate, difficulty,
-                                              task_type, index, task_id, max_turns=sel.max_turns,
-                                              options=options),
-                            suite=suite.name, model=model, prompt_type=prompt_type,
-                            tool_success_rate=rate, difficulty=difficulty,
-                            task_type=task_type, index=index, task_id=task_id,
-                        )
-
-
-def expand(suite: Suite, sel: Selection, model: str,
-           options: RequestOptions | None = None) -> list[TestSpec]:
-    """`iter_tests` as a list."""
-    return list(iter_tests(suite, sel, model, options))
+    for cell in _cells(sel):
+        for index in range(sel.num_instances):
+            yield _spec(suite, sel, model, options, cell, index)
 
 
 class TestSet(msgspec.Struct, kw_only=True, frozen=True):
@@ -209,22 +208,10 @@ class TestSet(msgspec.Struct, kw_only=True, frozen=True):
     def specs(self, suite: Suite) -> Iterator[TestSpec]:
         wanted = array(_POSITION.typecode)
         wanted.frombytes(self.positions)
-        if not wanted:
-            return
-        sel = self.selection
-        cells = [(p, r, d, t) for p in sel.prompt_types for r in sel.tool_success_rates
-                 for d in sel.difficulties for t in sel.task_types]
+        cells = _cells(self.selection)
         for position in wanted:
-            cell, index = divmod(position, sel.num_instances)
-            prompt_type, rate, difficulty, task_type = cells[cell]
-            task_id = suite.task_id(task_type, difficulty, index)
-            yield TestSpec(
-                test_key=test_key(suite.name, self.model, prompt_type, rate, difficulty, task_type,
-                                  index, task_id, max_turns=sel.max_turns, options=self.options),
-                suite=suite.name, model=self.model, prompt_type=prompt_type,
-                tool_success_rate=rate, difficulty=difficulty, task_type=task_type,
-                index=index, task_id=task_id,
-            )
+            cell, index = divmod(position, self.selection.num_instances)
+            yield _spec(suite, self.selection, self.model, self.options, cells[cell], index)
 
 
 _POSITION = array("I")
@@ -266,9 +253,7 @@ def make_plan(config: Config, suite: Suite, sel: Selection, completed: set[str],
         model = canonical_model(name)
         todo = array(_POSITION.typecode, (j for j, t in enumerate(iter_tests(suite, sel, model, eff.options))
                                           if t.test_key not in completed))
-        model_tests = sel.num_instances * len(sel.prompt_types) * len(sel.tool_success_rates) \
-            * len(sel.difficulties) * len(sel.task_types)
-        skipped += model_tests - len(todo)
+        skipped += len(_cells(sel)) * sel.num_instances - len(todo)
         planned += len(todo)
         routes = _routes(config, eff, bases or {})
         p = config.providers[eff.provider]
@@ -302,6 +287,6 @@ def effective_qps(shard: Shard) -> float:
     return min(shard.qps, limit) if limit else shard.qps
 
 
-__all__ = ["check_selection", "condition_of", "effective_qps", "expand",
+__all__ = ["check_selection", "condition_of", "effective_qps",
            "expand_prompt_types", "iter_tests", "make_plan", "MAX_PLANNED_TESTS", "Plan", "route_names",
            "Selection", "selection_keys", "Shard", "SharedLimit", "split_evenly", "test_key", "TestSet"]
