@@ -197,8 +197,6 @@ class ProcessLeases:
         self.log.release_all(self.holder)
 
 
-
-
 class _Ahead:
     """An iterator of test specs that can be looked ahead of and given back to: the
     `deque` operations `ClaimedTests` uses, over specs made one at a time."""

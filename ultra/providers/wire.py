@@ -12,7 +12,6 @@ from urllib.parse import quote
 from ultra.providers import Route
 
 
-
 def auth_header(shape: str, secret: str) -> tuple[str, str]:
     return ("authorization", f"Bearer {secret}") if shape == "openai" else ("api-key", secret)
 
