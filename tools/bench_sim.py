@@ -52,14 +52,18 @@ async def _httpx_client(url: str, seconds: float, concurrency: int) -> int:
     return done
 
 
-async def _raw_client(url: str, seconds: float, concurrency: int) -> int:
+async def raw_client(url: str, seconds: float, concurrency: int, *, body: bytes = BODY,
+                     key: str = "bench-key") -> int:
+    """Replies with status 200 that `concurrency` keep-alive trio socket streams got in
+    `seconds`, each sending `body` and reading the reply by its Content-Length (also
+    tools/peers.py's raw client)."""
     import trio
 
     host, port = url.removeprefix("http://").split(":")
     request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer bench-key\r\n"
-        b"Content-Type: application/json\r\nContent-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
-    )
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     done = 0
     deadline = trio.current_time() + seconds
 
@@ -96,7 +100,7 @@ async def _raw_client(url: str, seconds: float, concurrency: int) -> int:
 def _client_process(mode: str, url: str, seconds: float, concurrency: int, out: mp.Queue) -> None:
     import trio
 
-    fn = _httpx_client if mode == "httpx" else _raw_client
+    fn = _httpx_client if mode == "httpx" else raw_client
     out.put(trio.run(fn, url, seconds, concurrency))
 
 

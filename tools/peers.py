@@ -20,7 +20,6 @@ figure).
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -31,7 +30,6 @@ from ultra.sim.config import Latency, SimConfig
 from ultra.sim.process import SimProcess
 
 CONNECTIONS = 128
-_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
 
 
 def _cpu_of(pid: int) -> float:
@@ -49,36 +47,11 @@ def _row(done: int, cpu: float, wall: float, sim_cpu: float) -> dict:
 
 
 def raw(url: str, body: bytes, sim_pid: int, *, connections: int, seconds: float) -> dict:
-    host, port = url.removeprefix("http://").split(":")
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
-               "Authorization: Bearer sim-key-0\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    from bench_sim import raw_client
 
     async def main() -> tuple[int, float, float, float]:
-        done = 0
-        stop = trio.current_time() + seconds
-
-        async def worker() -> None:
-            nonlocal done
-            stream = await trio.open_tcp_stream(host, int(port))
-            buf = b""
-            async with stream:
-                while trio.current_time() < stop:
-                    await stream.send_all(request)
-                    while (end := buf.find(b"\r\n\r\n")) < 0:
-                        buf += await stream.receive_some(65536)
-                    head, buf = buf[:end], buf[end + 4:]
-                    assert head.startswith(b"HTTP/1.1 200"), head[:80]
-                    length = int(_LENGTH.search(head).group(1))  # type: ignore[union-attr]
-                    while len(buf) < length:
-                        buf += await stream.receive_some(65536)
-                    buf = buf[length:]
-                    done += 1
-
         c0, t0, s0 = time.process_time(), time.perf_counter(), _cpu_of(sim_pid)
-        async with trio.open_nursery() as nursery:
-            for _ in range(connections):
-                nursery.start_soon(worker)
+        done = await raw_client(url, seconds, connections, body=body, key="sim-key-0")
         return done, time.process_time() - c0, time.perf_counter() - t0, _cpu_of(sim_pid) - s0
 
     return _row(*trio.run(main))
