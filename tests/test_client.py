@@ -284,7 +284,7 @@ def test_routes_use_the_proxy_the_environment_names(monkeypatch):
     applied as httpx.AsyncClient would."""
     import httpx
 
-    from ultra.client import _environment_proxy
+    from ultra.http11 import environment_proxy as _environment_proxy
 
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy",
                  "https_proxy", "all_proxy", "no_proxy"):

@@ -265,8 +265,8 @@ def seed_load(processes: int, warmup: float, window: float, per_client: int) -> 
 def bare_cpu(url: str, body: bytes, *, tasks: int, per_client: int, seconds: float,
              direct: bool = False) -> dict:
     """Client CPU per request of `tasks` tasks posting `body`, on pools of `per_client`:
-    through `httpx.AsyncClient.post`, or (`direct`) through ultra's `RouteClient`, which
-    calls httpx's transport directly."""
+    through `httpx.AsyncClient.post`, or (`direct`) through ultra's `RouteClient`
+    (h11 over trio sockets, ultra/http11.py)."""
     from ultra.client import RouteClient
     from ultra.plan import Route
 
@@ -282,14 +282,11 @@ def bare_cpu(url: str, body: bytes, *, tasks: int, per_client: int, seconds: flo
         done = 0
         stop = trio.current_time() + seconds
 
-        async def trace(event: str, info: dict) -> None:
-            pass
-
         async def worker(client) -> None:
             nonlocal done
             while trio.current_time() < stop:
                 if direct:
-                    status, _, _ = await client.post(body, trace)
+                    status, _, _ = await client.post(body)
                     assert status == 200
                 else:
                     r = await client.post(route.url, content=body)

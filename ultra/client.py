@@ -1,6 +1,6 @@
-"""The HTTP side of a shard: an OpenAI-compatible or Azure `ChatModel` on httpx.
+"""The HTTP side of a shard: an OpenAI-compatible or Azure `ChatModel` over ultra.http11.
 
-A shard's connections are split over small httpx pools (`RouteClient`: the route's URL
+A shard's connections are split over small pools (`RouteClient`: the route's URL
 and auth header built once); one cheap `HttpChatModel` per test, which counts that test's
 retries and tokens. Failures are classified here, once:
 
@@ -22,14 +22,11 @@ provider kind says.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import random
 import re
-import ssl
-import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -38,6 +35,7 @@ import trio
 
 from ultra import __version__
 from ultra.config import RequestOptions
+from ultra.http11 import BodyTooLarge, Pool, TransportError, environment_proxy
 from ultra.events import Usage
 from ultra.limits import (
     Concurrency,
@@ -253,78 +251,25 @@ def resolve_secret(route: Route) -> str:
 # cost ~20x the CPU per request of 32 pools of 4, and pools of 4 cost ~10 % less than
 # pools of 8 (tools/bench_dispatch.py --seed-load).
 CONNECTIONS_PER_CLIENT = 4
-USER_AGENT = f"ultra/{__version__} httpx/{httpx.__version__}"  # some gateways refuse none
+USER_AGENT = f"ultra/{__version__}"  # some gateways refuse a request without one
 
 
 MAX_BODY_BYTES = 8 * 2**20  # a chat completion is KBs; a body past this is an error, unread
 
 
-class BodyTooLarge(Exception):
-    """The server's body outgrew MAX_BODY_BYTES (decoded)."""
+class RouteClient(Pool):
+    """One small connection pool on a route (ultra.http11): the route's URL, auth header and
+    the proxy the environment names, settled once per route, not per request."""
 
-
-class RouteClient:
-    """One small connection pool on a route: httpx's transport, called directly.
-
-    `httpx.AsyncClient.send` adds cookies, auth, redirects and event hooks around the
-    transport, none of which a chat request uses; skipping them saves a quarter of httpx's
-    CPU per request (0.57 against 0.77 ms, tools/bench_dispatch.py --seed-load). The URL and
-    the headers (auth set once) are built once per route, not per request.
-    """
-
-    __slots__ = ("transport", "url", "headers")
+    __slots__ = ()
 
     def __init__(self, route: Route, connections: int) -> None:
         secret = resolve_secret(route)
         auth = ("authorization", f"Bearer {secret}") if route.shape == "openai" else ("api-key", secret)
-        self.url = httpx.URL(route.url)
-        self.headers = [auth, ("content-type", "application/json"), ("accept", "application/json"),
-                        ("user-agent", USER_AGENT)]
-        self.transport = httpx.AsyncHTTPTransport(
-            verify=_tls_context(), proxy=_environment_proxy(self.url),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
-
-    async def post(self, payload: bytes, trace: Any) -> tuple[int, dict[str, str], bytes]:
-        """POST `payload`: the status, the headers (lower-case names) and the body."""
-        request = httpx.Request("POST", self.url, headers=self.headers, content=payload,
-                                extensions={"trace": trace})
-        response = await self.transport.handle_async_request(request)
-        try:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():  # content-encoding undone, as AsyncClient
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:  # never hold a runaway body whole
-                    raise BodyTooLarge(f"response body over {MAX_BODY_BYTES // 2**20} MB")
-                chunks.append(chunk)
-            body = b"".join(chunks)
-        finally:
-            await response.aclose()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers.raw}
-        return response.status_code, headers, body
-
-    async def __aenter__(self) -> RouteClient:
-        await self.transport.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.transport.aclose()
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One verifying TLS context per process: building one loads the CA bundle (~30 ms),
-    and a shard of 128 workers has 32 pools."""
-    return httpx.create_ssl_context()
-
-
-def _environment_proxy(url: httpx.URL) -> str | None:
-    """The proxy HTTP(S)_PROXY / ALL_PROXY name for `url`, unless NO_PROXY exempts it (what
-    httpx.AsyncClient would use; the transport alone does not read the environment)."""
-    if urllib.request.proxy_bypass_environment(url.host):
-        return None
-    proxies = urllib.request.getproxies_environment()
-    return proxies.get(url.scheme) or proxies.get("all")
+        headers = [auth, ("content-type", "application/json"), ("accept", "application/json"),
+                   ("user-agent", USER_AGENT)]
+        super().__init__(route.url, headers, connections, max_body=MAX_BODY_BYTES,
+                         proxy=environment_proxy(httpx.URL(route.url)))
 
 
 @contextlib.asynccontextmanager
@@ -507,14 +452,13 @@ class HttpChatModel:
         self._counters.requests += 1
         pending = list(self._limiters)
 
-        async def trace(event: str, info: dict[str, Any]) -> None:
-            if event == "http11.send_request_body.complete" and pending:
-                for limiter in pending:
-                    limiter.sent()  # counted when the server can see it
-                pending.clear()
+        def sent() -> None:
+            for limiter in pending:
+                limiter.sent()  # counted when the server can see it
+            pending.clear()
 
         try:
-            outcome = await self._attempt(payload, trace)
+            outcome = await self._attempt(payload, sent)
         finally:
             for limiter in pending:
                 limiter.abandon()
@@ -524,15 +468,13 @@ class HttpChatModel:
             budget.correct(spend, used)  # a failed request is charged nothing by the APIs
         return outcome
 
-    async def _attempt(self, payload: bytes, trace: Any) -> ChatResponse | _Failure:
+    async def _attempt(self, payload: bytes, sent: Callable[[], None]) -> ChatResponse | _Failure:
         """One request: an answer, or why not. Raises when the model took and failed it."""
         scope = trio.CancelScope(deadline=trio.current_time() + self._timeout)
         try:
             with scope:  # not trio.fail_after: its generator costs CPU on every request
-                status, headers_in, content = await self._client.post(payload, trace)
-        except httpx.TimeoutException:
-            return self._timed_out("httpx timeout")
-        except httpx.TransportError as exc:
+                status, headers_in, content = await self._client.post(payload, sent)
+        except TransportError as exc:
             return _Failure("connection", _transport_message(exc, self._route.url))
         except BodyTooLarge as exc:
             return _Failure("malformed_response", str(exc), retryable=False)
@@ -642,7 +584,7 @@ def _location(value: str, secrets: tuple[str, ...]) -> str:
     return redact(place, secrets)[:MESSAGE_CHARS]
 
 
-def _transport_message(exc: httpx.TransportError, url: str) -> str:
+def _transport_message(exc: TransportError, url: str) -> str:
     host = httpx.URL(url).netloc.decode()
     detail = str(exc) or type(exc).__name__
     return f"cannot reach {host}: {detail}"[:MESSAGE_CHARS]
