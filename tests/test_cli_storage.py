@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from ultra import events as ev
 from ultra.cli import app
 from ultra.store import EventLog
+from ultra.completion_index import CompletionIndex
 
 runner = CliRunner()
 
@@ -229,4 +230,4 @@ def test_a_deleted_or_rewound_completion_index_state_is_rebuilt_not_a_traceback(
             # the repeat of key-1 is found again from the log: audit names it, exit 1
             assert proc.returncode == (1 if command == "audit" else 0), proc.stdout + proc.stderr
         with EventLog.open(db) as log:
-            assert log.repeated_test_keys() == {"key-1"}
+            assert CompletionIndex.of(log).repeated_test_keys() == {"key-1"}

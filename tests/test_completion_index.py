@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 from collection_helpers import events, ultra
+from ultra.completion_index import CompletionIndex
 
 # No trigger guards completion_keys (derived data: rebuilt, not protected), and it is a
 # WITHOUT ROWID table in SQLite, so every other row is picked by seq.
@@ -115,19 +116,19 @@ def test_store_checks_and_repairs_its_completion_index(db, capsys):
     keys = {f"key-{i}" for i in range(10)}
     with EventLog.open(db) as log:
         log.append([completed(i) for i in range(10)])
-        assert {k for k, _ in log.completions_of(keys)} == keys
-        assert log.check_completion_index() == []
+        assert {k for k, _ in CompletionIndex.of(log).completions_of(keys)} == keys
+        assert CompletionIndex.of(log).check_completion_index() == []
         raw = log.connection
         for sql in ("DELETE FROM completion_keys WHERE test_key IN ('key-1', 'key-2')",
                     "UPDATE completion_keys SET test_key = 'x' || test_key WHERE test_key = 'key-3'"):
             raw.execute(sql)
         if hasattr(raw, "commit"):
             raw.commit()
-        problems = log.check_completion_index()
+        problems = CompletionIndex.of(log).check_completion_index()
         assert any("3 of the log's completions" in p for p in problems), problems
         assert any("1 of its rows are no completion" in p for p in problems), problems
     with EventLog.open(db) as log:  # a log that has not checked it yet: rebuilds first
-        assert {k for k, _ in log.completions_of(keys)} == keys
+        assert {k for k, _ in CompletionIndex.of(log).completions_of(keys)} == keys
         assert "completion index does not match its recorded digest" in capsys.readouterr().err
-        assert log.check_completion_index() == []
-        assert log.repair_completion_index() == []
+        assert CompletionIndex.of(log).check_completion_index() == []
+        assert CompletionIndex.of(log).repair_completion_index() == []

@@ -24,6 +24,7 @@ from ultra.errors import UserError
 from ultra.naming import canonical_model
 from ultra.projecting import project
 from ultra.store import EventLog
+from ultra.projection_state import load_projection_state, save_projection_state
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -418,7 +419,7 @@ def test_a_saved_state_is_used_only_when_it_is_this_fold_and_not_ahead_of_the_lo
     assert not r.rebuilt and r.events_folded == 1  # the ordinary increment
     want = out.read_bytes()
     with EventLog.open(db) as log:
-        version, seq, text = log.load_projection_state(PROJECTION_NAME)
+        version, seq, text = load_projection_state(log, PROJECTION_NAME)
         ahead = mdb.load_state(text)
         ahead.last_seq = 99  # a state for events this log does not have
         ahead.leaves = {}
@@ -428,7 +429,7 @@ def test_a_saved_state_is_used_only_when_it_is_this_fold_and_not_ahead_of_the_lo
     for saved in bad:
         with EventLog.open(db) as log:
             log.connection.execute("DELETE FROM projection_state WHERE name = ?", (PROJECTION_NAME,))
-            log.save_projection_state(PROJECTION_NAME, *saved)
+            save_projection_state(log, PROJECTION_NAME, *saved)
         r = project(db, out)
         assert r.rebuilt and r.last_seq == 3 and r.events_folded == 3, saved
         assert out.read_bytes() == want

@@ -10,6 +10,7 @@ from storage_helpers import completed, db_errors, errored, raw_sql, ts
 from ultra import events as ev
 from ultra.errors import UserError
 from ultra.store import MIGRATIONS_TABLE, EventLog, load_migrations
+from ultra.projection_state import load_projection_state, save_projection_state
 
 
 def test_open_creates_parent_dirs_wal_and_records_migrations(tmp_path):
@@ -173,8 +174,8 @@ def test_postgresql_locations_that_are_not_logs_raise_one_line_user_errors(pg_se
 
 def test_projection_state_round_trips_and_never_goes_backwards(db):
     with EventLog.open(db) as log:
-        assert log.load_projection_state("p") is None
-        assert log.save_projection_state("p", 1, 10, "{}")
-        assert not log.save_projection_state("p", 1, 9, "{old}")
-        assert log.save_projection_state("p", 1, 12, "{new}")
-        assert log.load_projection_state("p") == (1, 12, "{new}")
+        assert load_projection_state(log, "p") is None
+        assert save_projection_state(log, "p", 1, 10, "{}")
+        assert not save_projection_state(log, "p", 1, 9, "{old}")
+        assert save_projection_state(log, "p", 1, 12, "{new}")
+        assert load_projection_state(log, "p") == (1, 12, "{new}")

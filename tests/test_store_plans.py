@@ -13,6 +13,7 @@ from ultra.completion_index import (
     RESUME_QUERY,
 )
 from ultra.store import EventLog
+from ultra.completion_index import CompletionIndex
 
 
 def plan(log: EventLog, sql: str, params: tuple) -> str:
@@ -82,21 +83,21 @@ def test_readers_fill_completion_keys_and_find_duplicates(db):
         assert raw_sql(log, "SELECT COUNT(*) FROM completion_keys") == [(0,)]  # not appenders
         again = completed(2, event_id="again-2")
         log.append([again, errored(7)])
-        assert log.repeated_test_keys() == {again.test_key}
+        assert CompletionIndex.of(log).repeated_test_keys() == {again.test_key}
         assert raw_sql(log, "SELECT COUNT(*) FROM completion_keys") == [(6,)]
-        assert [s for s, _ in log.earlier_completions(again.test_key, 6)] == [3]
+        assert [s for s, _ in CompletionIndex.of(log).earlier_completions(again.test_key, 6)] == [3]
         later = completed(4, event_id="again-4")
         log.append([later])  # past the indexed seq: the probe catches up first
-        assert [s for s, _ in log.earlier_completions(later.test_key, log.last_seq())] == [5]
-        assert log.repeated_test_keys() == {again.test_key, later.test_key}
-        stream = log.stream_marked(after_seq=7)
+        assert [s for s, _ in CompletionIndex.of(log).earlier_completions(later.test_key, log.last_seq())] == [5]
+        assert CompletionIndex.of(log).repeated_test_keys() == {again.test_key, later.test_key}
+        stream = CompletionIndex.of(log).stream_marked(after_seq=7)
         assert [(s, bool(r)) for s, _, r in stream.marked()] == [(8, True)]
         # From zero: every completion of a repeated key is marked, the first ones too.
-        marked = [s for s, _, r in log.stream_marked().marked() if r]
+        marked = [s for s, _, r in CompletionIndex.of(log).stream_marked().marked() if r]
         assert marked == [3, 5, 6, 8]
-        earlier = {s: [e.event_id for e in r] for s, _, r in log.stream_marked().with_earlier() if r}
+        earlier = {s: [e.event_id for e in r] for s, _, r in CompletionIndex.of(log).stream_marked().with_earlier() if r}
         assert earlier == {6: [completed(2).event_id], 8: [completed(4).event_id]}
-        keys = list(log.completions(batch=2))
+        keys = list(CompletionIndex.of(log).completions(batch=2))
         assert len(keys) == 7 and keys[-1] == (later.test_key, "again-4")
 
 

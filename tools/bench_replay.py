@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_store import batches  # noqa: E402
+from ultra.completion_index import CompletionIndex
 
 
 def child(mode: str, db: str, out: str) -> None:
@@ -67,7 +68,7 @@ def child(mode: str, db: str, out: str) -> None:
         project(Path(db), out, rebuild=True)
     elif mode == "index":
         with EventLog.open(Path(db), create=False) as log:
-            log.index_completions(log.last_seq())
+            CompletionIndex.of(log).index_completions(log.last_seq())
     spent = time.perf_counter() - t
     use = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"s": spent, "cpu": use.ru_utime + use.ru_stime - cpu0, "rss_mb": use.ru_maxrss / 1024}))

@@ -26,6 +26,7 @@ from ultra import chain
 from ultra.projecting import fresh_results, log_repairs, read_results_meta, replay, results_path
 from ultra.errors import UserError
 from ultra.store import EventLog
+from ultra.completion_index import CompletionIndex
 
 MAX_LISTED = 20  # findings of one kind listed one by one; the rest are counted
 
@@ -226,8 +227,8 @@ def _differences(got: Any, want: Any, path: str = "", limit: int = 5) -> list[st
 def _duplicates(log: EventLog, repairs: Repairs) -> list[str]:
     """Test keys with more than one unretracted completion (the projection counts one)."""
     dup: list[tuple[str, list[int]]] = []
-    for key in sorted(log.repeated_test_keys()):
-        live = [s for s, e in log.earlier_completions(key, 2**62) if not repairs.retracts(e)]
+    for key in sorted(CompletionIndex.of(log).repeated_test_keys()):
+        live = [s for s, e in CompletionIndex.of(log).earlier_completions(key, 2**62) if not repairs.retracts(e)]
         if len(live) > 1:
             dup.append((key, live))
     out = [
@@ -242,11 +243,11 @@ def _duplicates(log: EventLog, repairs: Repairs) -> list[str]:
 def _check_completion_index(log: EventLog) -> list[str]:
     """completion_keys (what resume and duplicate detection read) against the log's
     completions; one that differs is named and rebuilt from the log."""
-    problems = log.check_completion_index()
+    problems = CompletionIndex.of(log).check_completion_index()
     if not problems:
         return []
     try:
-        problems = log.repair_completion_index()  # checked again under the lock: a racing
+        problems = CompletionIndex.of(log).repair_completion_index()  # checked again under the lock: a racing
         outcome = "rebuilt it from the log"       # indexer's rows are no damage
     except UserError as exc:
         outcome = f"could not rebuild it ({exc}); the next `ultra run` or `ultra project` does"

@@ -8,17 +8,17 @@ once per opened log before it is used; an index that disagrees (rows deleted, ed
 added) is rebuilt from the events (`index_completions`), and `ultra audit` compares it row
 by row (`check_completion_index`, `repair_completion_index`).
 
-`CompletionIndex` is a mixin of `EventLog`: the log gives the transaction, the reads and
-the append lock.
+`CompletionIndex.of(log)` is the index of one open log (checked once per log): the log
+gives reads and a write transaction under its append lock, and knows nothing of the index.
 """
 
 from __future__ import annotations
 
 import itertools
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -26,6 +26,9 @@ from ultra import events as ev
 from ultra.errors import UserError
 from ultra.event_stream import READ_BATCH, EventStream
 from ultra.store_tx import Tx, patient
+
+if TYPE_CHECKING:
+    from ultra.store import EventLog
 
 __all__ = [
     "COMPLETIONS_OF_QUERY", "EARLIER_COMPLETION", "REPEATED_KEYS_QUERY", "REPEATED_SEQS_QUERY",
@@ -182,14 +185,27 @@ _INDEX_EXTRA = (
 # up as they were indexed: count, sum and greatest seq, total test-key and event-id length.
 # Deleted rows change the count and sums, edited keys their length: found by one scan.
 
-class CompletionIndex:
-    """The completion-index half of an `EventLog`."""
+_INDEXES: weakref.WeakKeyDictionary[EventLog, CompletionIndex] = weakref.WeakKeyDictionary()
 
-    lost_errors: ClassVar[tuple[type[Exception], ...]]
-    _index_checked: bool = False  # completion_keys checked against its digest by this log
-    _transaction: Callable[[], AbstractContextManager[Tx]]
-    _read: Callable[..., list[Any]]
-    _lock_appends: Callable[[Tx], None]
+
+class CompletionIndex:
+    """The completion index of one open `EventLog`, and the duplicate detection it serves."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self._read = log.read
+        self._index_checked = False  # completion_keys checked against its digest
+
+    @classmethod
+    def of(cls, log: EventLog) -> CompletionIndex:
+        """The index of `log`: one per open log, so it is checked once per log."""
+        index = _INDEXES.get(log)
+        if index is None:
+            index = _INDEXES[log] = cls(log)
+        return index
+
+    def last_seq(self) -> int:
+        return self.log.last_seq()
 
     def stream_marked(self, after_seq: int = 0, *, until_seq: int | None = None,
                       batch: int = READ_BATCH) -> EventStream:
@@ -208,7 +224,7 @@ class CompletionIndex:
             rows = self._read(REPEATED_SEQS_QUERY, (until, until))
         else:
             rows = self._read(REPEATS_AFTER_QUERY, (after_seq, until))
-        return EventStream(self, after_seq, until, None, batch,  # type: ignore[arg-type]
+        return EventStream(self.log, after_seq, until, None, batch,
                            repeats={r[0] for r in rows}, earlier=self.earlier_completions)
 
     def earlier_completions(self, test_key: str, before_seq: int) -> list[tuple[int, ev.TestCompleted]]:
@@ -250,8 +266,7 @@ class CompletionIndex:
         if not self._index_checked:
             self._check_index_aggregates()
         while (self._indexed_seq(self._read) or 0) < until_seq:
-            with self._transaction() as tx:
-                self._lock_appends(tx)
+            with self.log.locked() as tx:
                 state = _index_state(tx.execute(INDEX_STATE_QUERY).fetchall())
                 if state is None:  # its row deleted or unreadable: built anew from the log
                     print("ultra: note: the completion index had lost its state; rebuilding it"
@@ -286,8 +301,7 @@ class CompletionIndex:
         under the append lock, then the index is rebuilt from the log."""
         rows = self._read(INDEX_CHECK_QUERY)
         if _index_problem(rows) is not None:
-            with self._transaction() as tx:
-                self._lock_appends(tx)
+            with self.log.locked() as tx:
                 problem = _index_problem(tx.execute(INDEX_CHECK_QUERY).fetchall())
                 if problem is not None:
                     print(f"ultra: note: the completion index {problem}; rebuilding it from the"
@@ -306,8 +320,7 @@ class CompletionIndex:
     def repair_completion_index(self, limit: int = 5) -> list[str]:
         """`check_completion_index` again under the append lock (nobody indexes meanwhile);
         if the index still differs it is dropped and rebuilt from the log. What differed."""
-        with self._transaction() as tx:
-            self._lock_appends(tx)
+        with self.log.locked() as tx:
             problems = _index_differences(lambda sql, p=(): tx.execute(sql, p).fetchall(), limit)
             if problems:
                 _reset_index(tx)

@@ -104,7 +104,12 @@ class RateLimiter:
     def sent(self) -> None:
         """The request's bytes are on the wire: it counts from now."""
         self._pending -= 1
-        self._sent.append(trio.current_time())
+        now = trio.current_time()
+        sent = self._sent
+        sent.append(now)
+        cutoff = now - self._window  # older sends no longer count: not kept (a run's worth at
+        while sent[0] < cutoff:      # a high qps limit was megabytes)
+            sent.popleft()
         self._wake()
 
     def abandon(self) -> None:

@@ -32,6 +32,8 @@ from ultra.errors import UserError
 from ultra.events import RunFinished, RunStarted
 from ultra.event_stream import EventStream
 from ultra.store import EventLog
+from ultra.completion_index import CompletionIndex
+from ultra.projection_state import load_projection_state, save_projection_state
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -81,7 +83,7 @@ def fold_log(
     """Fold the log's events in `(state.last_seq, until_seq]` into `state`."""
     if repairs is None:
         repairs = log_repairs(log, until_seq)
-    stream = log.stream_marked(after_seq=state.last_seq, until_seq=until_seq)
+    stream = CompletionIndex.of(log).stream_marked(after_seq=state.last_seq, until_seq=until_seq)
     with _gc_paused():
         n = mdb.fold(state, stream.with_earlier(), repairs)
     state.skipped_events += stream.skipped
@@ -119,7 +121,7 @@ def replay(log: EventLog, until_seq: int) -> tuple[mdb.FoldState, EventStream]:
 
 def _saved_state(log: EventLog, until_seq: int) -> mdb.FoldState | None:
     """The saved state, if usable for an incremental run up to `until_seq`."""
-    saved = log.load_projection_state(PROJECTION_NAME)
+    saved = load_projection_state(log, PROJECTION_NAME)
     if saved is None:
         return None
     version, last_seq, text = saved
@@ -141,7 +143,7 @@ def _saved_state(log: EventLog, until_seq: int) -> mdb.FoldState | None:
 def _rendered_before(log: EventLog, out: Path) -> tuple[bytes | None, mdb.RenderMemo | None]:
     """The file at `out` and the memo of the last render, for `mdb.render_file` to reuse
     what did not change (which it does only if the file is the one the memo describes)."""
-    saved = log.load_projection_state(RENDER_MEMO_NAME)
+    saved = load_projection_state(log, RENDER_MEMO_NAME)
     if saved is None or saved[0] != RENDER_MEMO_VERSION:
         return None, None
     try:
@@ -175,13 +177,12 @@ def project(
         if state is None:
             state = mdb.FoldState()
         n, stream = fold_log(log, state, until)
-        log.save_projection_state(
-            PROJECTION_NAME, mdb.STATE_VERSION, state.last_seq, mdb.dump_state(state).decode()
+        save_projection_state(log, PROJECTION_NAME, mdb.STATE_VERSION, state.last_seq, mdb.dump_state(state).decode()
         )
         previous, memo = (None, None) if rebuild else _rendered_before(log, out)
         data, memo = mdb.render_file(state, previous, memo)
         write_atomic(out, data)
-        log.save_projection_state(RENDER_MEMO_NAME, RENDER_MEMO_VERSION, state.last_seq,
+        save_projection_state(log, RENDER_MEMO_NAME, RENDER_MEMO_VERSION, state.last_seq,
                                   msgspec.json.encode(memo).decode())
         results_rebuilt = update_results(log, results, until, rebuild=rebuild).rebuilt
     return ProjectReport(
@@ -306,7 +307,7 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
                   repairs: Repairs) -> int:
     """Append the rows of events in `(meta.last_seq, until]` and advance `meta` (in the
     caller's transaction)."""
-    stream = log.stream_marked(after_seq=meta.last_seq, until_seq=until)
+    stream = CompletionIndex.of(log).stream_marked(after_seq=meta.last_seq, until_seq=until)
     runs: dict[str, dict] = {}
     conditions: list[dict] = []
 

@@ -14,6 +14,7 @@ from ultra.plan import Plan, Selection, check_selection, make_plan, selection_ke
 from ultra.projecting import log_repairs
 from ultra.store import EventLog
 from ultra.suites import Suite, get_suite
+from ultra.completion_index import CompletionIndex
 
 
 def completed_test_keys(log: EventLog, among: Iterable[str] | None = None) -> set[str]:
@@ -22,7 +23,7 @@ def completed_test_keys(log: EventLog, among: Iterable[str] | None = None) -> se
     With `among` (the selection's keys), only those are looked up, by key: the cost follows
     the selection, not the log."""
     withdrawn = log_repairs(log).withdrawn
-    found = log.completions() if among is None else log.completions_of(among)
+    found = CompletionIndex.of(log).completions() if among is None else CompletionIndex.of(log).completions_of(among)
     return {key for key, event_id in found if event_id not in withdrawn}
 
 

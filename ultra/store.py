@@ -6,11 +6,11 @@ shared by collectors on several machines.
 Same semantics on both: migrations in plain SQL per dialect (`migrations/<dialect>/`),
 idempotent append by `event_id`, immutable rows (triggers), the hash chain (ultra/chain.py)
 computed inside the write transaction, streaming reads by `seq` (ultra/event_stream.py),
-rows made and imported lines checked by ultra/event_rows.py, projection state saved with
-its last `seq` in one transaction, the completion index with duplicate detection (derived
-from the events and checked against them: `CompletionIndex` in ultra/completion_index.py,
-whose `stream_marked` marks a completion that repeats a stored one; the store's own
-streams never do) and leases (a table of their own: `LeaseTable` in ultra/lease_table.py).
+rows made and imported lines checked by ultra/event_rows.py, and leases (a table of their
+own: `LeaseTable` in ultra/lease_table.py). Derived tables kept in the same database (the
+completion index and duplicate detection, ultra/completion_index.py; projection state,
+ultra/projection_state.py) are the projection side's: the log gives them `read` and a
+transaction under its append lock (`locked`), and never reads or trusts them itself.
 Appends are serialized (SQLite's write lock; a PostgreSQL advisory lock): the chain needs
 the previous hash, and `seq` is assigned under the lock, so an event with a lower `seq`
 never commits after a reader has passed it. The store knows the event schema and nothing
@@ -26,6 +26,7 @@ a lease call sets what it sets again.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -38,7 +39,6 @@ import msgspec
 from ultra import chain
 from ultra import events as ev
 from ultra.errors import UserError
-from ultra.completion_index import CompletionIndex
 from ultra.event_rows import (
     IMPORT_LINE_LIMIT, Row, _CarriedTranscripts, _check_conflicts, _stored, event_row, raw_row,
     transcript_ref,
@@ -107,7 +107,7 @@ def load_migrations(dialect: str = "sqlite") -> list[tuple[int, str, str]]:
 # ---- the log ---------------------------------------------------------------------------
 
 
-class EventLog(CompletionIndex, LeaseTable):
+class EventLog(LeaseTable):
     """An open event log (the store interface). Thread-safe, usable from trio worker
     threads. `EventLog.open(db)` picks the implementation from `db`."""
 
@@ -172,6 +172,19 @@ class EventLog(CompletionIndex, LeaseTable):
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         raise NotImplementedError
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one read-only statement (for the derived tables kept beside the log:
+        the completion index, projection state)."""
+        return self._read(sql, params)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[Tx]:
+        """One write transaction holding the append lock: no event is appended meanwhile
+        (what a derived table is brought up to date in)."""
+        with self._transaction() as tx:
+            self._lock_appends(tx)
+            yield tx
 
     def _insert_rows(self, tx: Tx, rows: list[tuple[Any, ...]]) -> None:
         tx.executemany(_INSERT, rows)
@@ -523,37 +536,6 @@ class EventLog(CompletionIndex, LeaseTable):
         a seq, what tells a projection which log it was folded from."""
         rows = self._read("SELECT event_id FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (0,))
         return rows[0][0] if rows else ""
-
-    # -- projection state (same file, same transaction as its last seq) --
-
-    def load_projection_state(self, name: str) -> tuple[int, int, str] | None:
-        """(version, last_seq, state JSON) saved for projection `name`, if any."""
-        rows = self._read(
-            "SELECT version, last_seq, state FROM projection_state WHERE name = ?", (name,)
-        )
-        return tuple(rows[0]) if rows else None  # type: ignore[return-value]
-
-    @_patient
-    def save_projection_state(self, name: str, version: int, last_seq: int, state: str) -> bool:
-        """Save a state unless one at least as far along is already there (racing projectors)."""
-        with self._transaction() as tx:
-            self._lock_appends(tx)  # racing projectors: one saves at a time
-            row = tx.execute(
-                "SELECT last_seq, version FROM projection_state WHERE name = ?", (name,)
-            ).fetchone()
-            if row is None:
-                tx.execute(
-                    "INSERT INTO projection_state (name, version, last_seq, state) VALUES (?, ?, ?, ?)",
-                    (name, version, last_seq, state),
-                )
-            elif row[0] <= last_seq or row[1] != version:
-                tx.execute(
-                    "UPDATE projection_state SET version = ?, last_seq = ?, state = ? WHERE name = ?",
-                    (version, last_seq, state, name),
-                )
-            else:
-                return False
-        return True
 
     # -- lifetime --
 

@@ -23,14 +23,16 @@ class Tx(Protocol):
 
 
 def patient(method: Callable[..., Any]) -> Callable[..., Any]:
-    """`method`, run again after the log reconnects when its connection was lost."""
+    """`method` (of a log, or of an object with its `log`), run again after the log
+    reconnects when its connection was lost."""
 
     @functools.wraps(method)
     def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        log = getattr(self, "log", self)
         while True:
             try:
                 return method(self, *args, **kwargs)
-            except self.lost_errors as exc:
-                self._wait_for_server(exc)
+            except log.lost_errors as exc:
+                log._wait_for_server(exc)
 
     return run
