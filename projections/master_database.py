@@ -4,7 +4,7 @@ The fold state holds one accumulator of sums per leaf (model, prompt type, tool 
 rate, difficulty, task type), so memory grows with leaves, not events. Every level's
 `overall_stats` is computed from summed accumulators, never from averages of rates.
 
-The shell (`ultra.projecting`) feeds the fold `(seq, event, earlier)` items, where
+The shell (`ultra.projection.projecting`) feeds the fold `(seq, event, earlier)` items, where
 `earlier` holds the stored completions of the same test key with a smaller seq (usually
 none; found with an index probe), so duplicate completions count once without keeping a
 set of every key in memory.

@@ -1,7 +1,7 @@
 """Repairs are events: the alias table and retraction selectors, applied retroactively.
 
 The one home of alias resolution and selector matching; the projection, the audit and the
-resume planner (`ultra.resume.completed_test_keys`) all ask here.
+resume planner (`ultra.collect.resume.completed_test_keys`) all ask here.
 
 A retraction withdraws the completions it lists by event id, resolved from its selector
 when it was made (`match_selector`); what it hides cannot change with clock skew or the

@@ -2,7 +2,7 @@
 
 The pure half: the tables' columns, the rows an event becomes, and the views (one per
 level of master_database's hierarchy). What counts is decided by `projections.counting`,
-exactly as for master_database.json; `ultra.projecting` writes the rows with sqlite-utils.
+exactly as for master_database.json; `ultra.projection.projecting` writes the rows with sqlite-utils.
 
 `test_row` and `errored_row` are the one place that reads the fields of test events, so
 a change of the event schema is an edit here. A suite's own metrics (any but the workflow

@@ -188,7 +188,7 @@ def event_lists(
 
 
 def writer_main(db: str, writer: int, n: int, seed: int, go: str) -> None:
-    from ultra.store import EventLog
+    from ultra.eventlog.store import EventLog
 
     rng = random.Random(seed)
     log = EventLog.open(db)
@@ -207,7 +207,7 @@ def writer_main(db: str, writer: int, n: int, seed: int, go: str) -> None:
 
 def crash_writer_main(db: str, batch: int) -> None:
     """Append fixed-size batches forever (until killed); batch b is run_id b."""
-    from ultra.store import EventLog
+    from ultra.eventlog.store import EventLog
 
     log = EventLog.open(db)
     b = 0
@@ -245,8 +245,8 @@ def raw_sql(log: Any, sql: str, params: tuple = ()) -> list[tuple]:
 
 def append_and_project(events: list, tmp: Path, splits: Sequence[int] = ()) -> tuple[Path, Path]:
     """Append `events` in pieces cut at `splits`, projecting after each; (log, JSON path)."""
-    from ultra.projecting import project
-    from ultra.store import EventLog
+    from ultra.projection.projecting import project
+    from ultra.eventlog.store import EventLog
 
     db, out = tmp / "events.db", tmp / "master_database.json"
     with EventLog.open(db) as log:

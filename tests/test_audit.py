@@ -7,9 +7,9 @@ import json
 from storage_helpers import completed, ts
 
 from ultra import events as ev
-from ultra.audit import audit
-from ultra.projecting import project
-from ultra.store import EventLog
+from ultra.projection.audit import audit
+from ultra.projection.projecting import project
+from ultra.eventlog.store import EventLog
 
 
 def _shard(kind: type, shard: str, **kw: object) -> ev.Event:

@@ -20,7 +20,7 @@ from storage_helpers import completed
 
 from tests.collection_helpers import ultra
 from ultra import events as ev
-from ultra.store import EventLog
+from ultra.eventlog.store import EventLog
 
 ROOT = os.geteuid() == 0
 

@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from storage_helpers import completed, raw_sql
 
-from ultra import chain
-from ultra.audit import audit
-from ultra.projecting import project
-from ultra.store import EventLog
+from ultra.eventlog import chain
+from ultra.projection.audit import audit
+from ultra.projection.projecting import project
+from ultra.eventlog.store import EventLog
 
 UPDATE_GUARD = "events_no_update"
 
@@ -141,14 +141,14 @@ def test_a_rechained_forgery_is_found_by_the_projection_head(tmp_path, db):
 def test_a_log_from_before_the_chain_is_chained_when_opened(tmp_path):
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db, isolation_level=None)
-    from ultra.store import MIGRATIONS_TABLE, load_migrations
+    from ultra.eventlog.store import MIGRATIONS_TABLE, load_migrations
 
     old = [(v, n, sql) for v, n, sql in load_migrations() if v < 3]
     conn.execute(f"CREATE TABLE {MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
     for v, name, sql in old:
         conn.executescript(sql)
         conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} VALUES (?, ?, 'then')", (v, name))
-    from ultra.event_rows import event_row
+    from ultra.eventlog.event_rows import event_row
 
     conn.executemany("INSERT INTO events (event_id, type, recorded_at, test_key, model, run_id, payload)"
                      " VALUES (?, ?, ?, ?, ?, ?, ?)", [event_row(completed(i)) for i in range(1, 4)])

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from tests.collection_helpers import ultra
 from tests.storage_helpers import completed
 from ultra.cli import app
-from ultra.resume import completed_test_keys
-from ultra.store import EventLog
+from ultra.collect.resume import completed_test_keys
+from ultra.eventlog.store import EventLog
 
 runner = CliRunner()
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from ultra import events as ev
 from ultra.cli import app
-from ultra.store import EventLog
-from ultra.completion_index import CompletionIndex
+from ultra.eventlog.store import EventLog
+from ultra.projection.completion_index import CompletionIndex
 
 runner = CliRunner()
 
@@ -188,7 +188,7 @@ def test_project_as_a_process_imports_only_what_it_needs(tmp_path):
     assert proc.returncode == 0 and "1 events folded" in proc.stdout, proc.stderr
     imported = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert {"msgspec", "sqlite3", "ultra.projecting"} <= imported  # the listing is real
+    assert {"msgspec", "sqlite3", "ultra.projection.projecting"} <= imported  # the listing is real
     needless = {"typer", "click", "pydantic", "rich", "httpx", "trio", "sqlite_utils",
                 "tempfile", "shutil", "random", "zipfile", "importlib.resources"}
     assert imported & needless == set()

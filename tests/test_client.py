@@ -9,7 +9,7 @@ import msgspec
 import pytest
 import trio
 
-from ultra.client import (
+from ultra.collect.client import (
     CONNECTIONS_PER_CLIENT,
     HttpChatModel,
     RouteClient,
@@ -18,8 +18,8 @@ from ultra.client import (
     redact,
     server_message,
 )
-from ultra.limits import RateLimiter
-from ultra.plan import Route
+from ultra.collect.limits import RateLimiter
+from ultra.collect.plan import Route
 from ultra.sim.config import Faults, Latency, Limits, Routes, SimConfig
 from ultra.sim.process import SimProcess
 from ultra.sim.server import key_fingerprint
@@ -284,7 +284,7 @@ def test_routes_use_the_proxy_the_environment_names(monkeypatch):
     applied as httpx.AsyncClient would."""
     import httpx
 
-    from ultra.http11 import environment_proxy as _environment_proxy
+    from ultra.collect.http11 import environment_proxy as _environment_proxy
 
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy",
                  "https_proxy", "all_proxy", "no_proxy"):
@@ -335,7 +335,7 @@ async def _unavailable(route: Route, *, timeout: float, retries: int, health=Non
 def test_a_server_that_never_answers_breaks_its_route_within_broken_after_timeouts():
     """Accepts connections, never answers: each timeout counts against the route, and a
     broken route stops the test's retries."""
-    from ultra.client import RouteHealth
+    from ultra.collect.client import RouteHealth
 
     async def silent(stream) -> None:
         await trio.sleep_forever()
@@ -356,7 +356,7 @@ def test_a_server_that_never_answers_breaks_its_route_within_broken_after_timeou
 
 def test_a_runaway_response_body_is_an_error_not_read_whole():
     """A server that answers 200 with 64 MB: the body is refused past 8 MB, not retried."""
-    from ultra.client import MAX_BODY_BYTES
+    from ultra.collect.client import MAX_BODY_BYTES
 
     size = 64 * 2**20
 
@@ -432,7 +432,7 @@ def _canned(status_line: bytes, headers: list[bytes], body: bytes):
      b'{"detail":[{"loc":["body","messages"],"msg":"field required"}]}', "field required"),
 ])
 def test_a_refused_route_says_the_url_ultra_built_and_what_the_server_said(status_line, headers, body, want):
-    from ultra.client import RouteHealth
+    from ultra.collect.client import RouteHealth
 
     async def main() -> None:
         async with _loopback(_canned(status_line, headers, body)) as port:

@@ -14,8 +14,8 @@ from multiprocessing import Pipe
 from pathlib import Path
 
 from tests.collection_helpers import events, model, popen_ultra, sim_models_config, ultra
-from ultra.shard_process import _Reporter
-from ultra.shard import ShardSnapshot
+from ultra.collect.shard_process import _Reporter
+from ultra.collect.shard import ShardSnapshot
 from ultra.sim.config import Latency, SimConfig
 from ultra.sim.process import SimProcess
 from ultra.sim.server import key_fingerprint

@@ -12,7 +12,7 @@ from storage_helpers import completed
 
 from tests.collection_helpers import ultra
 from tests.test_bad_input import one_error_line
-from ultra.store import EventLog
+from ultra.eventlog.store import EventLog
 
 
 def _log(tmp_path: Path) -> Path:

@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 from collection_helpers import events, ultra
-from ultra.completion_index import CompletionIndex
+from ultra.projection.completion_index import CompletionIndex
 
 # No trigger guards completion_keys (derived data: rebuilt, not protected), and it is a
 # WITHOUT ROWID table in SQLite, so every other row is picked by seq.
@@ -111,7 +111,7 @@ def test_store_checks_and_repairs_its_completion_index(db, capsys):
     found by the next log before it trusts them, and repaired."""
     from storage_helpers import completed
 
-    from ultra.store import EventLog
+    from ultra.eventlog.store import EventLog
 
     keys = {f"key-{i}" for i in range(10)}
     with EventLog.open(db) as log:

@@ -14,7 +14,7 @@ from collection_helpers import ultra
 from storage_helpers import completed
 
 from ultra import errors
-from ultra.store import EventLog
+from ultra.eventlog.store import EventLog
 
 
 def _sqlite_failure(op) -> sqlite3.Error:

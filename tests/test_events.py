@@ -10,7 +10,7 @@ from storage_helpers import completed, ts
 
 from ultra import events as ev
 from ultra.errors import UserError
-from ultra.store import EventLog
+from ultra.eventlog.store import EventLog
 
 # A test.completed as version 1 wrote it (the result fields flat on the event).
 V1_COMPLETED = {
@@ -36,8 +36,8 @@ def test_a_version_1_completion_reads_with_its_result_lifted():
 
 
 def test_a_version_1_log_imports_projects_and_keeps_its_bytes(tmp_path):
-    from ultra.audit import audit
-    from ultra.projecting import project
+    from ultra.projection.audit import audit
+    from ultra.projection.projecting import project
 
     db, out = tmp_path / "e.db", tmp_path / "m.json"
     legacy_retraction = {"type": "tests.retracted", "event_id": "old2", "version": 1,

@@ -1,4 +1,4 @@
-"""The shard's group commit (`ultra.shard_process.write_events`): a backlog goes out in full
+"""The shard's group commit (`ultra.collect.shard_process.write_events`): a backlog goes out in full
 batches without waiting behind the workers once per event, and a real SQLite log gets
 every event. Timing on trio's virtual clock."""
 
@@ -10,8 +10,8 @@ import trio
 import trio.testing
 
 from tests.storage_helpers import completed
-from ultra.shard_process import BATCH_EVENTS, BATCH_SECONDS, _fill, write_events
-from ultra.store import EventLog
+from ultra.collect.shard_process import BATCH_EVENTS, BATCH_SECONDS, _fill, write_events
+from ultra.eventlog.store import EventLog
 
 
 async def _busy(rounds: list[int]) -> None:

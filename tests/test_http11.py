@@ -1,4 +1,4 @@
-"""ultra's HTTP/1.1 connections (ultra/http11.py) against real loopback servers: keep-alive,
+"""ultra's HTTP/1.1 connections (ultra/collect/http11.py) against real loopback servers: keep-alive,
 stale and closed connections, chunked and compressed bodies, proxies, failures."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import h11
 import pytest
 import trio
 
-from ultra.client import RouteClient
-from ultra.http11 import BodyTooLarge, Pool, TransportError
-from ultra.plan import Route
+from ultra.collect.client import RouteClient
+from ultra.collect.http11 import BodyTooLarge, Pool, TransportError
+from ultra.collect.plan import Route
 
 HEADERS = [("content-type", "application/json")]
 

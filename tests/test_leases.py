@@ -8,11 +8,11 @@ import time
 import trio
 from storage_helpers import completed, errored
 
-from ultra.leases import ClaimedTests, ProcessLeases, holder_id
-from ultra.plan import Route, Shard
-from ultra.shard import ShardProgress
-from ultra.lease_table import DONE
-from ultra.store import EventLog
+from ultra.collect.leases import ClaimedTests, ProcessLeases, holder_id
+from ultra.collect.plan import Route, Shard
+from ultra.collect.shard import ShardProgress
+from ultra.eventlog.lease_table import DONE
+from ultra.eventlog.store import EventLog
 from ultra.suites import TestSpec
 
 

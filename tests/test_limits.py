@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import random
 
-from ultra.limits import (
+from ultra.collect.limits import (
     NO_RATE_HEADERS,
     WINDOW_MARGIN,
     RateHeaders,
@@ -400,7 +400,7 @@ def test_the_window_of_requests_in_flight_halves_once_per_round_and_climbs_back(
     signal; each answer widens the window by 1/window; in flight never exceeds the window."""
     from trio.testing import MockClock
 
-    from ultra.limits import Concurrency
+    from ultra.collect.limits import Concurrency
 
     async def main() -> None:
         w = Concurrency(8)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from ultra import liveness
+from ultra.collect import liveness
 
 
 def test_this_process_is_alive_and_keeps_its_start_time():

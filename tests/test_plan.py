@@ -13,7 +13,7 @@ from tests.collection_helpers import ultra
 
 from ultra.config import load_config, masked
 from ultra.errors import UserError
-from ultra.plan import Selection, check_selection, make_plan, split_evenly
+from ultra.collect.plan import Selection, check_selection, make_plan, split_evenly
 from ultra.providers.openai import default_key
 from ultra.suites import TestResult
 
@@ -160,7 +160,7 @@ def test_deployment_names_are_escaped_path_segments():
 
 def test_every_input_that_changes_a_result_is_in_the_test_key():
     from ultra.defaults import MAX_TURNS
-    from ultra.plan import test_key
+    from ultra.collect.plan import test_key
 
     cell = ("grid", "m", "baseline", 0.8, "easy", "a", 0, "a-0")
     # The default keeps the key every earlier log was written with (resume keeps working).
@@ -187,7 +187,7 @@ def test_every_input_that_changes_a_result_is_in_the_test_key():
 
 def test_request_options_are_part_of_the_test_key():
     from ultra.config import RequestOptions
-    from ultra.plan import test_key
+    from ultra.collect.plan import test_key
 
     cell = ("grid", "m", "baseline", 0.8, "easy", "a", 0, "a-0")
     plain = test_key(*cell)
@@ -204,7 +204,7 @@ def test_processes_follow_the_load():
     or shards."""
     import os
 
-    from ultra.processes import needed_processes, offered_rps
+    from ultra.collect.processes import needed_processes, offered_rps
 
     demo, _ = load_config("demo")
     small = make_plan(demo, SUITE, selection(list(demo.models)), completed=set())
@@ -221,7 +221,7 @@ def test_processes_follow_the_measured_latency_and_plan_shows_the_choice(tmp_pat
     many processes a run starts and why."""
     import os
 
-    from ultra.processes import choose_processes, needed_processes, offered_rps
+    from ultra.collect.processes import choose_processes, needed_processes, offered_rps
 
     demo, _ = load_config("demo")
     small = make_plan(demo, SUITE, selection(list(demo.models)), completed=set())
@@ -249,7 +249,7 @@ def test_processes_follow_the_measured_latency_and_plan_shows_the_choice(tmp_pat
 def test_processes_share_the_request_rate_not_only_the_tests():
     """Balanced by planned tests alone, the presets' processes got 370 and 275 requests/s
     (the seed's load: 597 and 498); by rate, 320 and 325."""
-    from ultra.processes import assign, offered_rps
+    from ultra.collect.processes import assign, offered_rps
 
     config, _ = load_config("presets")
     full = make_plan(config, SUITE, selection(list(config.models)), completed=set())
@@ -307,7 +307,7 @@ def test_a_shards_test_set_is_its_positions_and_survives_the_trip_to_a_shard_pro
     the very specs the plan chose, in order, and nothing completed."""
     import msgspec
 
-    from ultra.plan import Plan
+    from ultra.collect.plan import Plan
 
     config, _ = load_config("presets")
     sel = selection(["DeepSeek-R1-0528"])

@@ -11,10 +11,10 @@ import msgspec
 import trio
 from collection_helpers import ultra
 
-from ultra.plan import Route, Shard
+from ultra.collect.plan import Route, Shard
 
-from ultra.progress import PLAIN_EVERY, Display, plain_line, shard_table
-from ultra.shard import ShardProgress, ShardSnapshot
+from ultra.collect.progress import PLAIN_EVERY, Display, plain_line, shard_table
+from ultra.collect.shard import ShardProgress, ShardSnapshot
 
 SHARDS = {
     "Llama-3.3-70B-Instruct@Llama-3.3-70B-Instruct-3": ShardSnapshot(

@@ -22,9 +22,9 @@ from projections.repairs import collect_repairs
 from ultra import events as ev
 from ultra.errors import UserError
 from ultra.naming import canonical_model
-from ultra.projecting import project
-from ultra.store import EventLog
-from ultra.projection_state import load_projection_state, save_projection_state
+from ultra.projection.projecting import project
+from ultra.eventlog.store import EventLog
+from ultra.projection.projection_state import load_projection_state, save_projection_state
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -407,7 +407,7 @@ def test_keys_come_in_the_documented_order(tmp_path):
 def test_a_saved_state_is_used_only_when_it_is_this_fold_and_not_ahead_of_the_log(tmp_path):
     """The guards on the saved state: another fold version, a state ahead of the log (say,
     saved for a longer log) or a garbled one means a rebuild, never a wrong increment."""
-    from ultra.projecting import PROJECTION_NAME
+    from ultra.projection.projecting import PROJECTION_NAME
 
     db, out = tmp_path / "e.db", tmp_path / "m.json"
     with EventLog.open(db) as log:

@@ -24,7 +24,7 @@ from storage_helpers import ts
 
 from ultra import events as ev
 from ultra.naming import canonical_model
-from ultra.store import EventLog
+from ultra.eventlog.store import EventLog
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """

@@ -18,7 +18,7 @@ import pytest
 from storage_helpers import completion, ts
 
 from ultra import events as ev
-from ultra.store import EventLog
+from ultra.eventlog.store import EventLog
 
 ROOT = Path(__file__).resolve().parent.parent
 

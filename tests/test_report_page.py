@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 from test_report import CONFIG, demo_events, ultra
 
-from ultra.store import EventLog
+from ultra.eventlog.store import EventLog
 
 CHROMIUM = "/usr/bin/chromium"  # .ci/run installs Debian's package when it is missing
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

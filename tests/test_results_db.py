@@ -15,9 +15,9 @@ from storage_helpers import (_test, append_and_project, completed, completion, e
 
 from projections import results_db as rdb
 from ultra import events as ev
-from ultra.audit import audit
-from ultra.projecting import fresh_results, project
-from ultra.store import EventLog
+from ultra.projection.audit import audit
+from ultra.projection.projecting import fresh_results, project
+from ultra.eventlog.store import EventLog
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

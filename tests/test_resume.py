@@ -5,8 +5,8 @@ from __future__ import annotations
 from storage_helpers import completed, errored, ts
 
 from ultra import events as ev
-from ultra.resume import completed_test_keys
-from ultra.store import EventLog
+from ultra.collect.resume import completed_test_keys
+from ultra.eventlog.store import EventLog
 
 
 def test_completed_test_keys_excludes_errored_and_retracted(tmp_path):

@@ -9,8 +9,8 @@ from storage_helpers import completed, db_errors, errored, raw_sql, ts
 
 from ultra import events as ev
 from ultra.errors import UserError
-from ultra.store import MIGRATIONS_TABLE, EventLog, load_migrations
-from ultra.projection_state import load_projection_state, save_projection_state
+from ultra.eventlog.store import MIGRATIONS_TABLE, EventLog, load_migrations
+from ultra.projection.projection_state import load_projection_state, save_projection_state
 
 
 def test_open_creates_parent_dirs_wal_and_records_migrations(tmp_path):

@@ -13,9 +13,9 @@ from pathlib import Path
 import storage_helpers
 from storage_helpers import raw_sql
 
-from ultra.audit import audit
-from ultra.projecting import project
-from ultra.store import EventLog
+from ultra.projection.audit import audit
+from ultra.projection.projecting import project
+from ultra.eventlog.store import EventLog
 
 HELPER = Path(storage_helpers.__file__)
 

@@ -19,7 +19,7 @@ from storage_helpers import completed
 from tests.collection_helpers import model, popen_ultra, sim_models_config, ultra
 from ultra.sim.config import Latency, SimConfig
 from ultra.sim.process import SimProcess
-from ultra.store import EventLog
+from ultra.eventlog.store import EventLog
 
 OUTAGE_SECONDS = 10.0
 
@@ -157,7 +157,7 @@ def test_a_collector_stopped_inside_a_transaction_does_not_hold_the_log(pg_url):
     STALL_SECONDS, the others append, and the stalled one reconnects and appends again."""
     import threading
 
-    from ultra.store_postgres import STALL_SECONDS
+    from ultra.eventlog.store_postgres import STALL_SECONDS
 
     with EventLog.open(pg_url) as stalled, EventLog.open(pg_url) as other:
         holding, outcome = threading.Event(), {}

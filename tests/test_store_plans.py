@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from storage_helpers import completed, errored, raw_sql
 
-from ultra.completion_index import (
+from ultra.projection.completion_index import (
     EARLIER_COMPLETION,
     REPEATED_KEYS_QUERY,
     REPEATED_SEQS_QUERY,
     REPEATS_AFTER_QUERY,
     RESUME_QUERY,
 )
-from ultra.store import EventLog
-from ultra.completion_index import CompletionIndex
+from ultra.eventlog.store import EventLog
+from ultra.projection.completion_index import CompletionIndex
 
 
 def plan(log: EventLog, sql: str, params: tuple) -> str:
@@ -102,7 +102,7 @@ def test_readers_fill_completion_keys_and_find_duplicates(db):
 
 
 def test_resume_of_a_selection_is_a_primary_key_search(tmp_path):
-    from ultra.completion_index import COMPLETIONS_OF_QUERY
+    from ultra.projection.completion_index import COMPLETIONS_OF_QUERY
 
     with filled(tmp_path) as log:
         got = plan(log, f"{COMPLETIONS_OF_QUERY} (?, ?)", ("a", "b"))
@@ -110,7 +110,7 @@ def test_resume_of_a_selection_is_a_primary_key_search(tmp_path):
 
 
 def test_resume_among_keys_matches_the_full_scan(db):
-    from ultra.resume import completed_test_keys
+    from ultra.collect.resume import completed_test_keys
 
     with EventLog.open(db) as log:
         log.append([completed(i) for i in range(6)] + [errored(9), completed(2, event_id="dup")])

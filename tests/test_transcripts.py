@@ -15,11 +15,11 @@ from storage_helpers import completed
 from tests.collection_helpers import ROOT, events, ultra
 from ultra import events as ev
 from ultra import transcripts as tr
-from ultra.audit import audit
-from ultra.projecting import project
+from ultra.projection.audit import audit
+from ultra.projection.projecting import project
 from ultra.sim.config import Faults, Latency, SimConfig
 from ultra.sim.process import SimProcess
-from ultra.store import EventLog
+from ultra.eventlog.store import EventLog
 
 
 def _stored(db) -> dict[int, tuple[str, bytes]]:

@@ -54,9 +54,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ultra.config import Config, ModelConfig, ProviderConfig  # noqa: E402
-from ultra.plan import Selection, make_plan  # noqa: E402
-from ultra.processes import assign, offered_rps  # noqa: E402
-from ultra.shard_process import ChildJob, run_process  # noqa: E402
+from ultra.collect.plan import Selection, make_plan  # noqa: E402
+from ultra.collect.processes import assign, offered_rps  # noqa: E402
+from ultra.collect.shard_process import ChildJob, run_process  # noqa: E402
 from ultra.sim.config import Latency, SimConfig  # noqa: E402
 from ultra.sim.process import SimProcess  # noqa: E402
 from ultra.suites import ChatResponse, get_suite  # noqa: E402
@@ -178,9 +178,9 @@ def seed_plan(url: str, instances: int):
 
 def seed_child(url: str, db: str, processes: int, index: int, instances: int,
                per_client: int) -> None:
-    import ultra.client
+    import ultra.collect.client
 
-    ultra.client.CONNECTIONS_PER_CLIENT = per_client  # this benchmark's variable
+    ultra.collect.client.CONNECTIONS_PER_CLIENT = per_client  # this benchmark's variable
 
     groups = assign(seed_plan(url, instances).shards, processes)
     job = ChildJob(run_id="bench-seed", db=db, suite="workflow", tasks=None, shards=groups[index])
@@ -266,9 +266,9 @@ def bare_cpu(url: str, body: bytes, *, tasks: int, per_client: int, seconds: flo
              direct: bool = False) -> dict:
     """Client CPU per request of `tasks` tasks posting `body`, on pools of `per_client`:
     through `httpx.AsyncClient.post`, or (`direct`) through ultra's `RouteClient`
-    (h11 over trio sockets, ultra/http11.py)."""
-    from ultra.client import RouteClient
-    from ultra.plan import Route
+    (h11 over trio sockets, ultra/collect/http11.py)."""
+    from ultra.collect.client import RouteClient
+    from ultra.collect.plan import Route
 
     route = Route(url=f"{url}/v1/chat/completions", shape="openai", api_model=MODEL,
                   key_literal="sim-key-0")
@@ -308,7 +308,7 @@ def bare_cpu(url: str, body: bytes, *, tasks: int, per_client: int, seconds: flo
 
 
 def seed_main(args: argparse.Namespace) -> None:
-    from ultra.client import CONNECTIONS_PER_CLIENT
+    from ultra.collect.client import CONNECTIONS_PER_CLIENT
 
     out: dict = {"load_at_start": os.getloadavg()[0], "runs": args.runs}
     # ultra's split beside one pool per shard, interleaved run by run so load changes hit

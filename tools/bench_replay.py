@@ -37,13 +37,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_store import batches  # noqa: E402
-from ultra.completion_index import CompletionIndex
+from ultra.projection.completion_index import CompletionIndex
 
 
 def child(mode: str, db: str, out: str) -> None:
     from ultra import events as ev
-    from ultra.projecting import project, replay
-    from ultra.store import EventLog
+    from ultra.projection.projecting import project, replay
+    from ultra.eventlog.store import EventLog
 
     use = resource.getrusage(resource.RUSAGE_SELF)
     cpu0 = use.ru_utime + use.ru_stime  # imports apart
@@ -106,7 +106,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(*args.child)
-    from ultra.store import EventLog
+    from ultra.eventlog.store import EventLog
 
     result: dict = {"load_at_start": os.getloadavg()[0]}
     first: dict | None = None  # the figures of the first size

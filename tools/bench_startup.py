@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_store import batches  # noqa: E402
-from ultra.projecting import project  # noqa: E402
-from ultra.store import EventLog  # noqa: E402
+from ultra.projection.projecting import project  # noqa: E402
+from ultra.eventlog.store import EventLog  # noqa: E402
 
 TYPER = "import sys; from ultra.cli import app; sys.argv[0] = 'ultra'; app()"
 

@@ -40,11 +40,11 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ultra import chain  # noqa: E402
+from ultra.eventlog import chain  # noqa: E402
 from ultra import events as ev  # noqa: E402
-from ultra.projecting import project  # noqa: E402
-from ultra.event_rows import event_row  # noqa: E402
-from ultra.store import EventLog, db_location, is_server_url  # noqa: E402
+from ultra.projection.projecting import project  # noqa: E402
+from ultra.eventlog.event_rows import event_row  # noqa: E402
+from ultra.eventlog.store import EventLog, db_location, is_server_url  # noqa: E402
 
 MODELS = ["DeepSeek-V3-0324", "DeepSeek-V3-0324-2", "qwen2.5-72b-instruct-key1", "gpt-4o-mini", "kimi-k2"]
 PROMPTS = ["baseline", "optimal", "flawed_sequence_disorder"]

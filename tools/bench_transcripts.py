@@ -38,7 +38,7 @@ import msgspec  # noqa: E402
 import trio  # noqa: E402
 
 from ultra import events as ev  # noqa: E402
-from ultra.store import EventLog  # noqa: E402
+from ultra.eventlog.store import EventLog  # noqa: E402
 
 
 def _pct(values: list[int], q: float) -> int:
@@ -79,8 +79,8 @@ def demo() -> tuple[dict, str]:
 def seed_child(url: str, db: str, processes: int, index: int, instances: int, mode: str) -> None:
     from bench_dispatch import seed_plan
 
-    from ultra.processes import assign
-    from ultra.shard_process import ChildJob, run_process
+    from ultra.collect.processes import assign
+    from ultra.collect.shard_process import ChildJob, run_process
 
     groups = assign(seed_plan(url, instances).shards, processes)
     job = ChildJob(run_id="bench-seed", db=db, suite="workflow", tasks=None, shards=groups[index],

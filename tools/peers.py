@@ -60,7 +60,7 @@ def raw(url: str, body: bytes, sim_pid: int, *, connections: int, seconds: float
 def httpx_loop(url: str, body: bytes, sim_pid: int, *, connections: int, seconds: float) -> dict:
     import httpx
 
-    from ultra.client import CONNECTIONS_PER_CLIENT
+    from ultra.collect.client import CONNECTIONS_PER_CLIENT
 
     async def main() -> tuple[int, float, float, float]:
         per = CONNECTIONS_PER_CLIENT
@@ -93,7 +93,7 @@ def httpx_loop(url: str, body: bytes, sim_pid: int, *, connections: int, seconds
 def ultra_shard(url: str, sim_pid: int, *, workers: int, seconds: float) -> dict:
     from bench_dispatch import shard_plan
 
-    from ultra.shard_process import ChildJob, run_process
+    from ultra.collect.shard_process import ChildJob, run_process
 
     plan = shard_plan(url, workers=workers, qps=1e6, tests=200_000)  # never runs dry
     snapshots: list = []

@@ -320,7 +320,7 @@ def masked(config: Config) -> dict:
     Each provider shows only what applies to its kind and shape: the true number of keys
     for an openai-shaped one, the deployments its models use for an azure-shaped one, and
     under `not_applied` the fields it sets that its shape ignores."""
-    from ultra.plan import route_names  # here: plan builds on this module
+    from ultra.collect.plan import route_names  # here: plan builds on this module
 
     out = msgspec.to_builtins(config)
     models: dict[str, dict] = {}

@@ -223,7 +223,7 @@ class _TestEvent(_Event, kw_only=True, frozen=True):
     execution_time: Seconds = 0.0  # seconds, wall time of the whole test
     started_at: Annotated[str, Meta(max_length=40)] = ""  # recorded_at's form, or empty
     # The sha256 (hex) of the test's transcript, stored in the log's `transcripts` table
-    # (ultra/transcripts.py); None: none stored. The chain covers it through this field.
+    # (ultra/transcripts/__init__.py); None: none stored. The chain covers it through this field.
     transcript: Digest | None = None
     # every input of the test key but model, instance and cell (max_turns, request options,
     # task library, suite): a short digest, "default" for the defaults (and older events);

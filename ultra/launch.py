@@ -59,8 +59,8 @@ def _quick_project(argv: list[str]) -> bool:
         else:
             return False
     from ultra.errors import writable_file
-    from ultra.projecting import project
-    from ultra.store import db_location
+    from ultra.projection.projecting import project
+    from ultra.eventlog.store import db_location
 
     results = values.get("--results")
     writable_file(values.get("--out", DEFAULT_OUT), "--out")

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from collections import Counter
 
     from ultra.config import Config
-    from ultra.plan import Selection, Shard
+    from ultra.collect.plan import Selection, Shard
 
 from ultra.cli import (
     _check_common, _csv, _rates, app, config_app, ConfigOpt, DbOpt, DifficultyOpt, InstancesOpt,
@@ -30,7 +30,7 @@ def _selection(
 ) -> "tuple[Config, Selection, str | None]":
     """Config plus flags -> (config, Selection, task library path): shared by plan and run."""
     from ultra.config import MaxTurns, NumInstances, checked, load_config
-    from ultra.plan import Selection, expand_prompt_types
+    from ultra.collect.plan import Selection, expand_prompt_types
     from ultra.suites import get_suite
 
     if num_instances is not None:  # flags are checked before the config is even read
@@ -72,8 +72,8 @@ def plan(
 
     import msgspec
 
-    from ultra.plan import effective_qps
-    from ultra.resume import key_problems, plan_run
+    from ultra.collect.plan import effective_qps
+    from ultra.collect.resume import key_problems, plan_run
 
     _check_common(out, results)  # as `ultra run` would, so the plan says what the run will
     cfg, sel, tasks_path = _selection(
@@ -95,7 +95,7 @@ def plan(
              tests=len(s.tests))
         for s in result.shards
     ]
-    from ultra.processes import choose_processes
+    from ultra.collect.processes import choose_processes
 
     choice = choose_processes(result)
     if json_output:
@@ -177,9 +177,9 @@ def run(
     import msgspec
 
     from ultra.config import digest
-    from ultra.run_result import error_allowance
-    from ultra.runner import execute
-    from ultra.summary import simulated_line, simulated_tests, summary_lines
+    from ultra.collect.run_result import error_allowance
+    from ultra.collect.runner import execute
+    from ultra.collect.summary import simulated_line, simulated_tests, summary_lines
 
     cfg, sel, tasks_path = _selection(
         config, suite_name=suite, tasks=tasks, models=models, prompt_types=prompt_types,
@@ -196,7 +196,7 @@ def run(
             raise UserError(f"--transcripts {transcripts!r}: must be one of"
                             f" {', '.join(TRANSCRIPT_MODES)}")
         cfg = msgspec.structs.replace(cfg, run=msgspec.structs.replace(cfg.run, transcripts=transcripts))
-    from ultra.progress import MODES, summary_text
+    from ultra.collect.progress import MODES, summary_text
 
     if progress not in MODES:
         raise UserError(f"--progress {progress!r}: must be one of {', '.join(MODES)}")

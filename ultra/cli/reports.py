@@ -12,7 +12,7 @@ from ultra.errors import UserError
 
 if TYPE_CHECKING:
     from ultra.config import Config
-    from ultra.plan import Selection
+    from ultra.collect.plan import Selection
 
 from ultra.cli import _check_common, _csv, _rates, app, DbOpt, OutOpt, ResultsOpt, UnusedConfigOpt
 from ultra.defaults import DEFAULT_DB, DEFAULT_OUT
@@ -96,15 +96,15 @@ def report_command(
     text = make_report(db=db, out=out, results=results, config=config, selection=sel,
                        tables=names, fmt=fmt, compare=compare, intervals=intervals)
     if examples is not None:
-        from ultra.projecting import results_path
-        from ultra.show import error_examples
+        from ultra.projection.projecting import results_path
+        from ultra.transcripts.show import error_examples
 
         text += error_examples(results_path(out, results), examples, models=sel.models,
                                run=run_id, db=db)
     if output is None:
         sys.stdout.write(text)
         return
-    from ultra.projecting import write_atomic
+    from ultra.projection.projecting import write_atomic
 
     write_atomic(output, text.encode())
     typer.echo(f"wrote {output}")

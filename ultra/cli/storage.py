@@ -27,7 +27,7 @@ def project_command(
 ) -> None:
     """Bring master_database.json and results.db up to date with the event log
     (incrementally)."""
-    from ultra.projecting import project
+    from ultra.projection.projecting import project
 
     _check_common(out, results, config)
 
@@ -65,8 +65,8 @@ def events_command(
 ) -> None:
     """Print events as JSON lines (the event plus its "seq"); `ultra import` reads them back."""
     from ultra.events import EVENT_TYPES
-    from ultra.projecting import log_repairs
-    from ultra.store import EventLog
+    from ultra.projection.projecting import log_repairs
+    from ultra.eventlog.store import EventLog
 
     _check_common(out, results, config)
     for t in types or ():
@@ -102,7 +102,7 @@ def events_command(
 def _write_transcript(out, log, seq: int, payload: str) -> None:
     """The transcript line of the event at `seq`, if it names one and it is stored."""
     from ultra import transcripts as tr
-    from ultra.event_rows import transcript_ref
+    from ultra.eventlog.event_rows import transcript_ref
 
     ref = transcript_ref(payload)
     stored = log.transcript_at(seq) if ref is not None else None
@@ -116,7 +116,7 @@ def import_command(
     db: DbOpt = DEFAULT_DB,
 ) -> None:
     """Append events from JSON lines, idempotently (merges logs); all of the file or none."""
-    from ultra.store import EventLog
+    from ultra.eventlog.store import EventLog
 
     with EventLog.open(db, create=True) as log:
         if str(file) == "-":
@@ -140,7 +140,7 @@ def import_command(
 def audit_command(db: DbOpt = DEFAULT_DB, out: OutOpt = DEFAULT_OUT,
                   results: ResultsOpt = None, config: UnusedConfigOpt = None) -> None:
     """Check the log, master_database.json and results.db; exit 1 with a list of findings."""
-    from ultra.audit import audit
+    from ultra.projection.audit import audit
 
     _check_common(out, results, config)
     report = audit(db, out, results)
@@ -164,14 +164,14 @@ def import_legacy_command(
     config: UnusedConfigOpt = None,
 ) -> None:
     """Import a legacy master_database.json as events (idempotently), then project."""
-    from ultra import legacy_import as li
+    from ultra.legacy import importer as li
 
     _check_common(out, results, config)
     name = li.source_name(file, source)
     data = li.read_file(file)  # read and checked before the log is opened: bad input stores nothing
     from ultra.naming import canonical_model
-    from ultra.projecting import project
-    from ultra.store import EventLog
+    from ultra.projection.projecting import project
+    from ultra.eventlog.store import EventLog
 
     # the static naming only: the log's aliases apply when projecting, as for any result
     p = li.plan(file, data, name, canonical_model, _csv(exclude_models))
@@ -197,8 +197,8 @@ ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the event
 
 def _append_repair(db: Path, out: Path, event, what: str = "",
                    results: Path | None = None) -> None:
-    from ultra.projecting import project
-    from ultra.store import EventLog
+    from ultra.projection.projecting import project
+    from ultra.eventlog.store import EventLog
 
     import msgspec
 
@@ -257,8 +257,8 @@ def repair_retract(
     if not reason.strip():
         raise UserError("a retraction needs a --reason")
     from projections.repairs import resolve_retraction
-    from ultra.projecting import log_repairs
-    from ultra.store import EventLog
+    from ultra.projection.projecting import log_repairs
+    from ultra.eventlog.store import EventLog
 
     with EventLog.open(db, create=False) as log:  # resolved now: what it hides is fixed
         withdraws = resolve_retraction(

@@ -24,7 +24,7 @@ def show_command(
 ) -> None:
     """One test's transcript: the cell, outcome and scores, then turn by turn the model's
     words and calls, the tool results, finish reasons, tokens, timings and HTTP attempts."""
-    from ultra.show import load, render
+    from ultra.transcripts.show import load, render
 
     _check_common(out, results, config)
     event, data = load(db, key)
@@ -52,7 +52,7 @@ def export_inspect_command(
 ) -> None:
     """Inspect AI eval logs of a run (one per model, one sample per test), for
     `inspect view --log-dir DIR`; needs `pip install 'ultra[inspect]'`."""
-    from ultra.export_inspect import export
+    from ultra.transcripts.export_inspect import export
 
     _check_common(out, results, config)
     for path in export(db, run_id, _csv(models), output):

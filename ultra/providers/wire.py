@@ -1,7 +1,7 @@
 """The two shapes a chat request takes on the wire: OpenAI's and Azure OpenAI's.
 
 Both send the same JSON body and get the same chat completion back (parsed once, in
-`ultra.client`); they differ in the URL, the auth header and whether the body names the
+`ultra.collect.client`); they differ in the URL, the auth header and whether the body names the
 model (Azure's deployment in the URL names it).
 """
 

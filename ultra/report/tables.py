@@ -477,7 +477,7 @@ def metrics(src: Source) -> Table:
     """Each suite's own metrics, means per test, per model and suite (from `tests`: a
     metric's tests are its suite's, so the table never adds one suite's into another's)."""
     from projections.results_db import FIXED_METRICS, quoted
-    from ultra.projecting import metric_columns
+    from ultra.projection.projecting import metric_columns
 
     extra = metric_columns(src.conn)
     names = [*sorted(FIXED_METRICS, key=_FIXED_ORDER.index), *extra.names]

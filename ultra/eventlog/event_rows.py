@@ -13,10 +13,10 @@ import msgspec
 
 from ultra import events as ev
 from ultra.errors import ImportConflict, UserError
-from ultra.store_tx import Tx
+from ultra.eventlog.store_tx import Tx
 
 if TYPE_CHECKING:
-    from ultra.store import EventLog
+    from ultra.eventlog.store import EventLog
 
 _TAGS: dict[type, str] = {cls: tag for tag, cls in ev.EVENT_TYPES.items()}
 _encoder = msgspec.json.Encoder()

@@ -24,11 +24,11 @@ import msgspec
 
 from ultra import events as ev
 from ultra.errors import UserError
-from ultra.event_stream import READ_BATCH, EventStream
-from ultra.store_tx import Tx, patient
+from ultra.eventlog.event_stream import READ_BATCH, EventStream
+from ultra.eventlog.store_tx import Tx, patient
 
 if TYPE_CHECKING:
-    from ultra.store import EventLog
+    from ultra.eventlog.store import EventLog
 
 __all__ = [
     "COMPLETIONS_OF_QUERY", "EARLIER_COMPLETION", "REPEATED_KEYS_QUERY", "REPEATED_SEQS_QUERY",

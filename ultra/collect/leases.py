@@ -6,7 +6,7 @@ included) hold across collectors and no test runs twice at once. Leases live in 
 store's `leases` table, not in the immutable log; a heartbeat renews them every
 `ttl / HEARTBEATS_PER_TTL` seconds, and they expire `ttl` seconds after the last renewal
 when their holder dies. A lease also records its holder's host, pid and start time
-(ultra/liveness.py): on the same host a dead holder's leases are freed at once (when a
+(ultra/collect/liveness.py): on the same host a dead holder's leases are freed at once (when a
 collector starts, and when it finds a claim held), so a crashed run resumes at once;
 across hosts the ttl decides.
 
@@ -44,13 +44,13 @@ import trio
 from ultra.defaults import CLAIM_BATCH, LEASE_SECONDS
 from ultra.errors import UserError
 
-from ultra.plan import Shard
-from ultra.lease_table import DONE
-from ultra.store import EventLog
+from ultra.collect.plan import Shard
+from ultra.eventlog.lease_table import DONE
+from ultra.eventlog.store import EventLog
 from ultra.suites import TestSpec
 
 if TYPE_CHECKING:
-    from ultra.shard import ShardProgress
+    from ultra.collect.shard import ShardProgress
 
 HEARTBEATS_PER_TTL = 6
 WAIT_POLL = 1.0  # how often a waiting collector asks again for a held route or test

@@ -1,6 +1,6 @@
 """Events by `seq`, read in batches and decoded (older versions upgraded, unknown types and
 undecodable rows counted, not fatal). The store makes plain streams; the completion index
-(ultra/completion_index.py, the projection side) makes the ones that mark completions
+(ultra/projection/completion_index.py, the projection side) makes the ones that mark completions
 repeating an earlier one, by handing in the seqs that may and how to find the earlier."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import msgspec
 from ultra import events as ev
 
 if TYPE_CHECKING:
-    from ultra.store import EventLog
+    from ultra.eventlog.store import EventLog
 
 READ_BATCH = 1000  # events a read asks for at a time: ~1.6 MB of rows held, however long the log
 

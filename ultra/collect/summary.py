@@ -3,7 +3,7 @@ reason with the server's message, tokens and cost per model."""
 
 from __future__ import annotations
 
-from ultra.run_result import RunResult
+from ultra.collect.run_result import RunResult
 
 
 def summary_lines(r: RunResult) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import trio
 
-from ultra.client import (
+from ultra.collect.client import (
     HttpChatModel,
     RouteClient,
     RouteHealth,
@@ -35,9 +35,9 @@ from ultra.events import (
     utc_now,
 )
 from ultra.defaults import CLAIM_BATCH
-from ultra.leases import ClaimedTests, ProcessLeases
-from ultra.limits import Concurrency, RateLimiter, TokenBudget
-from ultra.plan import Shard
+from ultra.collect.leases import ClaimedTests, ProcessLeases
+from ultra.collect.limits import Concurrency, RateLimiter, TokenBudget
+from ultra.collect.plan import Shard
 from ultra.suites import ModelUnavailable, Suite, TestSpec
 
 

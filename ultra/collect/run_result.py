@@ -7,8 +7,8 @@ import math
 import msgspec
 
 from ultra.errors import UserError
-from ultra.plan import Shard
-from ultra.shard import ShardSnapshot
+from ultra.collect.plan import Shard
+from ultra.collect.shard import ShardSnapshot
 
 EXIT_INTERRUPTED = 130
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ultra.store_tx import patient
+from ultra.eventlog.store_tx import patient
 
 if TYPE_CHECKING:
-    from ultra.store import EventLog
+    from ultra.eventlog.store import EventLog
 
 __all__ = ["load_projection_state", "save_projection_state"]
 

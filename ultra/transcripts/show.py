@@ -17,7 +17,7 @@ import msgspec
 from ultra import events as ev
 from ultra import transcripts as tr
 from ultra.errors import UserError
-from ultra.store import EventLog
+from ultra.eventlog.store import EventLog
 
 CLIP = 4000  # characters of one message shown (the rest is counted; --json has it all)
 

@@ -1,4 +1,4 @@
-"""The HTTP side of a shard: an OpenAI-compatible or Azure `ChatModel` over ultra.http11.
+"""The HTTP side of a shard: an OpenAI-compatible or Azure `ChatModel` over ultra.collect.http11.
 
 A shard's connections are split over small pools (`RouteClient`: the route's URL
 and auth header built once); one cheap `HttpChatModel` per test, which counts that test's
@@ -35,9 +35,9 @@ import trio
 
 from ultra import __version__
 from ultra.config import RequestOptions
-from ultra.http11 import BodyTooLarge, Pool, TransportError, environment_proxy
+from ultra.collect.http11 import BodyTooLarge, Pool, TransportError, environment_proxy
 from ultra.events import Usage
-from ultra.limits import (
+from ultra.collect.limits import (
     Concurrency,
     NO_RATE_HEADERS,
     RateLimiter,
@@ -50,7 +50,7 @@ from ultra.limits import (
     tokens_pause,
     wait_after_429,
 )
-from ultra.plan import Route
+from ultra.collect.plan import Route
 from ultra.suites import ChatResponse, ContextLengthExceeded, ModelUnavailable, ToolCall
 
 BACKOFF_BASE = 0.25  # seconds; attempt n waits uniform(0, min(cap, base * 2**n))
@@ -258,7 +258,7 @@ MAX_BODY_BYTES = 8 * 2**20  # a chat completion is KBs; a body past this is an e
 
 
 class RouteClient(Pool):
-    """One small connection pool on a route (ultra.http11): the route's URL, auth header and
+    """One small connection pool on a route (ultra.collect.http11): the route's URL, auth header and
     the proxy the environment names, settled once per route, not per request."""
 
     __slots__ = ()
@@ -368,7 +368,7 @@ class HttpChatModel:
         self.finish_reasons: list[str] = []  # of every answer, in order ("" if none given)
         self._tools: list[dict[str, Any]] | None = None  # encoded once, as self._tools_json
         self._tools_json = msgspec.Raw(b"")
-        # For the test's transcript (ultra/transcripts.py builds it once, at the end): the
+        # For the test's transcript (ultra/transcripts/__init__.py builds it once, at the end): the
         # last conversation sent (the suite's own list), one (sent, response, seconds,
         # attempts) per answer, and (sent, attempts) of a request still without one; an
         # attempt is (status, outcome, message, waited, latency). The suite may set

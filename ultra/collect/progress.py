@@ -21,7 +21,7 @@ from rich.text import Text
 
 from ultra.report.formats import to_terminal
 from ultra.report.tables import Column, Table
-from ultra.shard import ShardSnapshot
+from ultra.collect.shard import ShardSnapshot
 
 Mode = Literal["auto", "rich", "plain", "none"]
 MODES: tuple[str, ...] = ("auto", "rich", "plain", "none")

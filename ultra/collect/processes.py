@@ -9,8 +9,8 @@ import os
 
 import msgspec
 
-from ultra.client import preflight
-from ultra.plan import Plan, Shard
+from ultra.collect.client import preflight
+from ultra.collect.plan import Plan, Shard
 
 # Before a route has answered (`ultra plan`), a request is taken to last this long: a chat
 # completion seldom comes back in under a second. `ultra run` uses each route's preflight.

@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ultra.config import Config
-from ultra.plan import Plan, Selection, check_selection, make_plan, selection_keys
-from ultra.projecting import log_repairs
-from ultra.store import EventLog
+from ultra.collect.plan import Plan, Selection, check_selection, make_plan, selection_keys
+from ultra.projection.projecting import log_repairs
+from ultra.eventlog.store import EventLog
 from ultra.suites import Suite, get_suite
-from ultra.completion_index import CompletionIndex
+from ultra.projection.completion_index import CompletionIndex
 
 
 def completed_test_keys(log: EventLog, among: Iterable[str] | None = None) -> set[str]:

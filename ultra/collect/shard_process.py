@@ -1,6 +1,6 @@
 """Inside a shard process: its shards as trio tasks, one group-commit writer into the
 log, progress snapshots to the parent over a pipe, and the ways it ends (a signal, the
-parent's death, the log failing). `ultra.runner` starts these processes and follows them.
+parent's death, the log failing). `ultra.collect.runner` starts these processes and follows them.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import trio
 from ultra.errors import UserError, fail
 from ultra.events import Event, TestCompleted, TestErrored
 from ultra.defaults import LEASE_SECONDS, TRANSCRIPTS
-from ultra.leases import ProcessLeases, test_lease
+from ultra.collect.leases import ProcessLeases, test_lease
 from ultra.memory import TRIM_SECONDS, release_free_memory
-from ultra.plan import Shard
-from ultra.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
-from ultra.store import STORE_TIMEOUT, EventLog
+from ultra.collect.plan import Shard
+from ultra.collect.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
+from ultra.eventlog.store import STORE_TIMEOUT, EventLog
 from ultra.suites import get_suite
 
 BATCH_EVENTS = 500  # group commit: a batch, or

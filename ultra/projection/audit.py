@@ -22,11 +22,11 @@ from projections import master_database as mdb
 from projections import results_db as rdb
 from projections.repairs import Repairs
 from ultra.events import ShardFinished, ShardStarted
-from ultra import chain
-from ultra.projecting import fresh_results, log_repairs, read_results_meta, replay, results_path
+from ultra.eventlog import chain
+from ultra.projection.projecting import fresh_results, log_repairs, read_results_meta, replay, results_path
 from ultra.errors import UserError
-from ultra.store import EventLog
-from ultra.completion_index import CompletionIndex
+from ultra.eventlog.store import EventLog
+from ultra.projection.completion_index import CompletionIndex
 
 MAX_LISTED = 20  # findings of one kind listed one by one; the rest are counted
 

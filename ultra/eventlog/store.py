@@ -1,15 +1,15 @@
 """The event log: one append-only table of events ordered by `seq`, behind one interface
-with two implementations chosen by `--db`: a path is SQLite (`ultra/store_sqlite.py`, the
-embedded default), `postgresql://…` is PostgreSQL (`ultra/store_postgres.py`), one log
+with two implementations chosen by `--db`: a path is SQLite (`ultra/eventlog/store_sqlite.py`, the
+embedded default), `postgresql://…` is PostgreSQL (`ultra/eventlog/store_postgres.py`), one log
 shared by collectors on several machines.
 
 Same semantics on both: migrations in plain SQL per dialect (`migrations/<dialect>/`),
-idempotent append by `event_id`, immutable rows (triggers), the hash chain (ultra/chain.py)
-computed inside the write transaction, streaming reads by `seq` (ultra/event_stream.py),
-rows made and imported lines checked by ultra/event_rows.py, and leases (a table of their
-own: `LeaseTable` in ultra/lease_table.py). Derived tables kept in the same database (the
-completion index and duplicate detection, ultra/completion_index.py; projection state,
-ultra/projection_state.py) are the projection side's: the log gives them `read` and a
+idempotent append by `event_id`, immutable rows (triggers), the hash chain (ultra/eventlog/chain.py)
+computed inside the write transaction, streaming reads by `seq` (ultra/eventlog/event_stream.py),
+rows made and imported lines checked by ultra/eventlog/event_rows.py, and leases (a table of their
+own: `LeaseTable` in ultra/eventlog/lease_table.py). Derived tables kept in the same database (the
+completion index and duplicate detection, ultra/projection/completion_index.py; projection state,
+ultra/projection/projection_state.py) are the projection side's: the log gives them `read` and a
 transaction under its append lock (`locked`), and never reads or trusts them itself.
 Appends are serialized (SQLite's write lock; a PostgreSQL advisory lock): the chain needs
 the previous hash, and `seq` is assigned under the lock, so an event with a lower `seq`
@@ -36,17 +36,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import msgspec
 
-from ultra import chain
+from ultra.eventlog import chain
 from ultra import events as ev
 from ultra.errors import UserError
-from ultra.event_rows import (
+from ultra.eventlog.event_rows import (
     IMPORT_LINE_LIMIT, Row, _CarriedTranscripts, _check_conflicts, _stored, event_row, raw_row,
     transcript_ref,
 )
-from ultra.event_stream import READ_BATCH, EventStream
-from ultra.lease_table import TEST_LEASE_PREFIX, LeaseTable, release_in
-from ultra.store_tx import Tx
-from ultra.store_tx import patient as _patient
+from ultra.eventlog.event_stream import READ_BATCH, EventStream
+from ultra.eventlog.lease_table import TEST_LEASE_PREFIX, LeaseTable, release_in
+from ultra.eventlog.store_tx import Tx
+from ultra.eventlog.store_tx import patient as _patient
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -81,7 +81,7 @@ def migrations_dir(dialect: str = "sqlite") -> Traversable:
     Both are plain directories; importlib.resources (which imports zipfile: ~3 ms of every
     command's start) is asked only when neither is, as in a zipped install.
     """
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # ultra/
     for root in (here / "_migrations", here.parent / "migrations"):
         if root.is_dir():
             return root / dialect
@@ -131,10 +131,10 @@ class EventLog(LeaseTable):
         Anything that is not a usable ultra event log raises `UserError` with one line.
         """
         if is_server_url(db):
-            from ultra.store_postgres import PostgresLog
+            from ultra.eventlog.store_postgres import PostgresLog
 
             return PostgresLog.connect(str(db), create=create)
-        from ultra.store_sqlite import SqliteLog
+        from ultra.eventlog.store_sqlite import SqliteLog
 
         return SqliteLog.open_file(Path(db), create=create)
 
@@ -486,7 +486,7 @@ class EventLog(LeaseTable):
         rows = self._read("SELECT hash FROM events WHERE seq = ?", (seq,))
         return rows[0][0] if rows else None
 
-    # -- transcripts (rows keyed by their event's seq; ultra/transcripts.py) --
+    # -- transcripts (rows keyed by their event's seq; ultra/transcripts/__init__.py) --
 
     def transcript_at(self, seq: int) -> tuple[str, bytes] | None:
         """(digest, compressed bytes) stored for the event at `seq`, if any."""

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
-from ultra import liveness
-from ultra.store_tx import Tx, patient
+from ultra.collect import liveness
+from ultra.eventlog.store_tx import Tx, patient
 
 __all__ = ["DONE", "TEST_LEASE_PREFIX", "LeaseTable", "release_in"]
 

@@ -21,7 +21,7 @@ import msgspec
 from ultra import events as ev
 from ultra import transcripts as tr
 from ultra.errors import UserError
-from ultra.store import EventLog
+from ultra.eventlog.store import EventLog
 
 _STOP = {"stop": "stop", "tool_calls": "tool_calls", "function_call": "tool_calls",
          "length": "max_tokens", "content_filter": "content_filter"}
@@ -177,7 +177,7 @@ def export(db: Path | str, run: str, models: list[str] | None, output: Path) -> 
     )
     from inspect_ai.model import ModelUsage
 
-    from ultra.projecting import log_repairs
+    from ultra.projection.projecting import log_repairs
 
     with EventLog.open(db, create=False) as log:
         started = [msgspec.json.decode(p) for _, _, _, p in log.raw(types=["run.started"], run_id=run)]

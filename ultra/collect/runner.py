@@ -31,26 +31,26 @@ from pathlib import Path
 import msgspec
 import trio
 
-from ultra.client import PREFLIGHT_TIMEOUT, RouteCheck, preflight
+from ultra.collect.client import PREFLIGHT_TIMEOUT, RouteCheck, preflight
 from ultra.config import Config, effective_model
 from ultra.errors import RouteRefused, UserError, say
 from ultra.events import Event, PlanSummary, Prices, RouteChecked, RunFinished, RunStarted
 from ultra.defaults import LEASE_SECONDS, TRANSCRIPTS
-from ultra.leases import holder_id
+from ultra.collect.leases import holder_id
 from ultra.naming import canonical_model
-from ultra.plan import Plan, Selection, Shard, check_selection, make_plan
-from ultra.projecting import project, results_path
+from ultra.collect.plan import Plan, Selection, Shard, check_selection, make_plan
+from ultra.projection.projecting import project, results_path
 from ultra import providers
-from ultra.resume import completed_keys, key_problems, tasks_id
-from ultra.progress import Display
-from ultra.shard import ShardSnapshot
-from ultra.store import STORE_TIMEOUT, EventLog, is_server_url
+from ultra.collect.resume import completed_keys, key_problems, tasks_id
+from ultra.collect.progress import Display
+from ultra.collect.shard import ShardSnapshot
+from ultra.eventlog.store import STORE_TIMEOUT, EventLog, is_server_url
 from ultra.suites import get_suite
-from ultra.processes import assign, choose_processes
-from ultra.run_result import (
+from ultra.collect.processes import assign, choose_processes
+from ultra.collect.run_result import (
     BrokenRoute, ModelTokens, RouteErrors, RunResult, error_allowance, exit_code, route_label,
 )
-from ultra.shard_process import REPORT_SECONDS, ChildJob, _child_main
+from ultra.collect.shard_process import REPORT_SECONDS, ChildJob, _child_main
 
 PREFLIGHT_SAY_AFTER = 10.0  # seconds of preflight before a line says what it waits for
 PREFLIGHT_SAY_EVERY = 10.0
@@ -141,7 +141,7 @@ def _say(line: str) -> None:
 
 def _without_passwords(argv: list[str]) -> list[str]:
     """The command line as recorded in `run.started`: a database URL loses its password."""
-    from ultra.store_postgres import redacted
+    from ultra.eventlog.store_postgres import redacted
 
     def one(arg: str) -> str:
         flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)

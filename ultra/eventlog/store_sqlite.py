@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ultra import chain
+from ultra.eventlog import chain
 from ultra.defaults import LOG_CACHE_MIB
 from ultra.errors import StoreBusy, UserError, storage_error
-from ultra.store import MIGRATIONS_TABLE, EventLog
+from ultra.eventlog.store import MIGRATIONS_TABLE, EventLog
 
 BUSY_TIMEOUT_S = 5.0  # SQLite's own wait for a lock, per attempt
 LOCK_PATIENCE_S = 600.0  # total time a writer keeps retrying before giving up

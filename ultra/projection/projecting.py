@@ -30,10 +30,10 @@ from projections.repairs import REPAIR_TYPES, Repairs, collect_repairs
 from ultra.defaults import DEFAULT_CONDITION
 from ultra.errors import UserError
 from ultra.events import RunFinished, RunStarted
-from ultra.event_stream import EventStream
-from ultra.store import EventLog
-from ultra.completion_index import CompletionIndex
-from ultra.projection_state import load_projection_state, save_projection_state
+from ultra.eventlog.event_stream import EventStream
+from ultra.eventlog.store import EventLog
+from ultra.projection.completion_index import CompletionIndex
+from ultra.projection.projection_state import load_projection_state, save_projection_state
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -494,7 +494,7 @@ def temp_beside(path: Path) -> tuple[int, str]:
 def _remove_dead_temps(path: Path) -> None:
     """Remove the temp files that writers of `path` killed mid-write left (a results.db
     rebuild's can be 100 MB): those whose writer's pid is gone from this host."""
-    from ultra import liveness
+    from ultra.collect import liveness
 
     prefix = f".{path.name}."
     try:

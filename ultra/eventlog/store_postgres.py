@@ -35,8 +35,8 @@ import psycopg
 
 from ultra.errors import UserError
 from ultra.errors import StoreLost, storage_error
-from ultra.store import _COLUMNS, MIGRATIONS_TABLE, EventLog
-from ultra.store_tx import patient as _patient
+from ultra.eventlog.store import _COLUMNS, MIGRATIONS_TABLE, EventLog
+from ultra.eventlog.store_tx import patient as _patient
 
 APPEND_LOCK = 0x756C747261  # "ultra": the advisory lock key that serializes appends
 RECONNECT_MAX_DELAY = 4.0  # seconds between reconnection attempts, at most
