@@ -66,8 +66,10 @@ class Counting:
                         model = models[e.model]  # type: ignore[union-attr]
                     except KeyError:
                         model = models[e.model] = canonical(e.model)  # type: ignore[union-attr]
-                    if spent is not None:  # inline: the hot path of every completion
-                        u = e.usage  # type: ignore[union-attr]
+                    u = e.usage  # type: ignore[union-attr]
+                    # inline, as `_spend`: the hot path of every completion. A test that cost
+                    # nothing lists no model (a model whose only tests repeat others' is not one)
+                    if spent is not None and (u.prompt_tokens or u.completion_tokens or u.reasoning_tokens):
                         t = spent.get(model)
                         if t is None:
                             t = spent[model] = [0, 0, 0, 0.0, 0]

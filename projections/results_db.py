@@ -2,10 +2,14 @@
 
 The pure half: the tables' columns, the rows an event becomes, and the views (one per
 level of master_database's hierarchy). What counts is decided by `projections.counting`,
-exactly as for master_database.json; `ultra.projection.projecting` writes the rows with sqlite-utils.
+exactly as for master_database.json; `ultra.projection.projecting` writes the rows with
+sqlite-utils.
 
-`test_row` and `errored_row` are the one place that reads the fields of test events, so
-a change of the event schema is an edit here. A suite's own metrics (any but the workflow
+Each table is one spec (`TEST_SPEC`, `ERRORED_SPEC`, `CELL_SPEC`, `LEGACY_CELL_SPEC`): a
+column's name, type and the value it takes from the event, side by side; the DDL's columns
+and the compiled row functions (`test_row`, `errored_row`, `add_to_cells`,
+`legacy_cell_row`) are made from it, so adding a field is one line and no position can
+disagree. A suite's own metrics (any but the workflow
 suite's four) become columns of `tests` as they appear (`MetricColumns`).
 """
 
@@ -14,75 +18,78 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from projections.columns import Column, Sum, row_function, sums_function, table
 from projections.counting import Counted
 from ultra.events import ERROR_CATEGORIES, RunFinished, RunStarted, TestCompleted
 from ultra.naming import condition_label, rate_key
 
 VERSION = 8  # bump when tables, rows or views change: an older results.db is rebuilt
 
-# Column name -> SQLite type, in table order. The dimensions come first.
-TEST_COLUMNS: dict[str, type] = {
-    "seq": int,
-    "event_id": str,
-    "test_key": str,
-    "model": str,  # canonical (aliases, instances, case folded)
-    "instance": str,  # the route: qwen-key1, DeepSeek-V3-0324-2, ...
-    "provider": str,
-    "run_id": str,
-    "shard_id": str,
-    "suite": str,
-    "prompt_type": str,
-    "tool_success_rate": float,
-    "difficulty": str,
-    "task_type": str,
-    "task_id": str,
-    "simulated": int,
-    "outcome": str,  # full_success | partial_success | failure
-    "success": int,  # 1 for full or partial success
-    "final_score": float,
-    "workflow_score": float,
-    "phase2_score": float,
-    "quality_score": float,
-    "error_category": str,  # null for a full success (the schema admits only known categories)
-    "turns": int,
-    "tool_calls": int,
-    "required_tools": int,
-    "tool_coverage": float,
-    "assisted_turns": int,
-    "truncated": int,  # 1 when an answer was cut off at the token limit (finish_reason length)
-    "prompt_tokens": int,
-    "completion_tokens": int,  # reasoning included, as the APIs count them
-    "reasoning_tokens": int,
-    "retries": int,
-    "execution_time": float,  # seconds
-    "started_at": str,
-    "recorded_at": str,
-    "condition": str,  # every input of the test key but model, instance, cell (`conditions`)
-}
-
-ERRORED_COLUMNS: dict[str, type] = {
-    "seq": int,
-    "event_id": str,
-    "test_key": str,
-    "model": str,
-    "instance": str,
-    "provider": str,
-    "run_id": str,
-    "shard_id": str,
-    "prompt_type": str,
-    "tool_success_rate": float,
-    "difficulty": str,
-    "task_type": str,
-    "simulated": int,
-    "reason": str,
-    "http_status": int,
-    "retries": int,
-    "execution_time": float,
-    "recorded_at": str,
-    "prompt_tokens": int,  # what the answers the test did get cost
-    "completion_tokens": int,
-    "condition": str,
-}
+# Each table's columns, in table order, each with the value it takes (projections/columns.py:
+# the DDL and the row function are made from the same list). The dimensions come first.
+_IDENTITY = (
+    Column("seq", int, "seq"),
+    Column("event_id", str, "e.event_id"),
+    Column("test_key", str, "e.test_key"),
+    Column("model", str, "model"),  # canonical (aliases, instances, case folded)
+    Column("instance", str, "e.instance"),  # the route: qwen-key1, DeepSeek-V3-0324-2, ...
+    Column("provider", str, "e.provider"),
+    Column("run_id", str, "e.run_id"),
+    Column("shard_id", str, "e.shard_id"),
+)
+_CELL = (
+    Column("prompt_type", str, "e.prompt_type"),
+    Column("tool_success_rate", float, "_rate(e.tool_success_rate)"),
+    Column("difficulty", str, "e.difficulty"),
+    Column("task_type", str, "e.task_type"),
+)
+# The workflow suite's scores have columns of their own; any other suite's metrics get a
+# FLOAT column each (named after the metric, `metric_<name>` where that is taken), added
+# when a metric first appears, and listed in the `metrics` table (made with the first).
+FIXED_METRIC_ORDER = ("final_score", "workflow_score", "phase2_score", "quality_score")
+FIXED_METRICS: frozenset[str] = frozenset(FIXED_METRIC_ORDER)
+TEST_SPEC: tuple[Column, ...] = (
+    *_IDENTITY,
+    Column("suite", str, "e.suite"),
+    *_CELL,
+    Column("task_id", str, "e.task_id"),
+    Column("simulated", int, "int(e.simulated)"),
+    Column("outcome", str, "r.outcome"),  # full_success | partial_success | failure
+    Column("success", int, "int(r.outcome != 'failure')"),  # 1 for full or partial success
+    *(Column(n, float, f"m.get({n!r})") for n in FIXED_METRIC_ORDER),
+    # null for a full success (the schema admits only known categories)
+    Column("error_category", str, "r.error_category"),
+    Column("turns", int, "r.turns"),
+    Column("tool_calls", int, "r.tool_calls"),
+    Column("required_tools", int, "r.required_tools"),
+    Column("tool_coverage", float, "r.tool_coverage"),
+    Column("assisted_turns", int, "r.assisted_turns"),
+    # 1 when an answer was cut off at the token limit (finish_reason length)
+    Column("truncated", int, "int('length' in r.finish_reasons)"),
+    Column("prompt_tokens", int, "u.prompt_tokens"),
+    Column("completion_tokens", int, "u.completion_tokens"),  # reasoning included, as the APIs count
+    Column("reasoning_tokens", int, "u.reasoning_tokens"),
+    Column("retries", int, "e.retries"),
+    Column("execution_time", float, "e.execution_time"),  # seconds
+    Column("started_at", str, "e.started_at"),
+    Column("recorded_at", str, "e.recorded_at"),
+    # every input of the test key but model, instance, cell (`conditions`)
+    Column("condition", str, "e.condition"),
+)
+ERRORED_SPEC: tuple[Column, ...] = (
+    *_IDENTITY, *_CELL,
+    Column("simulated", int, "int(e.simulated)"),
+    Column("reason", str, "e.reason"),
+    Column("http_status", int, "getattr(e, 'http_status', None)"),
+    Column("retries", int, "e.retries"),
+    Column("execution_time", float, "e.execution_time"),
+    Column("recorded_at", str, "e.recorded_at"),
+    Column("prompt_tokens", int, "e.usage.prompt_tokens"),  # what the answers it did get cost
+    Column("completion_tokens", int, "e.usage.completion_tokens"),
+    Column("condition", str, "e.condition"),
+)
+TEST_COLUMNS: dict[str, type] = table(TEST_SPEC)
+ERRORED_COLUMNS: dict[str, type] = table(ERRORED_SPEC)
 
 # `conditions`: what each condition id stands for (from the runs that used it)
 CONDITION_COLUMNS: dict[str, type] = {"condition": str, "label": str, "fields": str}
@@ -108,31 +115,41 @@ CELL_KEYS: tuple[str, ...] = (
     "simulated",  # 1 when the simulator answered: reports mark simulated results apart
     "timeout_failure",  # last: add_to_cells derives it, the others are test columns
 )
-CELL_SUMS: tuple[str, ...] = (
-    "n", "success", "full_success", "partial_success", "failure", "final_score", "turns",
-    "prompt_tokens", "completion_tokens", *(f"{c}_errors" for c in ERROR_CATEGORIES),
-    "truncated",
+_AT = {name: i for i, name in enumerate(TEST_COLUMNS)}
+_READ = ("outcome", "error_category", "success", "final_score", "turns", "prompt_tokens",
+         "completion_tokens", "truncated")
+CELL_SPEC: tuple[Sum, ...] = (
+    Sum("n", int, "1"),
+    Sum("success", int, "success"),
+    Sum("full_success", int, "outcome == 'full_success'"),
+    Sum("partial_success", int, "outcome == 'partial_success'"),
+    Sum("failure", int, "outcome == 'failure'"),
+    Sum("final_score", float, "final_score or 0.0"),
+    Sum("turns", int, "turns"),
+    Sum("prompt_tokens", int, "prompt_tokens"),
+    Sum("completion_tokens", int, "completion_tokens"),
+    *(Sum(f"{c}_errors", int, "0") for c in ERROR_CATEGORIES),  # one of them, below
+    Sum("truncated", int, "truncated"),
 )
+CELL_SUMS: tuple[str, ...] = tuple(table(CELL_SPEC))
 CELL_COLUMNS: dict[str, type] = {
     **{k: (float if k == "tool_success_rate" else int if k in ("timeout_failure", "simulated")
            else str)
        for k in CELL_KEYS},
-    **{k: (float if k == "final_score" else int) for k in CELL_SUMS},
+    **table(CELL_SPEC),
 }
-_CATEGORY_SLOT = {c: 9 + i for i, c in enumerate(ERROR_CATEGORIES)}
-_TRUNCATED_SLOT = 9 + len(ERROR_CATEGORIES)
-_AT = {name: i for i, name in enumerate(TEST_COLUMNS)}
-_KEY_AT = tuple(_AT[k] for k in CELL_KEYS[:-1])
-_OUTCOME, _CATEGORY, _SUCCESS, _SCORE, _TURNS, _PROMPT, _COMPLETION, _TRUNCATED = (
-    _AT[k] for k in ("outcome", "error_category", "success", "final_score", "turns",
-                     "prompt_tokens", "completion_tokens", "truncated"))
+add_to_cells = sums_function(
+    "add_to_cells",
+    key=[*(f"row[{_AT[k]}]" for k in CELL_KEYS[:-1]),
+         "int(outcome == 'failure' and error_category == 'timeout')"],
+    sums=CELL_SPEC,
+    prelude=[f"{n} = row[{_AT[n]}]" for n in _READ],
+    extra=["if error_category is not None:", "    s[CATEGORY_SLOT[error_category]] += 1"],
+    namespace={"CATEGORY_SLOT": {c: CELL_SUMS.index(f"{c}_errors") for c in ERROR_CATEGORIES}},
+)
+add_to_cells.__doc__ = "Add one `tests` row (TEST_COLUMNS order) to the cell sums in `cells`."
 
 
-# The workflow suite's scores have columns of their own; any other suite's metrics get a
-# FLOAT column each (named after the metric, `metric_<name>` where that is taken), added
-# when a metric first appears, and listed in the `metrics` table (made with the first).
-FIXED_METRICS: frozenset[str] = frozenset(
-    ("final_score", "workflow_score", "phase2_score", "quality_score"))
 METRIC_COLUMNS: dict[str, type] = {
     "name": str, "column_name": str, "suite": str,
     "seq": int,  # of the first test that had it
@@ -166,25 +183,6 @@ def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def add_to_cells(cells: dict[tuple[Any, ...], list[Any]], row: tuple[Any, ...]) -> None:
-    """Add one `tests` row (TEST_COLUMNS order) to the cell sums in `cells`."""
-    outcome, category = row[_OUTCOME], row[_CATEGORY]
-    key = (*(row[i] for i in _KEY_AT), int(outcome == "failure" and category == "timeout"))
-    sums = cells.get(key)
-    if sums is None:
-        sums = cells[key] = [0, 0, 0, 0, 0, 0.0, 0, 0, 0, *([0] * len(ERROR_CATEGORIES)), 0]
-    sums[0] += 1
-    sums[1] += row[_SUCCESS]
-    sums[2 if outcome == "full_success" else 3 if outcome == "partial_success" else 4] += 1
-    sums[5] += row[_SCORE] or 0.0
-    sums[6] += row[_TURNS]
-    sums[7] += row[_PROMPT]
-    sums[8] += row[_COMPLETION]
-    if category is not None:
-        sums[_CATEGORY_SLOT[category]] += 1
-    sums[_TRUNCATED_SLOT] += row[_TRUNCATED]
-
-
 def cells_upsert_sql() -> str:
     """Adds a batch of cell sums to the stored ones (plain SQL upsert)."""
     cols = [*CELL_KEYS, *CELL_SUMS]
@@ -211,33 +209,12 @@ def _rate(rate: float) -> float:
     return float(rate_key(rate))
 
 
-def test_row(seq: int, e: TestCompleted, model: str) -> tuple[Any, ...]:
-    """The row of one counted completion, in TEST_COLUMNS order (a suite's metrics that
-    are not columns here are left out; the workflow suite's four are columns)."""
-    u = e.usage
-    r = e.result
-    m = r.metrics
-    return (
-        seq, e.event_id, e.test_key, model, e.instance, e.provider, e.run_id, e.shard_id,
-        e.suite, e.prompt_type, _rate(e.tool_success_rate), e.difficulty, e.task_type, e.task_id,
-        int(e.simulated), r.outcome, int(r.outcome != "failure"),
-        m.get("final_score"), m.get("workflow_score"), m.get("phase2_score"),
-        m.get("quality_score"),
-        r.error_category, r.turns, r.tool_calls, r.required_tools, r.tool_coverage,
-        r.assisted_turns, int("length" in r.finish_reasons), u.prompt_tokens, u.completion_tokens,
-        u.reasoning_tokens, e.retries, e.execution_time, e.started_at,
-        e.recorded_at, e.condition,
-    )
-
-
-def errored_row(seq: int, e: Any, model: str) -> tuple[Any, ...]:
-    """The row of one `test.errored`, in ERRORED_COLUMNS order."""
-    return (
-        seq, e.event_id, e.test_key, model, e.instance, e.provider, e.run_id, e.shard_id,
-        e.prompt_type, _rate(e.tool_success_rate), e.difficulty, e.task_type, int(e.simulated),
-        e.reason, getattr(e, "http_status", None), e.retries, e.execution_time, e.recorded_at,
-        e.usage.prompt_tokens, e.usage.completion_tokens, e.condition,
-    )
+_SPEC_NAMES = {"_rate": _rate}
+# The row of one counted completion, in TEST_COLUMNS order (a suite's metrics beyond the
+# workflow suite's four are added by `rows`), and of one `test.errored`.
+test_row = row_function("test_row", "seq, e, model", TEST_SPEC,
+                        prelude=("u = e.usage", "r = e.result", "m = r.metrics"), namespace=_SPEC_NAMES)
+errored_row = row_function("errored_row", "seq, e, model", ERRORED_SPEC, namespace=_SPEC_NAMES)
 
 
 def rows(counted: Iterable[Counted], extra: MetricColumns | None = None,
@@ -333,31 +310,34 @@ def view_sql(extra: MetricColumns | None = None) -> dict[str, str]:
 
 # One row per cell of each source's current import (a later import of a source replaces
 # its rows). The sums are as `cells` spells them; a mean the leaf lacked is NULL.
-LEGACY_CELL_COLUMNS: dict[str, type] = {
-    "seq": int,
-    "event_id": str,
-    "source": str,
-    "import_id": str,
-    "model": str,  # canonical
-    "legacy_model": str,  # as the file spells it
-    "prompt_type": str,
-    "tool_success_rate": float,  # NULL: not placed by the file (version 2.0)
-    "difficulty": str,
-    "task_type": str,
-    "path": str,
-    "counting": str,
-    "anomaly": str,
-    "n": int,
-    "success": int,
-    "full_success": int,
-    "partial_success": int,
-    "failure": int,
-    "tests_with_assistance": int,
-    "final_score": float,  # sums over the cell's tests (average x n)
-    "turns": float,
-    "execution_time": float,
-    **{f"{c}_errors": int for c in ERROR_CATEGORIES},
-}
+LEGACY_CELL_SPEC: tuple[Column, ...] = (
+    Column("seq", int, "seq"),
+    Column("event_id", str, "e.event_id"),
+    Column("source", str, "e.source"),
+    Column("import_id", str, "e.import_id"),
+    Column("model", str, "model"),  # canonical
+    Column("legacy_model", str, "e.legacy_model"),  # as the file spells it
+    Column("prompt_type", str, "e.prompt_type"),
+    # NULL: not placed by the file (version 2.0)
+    Column("tool_success_rate", float,
+           "None if e.tool_success_rate is None else _rate(e.tool_success_rate)"),
+    Column("difficulty", str, "e.difficulty"),
+    Column("task_type", str, "e.task_type"),
+    Column("path", str, "e.path"),
+    Column("counting", str, "e.counting"),
+    Column("anomaly", str, "e.anomaly"),
+    Column("n", int, "e.total"),
+    Column("success", int, "e.full_success + e.partial_success"),
+    Column("full_success", int, "e.full_success"),
+    Column("partial_success", int, "e.partial_success"),
+    Column("failure", int, "e.failure"),
+    Column("tests_with_assistance", int, "e.tests_with_assistance"),
+    Column("final_score", float, "sums.get('final_score')"),  # sums over the cell's tests
+    Column("turns", float, "sums.get('turns')"),  # (average x n)
+    Column("execution_time", float, "sums.get('execution_time')"),
+    *(Column(f"{c}_errors", int, f"e.errors.get({c!r}, 0)") for c in ERROR_CATEGORIES),
+)
+LEGACY_CELL_COLUMNS: dict[str, type] = table(LEGACY_CELL_SPEC)
 LEGACY_IMPORT_COLUMNS: dict[str, type] = {
     "source": str,  # one row per source: its current (latest) import
     "import_id": str,
@@ -372,17 +352,9 @@ LEGACY_IMPORT_COLUMNS: dict[str, type] = {
 }
 
 
-def legacy_cell_row(seq: int, e: Any, model: str) -> tuple[Any, ...]:
-    """The row of one `legacy.cell`, in LEGACY_CELL_COLUMNS order."""
-    sums = e.sums
-    return (
-        seq, e.event_id, e.source, e.import_id, model, e.legacy_model, e.prompt_type,
-        None if e.tool_success_rate is None else _rate(e.tool_success_rate), e.difficulty,
-        e.task_type, e.path, e.counting, e.anomaly, e.total, e.full_success + e.partial_success,
-        e.full_success, e.partial_success, e.failure, e.tests_with_assistance,
-        sums.get("final_score"), sums.get("turns"), sums.get("execution_time"),
-        *(e.errors.get(c, 0) for c in ERROR_CATEGORIES),
-    )
+# The row of one `legacy.cell`, in LEGACY_CELL_COLUMNS order.
+legacy_cell_row = row_function("legacy_cell_row", "seq, e, model", LEGACY_CELL_SPEC,
+                               prelude=("sums = e.sums",), namespace=_SPEC_NAMES)
 
 
 def legacy_import_row(seq: int, e: Any) -> dict[str, Any]:
@@ -408,9 +380,9 @@ def legacy_as_cells_sql(include: bool) -> str:
             f" task_type, 'legacy:' || source, 0, 0, {legacy_sums}, model FROM legacy_cells)")
 
 
-__all__ = ["add_to_cells", "CELL_COLUMNS", "CELL_KEYS", "CELL_SUMS", "cells_upsert_sql",
-           "CONDITION_COLUMNS", "condition_rows", "DIMENSIONS", "ERRORED_COLUMNS", "errored_row",
-           "FIXED_METRICS", "legacy_as_cells_sql", "LEGACY_CELL_COLUMNS", "legacy_cell_row",
+__all__ = ["add_to_cells", "CELL_COLUMNS", "CELL_KEYS", "CELL_SPEC", "CELL_SUMS", "cells_upsert_sql",
+           "CONDITION_COLUMNS", "condition_rows", "DIMENSIONS", "ERRORED_COLUMNS", "ERRORED_SPEC", "errored_row",
+           "FIXED_METRIC_ORDER", "FIXED_METRICS", "legacy_as_cells_sql", "LEGACY_CELL_COLUMNS", "LEGACY_CELL_SPEC", "legacy_cell_row",
            "LEGACY_IMPORT_COLUMNS", "legacy_import_row", "LEVELS", "METRIC_COLUMNS",
-           "MetricColumns", "quoted", "rows", "RUN_COLUMNS", "run_update", "TEST_COLUMNS",
+           "MetricColumns", "quoted", "rows", "RUN_COLUMNS", "run_update", "TEST_COLUMNS", "TEST_SPEC",
            "test_row", "VERSION", "view_sql"]

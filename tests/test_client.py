@@ -15,9 +15,8 @@ from ultra.collect.client import (
     RouteClient,
     ShardCounters,
     open_clients,
-    redact,
-    server_message,
 )
+from ultra.collect.secrets import redact, server_message
 from ultra.collect.limits import RateLimiter
 from ultra.collect.plan import Route
 from ultra.sim.config import Faults, Latency, Limits, Routes, SimConfig

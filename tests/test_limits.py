@@ -14,12 +14,10 @@ from hypothesis import strategies as st
 
 import random
 
-from ultra.collect.limits import (
+from ultra.collect.limits import WINDOW_MARGIN, RateLimiter, TokenBudget
+from ultra.collect.rate_headers import (
     NO_RATE_HEADERS,
-    WINDOW_MARGIN,
     RateHeaders,
-    RateLimiter,
-    TokenBudget,
     parse_duration,
     parse_retry_after,
     PROVIDER_WINDOW,

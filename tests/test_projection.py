@@ -190,6 +190,14 @@ def test_projection_equals_an_independent_reference_fold(events):
     assert_matches_reference(mdb.render(pure_fold(events), digits=None), events, tol=1e-9)
 
 
+def test_a_model_whose_only_tests_repeat_others_keys_at_no_cost_is_not_listed(tmp_path):
+    """Found by the property above: a repeat that cost nothing made its model a node with no
+    tests (errored tests and preflights listed a model only for tokens spent; now all do)."""
+    events = [completed(0), completed(1, event_id="c0-again", test_key="key-0", model="qwen2.5-7b-instruct")]
+    _, rebuilt = project_events(events, tmp_path)
+    assert sorted(json.loads(rebuilt)["models"]) == ["DeepSeek-V3-0324"]
+
+
 @SETTINGS
 @given(event_lists(max_size=40), st.lists(st.integers(0, 40), max_size=4))
 def test_incremental_over_any_split_is_byte_identical_to_a_rebuild(events, splits):

@@ -124,6 +124,8 @@ def test_append_raw_is_all_or_nothing_and_names_the_line(db):
         (lambda p: p.write_bytes(b"\x00garbage" * 100), True, "not an SQLite database"),
         (lambda p: p.write_bytes(b""), False, "empty file"),
         (lambda p: None, False, "no event log there"),
+        (lambda p: sqlite3.connect(p).execute("PRAGMA user_version = 1").connection.commit(), False,
+         "an empty SQLite database, no event log there"),  # a run creating it, not yet committed
         (lambda p: p.mkdir(), True, "is a directory"),
         (lambda p: sqlite3.connect(p).execute("CREATE TABLE other (x)").connection.commit(), True,
          "not an ultra event log"),

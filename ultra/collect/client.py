@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
-import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -37,12 +35,9 @@ from ultra import __version__
 from ultra.config import RequestOptions
 from ultra.collect.http11 import BodyTooLarge, Pool, TransportError, environment_proxy
 from ultra.events import Usage
-from ultra.collect.limits import (
-    Concurrency,
+from ultra.collect.limits import Concurrency, RateLimiter, Spend, TokenBudget
+from ultra.collect.rate_headers import (
     NO_RATE_HEADERS,
-    RateLimiter,
-    Spend,
-    TokenBudget,
     read_rate_headers,
     requests_pace,
     requests_pause,
@@ -50,66 +45,16 @@ from ultra.collect.limits import (
     tokens_pause,
     wait_after_429,
 )
+from ultra.collect.chat_wire import decode_response, encode, request_body, to_chat_response, usage_of
 from ultra.collect.plan import Route
-from ultra.suites import ChatResponse, ContextLengthExceeded, ModelUnavailable, ToolCall
+from ultra.collect.secrets import (MESSAGE_CHARS, location_message, resolve_secret, route_place,
+                                   server_message, transport_message)
+from ultra.suites import ChatResponse, ContextLengthExceeded, ModelUnavailable
 
 BACKOFF_BASE = 0.25  # seconds; attempt n waits uniform(0, min(cap, base * 2**n))
 BACKOFF_CAP = 8.0
-MESSAGE_CHARS = 200  # of a server's error message kept in events and on stderr
 SIMULATED_HEADER = "x-ultra-simulated"
 COMPLETION_GUESS = 256  # tokens a completion is assumed to take before any was seen
-
-
-class _Function(msgspec.Struct):
-    name: str = ""
-    arguments: str | dict[str, Any] | None = None
-
-
-class _ToolCall(msgspec.Struct):
-    function: _Function
-    id: str = ""
-
-
-class _Message(msgspec.Struct):
-    content: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: list[_ToolCall] | None = None
-
-
-class _Choice(msgspec.Struct):
-    message: _Message | None = None
-    finish_reason: str | None = None
-
-
-class _Details(msgspec.Struct):
-    reasoning_tokens: int | None = 0
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int | None = 0
-    completion_tokens: int | None = 0
-    completion_tokens_details: _Details | None = None
-
-
-class _Response(msgspec.Struct):
-    choices: list[_Choice] | None = None
-    usage: _Usage | None = None
-
-
-class _ErrorDetail(msgspec.Struct):
-    message: str | None = None
-    code: str | int | None = None
-
-
-class _ErrorBody(msgspec.Struct):
-    error: _ErrorDetail | str | None = None
-    message: str | None = None
-    detail: Any = None  # FastAPI's shape: a string, or a list of validation errors
-
-
-_decode_response = msgspec.json.Decoder(_Response).decode
-_decode_error = msgspec.json.Decoder(_ErrorBody).decode
-_encode = msgspec.json.Encoder().encode
 
 
 class ShardCounters:
@@ -161,95 +106,6 @@ class RouteHealth:
             self.broken = why
 
 
-# ---- secrets and server messages (pure) ---------------------------------------------
-
-_SECRET_SHAPES = (
-    (re.compile(r"(?i)\bbearer\s+\S+"), "Bearer ***"),
-    (re.compile(r"[\w-]{0,12}\*{3,}[\w-]*"), "***"),  # a key quoted back half-masked
-    (re.compile(r"\b(sk|pk|rk|key)-[\w-]{6,}"), r"\1-***"),
-    (re.compile(r"[A-Za-z0-9+/_=-]{32,}"), "***"),  # long opaque tokens (Azure keys are 32 hex)
-)
-
-
-SECRET_PIECE = 8  # any run of this many characters of a key (any case, reversed) is redacted
-
-
-def _fold(text: str) -> str:
-    """`text` lower-cased one character at a time (its length kept, for the positions)."""
-    return "".join(c if len(low := c.lower()) != 1 else low for c in text)
-
-
-def _without_pieces(text: str, secret: str) -> str:
-    """`text` with every stretch covered by an 8-character piece of `secret`, of its upper-,
-    lower- or mixed-case form, or of it reversed, replaced by `***`: a server that echoes a
-    suffix, the key upper-cased or reversed still reveals nothing of it."""
-    folded_secret = _fold(secret)
-    pieces = {v[i:i + SECRET_PIECE] for v in (folded_secret, folded_secret[::-1])
-              for i in range(len(v) - SECRET_PIECE + 1)}
-    folded = _fold(text)
-    covered = [False] * len(text)
-    for i in range(len(text) - SECRET_PIECE + 1):
-        if folded[i:i + SECRET_PIECE] in pieces:
-            covered[i:i + SECRET_PIECE] = [True] * SECRET_PIECE
-    if not any(covered):
-        return text
-    out: list[str] = []
-    for i, c in enumerate(text):
-        if not covered[i]:
-            out.append(c)
-        elif i == 0 or not covered[i - 1]:
-            out.append("***")
-    return "".join(out)
-
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """`text` without any of `secrets` (nor any 8-character piece of one, in any case or
-    reversed) nor anything shaped like a key or token."""
-    for secret in secrets:
-        if secret and len(secret) >= SECRET_PIECE:
-            text = _without_pieces(text, secret)
-        elif secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    for pattern, replacement in _SECRET_SHAPES:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def server_message(content: bytes, secrets: tuple[str, ...] = ()) -> str:
-    """The server's own words from an error body (OpenAI/Azure shape, or plain text),
-    redacted, on one line, at most MESSAGE_CHARS characters."""
-    text = ""
-    try:
-        body = _decode_error(content)
-        if isinstance(body.error, _ErrorDetail):
-            text = body.error.message or ""
-        elif isinstance(body.error, str):
-            text = body.error
-        text = text or body.message or ""
-        if not text and body.detail:
-            text = body.detail if isinstance(body.detail, str) else _encode(body.detail).decode()
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        pass
-    if not text:
-        text = content.decode("utf-8", "replace")
-    text = " ".join(redact(text, secrets).split())
-    return text[:MESSAGE_CHARS].rstrip()
-
-
-def resolve_secret(route: Route) -> str:
-    """The route's API key, read from the environment at the last moment."""
-    if route.key_literal is not None:
-        return route.key_literal
-    value = os.environ.get(route.key_env or "")
-    if not value:
-        raise ModelUnavailable("bad_request", f"environment variable {route.key_env} is not set")
-    return value
-
-
-# httpx's pool scans every pooled connection on each request (a readability system call
-# each), so one pool's CPU per request grows with its size: 128 connections in one pool
-# cost ~20x the CPU per request of 32 pools of 4, and pools of 4 cost ~10 % less than
-# pools of 8 (tools/bench_dispatch.py --seed-load).
 CONNECTIONS_PER_CLIENT = 4
 USER_AGENT = f"ultra/{__version__}"  # some gateways refuse a request without one
 
@@ -282,55 +138,7 @@ async def open_clients(route: Route, workers: int) -> AsyncIterator[list[RouteCl
         yield [await stack.enter_async_context(RouteClient(route, size)) for _ in range(n)]
 
 
-def request_body(route: Route, options: RequestOptions, messages: list[dict[str, Any]],
-                 tools: list[dict[str, Any]] | msgspec.Raw | None) -> dict[str, Any]:
-    """The chat request as the provider receives it: the model (OpenAI shape), messages,
-    tools, then the model's request options and its `extra_body`."""
-    body: dict[str, Any] = {}
-    if route.api_model is not None:
-        body["model"] = route.api_model
-    body["messages"] = messages
-    if tools:
-        body["tools"] = tools
-    body.update(options.body_fields())
-    return body
-
-
-def _to_chat_response(body: _Response, usage: Usage) -> ChatResponse | None:
-    if not body.choices or body.choices[0].message is None:
-        return None
-    choice = body.choices[0]
-    msg = choice.message
-    assert msg is not None
-    calls = [
-        ToolCall(
-            id=c.id or f"call_{i}",
-            name=c.function.name,
-            arguments=c.function.arguments if isinstance(c.function.arguments, str)
-            else _encode(c.function.arguments or {}).decode(),
-        )
-        for i, c in enumerate(msg.tool_calls or ())
-    ]
-    if not calls and not msg.content and not msg.reasoning_content and choice.finish_reason != "length":
-        return None  # an empty turn is a fault of the service, not an answer (one cut off is)
-    return ChatResponse(
-        content=msg.content,
-        tool_calls=calls,
-        reasoning_content=msg.reasoning_content,
-        finish_reason=choice.finish_reason,
-        usage=usage,
-    )
-
-
-def _usage(u: _Usage | None) -> Usage:
-    if u is None:
-        return Usage()
-    details = u.completion_tokens_details
-    return Usage(prompt_tokens=u.prompt_tokens or 0, completion_tokens=u.completion_tokens or 0,
-                 reasoning_tokens=(details.reasoning_tokens or 0) if details else 0)
-
-
-class _Failure(msgspec.Struct, frozen=True):
+class Failure(msgspec.Struct, frozen=True):
     """A request that did not give an answer: why, and what the server said."""
 
     reason: str
@@ -392,8 +200,8 @@ class HttpChatModel:
     async def complete(self, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None) -> ChatResponse:
         if tools and tools is not self._tools:  # a test offers one list on every turn
-            self._tools, self._tools_json = tools, msgspec.Raw(_encode(tools))
-        payload = _encode(request_body(self._route, self._options, messages,
+            self._tools, self._tools_json = tools, msgspec.Raw(encode(tools))
+        payload = encode(request_body(self._route, self._options, messages,
                                        self._tools_json if tools else None))
         failures = 0
         self.messages, self.tools = messages, tools
@@ -430,7 +238,7 @@ class HttpChatModel:
                 raise ModelUnavailable(outcome.reason, outcome.message, self.retries, outcome.http_status)
             await trio.sleep(self._rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** failures)))
 
-    async def _paced_attempt(self, payload: bytes) -> ChatResponse | _Failure:
+    async def _paced_attempt(self, payload: bytes) -> ChatResponse | Failure:
         """Spend the estimated tokens, wait for a request slot, send, correct the tokens."""
         window = self._concurrency
         if window is None:
@@ -441,7 +249,7 @@ class HttpChatModel:
         finally:
             window.release()
 
-    async def _spend_and_send(self, payload: bytes) -> ChatResponse | _Failure:
+    async def _spend_and_send(self, payload: bytes) -> ChatResponse | Failure:
         estimate = self._estimate(payload) if self._budgets else 0
         spends: list[tuple[TokenBudget, Spend]] = [(b, await b.acquire(estimate)) for b in self._budgets]
         for limiter in self._limiters:
@@ -468,16 +276,16 @@ class HttpChatModel:
             budget.correct(spend, used)  # a failed request is charged nothing by the APIs
         return outcome
 
-    async def _attempt(self, payload: bytes, sent: Callable[[], None]) -> ChatResponse | _Failure:
+    async def _attempt(self, payload: bytes, sent: Callable[[], None]) -> ChatResponse | Failure:
         """One request: an answer, or why not. Raises when the model took and failed it."""
         scope = trio.CancelScope(deadline=trio.current_time() + self._timeout)
         try:
             with scope:  # not trio.fail_after: its generator costs CPU on every request
                 status, headers_in, content = await self._client.post(payload, sent)
         except TransportError as exc:
-            return _Failure("connection", _transport_message(exc, self._route.url))
+            return Failure("connection", transport_message(exc, self._route.url))
         except BodyTooLarge as exc:
-            return _Failure("malformed_response", str(exc), retryable=False)
+            return Failure("malformed_response", str(exc), retryable=False)
         if scope.cancelled_caught:
             return self._timed_out(f"no response within {self._timeout:g}s")
         if self._health is not None:
@@ -494,13 +302,13 @@ class HttpChatModel:
                 limiter.on_429(wait)
             for budget in self._budgets:
                 budget.pause(wait or 0.0)
-            return _Failure("rate_limited", server_message(content, self._secrets), 429)
+            return Failure("rate_limited", server_message(content, self._secrets), 429)
         if status == 200:
             try:
-                body = _decode_response(content)
+                body = decode_response(content)
             except (msgspec.DecodeError, msgspec.ValidationError):
-                return _Failure("malformed_response", "body is not a chat completion", 200)
-            u = _usage(body.usage)  # paid for, even where the answer is no use
+                return Failure("malformed_response", "body is not a chat completion", 200)
+            u = usage_of(body.usage)  # paid for, even where the answer is no use
             self.prompt_tokens += u.prompt_tokens
             self.completion_tokens += u.completion_tokens
             self.reasoning_tokens += u.reasoning_tokens
@@ -508,9 +316,9 @@ class HttpChatModel:
             c.prompt_tokens += u.prompt_tokens
             c.completion_tokens += u.completion_tokens
             c.reasoning_tokens += u.reasoning_tokens
-            parsed = _to_chat_response(body, u)
+            parsed = to_chat_response(body, u)
             if parsed is None:
-                return _Failure("malformed_response", "empty choices or empty message", 200)
+                return Failure("malformed_response", "empty choices or empty message", 200)
             if self._health is not None:
                 self._health.ok()
             self.finish_reasons.append(parsed.finish_reason or "")
@@ -519,28 +327,28 @@ class HttpChatModel:
         self._heed(headers, COMPLETION_GUESS)
         message = server_message(content, self._secrets)
         if status >= 500 or status == 408:  # the URL too: an Azure endpoint ending in /openai
-            return _Failure("server_error", f"{message} (from {_route_place(self._route.url)})", status)
+            return Failure("server_error", f"{message} (from {route_place(self._route.url)})", status)
         if status == 400 and b"context_length" in content:
             raise ContextLengthExceeded(f"HTTP 400: {message}")
         if status == 400 and (b"content_filter" in content or b"content_policy" in content):
-            return _Failure("bad_request", message, status, retryable=False)  # the prompt, not the route
+            return Failure("bad_request", message, status, retryable=False)  # the prompt, not the route
         if 300 <= status < 400 and headers_in.get("location"):  # ultra follows no redirect
-            message = f"redirected to {_location(headers_in['location'], self._secrets)}"
+            message = f"redirected to {location_message(headers_in['location'], self._secrets)}"
         if self._health is not None:  # the URL ultra built: a wrong path shows itself
-            self._health.refused(f"HTTP {status}: {message} (from {_route_place(self._route.url)})")
-        return _Failure("bad_request", message, status, retryable=False)
+            self._health.refused(f"HTTP {status}: {message} (from {route_place(self._route.url)})")
+        return Failure("bad_request", message, status, retryable=False)
 
-    def _timed_out(self, message: str) -> _Failure:
+    def _timed_out(self, message: str) -> Failure:
         """A request without an answer in time counts against the route like a refusal
         (unless the server answered since it was sent): a server that accepts connections
         and never answers breaks its route after `broken_after` of them, instead of costing
         every test all its retries. It also halves the shard's window of requests in flight."""
-        message = f"{message} from {_route_place(self._route.url)}"
+        message = f"{message} from {route_place(self._route.url)}"
         if self._health is not None:
             self._health.timed_out(self._sent_at, f"timeout: {message}")
         if self._concurrency is not None:
             self._concurrency.timed_out(self._sent_at)
-        return _Failure("timeout", message)
+        return Failure("timeout", message)
 
     def _heed(self, h: Any, next_tokens: int) -> None:
         """Slow down before a 429 when the provider says its limit is running low (the next
@@ -567,101 +375,6 @@ class HttpChatModel:
                 budget.pause(wait)
 
 
-def _route_place(url: str) -> str:
-    """The URL ultra built, for an error line: scheme, host and path, no query (it may
-    carry a secret) and no user info."""
-    u = httpx.URL(url)
-    return f"{u.scheme}://{u.netloc.decode().rpartition('@')[2]}{u.path}"
-
-
-def _location(value: str, secrets: tuple[str, ...]) -> str:
-    """A redirect's target for an error line: without its query (a login page's token)."""
-    try:
-        u = httpx.URL(value)
-        place = _route_place(value) if u.is_absolute_url else u.path
-    except (httpx.InvalidURL, TypeError):
-        place = value
-    return redact(place, secrets)[:MESSAGE_CHARS]
-
-
-def _transport_message(exc: TransportError, url: str) -> str:
-    host = httpx.URL(url).netloc.decode()
-    detail = str(exc) or type(exc).__name__
-    return f"cannot reach {host}: {detail}"[:MESSAGE_CHARS]
-
-
-# ---- preflight -------------------------------------------------------------------------
-
-PREFLIGHT_TOKENS = 16  # a cap on the answer, where the model's options name one
-PREFLIGHT_TIMEOUT = 30.0  # seconds for a route's whole preflight: a dead route is told at once
-
-
-class RouteCheck(msgspec.Struct, frozen=True):
-    """What a route's preflight request found: it answers, or the status and message; and
-    the tokens its answers cost."""
-
-    ok: bool
-    http_status: int | None = None
-    message: str = ""
-    usage: Usage = Usage()
-    simulated: bool = False
-    latency_s: float | None = None  # of the answered request (what `ultra run` sizes by)
-
-
-async def preflight(route: Route, options: RequestOptions, *, request_timeout: float,
-                    max_retries: int, deadline: float, qps: float = 1000.0) -> RouteCheck:
-    """One cheap request on a route: does it answer at all? Retryable failures are retried
-    (bounded by `max_retries` and the `deadline`); a non-retryable one is final."""
-    try:
-        secret = resolve_secret(route)
-    except ModelUnavailable as exc:
-        return RouteCheck(ok=False, message=exc.message)
-    capped = msgspec.structs.replace(
-        options,
-        max_tokens=PREFLIGHT_TOKENS if options.max_tokens is not None else None,
-        max_completion_tokens=PREFLIGHT_TOKENS if options.max_completion_tokens is not None else None,
-    )
-    messages = [{"role": "user", "content": "Reply with OK."}]
-    rng = random.Random(route.url)
-    async with RouteClient(route, 1) as client:
-        model = HttpChatModel(client, route, (RateLimiter(qps),), ShardCounters(),
-                              request_timeout=request_timeout, max_retries=max_retries, rng=rng,
-                              options=capped, secrets=(secret,))
-        payload = _encode(request_body(route, capped, messages, None))
-        failures = throttled = 0
-        last = _Failure("timeout", f"no answer before the preflight deadline from {_route_place(route.url)}")
-
-        def found(ok: bool, outcome: _Failure | None = None) -> RouteCheck:
-            return RouteCheck(ok=ok, http_status=outcome and outcome.http_status,
-                              message=outcome.message if outcome else "", usage=model.usage,
-                              simulated=model.simulated,
-                              latency_s=trio.current_time() - sent if ok else None)
-
-        with trio.move_on_at(deadline):
-            while True:
-                sent = trio.current_time()
-                try:
-                    outcome = await model._paced_attempt(payload)
-                except ContextLengthExceeded:
-                    return found(True)  # it answered
-                if isinstance(outcome, ChatResponse):
-                    return found(True)  # a chat completion, not any 200 (HTML, an error)
-                last = outcome
-                if not outcome.retryable:
-                    return found(False, outcome)
-                if outcome.reason == "rate_limited":  # backed off, even without a Retry-After
-                    throttled = min(throttled + 1, 6)
-                    await trio.sleep(rng.uniform(0.5, 1.0) * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** throttled))
-                    continue
-                failures += 1
-                if failures > max_retries:
-                    break
-                await trio.sleep(rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** failures)))
-        return found(False, last)
-
-
-__all__ = ["BACKOFF_BASE", "BACKOFF_CAP", "BodyTooLarge", "COMPLETION_GUESS",
-           "CONNECTIONS_PER_CLIENT", "HttpChatModel", "MAX_BODY_BYTES", "MESSAGE_CHARS",
-           "open_clients", "preflight", "PREFLIGHT_TIMEOUT", "PREFLIGHT_TOKENS", "redact",
-           "request_body", "resolve_secret", "RouteCheck", "RouteClient", "RouteHealth",
-           "SECRET_PIECE", "server_message", "ShardCounters", "SIMULATED_HEADER", "USER_AGENT"]
+__all__ = ["BACKOFF_BASE", "BACKOFF_CAP", "COMPLETION_GUESS", "CONNECTIONS_PER_CLIENT", "Failure",
+           "HttpChatModel", "MAX_BODY_BYTES", "open_clients", "RouteClient",
+           "RouteHealth", "ShardCounters", "SIMULATED_HEADER", "USER_AGENT"]

@@ -31,7 +31,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from ultra.collect.client import PREFLIGHT_TIMEOUT, RouteCheck, preflight
+from ultra.collect.preflight import PREFLIGHT_TIMEOUT, RouteCheck, preflight
 from ultra.config import Config, effective_model
 from ultra.errors import RouteRefused, UserError, say
 from ultra.events import Event, PlanSummary, Prices, RouteChecked, RunFinished, RunStarted

@@ -23,8 +23,8 @@ from ultra.collect.client import (
     RouteHealth,
     ShardCounters,
     open_clients,
-    resolve_secret,
 )
+from ultra.collect.secrets import resolve_secret
 from ultra.events import (
     Event,
     Prices,

@@ -106,7 +106,8 @@ class SqliteLog(EventLog):
             if head and head != _SQLITE_MAGIC:
                 raise UserError(f"{path}: not an SQLite database, so not an ultra event log")
             if not head and not create:
-                raise UserError(f"{path}: empty file, not an ultra event log")
+                raise UserError(f"{path}: empty file, no event log there (yet: a run may be"
+                                " creating it)")
         elif not create:
             raise UserError(f"{path}: no event log there")
         else:
@@ -127,7 +128,10 @@ class SqliteLog(EventLog):
     def _prepare(self, create: bool) -> None:
         conn = self._conn
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if MIGRATIONS_TABLE not in tables and (tables or not create):
+        if not tables and not create:  # what a run creating the log shows before it commits
+            raise UserError(f"{self.path}: an empty SQLite database, no event log there (yet: a"
+                            " run may be creating it)")
+        if MIGRATIONS_TABLE not in tables and tables:
             raise UserError(f"{self.path}: an SQLite database, but not an ultra event log")
         self._retrying(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
         # NORMAL is durable against process crashes in WAL mode; only power loss may lose

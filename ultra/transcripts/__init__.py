@@ -100,7 +100,7 @@ def encode(t: Transcript, secrets: tuple[str, ...] = ()) -> bytes:
     data = _encoder.encode(t)
     for secret in secrets:  # a cheap substring test; the client already keeps none
         if secret and len(secret) >= 4 and secret.encode() in data:
-            from ultra.collect.client import redact
+            from ultra.collect.secrets import redact
 
             data = _encoder.encode(_decoder.decode(
                 redact(data.decode(), secrets).encode()))
