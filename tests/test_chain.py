@@ -141,7 +141,7 @@ def test_a_rechained_forgery_is_found_by_the_projection_head(tmp_path, db):
 def test_a_log_from_before_the_chain_is_chained_when_opened(tmp_path):
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db, isolation_level=None)
-    from ultra.eventlog.store import MIGRATIONS_TABLE, load_migrations
+    from ultra.eventlog.locations import MIGRATIONS_TABLE, load_migrations
 
     old = [(v, n, sql) for v, n, sql in load_migrations() if v < 3]
     conn.execute(f"CREATE TABLE {MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")

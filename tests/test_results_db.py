@@ -16,7 +16,8 @@ from storage_helpers import (_test, append_and_project, completed, completion, e
 from projections import results_db as rdb
 from ultra import events as ev
 from ultra.projection.audit import audit
-from ultra.projection.projecting import fresh_results, project
+from ultra.projection.results import fresh_results
+from ultra.projection.projecting import project
 from ultra.eventlog.store import EventLog
 
 SETTINGS = settings(max_examples=40, deadline=None,

@@ -9,7 +9,8 @@ from storage_helpers import completed, db_errors, errored, raw_sql, ts
 
 from ultra import events as ev
 from ultra.errors import UserError
-from ultra.eventlog.store import MIGRATIONS_TABLE, EventLog, load_migrations
+from ultra.eventlog.store import EventLog
+from ultra.eventlog.locations import MIGRATIONS_TABLE, load_migrations
 from ultra.projection.projection_state import load_projection_state, save_projection_state
 
 

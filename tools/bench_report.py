@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 from bench_store import batches  # noqa: E402
 
 from projections import master_database as mdb  # noqa: E402
-from ultra.projection.projecting import build_results, fold_log, update_results  # noqa: E402
+from ultra.projection.results import build_results, update_results  # noqa: E402
+from ultra.projection.projecting import fold_log  # noqa: E402
 from ultra.report.formats import to_terminal  # noqa: E402
 from ultra.report.page import to_html  # noqa: E402
 from ultra.report.run import model_info, tables_for  # noqa: E402

@@ -44,7 +44,8 @@ from ultra.eventlog import chain  # noqa: E402
 from ultra import events as ev  # noqa: E402
 from ultra.projection.projecting import project  # noqa: E402
 from ultra.eventlog.event_rows import event_row  # noqa: E402
-from ultra.eventlog.store import EventLog, db_location, is_server_url  # noqa: E402
+from ultra.eventlog.store import EventLog  # noqa: E402
+from ultra.eventlog.locations import db_location, is_server_url
 
 MODELS = ["DeepSeek-V3-0324", "DeepSeek-V3-0324-2", "qwen2.5-72b-instruct-key1", "gpt-4o-mini", "kimi-k2"]
 PROMPTS = ["baseline", "optimal", "flawed_sequence_disorder"]

@@ -60,7 +60,7 @@ def _quick_project(argv: list[str]) -> bool:
             return False
     from ultra.errors import writable_file
     from ultra.projection.projecting import project
-    from ultra.eventlog.store import db_location
+    from ultra.eventlog.locations import db_location
 
     results = values.get("--results")
     writable_file(values.get("--out", DEFAULT_OUT), "--out")

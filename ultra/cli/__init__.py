@@ -29,7 +29,7 @@ from ultra.sim.cli import sim_app  # noqa: E402  (its commands: `ultra sim serve
 app.add_typer(sim_app)
 
 def _db_location(text: str | Path) -> Path | str:
-    from ultra.eventlog.store import db_location
+    from ultra.eventlog.locations import db_location
 
     return db_location(str(text))
 

@@ -96,7 +96,7 @@ def report_command(
     text = make_report(db=db, out=out, results=results, config=config, selection=sel,
                        tables=names, fmt=fmt, compare=compare, intervals=intervals)
     if examples is not None:
-        from ultra.projection.projecting import results_path
+        from ultra.projection.results import results_path
         from ultra.transcripts.show import error_examples
 
         text += error_examples(results_path(out, results), examples, models=sel.models,
@@ -104,7 +104,7 @@ def report_command(
     if output is None:
         sys.stdout.write(text)
         return
-    from ultra.projection.projecting import write_atomic
+    from ultra.projection.files import write_atomic
 
     write_atomic(output, text.encode())
     typer.echo(f"wrote {output}")

@@ -65,7 +65,7 @@ def events_command(
 ) -> None:
     """Print events as JSON lines (the event plus its "seq"); `ultra import` reads them back."""
     from ultra.events import EVENT_TYPES
-    from ultra.projection.projecting import log_repairs
+    from ultra.projection.reading import log_repairs
     from ultra.eventlog.store import EventLog
 
     _check_common(out, results, config)
@@ -257,7 +257,7 @@ def repair_retract(
     if not reason.strip():
         raise UserError("a retraction needs a --reason")
     from projections.repairs import resolve_retraction
-    from ultra.projection.projecting import log_repairs
+    from ultra.projection.reading import log_repairs
     from ultra.eventlog.store import EventLog
 
     with EventLog.open(db, create=False) as log:  # resolved now: what it hides is fixed

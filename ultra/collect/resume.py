@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ultra.config import Config
 from ultra.collect.plan import Plan, Selection, check_selection, make_plan, selection_keys
-from ultra.projection.projecting import log_repairs
+from ultra.projection.reading import log_repairs
 from ultra.eventlog.store import EventLog
 from ultra.suites import Suite, get_suite
 from ultra.projection.completion_index import CompletionIndex

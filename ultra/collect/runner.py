@@ -39,12 +39,14 @@ from ultra.defaults import LEASE_SECONDS, TRANSCRIPTS
 from ultra.collect.leases import holder_id
 from ultra.naming import canonical_model
 from ultra.collect.plan import Plan, Selection, Shard, check_selection, make_plan
-from ultra.projection.projecting import project, results_path
+from ultra.projection.projecting import project
+from ultra.projection.results import results_path
 from ultra import providers
 from ultra.collect.resume import completed_keys, key_problems, tasks_id
 from ultra.collect.progress import Display
 from ultra.collect.shard import ShardSnapshot
-from ultra.eventlog.store import STORE_TIMEOUT, EventLog, is_server_url
+from ultra.eventlog.store import STORE_TIMEOUT, EventLog
+from ultra.eventlog.locations import is_server_url
 from ultra.suites import get_suite
 from ultra.collect.processes import assign, choose_processes
 from ultra.collect.run_result import (

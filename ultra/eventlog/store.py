@@ -27,12 +27,11 @@ a lease call sets what it sets again.
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import msgspec
 
@@ -44,16 +43,12 @@ from ultra.eventlog.event_rows import (
     transcript_ref,
 )
 from ultra.eventlog.event_stream import READ_BATCH, EventStream
+from ultra.eventlog.locations import (MIGRATIONS_TABLE, is_server_url,
+                                      load_migrations)
 from ultra.eventlog.lease_table import TEST_LEASE_PREFIX, LeaseTable, release_in
 from ultra.eventlog.store_tx import Tx
 from ultra.eventlog.store_tx import patient as _patient
 
-if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
-
-MIGRATIONS_TABLE = "ultra_migrations"
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[\w.-]+\.sql$")
-SERVER_SCHEMES = ("postgresql://", "postgres://")
 
 # Rows arrive here already free of stored event ids, with seq and hash assigned under the
 # write lock; the triggers refuse anything else.
@@ -61,47 +56,6 @@ _COLUMNS = "seq, event_id, type, recorded_at, test_key, model, run_id, payload, 
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 STORE_TIMEOUT = 60.0  # seconds a lost connection to the log is retried before giving up
-
-
-def is_server_url(db: str | Path) -> bool:
-    return isinstance(db, str) and db.startswith(SERVER_SCHEMES)
-
-
-def db_location(text: str | Path) -> Path | str:
-    """What `--db` names: a server URL stays a string (a Path would fold its `//`)."""
-    return text if is_server_url(text) else Path(text)
-
-
-# ---- migrations ----------------------------------------------------------------------
-
-
-def migrations_dir(dialect: str = "sqlite") -> Traversable:
-    """`ultra/_migrations/<dialect>` in an installed wheel, else the repo's `migrations/`.
-
-    Both are plain directories; importlib.resources (which imports zipfile: ~3 ms of every
-    command's start) is asked only when neither is, as in a zipped install.
-    """
-    here = Path(__file__).resolve().parents[1]  # ultra/
-    for root in (here / "_migrations", here.parent / "migrations"):
-        if root.is_dir():
-            return root / dialect
-    import importlib.resources
-
-    return importlib.resources.files("ultra") / "_migrations" / dialect
-
-
-def load_migrations(dialect: str = "sqlite") -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) of every `NNNN_*.sql` of `dialect`, in order."""
-    found = []
-    for entry in migrations_dir(dialect).iterdir():
-        m = _MIGRATION_NAME.match(entry.name)
-        if m:
-            found.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    versions = [v for v, _, _ in found]
-    if not found or len(set(versions)) != len(versions):
-        raise RuntimeError(f"broken migrations directory: {versions}")
-    return found
 
 
 # ---- the log ---------------------------------------------------------------------------
@@ -558,6 +512,4 @@ class ImportResult(msgspec.Struct, frozen=True):
     transcripts: int = 0  # transcripts stored with the newly stored events
 
 
-__all__ = ["AppendResult", "db_location", "EventLog", "ImportResult", "is_server_url",
-           "load_migrations", "migrations_dir", "MIGRATIONS_TABLE", "SERVER_SCHEMES",
-           "STORE_TIMEOUT"]
+__all__ = ["AppendResult", "EventLog", "ImportResult", "STORE_TIMEOUT"]

@@ -35,7 +35,8 @@ import psycopg
 
 from ultra.errors import UserError
 from ultra.errors import StoreLost, storage_error
-from ultra.eventlog.store import _COLUMNS, MIGRATIONS_TABLE, EventLog
+from ultra.eventlog.store import _COLUMNS, EventLog
+from ultra.eventlog.locations import MIGRATIONS_TABLE
 from ultra.eventlog.store_tx import patient as _patient
 
 APPEND_LOCK = 0x756C747261  # "ultra": the advisory lock key that serializes appends

@@ -19,7 +19,8 @@ from typing import Any
 from ultra.eventlog import chain
 from ultra.defaults import LOG_CACHE_MIB
 from ultra.errors import StoreBusy, UserError, storage_error
-from ultra.eventlog.store import MIGRATIONS_TABLE, EventLog
+from ultra.eventlog.store import EventLog
+from ultra.eventlog.locations import MIGRATIONS_TABLE
 
 BUSY_TIMEOUT_S = 5.0  # SQLite's own wait for a lock, per attempt
 LOCK_PATIENCE_S = 600.0  # total time a writer keeps retrying before giving up

@@ -23,7 +23,9 @@ from projections import results_db as rdb
 from projections.repairs import Repairs
 from ultra.events import ShardFinished, ShardStarted
 from ultra.eventlog import chain
-from ultra.projection.projecting import fresh_results, log_repairs, read_results_meta, replay, results_path
+from ultra.projection.results import fresh_results, read_results_meta, results_path
+from ultra.projection.reading import log_repairs
+from ultra.projection.projecting import replay
 from ultra.errors import UserError
 from ultra.eventlog.store import EventLog
 from ultra.projection.completion_index import CompletionIndex

@@ -32,8 +32,9 @@ def model_info(config_path: Path | str | None) -> dict[str, ModelInfo]:
 
 def refresh(db: Path | str, results: Path) -> None:
     """Fold the log's new events into results.db, when the log is here."""
-    from ultra.projection.projecting import update_results
-    from ultra.eventlog.store import EventLog, is_server_url
+    from ultra.projection.results import update_results
+    from ultra.eventlog.store import EventLog
+    from ultra.eventlog.locations import is_server_url
 
     if not is_server_url(db) and not Path(db).exists():
         return  # a results.db on its own (copied from elsewhere) is read as it is
@@ -42,7 +43,7 @@ def refresh(db: Path | str, results: Path) -> None:
 
 
 def open_results(path: Path) -> sqlite3.Connection:
-    from ultra.projection.projecting import read_results_meta
+    from ultra.projection.results import read_results_meta
 
     if not path.exists():
         raise UserError(f"{path}: no results database (run `ultra run`, or `ultra project` "
@@ -67,7 +68,7 @@ def provenance_of(src: Source, path: Path, runs: list[str] | None = None):
     import msgspec
 
     from ultra import __version__
-    from ultra.projection.projecting import read_results_meta
+    from ultra.projection.results import read_results_meta
     from ultra.report.provenance import Provenance, runs_of
 
     meta = read_results_meta(src.conn)
@@ -174,7 +175,7 @@ def write_csv_dir(directory: Path, *, db: Path | str, out: Path, results: Path |
                   config: Path | None, selection: Selection, tables: list[str],
                   compare: tuple[str, str] | None) -> list[Path]:
     """A CSV file per table in `directory` (made if missing), and provenance.csv."""
-    from ultra.projection.projecting import write_atomic
+    from ultra.projection.files import write_atomic
 
     built, provenance, _ = make_tables(db=db, out=out, results=results, config=config,
                                        selection=selection, tables=tables, compare=compare)
@@ -196,7 +197,7 @@ def make_tables(*, db: Path | str, out: Path, results: Path | None, config: Path
                 selection: Selection, tables: list[str],
                 compare: tuple[str, str] | None) -> tuple[list[Table], Any, Path]:
     """The tables, what they were made from, and the results.db they were read from."""
-    from ultra.projection.projecting import results_path
+    from ultra.projection.results import results_path
 
     path = results_path(out, results)
     refresh(db, path)
@@ -213,7 +214,7 @@ def make_tables(*, db: Path | str, out: Path, results: Path | None, config: Path
 
 def list_runs(*, db: Path | str, out: Path, results: Path | None) -> list[Any]:
     """The runs of the log (results.db brought up to date first), in start order."""
-    from ultra.projection.projecting import results_path
+    from ultra.projection.results import results_path
     from ultra.report.provenance import runs_of
 
     path = results_path(out, results)

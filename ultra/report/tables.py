@@ -214,7 +214,7 @@ def metrics(src: Source) -> Table:
     """Each suite's own metrics, means per test, per model and suite (from `tests`: a
     metric's tests are its suite's, so the table never adds one suite's into another's)."""
     from projections.results_db import FIXED_METRICS, quoted
-    from ultra.projection.projecting import metric_columns
+    from ultra.projection.results import metric_columns
 
     extra = metric_columns(src.conn)
     names = [*sorted(FIXED_METRICS, key=_FIXED_ORDER.index), *extra.names]
@@ -387,6 +387,6 @@ def build(src: Source, names: Sequence[str]) -> list[Table]:
 
 
 __all__ = ["build", "BUILDERS", "Column", "compare", "COMPARE_DIMS", "compare_paired", "Counts",
-           "difficulty", "DIFFICULTY_ORDER", "errors", "FLAWED", "flaws", "Kind",
+           "difficulty", "DIFFICULTY_ORDER", "errors", "FLAWED", "flaws",
            "mark_simulated", "metrics", "ModelInfo", "overview", "PROMPT_ORDER", "prompt_types",
            "scale", "Selection", "Source", "Table", "TABLES", "task_types", "tool_reliability"]

@@ -177,7 +177,7 @@ def export(db: Path | str, run: str, models: list[str] | None, output: Path) -> 
     )
     from inspect_ai.model import ModelUsage
 
-    from ultra.projection.projecting import log_repairs
+    from ultra.projection.reading import log_repairs
 
     with EventLog.open(db, create=False) as log:
         started = [msgspec.json.decode(p) for _, _, _, p in log.raw(types=["run.started"], run_id=run)]

@@ -1,0 +1,380 @@
+"""The fold: one accumulator of sums per leaf, and its saved state."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any, get_args, get_type_hints
+
+import msgspec
+
+from projections.counting import Counting, Item, current_legacy_cells
+from projections.repairs import Repairs
+from ultra.events import ERROR_CATEGORIES, LegacyCell, LegacyImported, Outcome, TestResult, Usage
+from ultra.naming import rate_key
+
+FILE_SCHEMA_VERSION = 2  # 2: documented key order, num_instances, simulated share, tokens
+STATE_VERSION = 7  # bump when Acc/FoldState change: saved states are then rebuilt
+DIGITS = 6  # every float in the file is rounded to this many decimals
+
+LeafKey = tuple[str, str, str, str, str]  # model, prompt key, rate key, difficulty, task type
+
+_CATEGORY_INDEX = {c: i for i, c in enumerate(ERROR_CATEGORIES)}
+
+
+def _marked_fields() -> tuple[tuple[str, str, str], ...]:
+    """(field, stat name, kind) of every `TestResult` field marked with a stat (kind
+    "rate" or "mean" per test): the sums an accumulator keeps besides its counts, derived
+    from the schema rather than listed here."""
+    hints = get_type_hints(TestResult, include_extras=True)
+    out = []
+    for f in msgspec.structs.fields(TestResult):
+        for meta in getattr(hints[f.name], "__metadata__", ()):
+            extra = getattr(meta, "extra", None) or {}
+            if "stat" in extra:
+                out.append((f.name, extra["stat"], extra["kind"]))
+    return tuple(out)
+
+
+AVERAGED: tuple[tuple[str, str, str], ...] = _marked_fields()
+TOKENS: tuple[str, ...] = tuple(f.name for f in msgspec.structs.fields(Usage))  # summed as counts
+
+
+class Acc(msgspec.Struct, array_like=True):
+    """Sums over the counted completions of one leaf (or, merged, of a subtree)."""
+
+    total: int = 0
+    full_success: int = 0
+    partial_success: int = 0
+    failure: int = 0
+    with_assistance: int = 0
+    errors: list[int] = msgspec.field(default_factory=lambda: [0] * len(ERROR_CATEGORIES))
+    execution_time: float = 0.0
+    sums: list[float] = msgspec.field(default_factory=lambda: [0.0] * len(AVERAGED))  # as AVERAGED
+    metrics: dict[str, float] = msgspec.field(default_factory=dict)  # the suites' own scores
+    tokens: list[int] = msgspec.field(default_factory=lambda: [0] * len(TOKENS))  # as TOKENS
+    last_test_time: str = ""
+    simulated: int = 0  # tests answered by the bundled simulator
+    truncated: int = 0  # tests with an answer cut off at the token limit (finish_reason length)
+    legacy: int = 0  # tests from legacy sources (`legacy.cell`)
+    cost: float = 0.0  # of the priced tests' tokens, at their run's prices (shard.started)
+    priced: int = 0  # tests whose run gave their model a price
+    # stat name -> tests whose legacy leaf lacked that mean: left out of its denominator
+    uncovered: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def merge(self, o: Acc) -> None:
+        """Add another accumulator's sums."""
+        self.total += o.total
+        self.full_success += o.full_success
+        self.partial_success += o.partial_success
+        self.failure += o.failure
+        self.with_assistance += o.with_assistance
+        self.execution_time += o.execution_time
+        self.simulated += o.simulated
+        self.truncated += o.truncated
+        if o.priced:
+            self.cost += o.cost
+            self.priced += o.priced
+        self.errors = [a + b for a, b in zip(self.errors, o.errors)]
+        self.sums = [a + b for a, b in zip(self.sums, o.sums)]
+        self.tokens = [a + b for a, b in zip(self.tokens, o.tokens)]
+        for name, value in o.metrics.items():  # the suite's order; merges run in one order
+            self.metrics[name] = self.metrics.get(name, 0.0) + value
+        if o.last_test_time > self.last_test_time:
+            self.last_test_time = o.last_test_time
+        if o.legacy:
+            self.legacy += o.legacy
+            for name, n in o.uncovered.items():
+                self.uncovered[name] = self.uncovered.get(name, 0) + n
+
+
+class LegacySource(msgspec.Struct):
+    """The current import of one legacy source and its cells (summed per leaf)."""
+
+    import_id: str
+    sha256: str
+    seq: int
+    recorded_at: str
+    last_updated: str = ""
+    declared_cells: int = 0  # what its legacy.imported says
+    declared_tests: int = 0
+    cells: int = 0  # legacy.cell events folded
+    leaves: dict[LeafKey, Acc] = msgspec.field(default_factory=dict)
+
+
+class FoldState(msgspec.Struct):
+    """Everything the fold needs to continue from `last_seq`."""
+
+    version: int = STATE_VERSION
+    last_seq: int = 0
+    generated_at: str = ""  # recorded_at of the last folded event
+    chain_head: str = ""  # the log's hash at last_seq (set by the shell; saved with the state)
+    first_event: str = ""  # event_id of the log's first event (set by the shell): which log
+    duplicate_completions: int = 0
+    retracted_completions: int = 0
+    skipped_events: int = 0  # unknown types and undecodable rows
+    errored: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)  # model -> reason -> n
+    leaves: dict[LeafKey, Acc] = msgspec.field(default_factory=dict)
+    # model -> tokens (as TOKENS) of every test event and preflight check: what was paid
+    spent: dict[str, list[Any]] = msgspec.field(default_factory=dict)  # [p, c, r, cost, priced]
+    # source -> its latest import (`ultra import-legacy`); kept apart from `leaves`
+    legacy: dict[str, LegacySource] = msgspec.field(default_factory=dict)
+    # "run/shard" -> (input, output) price per million tokens, from shard.started
+    prices: dict[str, tuple[float, float]] = msgspec.field(default_factory=dict)
+
+
+class _LeafEntry(msgspec.Struct, array_like=True):
+    key: tuple[str, str, str, str, str]
+    acc: Acc
+
+
+class _SavedLegacy(msgspec.Struct):
+    import_id: str
+    sha256: str
+    seq: int
+    recorded_at: str
+    last_updated: str
+    declared_cells: int
+    declared_tests: int
+    cells: int
+    leaves: list[_LeafEntry]
+
+
+class _SavedState(msgspec.Struct):
+    version: int
+    last_seq: int
+    generated_at: str
+    duplicate_completions: int
+    retracted_completions: int
+    skipped_events: int
+    errored: dict[str, dict[str, int]]
+    leaves: list[_LeafEntry]
+    spent: dict[str, list[int | float]] = {}  # tokens stay ints, the cost a float
+    legacy: dict[str, _SavedLegacy] = {}
+    prices: dict[str, tuple[float, float]] = {}
+    # which log the state was folded from (absent in states saved before: not checked)
+    chain_head: str = ""
+    first_event: str = ""
+
+
+def dump_state(state: FoldState) -> bytes:
+    """JSON of the state; floats round-trip exactly, so a resumed fold sums identically."""
+    saved = _SavedState(
+        version=state.version,
+        last_seq=state.last_seq,
+        generated_at=state.generated_at,
+        duplicate_completions=state.duplicate_completions,
+        retracted_completions=state.retracted_completions,
+        skipped_events=state.skipped_events,
+        errored=state.errored,
+        leaves=[_LeafEntry(k, state.leaves[k]) for k in sorted(state.leaves)],
+        spent=state.spent,
+        legacy={name: _SavedLegacy(
+            import_id=src.import_id, sha256=src.sha256, seq=src.seq, recorded_at=src.recorded_at,
+            last_updated=src.last_updated, declared_cells=src.declared_cells,
+            declared_tests=src.declared_tests, cells=src.cells,
+            leaves=[_LeafEntry(k, src.leaves[k]) for k in sorted(src.leaves)])
+            for name, src in sorted(state.legacy.items())},
+        chain_head=state.chain_head,
+        first_event=state.first_event,
+        prices=state.prices,
+    )
+    return msgspec.json.encode(saved)
+
+
+def load_state(data: bytes | str) -> FoldState:
+    saved = msgspec.json.decode(data, type=_SavedState)
+    return FoldState(
+        version=saved.version,
+        last_seq=saved.last_seq,
+        generated_at=saved.generated_at,
+        duplicate_completions=saved.duplicate_completions,
+        retracted_completions=saved.retracted_completions,
+        skipped_events=saved.skipped_events,
+        errored=saved.errored,
+        leaves={tuple(e.key): e.acc for e in saved.leaves},  # type: ignore[misc]
+        spent=saved.spent,
+        legacy={name: LegacySource(
+            import_id=src.import_id, sha256=src.sha256, seq=src.seq, recorded_at=src.recorded_at,
+            last_updated=src.last_updated, declared_cells=src.declared_cells,
+            declared_tests=src.declared_tests, cells=src.cells,
+            leaves={tuple(e.key): e.acc for e in src.leaves})  # type: ignore[misc]
+            for name, src in saved.legacy.items()},
+        chain_head=saved.chain_head,
+        first_event=saved.first_event,
+        prices={k: tuple(v) for k, v in saved.prices.items()},  # type: ignore[misc]
+    )
+
+
+# ---- the fold --------------------------------------------------------------------------
+
+
+# While folding, each leaf's sums live in a flat list (a "working record"), made from its
+# `Acc` when first touched and turned back into one at the end: the loop then costs one
+# dict probe and a few list slots per completion, not a method call and attribute writes.
+# `fold` spells the slots as literals (the hot loop):
+#   0 unused (total is 1 + 2 + 3), 1 full_success, 2 partial_success, 3 failure, 4 with_assistance, 5 simulated,
+#   6 execution_time, 7-9 sums (AVERAGED), 10-12 tokens (TOKENS), 13 metrics, 14 last_test_time,
+#   15 truncated, 16 cost, 17 priced, then one count per error category (ERROR_CATEGORIES).
+_ERRORS = 18
+_OUTCOME_SLOT = {o: {"full_success": 1, "partial_success": 2}.get(o, 3) for o in get_args(Outcome)}
+_ERROR_SLOT = {c: _ERRORS + i for i, c in enumerate(ERROR_CATEGORIES)}
+# `fold` adds these by name: plain bytecode, twice as fast as a C map of `operator.add`.
+if tuple(f for f, _, _ in AVERAGED) != ("turns", "tool_calls", "tool_coverage") or TOKENS != (
+    "prompt_tokens", "completion_tokens", "reasoning_tokens"
+):
+    raise TypeError("the stat marks of TestResult or the fields of Usage changed: update fold()")
+
+
+def _open(a: Acc) -> list[Any]:
+    return [a.total, a.full_success, a.partial_success, a.failure, a.with_assistance, a.simulated,
+            a.execution_time, *a.sums, *a.tokens, defaultdict(float, a.metrics), a.last_test_time,
+            a.truncated, a.cost, a.priced, *a.errors]
+
+
+def _close(w: list[Any]) -> Acc:
+    return Acc(total=w[1] + w[2] + w[3], full_success=w[1], partial_success=w[2], failure=w[3],
+               with_assistance=w[4], errors=w[_ERRORS:], execution_time=w[6], sums=w[7:10],
+               metrics=dict(w[13]), tokens=w[10:13], last_test_time=w[14], simulated=w[5],
+               truncated=w[15], cost=w[16], priced=w[17])
+
+
+def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
+    """Fold `items` (in seq order) into `state`, which it updates; returns items folded.
+
+    What counts is decided by `projections.counting`; `test.errored` is counted per model
+    and reason, outside the success statistics. Every sum adds one completion at a time in
+    seq order, so a resumed fold sums exactly as a fold from zero.
+    """
+    leaves = state.leaves
+    work: dict[LeafKey, list[Any]] = {}
+    counting = Counting(repairs, state.spent, state.prices)
+    counting.legacy = []
+    prices = state.prices  # filled by shard.started events as the fold meets them
+    counting.last_recorded_at = state.generated_at
+    outcome_slot, error_slot = _OUTCOME_SLOT, _ERROR_SLOT
+    try:
+        for _seq, e, model, rk in counting.events(items):
+            if rk:  # a counted completion (errored events have no rate key)
+                key = (model, e.prompt_type, rk, e.difficulty, e.task_type)
+                w = work.get(key)
+                if w is None:
+                    acc = leaves.get(key)
+                    w = work[key] = _open(acc if acc is not None else Acc())
+                r = e.result
+                w[outcome_slot[r.outcome]] += 1  # total is their sum, made at the end
+                if r.assisted_turns:
+                    w[4] += 1
+                if e.simulated:
+                    w[5] += 1
+                category = r.error_category
+                if category is not None:
+                    w[error_slot[category]] += 1
+                w[6] += e.execution_time
+                w[7] += r.turns
+                w[8] += r.tool_calls
+                w[9] += r.tool_coverage
+                u = e.usage
+                w[10] += u.prompt_tokens
+                w[11] += u.completion_tokens
+                w[12] += u.reasoning_tokens
+                metrics = w[13]  # a defaultdict(float): a new name starts at 0.0
+                for name, value in r.metrics.items():
+                    metrics[name] += value
+                if e.recorded_at > w[14]:
+                    w[14] = e.recorded_at
+                if r.finish_reasons and "length" in r.finish_reasons:
+                    w[15] += 1
+                if prices:
+                    price = prices.get(f"{e.run_id}/{e.shard_id}")
+                    if price is not None:
+                        w[16] += (u.prompt_tokens * price[0] + u.completion_tokens * price[1]) / 1e6
+                        w[17] += 1
+            else:
+                by_reason = state.errored.setdefault(model, {})
+                by_reason[e.reason] = by_reason.get(e.reason, 0) + 1  # type: ignore[union-attr]
+    finally:
+        for key, w in work.items():
+            leaves[key] = _close(w)
+        state.duplicate_completions += counting.duplicates
+        state.retracted_completions += counting.retracted
+        state.generated_at = counting.last_recorded_at
+        if counting.legacy:
+            fold_legacy(state, counting.legacy, repairs.canonical)
+    return counting.folded
+
+
+UNPLACED = "all"  # a dimension a legacy file does not place (version 2.0: per-model totals)
+# A legacy cell's `sums` -> the mean it feeds ("stat name" in the rendered stats)
+_LEGACY_MEANS = {**{f: stat for f, stat, _ in AVERAGED}, "execution_time": "avg_execution_time"}
+_LEGACY_METRICS = ("final_score", "workflow_score", "phase2_score", "quality_score")
+
+
+def legacy_key(e: LegacyCell, model: str) -> LeafKey:
+    rk = UNPLACED if e.tool_success_rate is None else rate_key(e.tool_success_rate)
+    return (model, e.prompt_type, rk, e.difficulty, e.task_type)
+
+
+def legacy_acc(e: LegacyCell) -> Acc:
+    """A legacy cell as an accumulator: its counts, and its averages as sums over its
+    tests (a mean the leaf lacks is `uncovered`: its tests stay out of that denominator)."""
+    t = e.total
+    sums = e.sums
+    uncovered = {stat: t for f, stat in _LEGACY_MEANS.items() if f not in sums}
+    metrics = {m: sums[m] for m in (*_LEGACY_METRICS, *sorted(sums)) if m in sums
+               and m not in _LEGACY_MEANS}
+    uncovered.update((f"avg_{m}", t) for m in _LEGACY_METRICS if m not in sums)
+    return Acc(total=t, full_success=e.full_success, partial_success=e.partial_success,
+               failure=e.failure, with_assistance=e.tests_with_assistance,
+               errors=[e.errors.get(c, 0) for c in ERROR_CATEGORIES],
+               execution_time=sums.get("execution_time", 0.0),
+               sums=[sums.get(f, 0.0) for f, _, _ in AVERAGED], metrics=metrics,
+               legacy=t, uncovered=uncovered if t else {})
+
+
+def fold_legacy(state: FoldState, items: list, canonical: Any) -> None:
+    """Fold legacy imports and cells (in seq order): a new import of a source replaces the
+    source's cells (the latest import wins); a superseded import's cells are dropped."""
+    current = {name: src.import_id for name, src in state.legacy.items()}
+    for seq, e in current_legacy_cells(items, current):
+        if type(e) is LegacyImported:
+            state.legacy[e.source] = LegacySource(
+                import_id=e.event_id, sha256=e.sha256, seq=seq, recorded_at=e.recorded_at,
+                last_updated=e.last_updated, declared_cells=e.cells, declared_tests=e.tests)
+            continue
+        src = state.legacy[e.source]  # type: ignore[union-attr]
+        key = legacy_key(e, canonical(e.model))  # type: ignore[arg-type]
+        acc = legacy_acc(e)  # type: ignore[arg-type]
+        if key in src.leaves:
+            src.leaves[key].merge(acc)
+        else:
+            src.leaves[key] = acc
+        src.cells += 1
+
+
+def all_leaves(state: FoldState) -> dict[LeafKey, Acc]:
+    """The collected leaves, with the current legacy cells added in (sources in name
+    order): what master_database.json counts (it is cumulative)."""
+    if not state.legacy:
+        return state.leaves
+    out = {k: sum_accs([a]) for k, a in state.leaves.items()}
+    for name in sorted(state.legacy):
+        for key, acc in sorted(state.legacy[name].leaves.items()):
+            if key in out:
+                out[key].merge(acc)
+            else:
+                out[key] = sum_accs([acc])
+    return out
+
+
+def sum_accs(accs: Iterable[Acc]) -> Acc:
+    total = Acc()
+    for a in accs:
+        total.merge(a)
+    return total
+
+
+Tree = dict[str, dict[str, dict[str, dict[str, dict[str, Acc]]]]]  # model > ... > task > leaf
+
+
+__all__ = ["AVERAGED", "Acc", "DIGITS", "FILE_SCHEMA_VERSION", "FoldState", "LeafKey", "LegacySource", "STATE_VERSION", "TOKENS", "Tree", "UNPLACED", "all_leaves", "dump_state", "fold", "fold_legacy", "legacy_acc", "legacy_key", "load_state", "sum_accs"]
