@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.text import Text
 
 from ultra.report.formats import to_terminal
-from ultra.report.tables import Column, Table
+from ultra.report.source import Column, Table
 from ultra.collect.shard import ShardSnapshot
 
 Mode = Literal["auto", "rich", "plain", "none"]

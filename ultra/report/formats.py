@@ -1,4 +1,5 @@
-"""Tables as text: an 80-column terminal table, Markdown, CSV and JSON.
+"""Tables as text: an 80-column terminal table, Markdown, CSV and JSON (LaTeX:
+ultra/report/latex.py).
 
 One number format per column kind, the same in every text format; CSV and JSON carry the
 unrounded values.
@@ -17,7 +18,7 @@ import textwrap
 import msgspec
 
 from ultra.report.intervals import wilson
-from ultra.report.tables import Column, Table
+from ultra.report.source import Column, Table
 
 WIDTH = 80
 NAME_WIDTH = 20
@@ -384,94 +385,8 @@ def to_json(tables: list[Table], selection: Any = None, provenance: Any = None) 
     return msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n"
 
 
-_LATEX_SPECIAL = str.maketrans({
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}", "–": "--",
-})
-
-
-def latex_escape(text: Any) -> str:
-    """Text for LaTeX: its special characters as the commands that print them (a name
-    `a_b&c` stays text), control characters as `?`."""
-    return plain(str(text)).translate(_LATEX_SPECIAL)
-
-
-def _latex_interval(lo: float, hi: float) -> str:
-    return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
-def _latex_label(t: Table) -> str:
-    raw = t.name + (f"-{t.condition}" if t.condition else "")
-    return "tab:" + "".join(ch if ch.isascii() and ch.isalnum() else "-" for ch in raw.lower())
-
-
-def _latex_cells(t: Table, columns: list[Column], rows: list[list[Any]]) -> list[list[str]]:
-    """Each cell for LaTeX: every rate with its 95 % interval `[lo, hi]` (unless the table
-    has the interval as a column of its own beside it), and its n under 30 tests."""
-    keys = {c.key for c in columns}
-    out = []
-    for i, row in enumerate(rows):
-        line = []
-        for c, v in zip(columns, row):
-            if c.kind == "text":
-                line.append(latex_escape("" if v is None else v))
-                continue
-            if v is None:
-                line.append("--")
-                continue
-            if c.kind == "interval":
-                line.append("{" + _latex_interval(*v) + "}")
-                continue
-            text = latex_escape(cell(c, v))
-            stats = rate_stats(t, i, c.key) if c.kind == "rate" else None
-            if stats is not None:
-                _, n, lo, hi = stats
-                if c.key.removesuffix("_rate") + "_ci" not in keys:
-                    text += " {" + _latex_interval(lo, hi) + "}"
-                if n < SMALL_N:
-                    text += f" ({n})"
-            line.append(text)
-        out.append(line)
-    return out
-
-
-def to_latex(tables: list[Table], provenance: Any = None) -> str:
-    """One booktabs `table` per report table (detail columns left out, as on the terminal):
-    `\\toprule`, the header, `\\midrule`, the rows, `\\bottomrule`; every rate with its 95 %
-    interval `[lo, hi]`; the notes under it; what it was made from as comments."""
-    out = ["% ultra report: tables for LaTeX; needs \\usepackage{booktabs}", ""]
-    for t in tables:
-        all_cols, all_rows = with_simulated_column(t)
-        keep = [j for j, c in enumerate(all_cols) if not c.detail]
-        cols = [all_cols[j] for j in keep]
-        rows = [[r[j] for j in keep] for r in all_rows]
-        body = _latex_cells(t, cols, rows)
-        spec = "".join("l" if c.kind == "text" else "r" for c in cols)
-        out += ["\\begin{table}[htbp]", "\\centering", "\\small",
-                f"\\caption{{{latex_escape(t.title)}}}", f"\\label{{{_latex_label(t)}}}"]
-        if simulated_line(t):
-            out.append(f"\\textbf{{{latex_escape(simulated_line(t))}}}\\par\\smallskip")
-        out += [f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
-                " & ".join(latex_escape(c.title) for c in cols) + " \\\\", "\\midrule"]
-        out += [" & ".join(line) + " \\\\" for line in body]
-        out += ["\\bottomrule", "\\end{tabular}"]
-        notes = [*t.notes, "rates in %, each with its 95 % interval [low, high];"
-                 " (n): a rate of fewer than 30 tests"]
-        out += ["\\par\\smallskip", "\\begin{minipage}{\\linewidth}\\footnotesize"]
-        out += [latex_escape(n) + "\\par" for n in notes]
-        out += ["\\end{minipage}", "\\end{table}", ""]
-    if provenance is not None:
-        from ultra.report.provenance import lines
-
-        out.append("% Made from")
-        out += [f"%   {plain(line)}" for line in lines(provenance)]
-        out.append("")
-    return "\n".join(out)
-
-
-__all__ = ["cell", "csv_file_name", "csv_files", "csv_safe", "FORMATS", "latex_escape",
+__all__ = ["cell", "csv_file_name", "csv_files", "csv_safe", "FORMATS",
            "md_escape", "NAME_WIDTH", "plain", "rate_stats", "shorten", "SIMULATED_ALL",
            "simulated_cell", "SIMULATED_COLUMN", "simulated_line", "SMALL_N", "SMALL_N_NOTE",
-           "terminal_width", "text_cells", "to_csv", "to_json", "to_latex", "to_markdown",
+           "terminal_width", "text_cells", "to_csv", "to_json", "to_markdown",
            "to_terminal", "WIDTH", "with_simulated_column"]

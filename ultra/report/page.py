@@ -11,7 +11,7 @@ import html
 from typing import Any
 
 from ultra.report.formats import cell, simulated_line, with_simulated_column
-from ultra.report.tables import Table
+from ultra.report.source import Table
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }

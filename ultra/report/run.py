@@ -151,7 +151,9 @@ def render(tables: list[Table], fmt: str, sel: Selection, *, source: str,
     if fmt == "csv":
         return formats.to_csv(tables, provenance=provenance)
     if fmt == "latex":
-        return formats.to_latex(tables, provenance=provenance)
+        from ultra.report.latex import to_latex
+
+        return to_latex(tables, provenance=provenance)
     if fmt == "json":
         return formats.to_json(tables, sel, provenance=provenance)
     from ultra.report.page import to_html
