@@ -20,7 +20,7 @@ from typing import Any
 
 from projections.columns import Column, Sum, row_function, sums_function, table
 from projections.counting import Counted
-from ultra.events import ERROR_CATEGORIES, RunFinished, RunStarted, TestCompleted
+from ultra.events import ERROR_CATEGORIES, WORKFLOW_METRICS, RunFinished, RunStarted, TestCompleted
 from ultra.naming import condition_label, rate_key
 
 VERSION = 8  # bump when tables, rows or views change: an older results.db is rebuilt
@@ -46,7 +46,7 @@ _CELL = (
 # The workflow suite's scores have columns of their own; any other suite's metrics get a
 # FLOAT column each (named after the metric, `metric_<name>` where that is taken), added
 # when a metric first appears, and listed in the `metrics` table (made with the first).
-FIXED_METRIC_ORDER = ("final_score", "workflow_score", "phase2_score", "quality_score")
+FIXED_METRIC_ORDER = WORKFLOW_METRICS
 FIXED_METRICS: frozenset[str] = frozenset(FIXED_METRIC_ORDER)
 TEST_SPEC: tuple[Column, ...] = (
     *_IDENTITY,

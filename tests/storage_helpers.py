@@ -48,7 +48,7 @@ def _test(i: int, prefix: str) -> dict[str, Any]:
 
 
 _RESULT_FIELDS = {f.name for f in __import__("msgspec").structs.fields(ev.TestResult)}
-_METRICS = ("final_score", "workflow_score", "phase2_score", "quality_score")
+_METRICS = ev.WORKFLOW_METRICS
 
 
 def completion(**fields: Any) -> ev.TestCompleted:

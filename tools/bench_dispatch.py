@@ -27,10 +27,10 @@ processes, each the median of `--runs` runs (with `ceiling_rps`, what a client t
 nothing reaches at the latency's mean, and the simulator's own CPU per request and mean
 residency, by Little's law: above the latency's mean, it waited for a core, and its CPU
 share of one core over the window, `sim_cpu_share`); beside it
-the same load with one httpx pool per shard; and a bare loop of 128 tasks at 200 ms latency on one `httpx.AsyncClient` of 128
-connections, on pools of `CONNECTIONS_PER_CLIENT` through `AsyncClient.post`, and on the
-same pools through ultra's `RouteClient` (httpx's transport called directly): client CPU
-per request of each.
+the same load with one pool per shard; and a bare loop of 128 tasks at 200 ms latency on
+one `httpx.AsyncClient` of 128 connections, on pools of `CONNECTIONS_PER_CLIENT` through
+`AsyncClient.post`, and on the same pools through ultra's `RouteClient` (h11 over trio
+sockets, ultra/collect/http11.py): client CPU per request of each.
 """
 
 from __future__ import annotations

@@ -169,6 +169,11 @@ def _stat(name: str, kind: Literal["rate", "mean"]) -> Meta:
     return Meta(extra={"stat": name, "kind": kind})
 
 
+# The built-in workflow suite's metrics, in the order the projections show them: results.db
+# keeps a column for each (others get theirs as they appear), and legacy files name them.
+WORKFLOW_METRICS: tuple[str, ...] = ("final_score", "workflow_score", "phase2_score", "quality_score")
+
+
 class TestResult(msgspec.Struct, frozen=True, kw_only=True):
     """What a suite scored for one test the model took: the body of `test.completed`.
 
@@ -419,7 +424,7 @@ def require_identity(obj: dict) -> str | None:
     return None
 
 
-__all__ = ["AliasDefined", "Count", "decode", "decode_current", "Digest", "encode",
+__all__ = ["WORKFLOW_METRICS", "AliasDefined", "Count", "decode", "decode_current", "Digest", "encode",
            "ERROR_CATEGORIES", "ErrorCategory", "ERRORED_REASONS", "ErroredReason", "Event",
            "EVENT_TYPES", "EventId", "FinishReason", "from_builtins", "IDENTITY_FIELDS",
            "KNOWN_VERSIONS", "LegacyCell", "LegacyImported", "MetricName", "Name", "NAME_MAX",

@@ -10,7 +10,8 @@ import msgspec
 
 from projections.counting import Counting, Item, current_legacy_cells
 from projections.repairs import Repairs
-from ultra.events import ERROR_CATEGORIES, LegacyCell, LegacyImported, Outcome, TestResult, Usage
+from ultra.events import (ERROR_CATEGORIES, WORKFLOW_METRICS, LegacyCell, LegacyImported, Outcome,
+                          TestResult, Usage)
 from ultra.naming import rate_key
 
 FILE_SCHEMA_VERSION = 2  # 2: documented key order, num_instances, simulated share, tokens
@@ -307,7 +308,7 @@ def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
 UNPLACED = "all"  # a dimension a legacy file does not place (version 2.0: per-model totals)
 # A legacy cell's `sums` -> the mean it feeds ("stat name" in the rendered stats)
 _LEGACY_MEANS = {**{f: stat for f, stat, _ in AVERAGED}, "execution_time": "avg_execution_time"}
-_LEGACY_METRICS = ("final_score", "workflow_score", "phase2_score", "quality_score")
+_LEGACY_METRICS = WORKFLOW_METRICS
 
 
 def legacy_key(e: LegacyCell, model: str) -> LeafKey:

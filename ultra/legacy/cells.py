@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from ultra.events import ERROR_CATEGORIES
+from ultra.events import ERROR_CATEGORIES, WORKFLOW_METRICS
 
 ALL = "all"  # a dimension a version 2.0 file does not place (its breakdowns are marginals)
 LEVELS = ("by_prompt_type", "by_tool_success_rate", "by_difficulty", "by_task_type")
@@ -24,7 +24,7 @@ AVERAGES: dict[str, str] = {
     "avg_phase2_score": "phase2_score",
     "avg_quality_score": "quality_score",
 }
-METRICS = ("final_score", "workflow_score", "phase2_score", "quality_score")  # the suite's order
+METRICS = WORKFLOW_METRICS  # the suite's order
 TOLERANCE = 1e-6  # a rate agrees with its counts within this
 
 # anomaly kinds, in the order the report lists them
