@@ -41,9 +41,23 @@ class LeaseTable:
     the clock)."""
 
     clock_sql: ClassVar[str]
+    lock_rows_sql: ClassVar[str]
     lost_errors: ClassVar[tuple[type[Exception], ...]]
     _transaction: Callable[[], AbstractContextManager[Tx]]
     _read: Callable[..., list[Any]]
+
+    def _held_claims(self, tx: Tx, holder: str, keys: set[str]) -> set[str]:
+        """The test keys among `keys` whose claim `holder` holds (and has not completed):
+        the fencing check of an append, inside its transaction."""
+        names = [f"{TEST_LEASE_PREFIX}{k}" for k in keys]
+        held: set[str] = set()
+        for i in range(0, len(names), 500):
+            part = names[i:i + 500]
+            held.update(r[0] for r in tx.execute(
+                "SELECT name FROM leases WHERE holder = ? AND done_seq IS NULL"
+                f" AND name IN ({', '.join('?' * len(part))}){self.lock_rows_sql}",
+                [holder, *part]).fetchall())
+        return {n[len(TEST_LEASE_PREFIX):] for n in held}
 
     def claim(self, name: str, holder: str, run_id: str, ttl: float, *,
               plan_seq: int = 0) -> str | None:

@@ -1,15 +1,15 @@
 """The event log: one append-only table of events ordered by `seq`, behind one interface
-with two implementations chosen by `--db`: a path is SQLite (`ultra/eventlog/store_sqlite.py`, the
-embedded default), `postgresql://…` is PostgreSQL (`ultra/eventlog/store_postgres.py`), one log
-shared by collectors on several machines.
+with two implementations chosen by `--db`: a path is SQLite (`store_sqlite.py`, the
+embedded default), `postgresql://…` is PostgreSQL (`store_postgres.py`), one log shared by
+collectors on several machines.
 
 Same semantics on both: migrations in plain SQL per dialect (`migrations/<dialect>/`),
-idempotent append by `event_id`, immutable rows (triggers), the hash chain (ultra/eventlog/chain.py)
-computed inside the write transaction, streaming reads by `seq` (ultra/eventlog/event_stream.py),
-rows made and imported lines checked by ultra/eventlog/event_rows.py, and leases (a table of their
-own: `LeaseTable` in ultra/eventlog/lease_table.py). Derived tables kept in the same database (the
-completion index and duplicate detection, ultra/projection/completion_index.py; projection state,
-ultra/projection/projection_state.py) are the projection side's: the log gives them `read` and a
+idempotent append by `event_id`, immutable rows (triggers), the hash chain (`chain.py`)
+computed inside the write transaction, streaming reads by `seq` (`event_stream.py`), rows
+made and checked by `event_rows.py`, `ultra import` (`importing.py`), transcripts
+(`transcript_table.py`) and leases (`lease_table.py`), all in ultra/eventlog/. Derived
+tables in the same database (the completion index with duplicate detection, projection
+state: ultra/projection/) are the projection side's: the log gives them `read` and a
 transaction under its append lock (`locked`), and never reads or trusts them itself.
 Appends are serialized (SQLite's write lock; a PostgreSQL advisory lock): the chain needs
 the previous hash, and `seq` is assigned under the lock, so an event with a lower `seq`
@@ -38,14 +38,13 @@ import msgspec
 from ultra.eventlog import chain
 from ultra import events as ev
 from ultra.errors import UserError
-from ultra.eventlog.event_rows import (
-    IMPORT_LINE_LIMIT, Row, _CarriedTranscripts, _check_conflicts, _stored, event_row, raw_row,
-    transcript_ref,
-)
+from ultra.eventlog.event_rows import Row, _stored, event_row
 from ultra.eventlog.event_stream import READ_BATCH, EventStream
 from ultra.eventlog.locations import (MIGRATIONS_TABLE, is_server_url,
                                       load_migrations)
-from ultra.eventlog.lease_table import TEST_LEASE_PREFIX, LeaseTable, release_in
+from ultra.eventlog.importing import ImportResult, RawImport
+from ultra.eventlog.transcript_table import TranscriptTable
+from ultra.eventlog.lease_table import LeaseTable, release_in
 from ultra.eventlog.store_tx import Tx
 from ultra.eventlog.store_tx import patient as _patient
 
@@ -61,7 +60,7 @@ STORE_TIMEOUT = 60.0  # seconds a lost connection to the log is retried before g
 # ---- the log ---------------------------------------------------------------------------
 
 
-class EventLog(LeaseTable):
+class EventLog(LeaseTable, TranscriptTable, RawImport):
     """An open event log (the store interface). Thread-safe, usable from trio worker
     threads. `EventLog.open(db)` picks the implementation from `db`."""
 
@@ -142,10 +141,6 @@ class EventLog(LeaseTable):
 
     def _insert_rows(self, tx: Tx, rows: list[tuple[Any, ...]]) -> None:
         tx.executemany(_INSERT, rows)
-
-    def _insert_transcripts(self, tx: Tx, rows: list[tuple[int, str, bytes]]) -> None:
-        """Store (seq, digest, compressed bytes) rows, in seq order."""
-        tx.executemany("INSERT INTO transcripts (seq, digest, data) VALUES (?, ?, ?)", rows)
 
     def _after_append(self) -> None:
         """Housekeeping outside the transaction (SQLite bounds its WAL)."""
@@ -258,18 +253,6 @@ class EventLog(LeaseTable):
         self._after_append()
         return AppendResult(stored=len(seqs), fenced=tuple(fenced))
 
-    def _held_claims(self, tx: Tx, holder: str, keys: set[str]) -> set[str]:
-        """The test keys among `keys` whose claim `holder` holds (and has not completed)."""
-        names = [f"{TEST_LEASE_PREFIX}{k}" for k in keys]
-        held: set[str] = set()
-        for i in range(0, len(names), 500):
-            part = names[i:i + 500]
-            held.update(r[0] for r in tx.execute(
-                "SELECT name FROM leases WHERE holder = ? AND done_seq IS NULL"
-                f" AND name IN ({', '.join('?' * len(part))}){self.lock_rows_sql}",
-                [holder, *part]).fetchall())
-        return {n[len(TEST_LEASE_PREFIX):] for n in held}
-
     def _insert(self, tx: Tx, rows: list[Row], *, checked: bool | None = None) -> dict[str, int]:
         """Store the rows whose event ids are new, chained after the current head; under
         the append lock, so seq and hash are assigned by one writer at a time. Returns the
@@ -310,53 +293,6 @@ class EventLog(LeaseTable):
             return self._insert(tx, rows, checked=True)
         tx.execute("RELEASE SAVEPOINT ultra_insert")
         return {r[1]: r[0] for r in out}
-
-    @staticmethod
-    def read_lines(fh: Any, source: str, limit: int = IMPORT_LINE_LIMIT) -> Iterator[bytes]:
-        """The lines of a binary file, each at most `limit` bytes (a longer one, or an
-        endless one such as /dev/zero, is refused with its line number instead of read
-        whole); a UTF-8 byte order mark before the first line is dropped."""
-        lineno = 0
-        while line := fh.readline(limit + 1):
-            lineno += 1
-            if len(line) > limit:
-                raise UserError(f"{source}:{lineno}: line longer than {limit // 2**20} MB: refused,"
-                                " nothing imported")
-            yield line.removeprefix(b"\xef\xbb\xbf") if lineno == 1 else line
-
-    def append_raw(self, lines: Iterable[str | bytes], *, source: str = "input") -> ImportResult:
-        """Append JSON lines (as `ultra events` prints them): all of them, or none.
-
-        A malformed line, or one whose `event_id` is stored (or earlier in the input) with
-        different content, raises `UserError` naming `source:line`, and nothing is stored.
-        """
-        read = unknown = 0
-        batch: list[tuple[Row, str]] = []
-        stored = 0
-        carried = _CarriedTranscripts()
-        with self._transaction() as tx:
-            for lineno, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                where = f"{source}:{lineno}"
-                if carried.take(line, where):  # a transcript line (`ultra events --transcripts`)
-                    continue
-                row = raw_row(line, where)
-                read += 1
-                unknown += row[1] not in ev.EVENT_TYPES
-                batch.append((row, where))
-                if len(batch) >= 5000:
-                    _check_conflicts(tx, batch)
-                    stored += len(new := self._insert(tx, [row for row, _ in batch], checked=True))
-                    carried.stored(self, tx, batch, new)
-                    batch.clear()
-            if batch:
-                _check_conflicts(tx, batch)
-                stored += len(new := self._insert(tx, [row for row, _ in batch], checked=True))
-                carried.stored(self, tx, batch, new)
-            carried.finish(self, tx)
-        return ImportResult(read=read, stored=stored, unknown_types=unknown,
-                            transcripts=carried.written)
 
     # -- reading --
 
@@ -440,51 +376,6 @@ class EventLog(LeaseTable):
         rows = self._read("SELECT hash FROM events WHERE seq = ?", (seq,))
         return rows[0][0] if rows else None
 
-    # -- transcripts (rows keyed by their event's seq; ultra/transcripts/__init__.py) --
-
-    def transcript_at(self, seq: int) -> tuple[str, bytes] | None:
-        """(digest, compressed bytes) stored for the event at `seq`, if any."""
-        rows = self._read("SELECT digest, data FROM transcripts WHERE seq = ?", (seq,))
-        return (rows[0][0], bytes(rows[0][1])) if rows else None
-
-    def transcript_rows(self, *, batch: int = 1000) -> Iterator[tuple[int, str, bytes]]:
-        """(seq, digest, compressed bytes) of every stored transcript, by seq."""
-        after = -1
-        while True:
-            rows = self._read("SELECT seq, digest, data FROM transcripts WHERE seq > ?"
-                              " ORDER BY seq LIMIT ?", (after, batch))
-            yield from ((seq, d, bytes(b)) for seq, d, b in rows)
-            if len(rows) < batch:
-                return
-            after = rows[-1][0]
-
-    def transcript_refs(self, *, batch: int = 5000) -> Iterator[tuple[int, str, str | None, str]]:
-        """(seq, event_id, test_key, digest) of every test event that names a transcript."""
-        after = 0
-        sql = ("SELECT seq, event_id, test_key, payload FROM events WHERE seq > ?"
-               " AND type IN ('test.completed', 'test.errored') AND payload LIKE ?"
-               " ORDER BY seq LIMIT ?")
-        while True:
-            rows = self._read(sql, (after, '%"transcript":"%', batch))
-            for seq, event_id, key, payload in rows:
-                ref = transcript_ref(payload)
-                if ref is not None:
-                    yield seq, event_id, key, ref
-            if len(rows) < batch:
-                return
-            after = rows[-1][0]
-
-    def test_event(self, key_or_id: str) -> tuple[int, str] | None:
-        """(seq, payload) of the test event with this event id, else the last test event
-        of this test key."""
-        rows = self._read("SELECT seq, payload FROM events WHERE event_id = ?"
-                          " AND type IN ('test.completed', 'test.errored')", (key_or_id,))
-        if not rows:
-            rows = self._read("SELECT seq, payload FROM events WHERE test_key = ?"
-                              " AND type IN ('test.completed', 'test.errored')"
-                              " ORDER BY seq DESC LIMIT 1", (key_or_id,))
-        return (rows[0][0], rows[0][1]) if rows else None
-
     def first_event_id(self) -> str:
         """The event_id of the log's first event ("" when it has none): with the chain head at
         a seq, what tells a projection which log it was folded from."""
@@ -503,13 +394,6 @@ class EventLog(LeaseTable):
 class AppendResult(msgspec.Struct, frozen=True):
     stored: int  # newly stored events (the rest were already in the log)
     fenced: tuple[str, ...] = ()  # test keys whose events were dropped: their claim was lost
-
-
-class ImportResult(msgspec.Struct, frozen=True):
-    read: int  # JSON lines read (blank lines aside)
-    stored: int  # newly stored (the rest were already in the log)
-    unknown_types: int  # lines of types this version does not know, stored as they are
-    transcripts: int = 0  # transcripts stored with the newly stored events
 
 
 __all__ = ["AppendResult", "EventLog", "ImportResult", "STORE_TIMEOUT"]
