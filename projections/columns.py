@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["Column", "Sum", "row_function", "sums_function", "table"]
+__all__ = ["Column", "Sum", "compiled", "row_function", "sums_function", "table"]
 
 
 class Column(NamedTuple):
@@ -39,7 +39,8 @@ def table(columns: Sequence[Column | Sum]) -> dict[str, type]:
     return {c.name: c.type for c in columns}
 
 
-def _compiled(name: str, source: str, namespace: Mapping[str, Any]) -> Callable[..., Any]:
+def compiled(name: str, source: str, namespace: Mapping[str, Any]) -> Callable[..., Any]:
+    """The function `name` that `source` defines, its globals `namespace`."""
     scope = dict(namespace)
     exec(compile(source, f"<{name}: projections/columns.py>", "exec"), scope)  # noqa: S102
     fn = scope[name]
@@ -54,7 +55,7 @@ def row_function(name: str, args: str, columns: Sequence[Column], *, prelude: Se
     table(columns)
     body = "".join(f"    {line}\n" for line in prelude)
     values = "".join(f"        {c.value},  # {c.name}\n" for c in columns)
-    return _compiled(name, f"def {name}({args}):\n{body}    return (\n{values}    )\n",
+    return compiled(name, f"def {name}({args}):\n{body}    return (\n{values}    )\n",
                      namespace or {})
 
 
@@ -72,4 +73,4 @@ def sums_function(name: str, key: Sequence[str], sums: Sequence[Sum], *, prelude
     lines += [f"s[{i}] += {s.value}  # {s.name}" for i, s in enumerate(sums) if s.value != "0"]
     lines += list(extra)
     source = f"def {name}(acc, row):\n" + "".join(f"    {line}\n" for line in lines)
-    return _compiled(name, source, {**(namespace or {}), "SLOT": slot})
+    return compiled(name, source, {**(namespace or {}), "SLOT": slot})

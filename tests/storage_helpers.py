@@ -11,14 +11,16 @@ import sys
 import time
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
+import msgspec
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the writer script runs outside pytest
     sys.path.insert(0, str(ROOT))
 
+from projections.master_database import AVERAGED, TOKENS  # noqa: E402
 from projections.repairs import collect_repairs, resolve_retraction  # noqa: E402
 from ultra import events as ev  # noqa: E402
 
@@ -47,7 +49,7 @@ def _test(i: int, prefix: str) -> dict[str, Any]:
     )
 
 
-_RESULT_FIELDS = {f.name for f in __import__("msgspec").structs.fields(ev.TestResult)}
+_RESULT_FIELDS = tuple(f.name for f in msgspec.structs.fields(ev.TestResult))
 _METRICS = ev.WORKFLOW_METRICS
 
 
@@ -87,13 +89,32 @@ PROMPTS = ["baseline", "optimal", "flawed_sequence_disorder"]
 RATES = [0.6, 0.8, 0.9, 0.80004, 0.8125]  # 0.80004 keys as "0.8": rounding is to 4 digits
 DIFFS = ["easy", "medium"]
 TASKS = ["simple_task", "data_pipeline"]
-OUTCOMES = ["full_success", "partial_success", "failure"]
+OUTCOMES = list(get_args(ev.Outcome))
 unit = st.floats(0, 1, allow_nan=False, allow_infinity=False)
+
+
+# What a drawn test's result holds follows the schema: every field of `TestResult` that
+# the projections average (its stat marks), every field of `Usage`, every workflow metric.
+_DRAWN_COUNT = st.integers(0, 30)
+_DRAWN_TOKENS = st.integers(0, 10**6)
+
+
+@st.composite
+def _result_fields(draw: st.DrawFn) -> dict[str, Any]:
+    outcome = draw(st.sampled_from(OUTCOMES))
+    return dict(
+        outcome=outcome,
+        error_category=None if outcome == "full_success" else draw(st.sampled_from(ev.ERROR_CATEGORIES)),
+        **{f: draw(unit if kind == "rate" else _DRAWN_COUNT) for f, _, kind in AVERAGED},
+        metrics={m: draw(unit) for m in _METRICS},
+        assisted_turns=draw(st.integers(0, 2)),
+        finish_reasons=draw(st.lists(st.sampled_from(["stop", "tool_calls", "length", ""]),
+                                     max_size=3)),
+    )
 
 
 @st.composite
 def _test_fields(draw: st.DrawFn, key_space: int) -> dict[str, Any]:
-    outcome = draw(st.sampled_from(OUTCOMES))
     return dict(
         run_id=draw(st.sampled_from(["run-1", "run-2"])),
         shard_id=draw(st.sampled_from(["s0", "s1"])),
@@ -106,24 +127,9 @@ def _test_fields(draw: st.DrawFn, key_space: int) -> dict[str, Any]:
         difficulty=draw(st.sampled_from(DIFFS)),
         prompt_type=draw(st.sampled_from(PROMPTS)),
         tool_success_rate=draw(st.sampled_from(RATES)),
-        outcome=outcome,
         execution_time=draw(st.floats(0, 300, allow_nan=False)),
-        turns=draw(st.integers(0, 20)),
-        tool_calls=draw(st.integers(0, 30)),
-        tool_coverage=draw(unit),
-        workflow_score=draw(unit),
-        phase2_score=draw(unit),
-        quality_score=draw(unit),
-        final_score=draw(unit),
-        assisted_turns=draw(st.integers(0, 2)),
-        finish_reasons=draw(st.lists(st.sampled_from(["stop", "tool_calls", "length", ""]),
-                                     max_size=3)),
-        usage=ev.Usage(prompt_tokens=draw(st.integers(0, 10**6)),
-                       completion_tokens=draw(st.integers(0, 10**5)),
-                       reasoning_tokens=draw(st.integers(0, 10**4))),
-        error_category=None
-        if outcome == "full_success"
-        else draw(st.sampled_from(ev.ERROR_CATEGORIES)),
+        usage=ev.Usage(**{name: draw(_DRAWN_TOKENS) for name in TOKENS}),
+        **draw(_result_fields()),
     )
 
 
@@ -145,10 +151,8 @@ def event_lists(
             out.append(completion(event_id=f"ev{i}", recorded_at=when, **f))
         elif kind == "e":
             f = draw(_test_fields(key_space=8))
-            for k in ("outcome", "workflow_score", "phase2_score", "quality_score", "final_score",
-                      "turns", "tool_calls", "tool_coverage", "assisted_turns", "error_category",
-                      "finish_reasons"):
-                f.pop(k)
+            for k in _RESULT_FIELDS:
+                f.pop(k, None)
             if draw(st.booleans()):
                 f["usage"] = ev.Usage()  # errored before any answer
             out.append(ev.TestErrored(event_id=f"ev{i}", recorded_at=when,

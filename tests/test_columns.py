@@ -41,3 +41,24 @@ def test_results_db_tables_come_from_their_specs():
     assert list(rdb.LEGACY_CELL_COLUMNS) == [c.name for c in rdb.LEGACY_CELL_SPEC]
     assert rdb.CELL_SUMS == tuple(s.name for s in rdb.CELL_SPEC)
     assert set(rdb.CELL_KEYS[:-1]) <= set(rdb.TEST_COLUMNS)
+
+
+def test_the_fold_is_compiled_from_the_schema():
+    """master_database's fold adds every averaged result field, every token count and every
+    error category through its own slot, and its record round-trips an accumulator."""
+    import importlib
+
+    fold = importlib.import_module("projections.master_database.fold")
+    from ultra.events import ERROR_CATEGORIES
+
+    for name, _, _ in fold.AVERAGED:
+        assert f"+= r.{name}" in fold._loop_src
+    for name in fold.TOKENS:
+        assert f"+= u.{name}" in fold._loop_src
+    assert len(fold._ERROR_SLOT) == len(ERROR_CATEGORIES)
+    acc = fold.Acc(total=6, full_success=1, partial_success=2, failure=3, with_assistance=4,
+                   errors=list(range(len(ERROR_CATEGORIES))), execution_time=1.5,
+                   sums=[float(i) for i in range(len(fold.AVERAGED))], metrics={"m": 2.0},
+                   tokens=list(range(len(fold.TOKENS))), last_test_time="t", simulated=5,
+                   truncated=6, cost=0.25, priced=7)
+    assert fold._close(fold._open(acc)) == acc

@@ -3,13 +3,10 @@ carried by `ultra events --transcripts` and `ultra import`."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import uuid
 import zlib
-
-import pytest
 
 from storage_helpers import completed
 from tests.collection_helpers import ROOT, events, ultra

@@ -8,6 +8,7 @@ from typing import Any, get_args, get_type_hints
 
 import msgspec
 
+from projections.columns import compiled
 from projections.counting import Counting, Item, current_legacy_cells
 from projections.repairs import Repairs
 from ultra.events import (ERROR_CATEGORIES, WORKFLOW_METRICS, LegacyCell, LegacyImported, Outcome,
@@ -19,8 +20,6 @@ STATE_VERSION = 7  # bump when Acc/FoldState change: saved states are then rebui
 DIGITS = 6  # every float in the file is rounded to this many decimals
 
 LeafKey = tuple[str, str, str, str, str]  # model, prompt key, rate key, difficulty, task type
-
-_CATEGORY_INDEX = {c: i for i, c in enumerate(ERROR_CATEGORIES)}
 
 
 def _marked_fields() -> tuple[tuple[str, str, str], ...]:
@@ -213,31 +212,81 @@ def load_state(data: bytes | str) -> FoldState:
 # While folding, each leaf's sums live in a flat list (a "working record"), made from its
 # `Acc` when first touched and turned back into one at the end: the loop then costs one
 # dict probe and a few list slots per completion, not a method call and attribute writes.
-# `fold` spells the slots as literals (the hot loop):
-#   0 unused (total is 1 + 2 + 3), 1 full_success, 2 partial_success, 3 failure, 4 with_assistance, 5 simulated,
-#   6 execution_time, 7-9 sums (AVERAGED), 10-12 tokens (TOKENS), 13 metrics, 14 last_test_time,
-#   15 truncated, 16 cost, 17 priced, then one count per error category (ERROR_CATEGORIES).
-_ERRORS = 18
-_OUTCOME_SLOT = {o: {"full_success": 1, "partial_success": 2}.get(o, 3) for o in get_args(Outcome)}
-_ERROR_SLOT = {c: _ERRORS + i for i, c in enumerate(ERROR_CATEGORIES)}
-# `fold` adds these by name: plain bytecode, twice as fast as a C map of `operator.add`.
-if tuple(f for f, _, _ in AVERAGED) != ("turns", "tool_calls", "tool_coverage") or TOKENS != (
-    "prompt_tokens", "completion_tokens", "reasoning_tokens"
-):
-    raise TypeError("the stat marks of TestResult or the fields of Usage changed: update fold()")
+# The slots, in order: the place in `Acc` each comes from and goes back to, and the
+# statement that adds one counted completion to it (`e` the event, `r` its result, `u` its
+# usage, `w` the record, `{i}` the slot). They follow the schema: an outcome, an error
+# category, a field of `TestResult` marked with a stat or a field of `Usage` has its slot
+# without an edit here. `fold`'s loop is compiled from them (plain bytecode per slot).
+_SLOTS: tuple[tuple[str, str], ...] = (
+    *((o, "") for o in get_args(Outcome)),  # one of them per completion (`_ONE_OF` below)
+    ("with_assistance", "if r.assisted_turns:\n    w[{i}] += 1"),
+    ("simulated", "if e.simulated:\n    w[{i}] += 1"),
+    ("execution_time", "w[{i}] += e.execution_time"),
+    *((f"sums[{k}]", f"w[{{i}}] += r.{name}") for k, (name, _, _) in enumerate(AVERAGED)),
+    *((f"tokens[{k}]", f"w[{{i}}] += u.{name}") for k, name in enumerate(TOKENS)),
+    ("metrics", "m = w[{i}]  # a defaultdict(float): a new name starts at 0.0\n"
+                "for name, value in r.metrics.items():\n    m[name] += value"),
+    ("last_test_time", "if e.recorded_at > w[{i}]:\n    w[{i}] = e.recorded_at"),
+    ("truncated", "if r.finish_reasons and 'length' in r.finish_reasons:\n    w[{i}] += 1"),
+    ("cost", ""), ("priced", ""),  # where the completion's run has prices (`_PRICED`)
+    *((f"errors[{k}]", "") for k in range(len(ERROR_CATEGORIES))),  # `_ONE_OF`
+)
+_SLOT = {place: i for i, (place, _) in enumerate(_SLOTS)}
+_OUTCOME_SLOT = {o: _SLOT[o] for o in get_args(Outcome)}
+_ERROR_SLOT = {c: _SLOT[f"errors[{k}]"] for k, c in enumerate(ERROR_CATEGORIES)}
+_ONE_OF = ("w[outcome_slot[r.outcome]] += 1  # total is their sum, made at the end",
+           "category = r.error_category",
+           "if category is not None:\n    w[error_slot[category]] += 1")
+_PRICED = ("if prices:\n    price = prices.get(e.run_id + '/' + e.shard_id)\n    if price is not None:\n"
+           f"        w[{_SLOT['cost']}] += (u.prompt_tokens * price[0] + u.completion_tokens * price[1]) / 1e6\n"
+           f"        w[{_SLOT['priced']}] += 1",)
 
 
-def _open(a: Acc) -> list[Any]:
-    return [a.total, a.full_success, a.partial_success, a.failure, a.with_assistance, a.simulated,
-            a.execution_time, *a.sums, *a.tokens, defaultdict(float, a.metrics), a.last_test_time,
-            a.truncated, a.cost, a.priced, *a.errors]
+def _fold_source() -> tuple[str, str, str]:
+    """The source of `_open` (Acc -> record), `_close` (record -> Acc) and `_fold_loop`."""
+    lists: dict[str, list[int]] = {}
+    opened, closed = [], {"total": " + ".join(f"w[{_OUTCOME_SLOT[o]}]" for o in get_args(Outcome))}
+    for i, (place, _) in enumerate(_SLOTS):
+        attr, _, k = place.partition("[")
+        opened.append("defaultdict(float, a.metrics)" if place == "metrics" else f"a.{place}")
+        if k:
+            lists.setdefault(attr, []).append(i)
+        else:
+            closed[attr] = f"dict(w[{i}])" if place == "metrics" else f"w[{i}]"
+    closed.update((attr, "[" + ", ".join(f"w[{i}]" for i in slots) + "]") for attr, slots in lists.items())
+    left = set(Acc.__struct_fields__) - set(closed) - {"legacy", "uncovered"}  # legacy: apart
+    if left:
+        raise TypeError(f"fields of Acc without a slot in _SLOTS: {sorted(left)}")
+    open_src = "def _open(a):\n    return [\n" + "".join(f"        {x},\n" for x in opened) + "    ]\n"
+    close_src = "def _close(w):\n    return Acc(\n" + "".join(
+        f"        {attr}={x},\n" for attr, x in closed.items()) + "    )\n"
+    body = [add.format(i=i) for i, (_, add) in enumerate(_SLOTS) if add] + [*_ONE_OF, *_PRICED]
+    indent = " " * 12
+    loop_src = (
+        "def _fold_loop(events, work, leaves, errored, prices):\n"
+        "    outcome_slot, error_slot, open_ = OUTCOME_SLOT, ERROR_SLOT, _open\n"
+        "    for _seq, e, model, rk in events:\n"
+        "        if rk:  # a counted completion (errored events have no rate key)\n"
+        "            key = (model, e.prompt_type, rk, e.difficulty, e.task_type)\n"
+        "            w = work.get(key)\n"
+        "            if w is None:\n"
+        "                acc = leaves.get(key)\n"
+        "                w = work[key] = open_(acc if acc is not None else Acc())\n"
+        "            r = e.result\n"
+        "            u = e.usage\n"
+        + "".join(indent + line + "\n" for stmt in body for line in stmt.splitlines())
+        + "        else:\n"
+        "            by_reason = errored.setdefault(model, {})\n"
+        "            by_reason[e.reason] = by_reason.get(e.reason, 0) + 1\n")
+    return open_src, close_src, loop_src
 
 
-def _close(w: list[Any]) -> Acc:
-    return Acc(total=w[1] + w[2] + w[3], full_success=w[1], partial_success=w[2], failure=w[3],
-               with_assistance=w[4], errors=w[_ERRORS:], execution_time=w[6], sums=w[7:10],
-               metrics=dict(w[13]), tokens=w[10:13], last_test_time=w[14], simulated=w[5],
-               truncated=w[15], cost=w[16], priced=w[17])
+_open_src, _close_src, _loop_src = _fold_source()
+_ns: dict[str, Any] = {"Acc": Acc, "defaultdict": defaultdict}
+_open = compiled("_open", _open_src, _ns)
+_close = compiled("_close", _close_src, _ns)
+_fold_loop = compiled("_fold_loop", _loop_src, {
+    "Acc": Acc, "_open": _open, "OUTCOME_SLOT": _OUTCOME_SLOT, "ERROR_SLOT": _ERROR_SLOT})
 
 
 def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
@@ -251,49 +300,9 @@ def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
     work: dict[LeafKey, list[Any]] = {}
     counting = Counting(repairs, state.spent, state.prices)
     counting.legacy = []
-    prices = state.prices  # filled by shard.started events as the fold meets them
     counting.last_recorded_at = state.generated_at
-    outcome_slot, error_slot = _OUTCOME_SLOT, _ERROR_SLOT
-    try:
-        for _seq, e, model, rk in counting.events(items):
-            if rk:  # a counted completion (errored events have no rate key)
-                key = (model, e.prompt_type, rk, e.difficulty, e.task_type)
-                w = work.get(key)
-                if w is None:
-                    acc = leaves.get(key)
-                    w = work[key] = _open(acc if acc is not None else Acc())
-                r = e.result
-                w[outcome_slot[r.outcome]] += 1  # total is their sum, made at the end
-                if r.assisted_turns:
-                    w[4] += 1
-                if e.simulated:
-                    w[5] += 1
-                category = r.error_category
-                if category is not None:
-                    w[error_slot[category]] += 1
-                w[6] += e.execution_time
-                w[7] += r.turns
-                w[8] += r.tool_calls
-                w[9] += r.tool_coverage
-                u = e.usage
-                w[10] += u.prompt_tokens
-                w[11] += u.completion_tokens
-                w[12] += u.reasoning_tokens
-                metrics = w[13]  # a defaultdict(float): a new name starts at 0.0
-                for name, value in r.metrics.items():
-                    metrics[name] += value
-                if e.recorded_at > w[14]:
-                    w[14] = e.recorded_at
-                if r.finish_reasons and "length" in r.finish_reasons:
-                    w[15] += 1
-                if prices:
-                    price = prices.get(f"{e.run_id}/{e.shard_id}")
-                    if price is not None:
-                        w[16] += (u.prompt_tokens * price[0] + u.completion_tokens * price[1]) / 1e6
-                        w[17] += 1
-            else:
-                by_reason = state.errored.setdefault(model, {})
-                by_reason[e.reason] = by_reason.get(e.reason, 0) + 1  # type: ignore[union-attr]
+    try:  # prices: filled by shard.started events as the fold meets them
+        _fold_loop(counting.events(items), work, leaves, state.errored, state.prices)
     finally:
         for key, w in work.items():
             leaves[key] = _close(w)

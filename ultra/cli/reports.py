@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from ultra.errors import UserError
-
-if TYPE_CHECKING:
-    from ultra.config import Config
-    from ultra.collect.plan import Selection
 
 from ultra.cli import _check_common, _csv, _rates, app, DbOpt, OutOpt, ResultsOpt, UnusedConfigOpt
 from ultra.defaults import DEFAULT_DB, DEFAULT_OUT

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ultra.defaults import CLAIM_BATCH, LEASE_SECONDS
+from ultra.defaults import CLAIM_BATCH
 from ultra.errors import UserError
 
 from ultra.collect.plan import Shard

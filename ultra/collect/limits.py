@@ -20,7 +20,6 @@ the budget is `tpm / 6` per 10 s, which also keeps every minute within `tpm`.
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 
 import trio

@@ -9,7 +9,6 @@ import os
 
 import msgspec
 
-from ultra.collect.preflight import preflight
 from ultra.collect.plan import Plan, Shard
 
 # Before a route has answered (`ultra plan`), a request is taken to last this long: a chat

@@ -3,7 +3,6 @@ faults, accounting, and the responder's reply; the HTTP around it is ultra/sim/s
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import math
 import random
@@ -22,8 +21,8 @@ from ultra.sim.accounting import RouteStats, SlidingWindow, Stats, TokenWindow
 from ultra.sim.config import SimConfig, validate
 from ultra.sim.models import is_reasoning_model
 from ultra.sim.refusals import (AZURE_BAD_KEY, CONTEXT_LENGTH, MAX_TOKENS_UNSUPPORTED, NO_API_VERSION,
-                                 NO_KEY, RATE_LIMITED, SERVER_ERRORS, format_duration, limit_headers,
-                                 masked_key)
+                                 NO_KEY, RATE_LIMITED, SERVER_ERRORS, masked_key, rate_headers,
+                                 retry_headers)
 from ultra.sim.replies import (
     MALFORMED_BODY, Responder, completion_body, empty_choices_body, error_body, model_skill,
     prompt_tokens, responder_failure,
@@ -156,36 +155,6 @@ class Simulator:
         self.recorded.clear()
 
     # -- the chat routes -----------------------------------------------------------------
-
-    def _retry_headers(self) -> list[tuple[bytes, bytes]]:
-        """The headers a 429 carries, each saying "wait retry_after_s" in its own form."""
-        limits = self.config.limits
-        wait = limits.retry_after_s
-        out: list[tuple[bytes, bytes]] = []
-        for name in limits.retry_headers:
-            if name == "retry-after":
-                # an HTTP date has whole seconds: round up, never tell a client to come early
-                value = (email.utils.formatdate(math.ceil(time.time() + wait), usegmt=True) if limits.retry_after_http_date
-                         else str(math.ceil(wait)))
-            elif name == "retry-after-ms":
-                value = str(math.ceil(wait * 1000))
-            else:
-                value = format_duration(wait)
-                remaining = b"x-ratelimit-remaining-" + name.rsplit("-", 1)[1].encode()
-                out.append((remaining, b"0"))
-            out.append((name.encode(), value.encode()))
-        return out
-
-    def _rate_headers(self, now: float, key_window: SlidingWindow | None, dep_window: SlidingWindow | None,
-                      key_tokens: TokenWindow | None, dep_tokens: TokenWindow | None) -> list[tuple[bytes, bytes]]:
-        """What is left of the route's limits once this request is counted, in the
-        configured `header_style` (LiteLLM's styles name no reset)."""
-        style = self.config.limits.header_style
-        if style == "litellm-key":
-            return (limit_headers(b"x-ratelimit-api_key-", now, key_window, key_tokens, False)
-                    + limit_headers(b"x-ratelimit-", now, dep_window, dep_tokens, False))
-        return limit_headers(b"x-ratelimit-", now, dep_window or key_window, dep_tokens or key_tokens,
-                              style == "openai")
 
     def _bad_key(self, counters: list[RouteStats], key: str, deployment: str | None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         if deployment is not None:
@@ -382,10 +351,10 @@ class Simulator:
                 c.usage_prompt_tokens += prompt_toks
                 c.usage_completion_tokens += completion_toks
             if limited:  # what is left once this request's tokens are all counted
-                headers += self._rate_headers(done, key_window, dep_window, key_tokens, dep_tokens)
+                headers += rate_headers(self.config.limits.header_style, done, key_window, dep_window, key_tokens, dep_tokens)
             return 200, reply, headers
         if limited:
-            headers += self._rate_headers(trio.current_time(), key_window, dep_window, key_tokens, dep_tokens)
+            headers += rate_headers(self.config.limits.header_style, trio.current_time(), key_window, dep_window, key_tokens, dep_tokens)
         if fault == "server_error":
             status = self.rng.choice((500, 502, 503))
             return status, SERVER_ERRORS[status], headers
@@ -405,7 +374,7 @@ class Simulator:
     def _rate_limited(self, counters: list[RouteStats]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         for c in counters:
             c.rate_limited += 1
-        headers = [(SIMULATED_HEADER, b"true"), *self._retry_headers()]
+        headers = [(SIMULATED_HEADER, b"true"), *retry_headers(self.config.limits)]
         return 429, RATE_LIMITED, headers
 
     def _latency_s(self) -> float:

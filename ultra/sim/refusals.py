@@ -5,7 +5,10 @@ a difference found is fixed here."""
 
 from __future__ import annotations
 
+import email.utils
 import math
+import time
+from typing import Any
 
 import msgspec
 
@@ -13,7 +16,8 @@ from ultra.sim.accounting import SlidingWindow, TokenWindow
 from ultra.sim.replies import error_body
 
 __all__ = ["AZURE_BAD_KEY", "CONTEXT_LENGTH", "MAX_TOKENS_UNSUPPORTED", "NO_API_VERSION", "NO_KEY",
-           "RATE_LIMITED", "SERVER_ERRORS", "format_duration", "limit_headers", "masked_key"]
+           "RATE_LIMITED", "SERVER_ERRORS", "format_duration", "limit_headers", "masked_key", "rate_headers",
+           "retry_headers"]
 
 
 def format_duration(seconds: float) -> str:
@@ -77,3 +81,34 @@ def limit_headers(prefix: bytes, now: float, window: SlidingWindow | None, token
         if reset:
             out.append((prefix + b"reset-tokens", format_duration(tokens.reset_in(now)).encode()))
     return out
+
+
+def retry_headers(limits: Any) -> list[tuple[bytes, bytes]]:
+    """The headers a 429 carries, each saying "wait `limits.retry_after_s`" in its own form
+    (`limits`: the simulator's `LimitsConfig`)."""
+    wait = limits.retry_after_s
+    out: list[tuple[bytes, bytes]] = []
+    for name in limits.retry_headers:
+        if name == "retry-after":
+            # an HTTP date has whole seconds: round up, never tell a client to come early
+            value = (email.utils.formatdate(math.ceil(time.time() + wait), usegmt=True)
+                     if limits.retry_after_http_date else str(math.ceil(wait)))
+        elif name == "retry-after-ms":
+            value = str(math.ceil(wait * 1000))
+        else:
+            value = format_duration(wait)
+            remaining = b"x-ratelimit-remaining-" + name.rsplit("-", 1)[1].encode()
+            out.append((remaining, b"0"))
+        out.append((name.encode(), value.encode()))
+    return out
+
+
+def rate_headers(style: str, now: float, key_window: SlidingWindow | None, dep_window: SlidingWindow | None,
+                 key_tokens: TokenWindow | None, dep_tokens: TokenWindow | None) -> list[tuple[bytes, bytes]]:
+    """What is left of the route's limits once this request is counted, in the header
+    `style` of the simulator's config (LiteLLM's styles name no reset)."""
+    if style == "litellm-key":
+        return (limit_headers(b"x-ratelimit-api_key-", now, key_window, key_tokens, False)
+                + limit_headers(b"x-ratelimit-", now, dep_window, dep_tokens, False))
+    return limit_headers(b"x-ratelimit-", now, dep_window or key_window, dep_tokens or key_tokens,
+                         style == "openai")

@@ -43,7 +43,6 @@ import msgspec
 import trio
 
 from ultra.errors import UserError
-from ultra.naming import canonical_model
 from ultra.sim.accounting import RouteStats
 from ultra.sim.config import SimConfig, from_json, validate
 from ultra.sim.process import SimProcess
