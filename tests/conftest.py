@@ -10,12 +10,30 @@ import pytest
 from pg_server import PgServer, pg_bin
 
 _names = itertools.count()
+CHROMIUM = "/usr/bin/chromium"  # Debian's package: .ci/run installs it; playwright never downloads one
+_CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> dict:
+    """playwright's `launch` arguments for Debian's headless chromium; missing, the test
+    fails in CI and is skipped elsewhere (as PostgreSQL's)."""
+    if not os.path.exists(CHROMIUM):
+        if _in_ci():
+            pytest.fail("chromium is not installed; .ci/run installs it (apt-get install -y chromium)")
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    return {"executable_path": CHROMIUM, "args": _CHROMIUM_ARGS}
 
 
 @pytest.fixture(scope="session")
 def pg_server():
     if pg_bin() is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if _in_ci():
             pytest.fail("PostgreSQL is not installed; .ci/run installs it (apt-get install -y postgresql)")
         pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
     server = PgServer.start()

@@ -15,9 +15,6 @@ import pytest
 
 from tests.collection_helpers import ROOT, events, ultra
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +84,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
-def test_inspect_view_shows_a_samples_messages(inspect_extra, demo, tmp_path):
+def test_inspect_view_shows_a_samples_messages(inspect_extra, demo, tmp_path, chromium):
     from playwright.sync_api import sync_playwright
 
     _, db, run = demo
@@ -117,7 +113,7 @@ def test_inspect_view_shows_a_samples_messages(inspect_extra, demo, tmp_path):
                 time.sleep(0.2)
         hosts: set[str] = set()
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            browser = p.chromium.launch(**chromium)
             page = browser.new_page()
 
             def only_loopback(route) -> None:  # no network: anything else is refused

@@ -11,9 +11,6 @@ from test_report import CONFIG, demo_events, ultra
 
 from ultra.eventlog.store import EventLog
 
-CHROMIUM = "/usr/bin/chromium"  # .ci/run installs Debian's package when it is missing
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +30,13 @@ def present(table: dict, kind: str = "rate", skip: tuple[str, ...] = ()) -> int:
     return sum(row[k] is not None for row in table["rows"] for k in keys)
 
 
-def test_the_page_loads_offline_and_every_chart_draws_its_marks(page_and_tables):
+def test_the_page_loads_offline_and_every_chart_draws_its_marks(page_and_tables, chromium):
     tmp, tables = page_and_tables
     models = len(tables["overview"]["rows"])
     problems: list[str] = []
     requests: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(**chromium)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
