@@ -182,3 +182,19 @@ def test_projection_state_round_trips_and_never_goes_backwards(db):
         assert not save_projection_state(log, "p", 1, 9, "{old}")
         assert save_projection_state(log, "p", 1, 12, "{new}")
         assert load_projection_state(log, "p") == (1, 12, "{new}")
+
+
+def test_in_lists_take_few_shapes_and_keep_every_value():
+    """`IN (...)` lists come in powers of two (a bounded set of prepared statements however
+    batch sizes vary), padded with a repeat, IN_CHUNK values at most."""
+    from ultra.eventlog.store_tx import IN_CHUNK, in_chunks
+
+    shapes = set()
+    for n in range(1, 2 * IN_CHUNK + 3):
+        values = [f"v{i}" for i in range(n)]
+        chunks = list(in_chunks(values))
+        assert [v for _, part in chunks for v in dict.fromkeys(part)] == values
+        for marks, part in chunks:
+            assert marks.count("?") == len(part) <= IN_CHUNK
+            shapes.add(len(part))
+    assert shapes == {1 << k for k in range(IN_CHUNK.bit_length())}

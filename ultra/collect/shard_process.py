@@ -23,7 +23,7 @@ from ultra.errors import UserError, fail
 from ultra.events import Event, TestCompleted, TestErrored
 from ultra.defaults import LEASE_SECONDS, TRANSCRIPTS
 from ultra.collect.leases import ProcessLeases, test_lease
-from ultra.memory import TRIM_SECONDS, release_free_memory
+from ultra.memory import TRIM_SECONDS, release_free_memory, single_arena
 from ultra.collect.plan import Shard
 from ultra.collect.shard import KeyBudget, ShardProgress, ShardSnapshot, run_shard
 from ultra.eventlog.store import STORE_TIMEOUT, EventLog
@@ -329,6 +329,7 @@ def _child_main(payload: bytes, progress: Connection, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    single_arena()  # before the store's threads start
     reporter = _Reporter(progress)
 
     def parent_alive() -> bool:

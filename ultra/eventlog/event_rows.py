@@ -13,7 +13,7 @@ import msgspec
 
 from ultra import events as ev
 from ultra.errors import ImportConflict, UserError
-from ultra.eventlog.store_tx import Tx
+from ultra.eventlog.store_tx import Tx, in_chunks
 
 if TYPE_CHECKING:
     from ultra.eventlog.store import EventLog
@@ -156,12 +156,9 @@ def _check_conflicts(conn: Tx, batch: list[tuple[Row, str]]) -> None:
 
 
 def _stored(tx: Tx, ids: list[str], columns: str) -> Iterator[tuple[Any, ...]]:
-    """`columns` of the stored events among `ids` (500 ids a query)."""
-    for i in range(0, len(ids), 500):
-        part = ids[i:i + 500]
-        yield from tx.execute(
-            f"SELECT {columns} FROM events WHERE event_id IN ({', '.join('?' * len(part))})", part
-        ).fetchall()
+    """`columns` of the stored events among `ids` (IN_CHUNK ids a query)."""
+    for marks, part in in_chunks(ids):
+        yield from tx.execute(f"SELECT {columns} FROM events WHERE event_id IN ({marks})", part).fetchall()
 
 
 def _same_event(a: str, b: str) -> bool:

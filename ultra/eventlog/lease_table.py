@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from ultra.collect import liveness
-from ultra.eventlog.store_tx import Tx, patient
+from ultra.eventlog.store_tx import Tx, in_chunks, patient
 
 __all__ = ["DONE", "TEST_LEASE_PREFIX", "LeaseTable", "release_in"]
 
@@ -25,13 +25,10 @@ TEST_LEASE_PREFIX = "test:"  # a test's claim is the lease 'test:<test key>'
 def release_in(tx: Tx, names: Sequence[str], holder: str) -> None:
     """Drop `holder`'s leases among `names` inside an open transaction (an append ends its
     tests' claims in its own group commit)."""
-    names = list(names)
-    for i in range(0, len(names), 500):
-        part = names[i : i + 500]
+    for marks, part in in_chunks(list(names)):
         tx.execute(
             # never a completion mark: a retried batch (stored before) keeps its marks
-            "DELETE FROM leases WHERE holder = ? AND done_seq IS NULL"
-            f" AND name IN ({', '.join('?' * len(part))})",
+            f"DELETE FROM leases WHERE holder = ? AND done_seq IS NULL AND name IN ({marks})",
             [holder, *part],
         )
 
@@ -51,12 +48,10 @@ class LeaseTable:
         the fencing check of an append, inside its transaction."""
         names = [f"{TEST_LEASE_PREFIX}{k}" for k in keys]
         held: set[str] = set()
-        for i in range(0, len(names), 500):
-            part = names[i:i + 500]
+        for marks, part in in_chunks(names):
             held.update(r[0] for r in tx.execute(
                 "SELECT name FROM leases WHERE holder = ? AND done_seq IS NULL"
-                f" AND name IN ({', '.join('?' * len(part))}){self.lock_rows_sql}",
-                [holder, *part]).fetchall())
+                f" AND name IN ({marks}){self.lock_rows_sql}", [holder, *part]).fetchall())
         return {n[len(TEST_LEASE_PREFIX):] for n in held}
 
     def claim(self, name: str, holder: str, run_id: str, ttl: float, *,
@@ -92,11 +87,9 @@ class LeaseTable:
                 " OR leases.done_seq <= excluded.plan_seq",
                 [(name, holder, run_id, ttl, plan_seq, host, pid, started) for name in names],
             )
-            for i in range(0, len(names), 500):
-                part = names[i : i + 500]
+            for marks, part in in_chunks(names):
                 for name, owner, owner_run, done_seq in tx.execute(
-                    "SELECT name, holder, run_id, done_seq FROM leases"
-                    f" WHERE name IN ({', '.join('?' * len(part))})", part,
+                    f"SELECT name, holder, run_id, done_seq FROM leases WHERE name IN ({marks})", part,
                 ).fetchall():
                     found[name] = (DONE if done_seq is not None
                                    else None if owner == holder else owner_run)

@@ -25,7 +25,7 @@ import msgspec
 from ultra import events as ev
 from ultra.errors import UserError
 from ultra.eventlog.event_stream import READ_BATCH, EventStream
-from ultra.eventlog.store_tx import Tx, patient
+from ultra.eventlog.store_tx import IN_CHUNK, Tx, in_chunks, patient
 
 if TYPE_CHECKING:
     from ultra.eventlog.store import EventLog
@@ -337,7 +337,7 @@ class CompletionIndex:
     def completions_of(self, keys: Iterable[str]) -> Iterator[tuple[str, str]]:
         """(test key, event id) of the stored completions of `keys`: primary-key look-ups
         in completion_keys (brought up to date first), so the cost follows `keys`, which
-        are read 500 at a time (a selection of a million keys is never held)."""
+        are read IN_CHUNK (512) at a time (a selection of a million keys is never held)."""
         try:
             self.index_completions(self.last_seq())
         except UserError:  # a log we may not write (a read-only file): scan it instead
@@ -345,9 +345,9 @@ class CompletionIndex:
             yield from ((k, e) for k, e in self.completions() if k in chosen)
             return
         keys = iter(keys)
-        while part := list(itertools.islice(keys, 500)):
-            yield from self._read(
-                f"{COMPLETIONS_OF_QUERY} ({', '.join('?' * len(part))})", part)
+        while chunk := list(itertools.islice(keys, IN_CHUNK)):
+            for marks, part in in_chunks(chunk):
+                yield from self._read(f"{COMPLETIONS_OF_QUERY} ({marks})", part)
 
     def completions(self, *, batch: int = 5000) -> Iterator[tuple[str, str]]:
         """(test key, event id) of every stored completion, by `seq`: what resume needs,

@@ -318,8 +318,8 @@ class Simulator:
                 for c in counters:
                     c.faults += 1
         if self._latency_on and fault != "hang":
-            if self._slots is None:
-                await trio.sleep(self._latency_s())
+            if self._slots is None:  # from the request's arrival, as a client measures it
+                await trio.sleep_until(now + self._latency_s())
             else:
                 async with self._slots:  # the queue of a server with few slots
                     await trio.sleep(self._latency_s())

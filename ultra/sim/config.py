@@ -26,7 +26,8 @@ Rpm = Annotated[float, Meta(ge=1.0, le=1e9)]
 
 
 class Latency(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """How long a reply takes. `median_ms == 0` means reply at once, without any sleep."""
+    """How long a reply takes, from the request's arrival (with `slots`, from the slot's
+    start). `median_ms == 0` means reply at once, without any sleep."""
 
     distribution: Literal["lognormal", "uniform"] = "lognormal"
     median_ms: Millis = 0.0
