@@ -20,6 +20,7 @@ import json
 import multiprocessing as mp
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,10 +54,12 @@ async def _httpx_client(url: str, seconds: float, concurrency: int) -> int:
 
 
 async def raw_client(url: str, seconds: float, concurrency: int, *, body: bytes = BODY,
-                     key: str = "bench-key") -> int:
+                     key: str = "bench-key", warmup: float = 0.0,
+                     at_warm: Callable[[int], None] | None = None) -> int:
     """Replies with status 200 that `concurrency` keep-alive trio socket streams got in
     `seconds`, each sending `body` and reading the reply by its Content-Length (also
-    tools/peers.py's raw client)."""
+    tools/peers.py's raw client, which passes `at_warm`: called with the count so far
+    `warmup` seconds in)."""
     import trio
 
     host, port = url.removeprefix("http://").split(":")
@@ -91,7 +94,13 @@ async def raw_client(url: str, seconds: float, concurrency: int, *, body: bytes 
                         return
                     buf += chunk
 
+    async def warm() -> None:
+        await trio.sleep(warmup)
+        at_warm(done)  # type: ignore[misc]
+
     async with trio.open_nursery() as nursery:
+        if at_warm is not None:
+            nursery.start_soon(warm)
         for _ in range(concurrency):
             nursery.start_soon(worker)
     return done

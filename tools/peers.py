@@ -13,7 +13,9 @@ At each simulator latency (zero and 200 ms, constant) and 128 connections:
 
 Each row: requests/s, client CPU per request (process time over the window, every thread
 included) and, beside ultra's, its ratios to the peers; at 200 ms the cap is
-connections / latency. The simulator runs in its own process on the same cores; its CPU
+connections / latency. The window starts `WARMUP_S` in: the first round of 128 requests
+(no reply for one latency) and ultra's start are left out, so a figure is the steady rate
+(counted from the start, a 10 s window lost ~3 % of the cap to the first round alone). The simulator runs in its own process on the same cores; its CPU
 share of one core over each window is printed too (near 1.0 it, not the client, bounds a
 figure).
 """
@@ -40,7 +42,18 @@ def _cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _row(done: int, cpu: float, wall: float, sim_cpu: float) -> dict:
+WARMUP_S = 2.0  # the first round of connections (and ultra's start) stay out of each figure
+
+Mark = tuple[int, float, float, float]  # requests so far, client CPU, wall clock, simulator CPU
+
+
+def _mark(done: int, sim_pid: int) -> Mark:
+    return done, time.process_time(), time.perf_counter(), _cpu_of(sim_pid)
+
+
+def _row(warm: Mark, end: Mark) -> dict:
+    """The figures of the window between two marks: after the warm-up, to the end."""
+    done, cpu, wall, sim_cpu = (b - a for a, b in zip(warm, end))
     return dict(requests=done, rps=round(done / wall, 1),
                 cpu_ms_per_request=round(1000 * cpu / max(1, done), 3),
                 sim_cpu_share=round(sim_cpu / wall, 3))
@@ -49,12 +62,15 @@ def _row(done: int, cpu: float, wall: float, sim_cpu: float) -> dict:
 def raw(url: str, body: bytes, sim_pid: int, *, connections: int, seconds: float) -> dict:
     from bench_sim import raw_client
 
-    async def main() -> tuple[int, float, float, float]:
-        c0, t0, s0 = time.process_time(), time.perf_counter(), _cpu_of(sim_pid)
-        done = await raw_client(url, seconds, connections, body=body, key="sim-key-0")
-        return done, time.process_time() - c0, time.perf_counter() - t0, _cpu_of(sim_pid) - s0
+    warm: list[Mark] = []
 
-    return _row(*trio.run(main))
+    async def main() -> Mark:
+        done = await raw_client(url, WARMUP_S + seconds, connections, body=body, key="sim-key-0",
+                                warmup=WARMUP_S, at_warm=lambda n: warm.append(_mark(n, sim_pid)))
+        return _mark(done, sim_pid)
+
+    end = trio.run(main)
+    return _row(warm[0], end)
 
 
 def httpx_loop(url: str, body: bytes, sim_pid: int, *, connections: int, seconds: float) -> dict:
@@ -62,14 +78,15 @@ def httpx_loop(url: str, body: bytes, sim_pid: int, *, connections: int, seconds
 
     from ultra.collect.client import CONNECTIONS_PER_CLIENT
 
-    async def main() -> tuple[int, float, float, float]:
+    async def main() -> tuple[Mark, Mark]:
         per = CONNECTIONS_PER_CLIENT
         limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
         headers = {"authorization": "Bearer sim-key-0", "content-type": "application/json"}
         clients = [httpx.AsyncClient(limits=limits, headers=headers, timeout=None)
                    for _ in range(-(-connections // per))]
         done = 0
-        stop = trio.current_time() + seconds
+        stop = trio.current_time() + WARMUP_S + seconds
+        warm: list[Mark] = []
 
         async def worker(client: httpx.AsyncClient) -> None:
             nonlocal done
@@ -78,14 +95,18 @@ def httpx_loop(url: str, body: bytes, sim_pid: int, *, connections: int, seconds
                 r.raise_for_status()
                 done += 1
 
-        c0, t0, s0 = time.process_time(), time.perf_counter(), _cpu_of(sim_pid)
+        async def mark_warm() -> None:
+            await trio.sleep(WARMUP_S)
+            warm.append(_mark(done, sim_pid))
+
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(mark_warm)
             for i in range(connections):
                 nursery.start_soon(worker, clients[i % len(clients)])
-        out = done, time.process_time() - c0, time.perf_counter() - t0, _cpu_of(sim_pid) - s0
+        end = _mark(done, sim_pid)
         for c in clients:
             await c.aclose()
-        return out
+        return warm[0], end
 
     return _row(*trio.run(main))
 
@@ -96,19 +117,21 @@ def ultra_shard(url: str, sim_pid: int, *, workers: int, seconds: float) -> dict
     from ultra.collect.shard_process import ChildJob, run_process
 
     plan = shard_plan(url, workers=workers, qps=1e6, tests=200_000)  # never runs dry
-    snapshots: list = []
+    marks: list[Mark] = []  # at each of the shard's progress reports
     with TemporaryDirectory() as tmp:
         job = ChildJob(run_id="peers", db=str(Path(tmp) / "events.db"), suite="workflow",
                        tasks=None, shards=plan.shards)
 
-        async def main() -> tuple[float, float, float]:
-            c0, t0, s0 = time.process_time(), time.perf_counter(), _cpu_of(sim_pid)
-            with trio.move_on_after(seconds):
-                await run_process(job, snapshots.append)
-            return time.process_time() - c0, time.perf_counter() - t0, _cpu_of(sim_pid) - s0
+        async def main() -> float:
+            t0 = time.perf_counter()
+            with trio.move_on_after(WARMUP_S + seconds):
+                await run_process(job, lambda snaps: marks.append(
+                    _mark(sum(s.requests for s in snaps), sim_pid)))
+            return t0
 
-        cpu, wall, sim_cpu = trio.run(main)
-    return _row(sum(s.requests for s in snapshots[-1]), cpu, wall, sim_cpu)
+        t0 = trio.run(main)
+    warm = next(m for m in marks if m[2] - t0 >= WARMUP_S)
+    return _row(warm, marks[-1])
 
 
 def peers(body: bytes, *, seconds: float) -> dict:
