@@ -178,7 +178,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="seed-load measuring window")
     ap.add_argument("--warmup", type=float, default=8.0, help="seed-load seconds before measuring")
     ap.add_argument("--processes", type=int, default=2)
-    ap.add_argument("--events", type=int, default=20_000, help="events per append measurement")
+    # 100,000: past SQLite's WAL checkpoint (every ~40 MB), which a 20,000-event log without
+    # transcripts never reached while the one with them did
+    ap.add_argument("--events", type=int, default=100_000, help="events per append measurement")
     ap.add_argument("--postgresql", action="store_true")
     ap.add_argument("--seed-child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()

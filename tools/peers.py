@@ -15,9 +15,9 @@ Each row: requests/s, client CPU per request (process time over the window, ever
 included) and, beside ultra's, its ratios to the peers; at 200 ms the cap is
 connections / latency. The window starts `WARMUP_S` in: the first round of 128 requests
 (no reply for one latency) and ultra's start are left out, so a figure is the steady rate
-(counted from the start, a 10 s window lost ~3 % of the cap to the first round alone). The simulator runs in its own process on the same cores; its CPU
-share of one core over each window is printed too (near 1.0 it, not the client, bounds a
-figure).
+(counted from the start, a 10 s window lost ~3 % of the cap to the first round alone).
+The simulator runs in its own process on the same cores; its CPU share of one core over
+each window is printed too (near 1.0 it, not the client, bounds a figure).
 """
 
 from __future__ import annotations

@@ -52,4 +52,3 @@ def in_chunks(values: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
         size = 1 << (len(part) - 1).bit_length()
         part += [part[-1]] * (size - len(part))  # a repeated value matches nothing more
         yield ", ".join("?" * size), part
-
