@@ -226,3 +226,20 @@ def test_https_routes_tunnel_through_the_proxy_and_a_refusal_says_so(monkeypatch
         assert seen[0].method == b"CONNECT" and seen[0].target == b"api.example:443"
 
     trio.run(main)
+
+
+def test_each_request_is_the_one_checked_when_the_pool_was_made():
+    """Requests reuse the headers checked once (h11's `_parsed`): the same bytes on the
+    wire as a request h11 checks in full; a header that could smuggle a line is refused."""
+    from ultra.collect import http11
+
+    pool = Pool("http://127.0.0.1:9/v1/chat/completions",
+                [("authorization", "Bearer k"), ("content-type", "application/json")], 4,
+                max_body=1 << 20)
+    checked = h11.Request(method="POST", target=pool._target,
+                          headers=[*pool._headers, ("content-length", "1234")])
+    assert http11._PARSED_OK
+    assert (h11.Connection(h11.CLIENT).send(pool._request(1234))
+            == h11.Connection(h11.CLIENT).send(checked))
+    with pytest.raises(ValueError, match="not a valid request header"):
+        Pool("http://127.0.0.1:9/v1", [("authorization", "Bearer k\r\nx-evil: 1")], 4, max_body=1 << 20)

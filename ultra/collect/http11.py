@@ -32,6 +32,19 @@ __all__ = ["BodyTooLarge", "Pool", "TransportError", "environment_proxy", "tls_c
 READ_BYTES = 65536
 
 
+def _takes_parsed() -> bool:
+    """Whether this h11 takes events marked as already checked (`_parsed`: every release
+    since 0.8); if not, each request's headers are checked again."""
+    try:
+        h11.Request(method=b"POST", target=b"/", headers=[(b"host", b"x")], _parsed=True)
+    except TypeError:
+        return False
+    return True
+
+
+_PARSED_OK = _takes_parsed()
+
+
 class TransportError(Exception):
     """The request got no HTTP answer: the connection failed, or what came back is not HTTP."""
 
@@ -79,7 +92,7 @@ class Pool:
     """At most `connections` keep-alive connections to the host of `url`, each carrying
     one request at a time. `headers` go on every request (validated once, here)."""
 
-    __slots__ = ("_host", "_port", "_tls", "_hostname", "_target", "_headers", "_idle",
+    __slots__ = ("_host", "_port", "_tls", "_hostname", "_target", "_headers", "_raw_headers", "_idle",
                  "_slots", "_proxy", "_tunnel", "max_body")
 
     def __init__(self, url: str, headers: list[tuple[str, str]], connections: int, *,
@@ -116,9 +129,11 @@ class Pool:
         # request; each post then builds the same list with its own length.
         self._headers = [("host", authority), *headers, *extra]
         try:
-            h11.Request(method="POST", target=self._target, headers=self._headers)
+            checked = h11.Request(method="POST", target=self._target, headers=self._headers)
         except h11.LocalProtocolError as exc:
             raise ValueError(f"not a valid request header: {exc}") from None
+        # as h11 checked them (bytes), for `_request`
+        self._raw_headers = [(name, value) for name, value in checked.headers.raw_items()]
         self._idle: list[_Connection] = []
         self._slots = trio.Semaphore(connections)
         self.max_body = max_body
@@ -177,12 +192,22 @@ class Pool:
             raise
         return _Connection(stream, tcp.socket)
 
+    def _request(self, length: int) -> h11.Request:
+        """The POST of a body of `length` bytes. Its headers were validated when the pool
+        was made: where h11 takes them as already checked (`_parsed`, what its own parser
+        passes), they are not checked again on every request (~a third of h11's work per
+        request at 128 connections)."""
+        if _PARSED_OK:
+            return h11.Request(method=b"POST", target=self._target, _parsed=True,
+                               headers=[*self._raw_headers, (b"content-length", b"%d" % length)])
+        return h11.Request(method="POST", target=self._target,
+                           headers=[*self._headers, ("content-length", str(length))])
+
     async def _exchange(self, conn: _Connection, body: bytes, sent: Callable[[], None] | None
                         ) -> tuple[int, dict[str, str], bytes]:
         c = conn.h11
         try:
-            data = c.send(h11.Request(method="POST", target=self._target,
-                                      headers=[*self._headers, ("content-length", str(len(body)))]))
+            data = c.send(self._request(len(body)))
             data += c.send(h11.Data(data=body))  # type: ignore[operator]
             data += c.send(h11.EndOfMessage())  # type: ignore[operator]
             await conn.stream.send_all(data)  # type: ignore[arg-type]
