@@ -282,11 +282,11 @@ def _fold_source() -> tuple[str, str, str]:
 
 
 _open_src, _close_src, _loop_src = _fold_source()
-_ns: dict[str, Any] = {"Acc": Acc, "defaultdict": defaultdict}
-_open = compiled("_open", _open_src, _ns)
+_ns: dict[str, Any] = {"Acc": Acc, "defaultdict": defaultdict, "OUTCOME_SLOT": _OUTCOME_SLOT,
+                       "ERROR_SLOT": _ERROR_SLOT}
+_open = _ns["_open"] = compiled("_open", _open_src, _ns)
 _close = compiled("_close", _close_src, _ns)
-_fold_loop = compiled("_fold_loop", _loop_src, {
-    "Acc": Acc, "_open": _open, "OUTCOME_SLOT": _OUTCOME_SLOT, "ERROR_SLOT": _ERROR_SLOT})
+_fold_loop = compiled("_fold_loop", _loop_src, _ns)
 
 
 def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:

@@ -133,7 +133,7 @@ class Pool:
         except h11.LocalProtocolError as exc:
             raise ValueError(f"not a valid request header: {exc}") from None
         # as h11 checked them (bytes), for `_request`
-        self._raw_headers = [(name, value) for name, value in checked.headers.raw_items()]
+        self._raw_headers = checked.headers.raw_items()
         self._idle: list[_Connection] = []
         self._slots = trio.Semaphore(connections)
         self.max_body = max_body
