@@ -16,7 +16,9 @@ from ultra.events import (
     Event,
     LegacyCell,
     LegacyImported,
+    WORKFLOW_METRICS,
     RouteChecked,
+    RunStarted,
     ShardStarted,
     TestCompleted,
     TestErrored,
@@ -45,6 +47,9 @@ class Counting:
         # (seq, event) of the legacy imports and cells seen, when a projection asks for them
         # (a list): they are few, and folded apart from the tests (`legacy_events`)
         self.legacy: list[tuple[int, Event]] | None = None
+        # metric -> how it aggregates, from the runs' declarations, when a projection asks
+        # (a dict; `declare`)
+        self.aggregates: dict[str, str] | None = None
 
     def events(self, items: Iterable[Item]) -> Iterator[Counted]:
         """Counted completions and every `test.errored`, in the order given."""
@@ -103,6 +108,8 @@ class Counting:
                     prices[f"{e.run_id}/{e.shard_id}"] = (p.input, p.output)  # type: ignore[union-attr]
                 elif (kind is LegacyCell or kind is LegacyImported) and self.legacy is not None:
                     self.legacy.append((seq, e))
+                elif kind is RunStarted and self.aggregates is not None and e.metrics:  # type: ignore[union-attr]
+                    declare(self.aggregates, e)  # type: ignore[arg-type]
         finally:
             self.folded += n
             if e is not None:
@@ -134,6 +141,18 @@ def _price(t: list[float], e: Any, prices: dict[str, tuple[float, float]]) -> No
         t[4] += 1
 
 
+def declare(aggregates: dict[str, str], e: RunStarted) -> list[str]:
+    """Add a run's metric declarations to `aggregates` (metric -> "mean" | "sum"); returns
+    the names new to it. The first declaration of a name in the log holds, and the workflow
+    suite's metrics are means whatever a log says (their columns and legacy files are)."""
+    new = []
+    for m in e.metrics:
+        if m.name not in aggregates:
+            aggregates[m.name] = "mean" if m.name in WORKFLOW_METRICS else m.aggregate
+            new.append(m.name)
+    return new
+
+
 def current_legacy_cells(legacy: Iterable[tuple[int, Event]], current: dict[str, str]
                          ) -> Iterator[tuple[int, Event]]:
     """The legacy events that count, in order: every `legacy.imported` (it makes its import
@@ -148,4 +167,4 @@ def current_legacy_cells(legacy: Iterable[tuple[int, Event]], current: dict[str,
             yield seq, e
 
 
-__all__ = ["Counted", "Counting", "current_legacy_cells", "Item"]
+__all__ = ["Counted", "Counting", "current_legacy_cells", "declare", "Item"]

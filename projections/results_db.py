@@ -10,7 +10,8 @@ column's name, type and the value it takes from the event, side by side; the DDL
 and the compiled row functions (`test_row`, `errored_row`, `add_to_cells`,
 `legacy_cell_row`) are made from it, so adding a field is one line and no position can
 disagree. A suite's own metrics (any but the workflow
-suite's four) become columns of `tests` as they appear (`MetricColumns`).
+suite's four) become columns of `tests` when a run declares them (`run.started`) or a
+test first carries one (`MetricColumns`); the views aggregate each as its suite declared.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from projections.columns import Column, Sum, row_function, sums_function, table
-from projections.counting import Counted
-from ultra.events import ERROR_CATEGORIES, WORKFLOW_METRICS, RunFinished, RunStarted, TestCompleted
+from projections.counting import Counted, declare
+from ultra.events import (ERROR_CATEGORIES, WORKFLOW_METRICS, RunFinished, RunStarted, TestCompleted,
+                          metric_stat)
 from ultra.naming import condition_label, rate_key
 
 VERSION = 8  # bump when tables, rows or views change: an older results.db is rebuilt
@@ -45,7 +47,8 @@ _CELL = (
 )
 # The workflow suite's scores have columns of their own; any other suite's metrics get a
 # FLOAT column each (named after the metric, `metric_<name>` where that is taken), added
-# when a metric first appears, and listed in the `metrics` table (made with the first).
+# when a run declares it or a test first carries it, and listed in the `metrics` table
+# (made with the first).
 FIXED_METRIC_ORDER = WORKFLOW_METRICS
 FIXED_METRICS: frozenset[str] = frozenset(FIXED_METRIC_ORDER)
 TEST_SPEC: tuple[Column, ...] = (
@@ -152,21 +155,41 @@ add_to_cells.__doc__ = "Add one `tests` row (TEST_COLUMNS order) to the cell sum
 
 METRIC_COLUMNS: dict[str, type] = {
     "name": str, "column_name": str, "suite": str,
-    "seq": int,  # of the first test that had it
+    "seq": int,  # of the run that declared it, or of the first test that had it
     "position": int,  # the column's place among these (their order in `tests`)
+    "aggregate": str,  # mean | sum, as first declared; NULL: never declared (a mean)
 }
 
 
 class MetricColumns:
     """The suites' own metrics beyond FIXED_METRICS that results.db has columns for, in
-    order of first appearance in the log (so a fresh fold and an incremental one agree)."""
+    order of first appearance in the log (so a fresh fold and an incremental one agree),
+    and how each aggregates (`aggregates`: the declared ones)."""
 
-    def __init__(self, known: Iterable[tuple[str, str]] = ()) -> None:
+    def __init__(self, known: Iterable[tuple[str, str, str | None]] = ()) -> None:
         self.names: list[str] = []
         self.columns: dict[str, str] = {}  # metric name -> column name
-        for name, column in known:
+        self.aggregates: dict[str, str] = {}  # metric name -> "mean" | "sum", if declared
+        for name, column, aggregate in known:
             self.names.append(name)
             self.columns[name] = column
+            if aggregate is not None:
+                self.aggregates[name] = aggregate
+
+    def stat(self, name: str) -> str:
+        """The name of the metric's aggregate (`avg_<name>`, `total_<name>`)."""
+        return metric_stat(name, self.aggregates.get(name, "mean"))
+
+    def aggregate_sql(self, name: str) -> str:
+        """Its aggregate over a group of `tests` rows, as master_database.json's: a sum, or
+        a mean per test (a test without it, another suite's or one scored before it, adds 0)."""
+        total = f"TOTAL({quoted(self.columns[name])})"
+        return total if self.aggregates.get(name) == "sum" else f"{total} / COUNT(*)"
+
+    def declared(self, e: RunStarted) -> list[tuple[str, str]]:
+        """A run's declarations: (name, aggregate) of each metric beyond FIXED_METRICS that
+        none declared before (the first declaration of a name holds), now in `aggregates`."""
+        return [(n, self.aggregates[n]) for n in declare(self.aggregates, e) if n not in FIXED_METRICS]
 
     def add(self, name: str) -> str:
         taken = {c.lower() for c in (*TEST_COLUMNS, *self.columns.values())}
@@ -291,9 +314,8 @@ def _stats_sql(extra: MetricColumns | None = None) -> str:
         "SUM(error_category IS NOT NULL) AS total_errors",
     ]
     cols += [f"SUM(error_category IS '{c}') AS {c}_errors" for c in ERROR_CATEGORIES]
-    if extra is not None:  # the other suites' metrics likewise
-        cols += [f"TOTAL({quoted(extra.columns[n])}) / COUNT(*) AS {quoted('avg_' + n)}"
-                 for n in extra.names]
+    if extra is not None:  # the other suites' metrics, as declared
+        cols += [f"{extra.aggregate_sql(n)} AS {quoted(extra.stat(n))}" for n in extra.names]
     return ",\n  ".join(cols)
 
 

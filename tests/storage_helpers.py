@@ -91,6 +91,8 @@ DIFFS = ["easy", "medium"]
 TASKS = ["simple_task", "data_pipeline"]
 OUTCOMES = list(get_args(ev.Outcome))
 unit = st.floats(0, 1, allow_nan=False, allow_infinity=False)
+# A second suite's metrics, which drawn runs declare (a mean or a sum) or leave undeclared
+SUITE_METRICS = ["x", "y"]
 
 
 # What a drawn test's result holds follows the schema: every field of `TestResult` that
@@ -106,7 +108,8 @@ def _result_fields(draw: st.DrawFn) -> dict[str, Any]:
         outcome=outcome,
         error_category=None if outcome == "full_success" else draw(st.sampled_from(ev.ERROR_CATEGORIES)),
         **{f: draw(unit if kind == "rate" else _DRAWN_COUNT) for f, _, kind in AVERAGED},
-        metrics={m: draw(unit) for m in _METRICS},
+        metrics={**{m: draw(unit) for m in _METRICS},
+                 **draw(st.dictionaries(st.sampled_from(SUITE_METRICS), unit, max_size=2))},
         assisted_turns=draw(st.integers(0, 2)),
         finish_reasons=draw(st.lists(st.sampled_from(["stop", "tool_calls", "length", ""]),
                                      max_size=3)),
@@ -141,8 +144,12 @@ def event_lists(
     n = draw(st.integers(0, max_size))
     out: list[ev.Event] = []
     aliases_used: set[str] = set()
+    # one aggregate per metric name, as one suite declares it (which of two conflicting
+    # declarations holds depends on their order: tested apart); the workflow suite's
+    # metrics are means whatever a run declares
+    aggregates = {n: draw(st.sampled_from(ev.AGGREGATES)) for n in SUITE_METRICS}
     for i in range(n):
-        kind = draw(st.sampled_from(["c"] * 6 + ["e", "p"] + (["a", "r"] if repairs else [])))
+        kind = draw(st.sampled_from(["c"] * 6 + ["e", "p", "s"] + (["a", "r"] if repairs else [])))
         when = ts(i)
         if kind == "c":
             f = draw(_test_fields(key_space=max_size if unique_keys else 8))
@@ -163,6 +170,14 @@ def event_lists(
                 event_id=f"ev{i}", recorded_at=when, run_id=f["run_id"], shard_id=f["shard_id"],
                 model=f["model"], instance=f["instance"], provider="p", ok=draw(st.booleans()),
                 usage=f["usage"]))
+        elif kind == "s":  # a run's start, declaring metrics (a workflow one included)
+            names = draw(st.lists(st.sampled_from([*SUITE_METRICS, "final_score"]), unique=True,
+                                  max_size=3))
+            out.append(ev.RunStarted(
+                event_id=f"ev{i}", recorded_at=when, run_id=draw(st.sampled_from(["run-1", "run-2"])),
+                argv=["run"], config_digest="d", plan=ev.PlanSummary(tests=1, shards=1, models=[]),
+                suite="arith", metrics=[ev.Metric(name=n, aggregate=aggregates.get(n) or draw(
+                    st.sampled_from(ev.AGGREGATES))) for n in names]))
         elif kind == "a":
             alias, canonical = draw(st.sampled_from(ALIASES))
             if alias in aliases_used:  # one definition per alias: later ones would win

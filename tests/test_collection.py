@@ -295,31 +295,43 @@ def test_a_second_suite_runs_through_the_same_collection(tmp_path):
     master = json.loads((tmp_path / "master.json").read_text())
     stats = master["models"]["sim-strong"]["by_prompt_type"]["plain"]["overall_stats"]
     assert stats["total"] == 10 and stats["full_success"] >= 7  # skill 0.9
-    # its own two metrics: avg_<name> in master_database.json, columns of results.db (and
-    # its views), a table of `ultra report`
+    # its own metrics, as it declares them (two means, one sum): avg_<name> / total_<name>
+    # in master_database.json, columns of results.db (and its views), a table of `ultra report`
+    started = events(tmp_path / "events.db", "--type", "run.started")[0]
+    assert started["suite"] == "arith" and [(m["name"], m["aggregate"]) for m in started["metrics"]] \
+        == [("accuracy", "mean"), ("answer_chars", "mean"), ("off_by_one", "sum")]
     accuracy = stats["full_success"] / 10
+    off_by_one = 10 - stats["full_success"]  # the simulator's wrong answers are one too many
     assert stats["avg_accuracy"] == pytest.approx(accuracy)
     assert stats["avg_answer_chars"] > 1
+    assert stats["total_off_by_one"] == off_by_one and "avg_off_by_one" not in stats
+    leaf = master["models"]["sim-strong"]["by_prompt_type"]["plain"]["by_tool_success_rate"]
+    by_difficulty = next(iter(leaf.values()))["by_difficulty"]
+    assert sum(d["overall_stats"]["total_off_by_one"] for d in by_difficulty.values()) == off_by_one
     results = tmp_path / "results.db"
     with sqlite3.connect(results) as conn:
         cols = [r[1] for r in conn.execute("PRAGMA table_info(tests)")]
-        assert cols[-2:] == ["accuracy", "answer_chars"]
-        assert conn.execute("SELECT SUM(accuracy), COUNT(answer_chars) FROM tests").fetchone() \
-            == (stats["full_success"], 10)
-        view = conn.execute("SELECT avg_accuracy, avg_answer_chars FROM by_model").fetchone()
-        assert view == pytest.approx((accuracy, stats["avg_answer_chars"]))
+        assert cols[-3:] == ["accuracy", "answer_chars", "off_by_one"]
+        assert conn.execute("SELECT SUM(accuracy), COUNT(answer_chars), SUM(off_by_one) FROM tests"
+                            ).fetchone() == (stats["full_success"], 10, off_by_one)
+        assert conn.execute("SELECT name, aggregate FROM metrics ORDER BY position").fetchall() \
+            == [("accuracy", "mean"), ("answer_chars", "mean"), ("off_by_one", "sum")]
+        view = conn.execute("SELECT avg_accuracy, avg_answer_chars, total_off_by_one FROM by_model"
+                            ).fetchone()
+        assert view == pytest.approx((accuracy, stats["avg_answer_chars"], off_by_one))
     report = ultra("report", "metrics", "--db", str(tmp_path / "events.db"), "--out",
                    str(tmp_path / "master.json"), "--format", "json")
     assert report.returncode == 0, report.stderr
     table = json.loads(report.stdout)["tables"][0]
     keys = [c["key"] for c in table["columns"]]
     assert keys == ["model", "suite", "tests", "success_rate", "success_ci", "avg_accuracy",
-                    "avg_answer_chars"]
+                    "avg_answer_chars", "total_off_by_one"]
     (row,) = table["rows"]
     assert row.pop("success_rate") > 0 and len(row.pop("success_ci")) == 2
     assert table["rows"] == [{"model": "sim-strong", "suite": "arith", "tests": 10,
                               "avg_accuracy": pytest.approx(accuracy),
-                              "avg_answer_chars": pytest.approx(stats["avg_answer_chars"])}]
+                              "avg_answer_chars": pytest.approx(stats["avg_answer_chars"]),
+                              "total_off_by_one": off_by_one}]
 
 
 def test_malformed_config_and_foreign_db_are_one_line_errors(tmp_path):

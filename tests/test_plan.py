@@ -25,6 +25,7 @@ class GridSuite:
     task_types = ("a", "b", "c")
     difficulties = ("easy", "hard")
     prompt_types = ("baseline", "optimal", "flawed_x")
+    metrics = ()
 
     def task_id(self, task_type: str, difficulty: str, index: int) -> str:
         return f"{task_type}-{index % 4}"

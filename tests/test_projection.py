@@ -54,7 +54,18 @@ def reference_counted(events: list[ev.Event]) -> tuple[list[ev.TestCompleted], d
     return counted, aliases
 
 
-def reference_stats(cs: list[ev.TestCompleted]) -> dict[str, Any]:
+def reference_aggregates(events: list[ev.Event]) -> dict[str, str]:
+    """metric -> mean | sum: the first declaration of a name holds; the workflow suite's
+    metrics are means."""
+    out: dict[str, str] = {}
+    for e in events:
+        if isinstance(e, ev.RunStarted):
+            for m in e.metrics:
+                out.setdefault(m.name, "mean" if m.name in ev.WORKFLOW_METRICS else m.aggregate)
+    return out
+
+
+def reference_stats(cs: list[ev.TestCompleted], aggregates: dict[str, str] | None = None) -> dict[str, Any]:
     t = len(cs)
 
     def share(n: float) -> float:
@@ -91,6 +102,11 @@ def reference_stats(cs: list[ev.TestCompleted]) -> dict[str, Any]:
     for cat in ev.ERROR_CATEGORIES:
         out[f"{cat}_errors"] = cats.count(cat)
         out[f"{cat}_error_rate"] = share(cats.count(cat))
+    for m in {m for r in rs for m in r.metrics} - set(ev.WORKFLOW_METRICS):  # a second suite's
+        if (aggregates or {}).get(m) == "sum":
+            out[f"total_{m}"] = math.fsum(r.metrics.get(m, 0.0) for r in rs)
+        else:
+            out[f"avg_{m}"] = mean(lambda c, m=m: c.result.metrics.get(m, 0.0))
     return out
 
 
@@ -125,7 +141,8 @@ def assert_matches_reference(doc: dict[str, Any], events: list[ev.Event], tol: f
     for model, node in doc["models"].items():
         assert list(node["tokens_spent"].values()) == spent.get(model, [0, 0, 0]), model
     assert list(doc["summary"]["tokens_spent"].values()) == [sum(c) for c in zip([0, 0, 0], *spent.values())]
-    want = reference_stats(groups[()])
+    aggregates = reference_aggregates(events)
+    want = reference_stats(groups[()], aggregates)
     summary = {**doc["summary"], "total": doc["summary"]["total_tests"]}
     assert_stats_close({k: summary[k] for k in want}, want, tol, "summary")
     assert summary["total"] == len(counted)
@@ -137,7 +154,7 @@ def assert_matches_reference(doc: dict[str, Any], events: list[ev.Event], tol: f
         for level, name in zip(levels, path[1:]):
             node = node[level][name]
         stats = node if len(path) == 5 else node["overall_stats"]
-        assert_stats_close(stats, reference_stats(cs), tol, "/".join(path))
+        assert_stats_close(stats, reference_stats(cs, aggregates), tol, "/".join(path))
     leaves = {p for p in groups if len(p) == 5}
     assert {tuple(g[k] for k in ("model", "prompt_type")) for g in doc["test_groups"].values()} == \
         {p[:2] for p in leaves}

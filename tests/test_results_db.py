@@ -156,6 +156,51 @@ def _arith(i: int, metrics: dict[str, float] | None, outcome: str = "full_succes
         error_category=None if outcome == "full_success" else "other", metrics=metrics or {})})
 
 
+def _declares(i: int, *metrics: tuple[str, str]) -> ev.RunStarted:
+    """A run.started of the arith suite declaring (name, aggregate) metrics."""
+    return ev.RunStarted(run_id=f"run-{i}", argv=["run"], config_digest="d", recorded_at=ts(i),
+                         event_id=f"rs{i}", plan=ev.PlanSummary(tests=1, shards=1, models=[]),
+                         suite="arith", metrics=[ev.Metric(name=n, aggregate=a) for n, a in metrics])
+
+
+def test_declared_metrics_aggregate_as_declared_over_any_split():
+    """A run's declarations give a metric its column before any test carries it, and its
+    aggregate: a sum is `total_<name>` in the views and master_database.json alike. The
+    first declaration of a name holds (the workflow suite's metrics stay means), and a
+    metric tests carried undeclared (a mean) becomes a sum when a run declares it so; an
+    incremental update over any split equals a fresh fold."""
+    events = [_arith(0, {"late": 2.0}),  # undeclared: a mean, for now
+              _declares(1, ("accuracy", "mean"), ("off", "sum")),
+              _arith(2, {"accuracy": 1.0}),
+              _arith(3, {"accuracy": 0.0, "off": 1.0}, outcome="failure"),
+              _declares(4, ("accuracy", "sum"), ("late", "sum"), ("final_score", "sum")),
+              _arith(5, {"off": 1.0, "late": 3.0, "final_score": 0.5})]
+    for splits in ([], [1], [2], [4], [5], [1, 3, 5]):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = project_at_splits(events, Path(tmp), splits)
+            with sqlite3.connect(path) as conn, EventLog.open(Path(tmp) / "events.db") as log:
+                fresh = fresh_results(log, log.last_seq())
+                assert dump(conn) == dump(fresh.conn), splits
+                assert conn.execute("SELECT * FROM metrics ORDER BY position").fetchall() == \
+                    fresh.conn.execute("SELECT * FROM metrics ORDER BY position").fetchall()
+                cols = [r[1] for r in conn.execute("PRAGMA table_info(tests)")]
+                assert cols[len(rdb.TEST_COLUMNS):] == ["late", "accuracy", "off"], splits
+                assert conn.execute("SELECT name, suite, seq, aggregate FROM metrics"
+                                    " ORDER BY position").fetchall() == [
+                    ("late", "arith", 1, "sum"), ("accuracy", "arith", 2, "mean"),
+                    ("off", "arith", 2, "sum")]
+                doc = json.loads((Path(tmp) / "master_database.json").read_bytes())
+                assert_views_match(conn, doc)
+                stats = doc["models"]["DeepSeek-V3-0324"]["overall_stats"]
+                assert (stats["avg_accuracy"], stats["total_off"], stats["total_late"],
+                        stats["avg_final_score"]) == (0.25, 2.0, 5.0, 0.125)
+                assert not {"avg_off", "avg_late", "total_accuracy", "total_final_score"} & set(stats)
+                conn.row_factory = None
+                assert conn.execute("SELECT avg_accuracy, total_off, total_late, avg_final_score"
+                                    " FROM by_model").fetchone() == (0.25, 2.0, 5.0, 0.125)
+            assert audit(Path(tmp) / "events.db", Path(tmp) / "master_database.json").findings == []
+
+
 def test_a_second_suites_metrics_are_columns_and_view_means_over_any_split():
     """A suite's own metrics get a column each (one named as a column is renamed), the
     views average them as master_database.json does, and an incremental update over any

@@ -3,11 +3,18 @@ and suites do not answer each other's simulated conversations."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import trio
 
 import ultra.suites
 from tiny_suite import SUITE as ARITH
+from ultra import events as ev
+from ultra.errors import UserError
 from ultra.suites import Suite, TestSpec, all_suites, get_suite, register
 from ultra.suites.workflow import SUITE as WORKFLOW
 from ultra.suites.workflow.policies import SimulatedModel
@@ -54,3 +61,28 @@ def test_suites_answer_only_their_own_conversations() -> None:
     assert ARITH.simulated_reply(1.0, workflow_msgs, view.schemas) is None
     assert WORKFLOW.simulated_reply(1.0, arith_msgs, None) is None
     assert ARITH.simulated_reply(1.0, arith_msgs, None) == {"role": "assistant", "content": "5"}
+
+
+def test_a_suite_declares_its_metrics() -> None:
+    """The built-in suite declares its four metrics as means (the projections' columns);
+    the tiny suite two means and a sum."""
+    assert [(m.name, m.aggregate) for m in WORKFLOW.metrics] == [(n, "mean") for n in ev.WORKFLOW_METRICS]
+    assert [(m.name, m.aggregate, m.stat) for m in ARITH.metrics] == [
+        ("accuracy", "mean", "avg_accuracy"), ("answer_chars", "mean", "avg_answer_chars"),
+        ("off_by_one", "sum", "total_off_by_one")]
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("TWICE", "declares metric 'accuracy' twice"),
+    ("WORKFLOWS", "metric 'final_score' is the workflow suite's, a mean"),
+    ("LONG_NAME", "Expected `str` of length <= 64"),
+    ("NOT_METRICS", "a metric must be ultra.suites.Metric"),
+])
+def test_bad_metric_declarations_are_one_line_errors(tmp_path, ref, message) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        get_suite(f"tiny_suite:{ref}")
+    proc = subprocess.run([sys.executable, "-m", "ultra", "run", "--suite", f"tests.tiny_suite:{ref}",
+                           "--db", str(tmp_path / "e.db")], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "e.db").exists()

@@ -11,7 +11,7 @@ import random
 import re
 from typing import Any
 
-from ultra.suites import ChatModel, ContextLengthExceeded, TestResult, TestSpec
+from ultra.suites import ChatModel, ContextLengthExceeded, Metric, TestResult, TestSpec
 
 MARKER = "[tiny-arith v1]"
 _QUESTION = re.compile(r"What is (\d+) \+ (\d+)\?")
@@ -26,6 +26,11 @@ class ArithSuite:
     task_types = ("addition",)
     difficulties = ("easy", "hard")
     prompt_types = ("plain",)
+    metrics = (
+        Metric(name="accuracy", description="1 if the answer is the sum"),
+        Metric(name="answer_chars", description="characters in the answer"),
+        Metric(name="off_by_one", aggregate="sum", description="answers one more than the sum"),
+    )
 
     def task_id(self, task_type: str, difficulty: str, index: int) -> str:
         return f"{task_type}-{difficulty}-{index % 20}"
@@ -43,10 +48,12 @@ class ArithSuite:
             resp = await model.complete(messages, None)
         except ContextLengthExceeded:
             return TestResult(outcome="failure", turns=1, error_category="other")
-        right = resp.text.strip() == str(a + b)
+        answer = resp.text.strip()
+        right = answer == str(a + b)
         return TestResult(
             outcome="full_success" if right else "failure",
-            metrics={"accuracy": float(right), "answer_chars": float(len(resp.text.strip()))},
+            metrics={"accuracy": float(right), "answer_chars": float(len(answer)),
+                     "off_by_one": float(answer == str(a + b + 1))},
             turns=1, error_category=None if right else "other",
         )
 
@@ -68,3 +75,23 @@ def sim_responder(model: str, skill: float, messages: list[dict[str, Any]],
                   tools: list[dict[str, Any]] | None) -> dict[str, Any]:
     """The simulator's responder for this suite (`SimConfig(responder="tests.tiny_suite:sim_responder")`)."""
     return SUITE.simulated_reply(skill, messages, tools) or {"role": "assistant", "content": "?"}
+
+
+# Suites that declare their metrics wrongly (tests/test_suites.py): each is refused.
+class _Twice(ArithSuite):
+    metrics = (Metric(name="accuracy"), Metric(name="accuracy", aggregate="sum"))
+
+
+class _Workflows(ArithSuite):
+    metrics = (Metric(name="final_score", aggregate="sum"),)
+
+
+class _LongName(ArithSuite):
+    metrics = (Metric(name="x" * 65),)
+
+
+class _NotMetrics(ArithSuite):
+    metrics = ("accuracy",)
+
+
+TWICE, WORKFLOWS, LONG_NAME, NOT_METRICS = _Twice(), _Workflows(), _LongName(), _NotMetrics()

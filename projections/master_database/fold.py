@@ -16,7 +16,7 @@ from ultra.events import (ERROR_CATEGORIES, WORKFLOW_METRICS, LegacyCell, Legacy
 from ultra.naming import rate_key
 
 FILE_SCHEMA_VERSION = 2  # 2: documented key order, num_instances, simulated share, tokens
-STATE_VERSION = 7  # bump when Acc/FoldState change: saved states are then rebuilt
+STATE_VERSION = 8  # bump when Acc/FoldState change: saved states are then rebuilt
 DIGITS = 6  # every float in the file is rounded to this many decimals
 
 LeafKey = tuple[str, str, str, str, str]  # model, prompt key, rate key, difficulty, task type
@@ -121,6 +121,8 @@ class FoldState(msgspec.Struct):
     legacy: dict[str, LegacySource] = msgspec.field(default_factory=dict)
     # "run/shard" -> (input, output) price per million tokens, from shard.started
     prices: dict[str, tuple[float, float]] = msgspec.field(default_factory=dict)
+    # metric -> how it aggregates ("mean", "sum"), as the runs declared it (run.started)
+    aggregates: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class _LeafEntry(msgspec.Struct, array_like=True):
@@ -155,6 +157,7 @@ class _SavedState(msgspec.Struct):
     # which log the state was folded from (absent in states saved before: not checked)
     chain_head: str = ""
     first_event: str = ""
+    aggregates: dict[str, str] = {}
 
 
 def dump_state(state: FoldState) -> bytes:
@@ -178,6 +181,7 @@ def dump_state(state: FoldState) -> bytes:
         chain_head=state.chain_head,
         first_event=state.first_event,
         prices=state.prices,
+        aggregates=state.aggregates,
     )
     return msgspec.json.encode(saved)
 
@@ -203,6 +207,7 @@ def load_state(data: bytes | str) -> FoldState:
         chain_head=saved.chain_head,
         first_event=saved.first_event,
         prices={k: tuple(v) for k, v in saved.prices.items()},  # type: ignore[misc]
+        aggregates=saved.aggregates,
     )
 
 
@@ -300,6 +305,7 @@ def fold(state: FoldState, items: Iterable[Item], repairs: Repairs) -> int:
     work: dict[LeafKey, list[Any]] = {}
     counting = Counting(repairs, state.spent, state.prices)
     counting.legacy = []
+    counting.aggregates = state.aggregates
     counting.last_recorded_at = state.generated_at
     try:  # prices: filled by shard.started events as the fold meets them
         _fold_loop(counting.events(items), work, leaves, state.errored, state.prices)

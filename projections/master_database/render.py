@@ -24,26 +24,28 @@ _MEAN_SUMS = tuple(i for i, (_, _, kind) in enumerate(AVERAGED) if kind == "mean
 _ERROR_NAMES = tuple((f"{c}_errors", f"{c}_error_rate") for c in ERROR_CATEGORIES)
 
 
-def stats(a: Acc, digits: int | None = DIGITS, legacy: bool = False) -> dict[str, Any]:
+def stats(a: Acc, digits: int | None = DIGITS, legacy: bool = False,
+          summed: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Leaf stats of an accumulator: one name per quantity, the same at every level.
 
     Key order (docs/master_database.md): `total`; the rates; the counts; the means; then
     the error categories, each count beside its rate. Every share is `x / total`, rounded
-    to `digits` (0.0 when there are no tests), computed in one list for speed.
+    to `digits` (0.0 when there are no tests), computed in one list for speed. The suites'
+    metrics are means (`avg_<name>`) but those declared as sums (`summed`: `total_<name>`).
     """
     t = a.total
     full, partial, failure, assisted = a.full_success, a.partial_success, a.failure, a.with_assistance
     success = full + partial
     sums, metrics, errors = a.sums, a.metrics, a.errors
-    summed = [success, full, partial, failure, full + 0.5 * partial,
+    added = [success, full, partial, failure, full + 0.5 * partial,
               *[sums[i] for i in _RATE_SUMS], assisted, a.truncated,
               *metrics.values(), *[sums[i] for i in _MEAN_SUMS], a.execution_time, *errors]
     if not t:
-        shares = [0.0] * len(summed)
+        shares = [0.0] * len(added)
     elif digits is None:
-        shares = [x / t for x in summed]
+        shares = [x / t for x in added]
     else:
-        shares = [round(x / t, digits) for x in summed]
+        shares = [round(x / t, digits) for x in added]
     out: dict[str, Any] = {"total": t}
     if legacy:  # only in the files of logs with legacy imports: the others keep their bytes
         out["legacy_tests"] = a.legacy
@@ -62,7 +64,15 @@ def stats(a: Acc, digits: int | None = DIGITS, legacy: bool = False) -> dict[str
     out.update(zip(TOKENS, a.tokens))  # sums, like the counts: children add up to them
     # means per test: the suite's metrics (in its order), then the marked result fields
     at = len(_RATE_NAMES)
-    out.update(zip([f"avg_{name}" for name in metrics], shares[at:]))
+    if summed and not summed.isdisjoint(metrics):
+        for name, share in zip(metrics, shares[at:]):
+            if name in summed:
+                total = metrics[name]
+                out[f"total_{name}"] = round(total, digits) if digits is not None else total
+            else:
+                out[f"avg_{name}"] = share
+    else:
+        out.update(zip([f"avg_{name}" for name in metrics], shares[at:]))
     at += len(metrics)
     out.update(zip(_MEAN_NAMES, shares[at:]))
     at += len(_MEAN_NAMES)
@@ -74,6 +84,11 @@ def stats(a: Acc, digits: int | None = DIGITS, legacy: bool = False) -> dict[str
     if a.uncovered:
         _uncovered_means(a, out, digits)
     return out
+
+
+def summed_metrics(state: FoldState) -> frozenset[str]:
+    """The metrics the log's runs declared as sums (the first declaration of a name holds)."""
+    return frozenset(n for n, how in state.aggregates.items() if how == "sum")
 
 
 def _uncovered_means(a: Acc, out: dict[str, Any], digits: int | None) -> None:
@@ -116,9 +131,11 @@ def _model_node(
     digits: int | None,
     spent: list[int] | None = None,
     legacy: bool = False,
+    summed: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], Acc]:
     """One model's subtree of the document, and its summed accumulator (`legacy`: the log
-    has legacy imports, and every stats block says how many of its tests are legacy)."""
+    has legacy imports, and every stats block says how many of its tests are legacy;
+    `summed`: the metrics declared as sums)."""
     prompts_out: dict[str, Any] = {}
     prompt_accs: list[Acc] = []
     for prompt, rates in prompts.items():
@@ -131,21 +148,21 @@ def _model_node(
                 d = sum_accs(tasks.values())
                 diff_accs.append(d)
                 diffs_out[diff] = {
-                    "overall_stats": stats(d, digits, legacy),
-                    "by_task_type": {t: stats(a, digits, legacy) for t, a in tasks.items()},
+                    "overall_stats": stats(d, digits, legacy, summed),
+                    "by_task_type": {t: stats(a, digits, legacy, summed) for t, a in tasks.items()},
                 }
             ra = sum_accs(diff_accs)
             rate_accs.append(ra)
-            rates_out[rk] = {"overall_stats": stats(ra, digits, legacy), "by_difficulty": diffs_out}
+            rates_out[rk] = {"overall_stats": stats(ra, digits, legacy, summed), "by_difficulty": diffs_out}
         pa = sum_accs(rate_accs)
         prompt_accs.append(pa)
         prompts_out[prompt] = {
-            "overall_stats": stats(pa, digits, legacy),
+            "overall_stats": stats(pa, digits, legacy, summed),
             "by_tool_success_rate": rates_out,
         }
     ma = sum_accs(prompt_accs)
     node = {
-        "overall_stats": stats(ma, digits, legacy),
+        "overall_stats": stats(ma, digits, legacy, summed),
         "errored_attempts": sum(by_reason.values()),
         "errored_by_reason": dict(sorted(by_reason.items())),
         # every token the log records for the model: its tests' (completed, errored,
@@ -162,8 +179,9 @@ def _document(
     """The whole document around its `models` (the totals in the same order)."""
     everything = sum_accs(model_totals)
     legacy = bool(state.legacy)
+    summed = summed_metrics(state)
     summary = {"total_tests": everything.total}
-    summary.update((k, v) for k, v in stats(everything, digits, legacy).items() if k != "total")
+    summary.update((k, v) for k, v in stats(everything, digits, legacy, summed).items() if k != "total")
     t = everything.total
     summary.update(
         models_tested=sum(1 for a in model_totals if a.total > 0),
@@ -217,7 +235,8 @@ def render(state: FoldState, *, digits: int | None = DIGITS) -> dict[str, Any]:
     model_totals: list[Acc] = []
     for model in sorted(set(tree) | set(state.errored) | set(state.spent)):
         models[model], total = _model_node(tree.get(model, {}), state.errored.get(model, {}),
-                                           digits, state.spent.get(model), bool(state.legacy))
+                                           digits, state.spent.get(model), bool(state.legacy),
+                                           summed_metrics(state))
         model_totals.append(total)
     return _document(state, model_totals, models, digits)
 
@@ -283,6 +302,7 @@ def render_file(
     tree = _tree(state)
     reusable = _reusable(previous, memo)
     names = sorted(set(tree) | set(state.errored) | set(state.spent))
+    summed = summed_metrics(state)
     subtrees: list[bytes] = []
     totals: list[Acc] = []
     memos: dict[str, ModelMemo] = {}
@@ -291,13 +311,14 @@ def render_file(
         spent = state.spent.get(model)
         legacy = bool(state.legacy)
         inputs = hashlib.sha256(msgspec.json.encode(
-            (prompts, by_reason, spent, *((True,) if legacy else ())))).hexdigest()
+            (prompts, by_reason, spent, *((True,) if legacy else ()),
+             *((sorted(summed),) if summed else ())))).hexdigest()
         old = reusable.get(model)
         if old is not None and old.inputs == inputs:
             subtrees.append(previous[old.span[0]:old.span[1]])  # type: ignore[index]
             total = old.total
         else:
-            node, total = _model_node(prompts, by_reason, DIGITS, spent, legacy)
+            node, total = _model_node(prompts, by_reason, DIGITS, spent, legacy, summed)
             subtrees.append(msgspec.json.format(msgspec.json.encode(node), indent=2)
                             .replace(b"\n", _MODEL_INDENT))  # newlines in strings are escaped
         totals.append(total)
@@ -315,4 +336,5 @@ def render_file(
     return out, RenderMemo(RENDERER, len(out), hashlib.sha256(out).hexdigest(), memos)
 
 
-__all__ = ["ModelMemo", "RENDERER", "RenderMemo", "encode_document", "render", "render_bytes", "render_file", "stats"]
+__all__ = ["ModelMemo", "RENDERER", "RenderMemo", "encode_document", "render", "render_bytes", "render_file", "stats",
+           "summed_metrics"]

@@ -202,6 +202,7 @@ def execute(config: Config, config_digest: str, sel: Selection, *, db: Path | st
                                  models=list(dict.fromkeys(s.model for s in plan.shards)),
                                  skipped_completed=plan.skipped_completed),
                 conditions={s.condition: s.condition_fields for s in plan.shards},
+                suite=suite.name, metrics=list(suite.metrics),
             ), *_checked_events(plan, run_id, checks)])
             latency = {sid: c.latency_s for sid, c in checks.items() if c.latency_s is not None}
             if processes is None:

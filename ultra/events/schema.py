@@ -102,6 +102,29 @@ class PlanSummary(msgspec.Struct, frozen=True, kw_only=True):
     skipped_completed: Count = 0
 
 
+Aggregate = Literal["mean", "sum"]
+AGGREGATES: tuple[str, ...] = Aggregate.__args__  # type: ignore[attr-defined]
+
+
+class Metric(msgspec.Struct, frozen=True, kw_only=True):
+    """A metric a suite declares: its name in `TestResult.metrics` and how the projections
+    aggregate it over tests. `mean`: per test, a test without it adding 0 (shown as
+    `avg_<name>`); `sum`: the total over the tests (shown as `total_<name>`)."""
+
+    name: MetricName
+    aggregate: Aggregate = "mean"
+    description: Text = ""
+
+    @property
+    def stat(self) -> str:
+        return metric_stat(self.name, self.aggregate)
+
+
+def metric_stat(name: str, aggregate: str) -> str:
+    """The name a metric's aggregate has in every projection (`avg_x`, `total_x`)."""
+    return f"total_{name}" if aggregate == "sum" else f"avg_{name}"
+
+
 class RunStarted(_Event, tag="run.started", kw_only=True, frozen=True):
     run_id: Name
     argv: list[Text]
@@ -110,6 +133,10 @@ class RunStarted(_Event, tag="run.started", kw_only=True, frozen=True):
     # condition id (as the run's test events carry it) -> what sets it apart, readable:
     # {"max_turns": "4"}; the default condition has no fields
     conditions: dict[Name, dict[MetricName, Text]] = {}
+    # the suite the run takes and the metrics it declares (absent in logs from before
+    # suites declared them: their metrics are means)
+    suite: Name | None = None
+    metrics: Annotated[list[Metric], Meta(max_length=1000)] = []
 
 
 class RunFinished(_Event, tag="run.finished", kw_only=True, frozen=True):
@@ -368,10 +395,10 @@ Event = Union[
 EVENT_TYPES: dict[str, type] = {cls.__struct_config__.tag: cls for cls in Event.__args__}  # type: ignore[attr-defined]
 IDENTITY_FIELDS: tuple[str, ...] = ("event_id", "type", "version", "recorded_at")
 
-__all__ = ["WORKFLOW_METRICS", "AliasDefined", "Count", "Digest",
+__all__ = ["WORKFLOW_METRICS", "Aggregate", "AGGREGATES", "AliasDefined", "Count", "Digest",
            "ERROR_CATEGORIES", "ErrorCategory", "ERRORED_REASONS", "ErroredReason", "Event",
            "EVENT_TYPES", "EventId", "FinishReason", "IDENTITY_FIELDS",
-           "KNOWN_VERSIONS", "LegacyCell", "LegacyImported", "MetricName", "Name", "NAME_MAX",
+           "KNOWN_VERSIONS", "LegacyCell", "LegacyImported", "Metric", "metric_stat", "MetricName", "Name", "NAME_MAX",
            "new_event_id", "Outcome", "PlanSummary", "Price", "Prices", "Rate",
            "RouteChecked", "RunFinished", "RunStarted", "SCHEMA_VERSION",
            "Score", "Seconds", "Selector", "ShardFinished", "ShardStarted", "Strategy",

@@ -116,8 +116,10 @@ def metric_columns(conn: sqlite3.Connection) -> rdb.MetricColumns:
     """The suite metrics results.db has columns for (none: no `metrics` table)."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'metrics'").fetchone() is None:
         return rdb.MetricColumns()
-    return rdb.MetricColumns(conn.execute(
-        "SELECT name, column_name FROM metrics ORDER BY position").fetchall())
+    has_aggregate = any(r[1] == "aggregate" for r in conn.execute("PRAGMA table_info(metrics)"))
+    return rdb.MetricColumns(conn.execute(  # a table from before declarations: all means
+        f"SELECT name, column_name, {'aggregate' if has_aggregate else 'NULL'} FROM metrics"
+        " ORDER BY position").fetchall())
 
 
 class _Rebuild(Exception):
@@ -126,9 +128,9 @@ class _Rebuild(Exception):
 
 def _add_metric(conn: sqlite3.Connection, extra: rdb.MetricColumns, seq: int, name: str,
                 suite: str, folded_up_to: int) -> None:
-    """A new metric's column in `tests` (and its row in `metrics`). Tests of its suite
-    folded by an earlier update may have had it (a results.db from before suite metrics had
-    columns): then only a rebuild fills their column."""
+    """A new metric's column in `tests` (and its row in `metrics`; `extra.add` named it).
+    Tests of its suite folded by an earlier update may have had it (a results.db from
+    before suite metrics had columns): then only a rebuild fills their column."""
     if folded_up_to and conn.execute("SELECT 1 FROM tests WHERE suite = ? AND seq <= ? LIMIT 1",
                                      (suite, folded_up_to)).fetchone():
         raise _Rebuild(name)
@@ -136,10 +138,19 @@ def _add_metric(conn: sqlite3.Connection, extra: rdb.MetricColumns, seq: int, na
         cols = ", ".join(f"{c} {'INTEGER' if t is int else 'TEXT'}"
                          for c, t in rdb.METRIC_COLUMNS.items())
         conn.execute(f"CREATE TABLE metrics ({cols}, PRIMARY KEY (name))")
+    else:
+        _with_aggregates(conn)
     column = extra.columns[name]
     conn.execute(f"ALTER TABLE tests ADD COLUMN {rdb.quoted(column)} FLOAT")
-    conn.execute("INSERT INTO metrics (name, column_name, suite, seq, position) VALUES (?, ?, ?, ?, ?)",
-                 (name, column, suite, seq, len(extra.names) - 1))
+    conn.execute("INSERT INTO metrics (name, column_name, suite, seq, position, aggregate)"
+                 " VALUES (?, ?, ?, ?, ?, ?)",
+                 (name, column, suite, seq, len(extra.names) - 1, extra.aggregates.get(name)))
+
+
+def _with_aggregates(conn: sqlite3.Connection) -> None:
+    """`metrics` with its `aggregate` column (a table made before declarations lacks it)."""
+    if not any(r[1] == "aggregate" for r in conn.execute("PRAGMA table_info(metrics)")):
+        conn.execute("ALTER TABLE metrics ADD COLUMN aggregate TEXT")
 
 
 def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, until: int,
@@ -149,6 +160,23 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
     stream = CompletionIndex.of(log).stream_marked(after_seq=meta.last_seq, until_seq=until)
     runs: dict[str, dict] = {}
     conditions: list[dict] = []
+    views_stale = False
+
+    def declared(seq: int, e: RunStarted) -> None:
+        """A run's metric declarations: a column for each new one (the rows before it are
+        all written: this runs between two rows), the aggregate of one a test made."""
+        nonlocal views_stale
+        for name, aggregate in extra.declared(e):
+            views_stale = True
+            if name in extra.columns:  # a test carried it undeclared: a mean until now
+                _with_aggregates(conn)
+                conn.execute("UPDATE metrics SET aggregate = ? WHERE name = ?", (aggregate, name))
+                continue
+            if buffers["tests"]:
+                flush("tests")
+            extra.add(name)
+            _add_metric(conn, extra, seq, name, e.suite or "", folded_up_to=meta.last_seq)
+            inserts["tests"] = tests_insert()
 
     def items() -> Iterator[mdb.Item]:
         for item in stream.with_earlier():
@@ -157,6 +185,8 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
                 runs[e.run_id] = {**runs.get(e.run_id, {}), **rdb.run_update(e)}  # type: ignore[union-attr]
                 if type(e) is RunStarted and e.conditions:
                     conditions.extend(rdb.condition_rows(e))
+                if type(e) is RunStarted and e.metrics:
+                    declared(item[0], e)
             yield item
 
     counting = Counting(repairs)
@@ -200,7 +230,7 @@ def _fold_results(conn: sqlite3.Connection, log: EventLog, meta: ResultsMeta, un
         if buffers[table]:
             flush(table)
     conn.executemany(rdb.cells_upsert_sql(), [(*k, *v) for k, v in sorted(cells.items())])
-    if len(extra.names) > known_metrics:  # the views average the new metrics too
+    if views_stale or len(extra.names) > known_metrics:  # the views aggregate them too
         for name, sql in rdb.view_sql(extra).items():
             if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?",
                             (name,)).fetchone():

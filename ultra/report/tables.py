@@ -211,17 +211,19 @@ def errors(src: Source) -> Table:
 
 
 def metrics(src: Source) -> Table:
-    """Each suite's own metrics, means per test, per model and suite (from `tests`: a
-    metric's tests are its suite's, so the table never adds one suite's into another's)."""
+    """Each suite's own metrics, per model and suite, aggregated as declared: means per
+    test, or totals (from `tests`: a metric's tests are its suite's, so the table never
+    adds one suite's into another's)."""
     from projections.results_db import FIXED_METRICS, quoted
     from ultra.projection.results import metric_columns
 
     extra = metric_columns(src.conn)
+    for n in FIXED_METRICS:  # the workflow suite's, in columns of their own: means
+        extra.columns[n] = n
     names = [*sorted(FIXED_METRICS, key=_FIXED_ORDER.index), *extra.names]
-    column = {**{n: n for n in FIXED_METRICS}, **extra.columns}
     where, params = src.where_tests()
-    means = ", ".join(f"TOTAL({quoted(column[n])}) / COUNT(*)" for n in names)  # as the views
-    have = ", ".join(f"COUNT({quoted(column[n])})" for n in names)
+    means = ", ".join(extra.aggregate_sql(n) for n in names)  # as the views
+    have = ", ".join(f"COUNT({quoted(extra.columns[n])})" for n in names)
     found = src.conn.execute(
         f"SELECT model, suite, COUNT(*), SUM(success), {means}, {have}, SUM(simulated) FROM tests"
         f" WHERE {where} GROUP BY model, suite ORDER BY model, suite", params).fetchall()
@@ -234,12 +236,15 @@ def metrics(src: Source) -> Table:
     cols = [Column("model", "model", "text"), Column("suite", "suite", "text"),
             Column("tests", "tests", "count"), Column("success_rate", "success %", "rate"),
             Column("success_ci", "95% CI", "interval")]
-    cols += [Column(f"avg_{names[i]}", names[i].replace("_", " "), "score") for i in used]
+    cols += [Column(extra.stat(names[i]), names[i].replace("_", " ")
+                    + (" (total)" if extra.aggregates.get(names[i]) == "sum" else ""), "score")
+             for i in used]
     rows = [[r[0], r[1], r[2], r[3] / r[2], list(wilson(r[3], r[2])),
              *[(r[4 + i] if r[4 + k + i] else None) for i in used]] for r in found]
-    return Table("metrics", "Suite metrics: means per test", cols, rows,
-                 ["each suite's own metrics (a suite without one shows none); a test without"
-                  " a metric its suite declares adds 0 to its mean", *src.notes()],
+    return Table("metrics", "Suite metrics: means per test, or totals as declared", cols, rows,
+                 ["each suite's own metrics (a suite without one shows none), aggregated as"
+                  " its suite declares them; a test without a metric adds 0 to its mean",
+                  *src.notes()],
                  counts=[{"success_rate": [r[3], r[2]]} for r in found],
                  simulated=[[r[-1], r[2]] for r in found])
 

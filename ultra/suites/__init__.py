@@ -13,6 +13,16 @@ package's entry points::
 
 or call `register(SUITE)` before running. `ultra run --suite mysuite` then plans, runs and
 stores its tests exactly like the built-in `workflow` suite.
+
+A suite declares the metrics its results carry (`TestResult.metrics`) and how each
+aggregates over tests::
+
+    metrics = (Metric(name="accuracy"),                   # a mean: avg_accuracy
+               Metric(name="off_by_one", aggregate="sum"))  # a sum: total_off_by_one
+
+Each run records the declarations in its `run.started`, so the projections (pure folds of
+the log) aggregate by them: master_database.json's stats, results.db's columns and views,
+`ultra report metrics`. A metric a result carries undeclared is a mean.
 """
 
 from __future__ import annotations
@@ -24,9 +34,10 @@ import msgspec
 
 from ultra.defaults import MAX_TURNS
 from ultra.errors import UserError
-from ultra.events import TestResult, Usage
+from ultra.events import WORKFLOW_METRICS, Metric, TestResult, Usage
 
-__all__ = ["TestResult"]  # a suite's result is the body of `test.completed`: one schema
+# a suite's result is the body of `test.completed`, its metrics declared as `Metric`s: one schema
+__all__ = ["Metric", "TestResult"]
 
 
 class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,6 +109,10 @@ class Suite(Protocol):
     name: str
     difficulties: tuple[str, ...]
     prompt_types: tuple[str, ...]  # every prompt type the suite knows, flawed ones included
+    # the scores its results carry in `TestResult.metrics`, and how each aggregates over
+    # tests (`Metric`): every run records them in its `run.started`, and the projections
+    # aggregate by them (a metric a result carries undeclared is a mean)
+    metrics: tuple[Metric, ...]
 
     @property
     def task_types(self) -> tuple[str, ...]:
@@ -154,7 +169,26 @@ def _import_suite(ref: str) -> Suite:
         raise UserError(f"cannot load suite {ref!r}: {exc}") from None
     if not isinstance(suite, Suite):
         raise UserError(f"{ref!r} is not a suite (a suite has name, difficulties, prompt_types,"
-                        " task_types, task_id and run)")
+                        " metrics, task_types, task_id and run)")
+    return suite
+
+
+def check_metrics(suite: Suite) -> Suite:
+    """The suite, if its metric declarations are well formed (else a `UserError`)."""
+    seen: set[str] = set()
+    for m in suite.metrics:
+        if not isinstance(m, Metric):
+            raise UserError(f"suite {suite.name!r}: a metric must be ultra.suites.Metric, not {m!r}")
+        try:  # the schema's constraints (a name of 1-64 characters, an aggregate it knows)
+            msgspec.convert(msgspec.to_builtins(m), Metric)
+        except msgspec.ValidationError as exc:
+            raise UserError(f"suite {suite.name!r}: metric {m.name!r}: {exc}") from None
+        if m.name in seen:
+            raise UserError(f"suite {suite.name!r} declares metric {m.name!r} twice")
+        if m.name in WORKFLOW_METRICS and m.aggregate != "mean":
+            raise UserError(f"suite {suite.name!r}: metric {m.name!r} is the workflow suite's,"
+                            " a mean; name yours otherwise")
+        seen.add(m.name)
     return suite
 
 
@@ -167,7 +201,7 @@ def get_suite(name: str, tasks: str | None = None) -> Suite:
 
         return load_suite(tasks)
     if ":" in name:
-        return _import_suite(name)
+        return check_metrics(_import_suite(name))
     if name not in _REGISTRY:
         if name == "workflow":
             from ultra.suites.workflow import SUITE  # built in, even without installed metadata
@@ -178,7 +212,7 @@ def get_suite(name: str, tasks: str | None = None) -> Suite:
     if name not in _REGISTRY:
         known = ", ".join(sorted(all_suites())) or "none"
         raise UserError(f"unknown suite {name!r} (known: {known})")
-    return _REGISTRY[name]
+    return check_metrics(_REGISTRY[name])
 
 
 def all_suites() -> dict[str, Suite]:

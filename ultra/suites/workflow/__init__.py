@@ -19,7 +19,7 @@ from typing import Any
 
 from ultra.defaults import MAX_TURNS
 from ultra.errors import UserError
-from ultra.suites import ChatModel, TestResult, TestSpec
+from ultra.suites import ChatModel, Metric, TestResult, TestSpec
 from ultra.suites.workflow.executor import execute
 from ultra.suites.workflow.flaws import FLAWS, Plan, inject, optimal_plan
 from ultra.suites.workflow.library import DIFFICULTIES, TASK_TYPES, Library, default_library, load_library
@@ -62,6 +62,15 @@ class WorkflowSuite:
     name = "workflow"
     difficulties: tuple[str, ...] = DIFFICULTIES
     prompt_types: tuple[str, ...] = PROMPT_TYPES
+    # in WORKFLOW_METRICS' order (the projections' columns): means per test, each in [0, 1]
+    metrics: tuple[Metric, ...] = (
+        Metric(name="final_score", description="0.4 workflow + 0.4 phase2 + 0.2 quality"),
+        Metric(name="workflow_score",
+               description="0.4 tool coverage + 0.3 order + 0.3 execution success"),
+        Metric(name="phase2_score",
+               description="0.5 achievement + 0.3 workflow + 0.2 efficiency"),
+        Metric(name="quality_score", description="1 less the penalties for flawed calls and help"),
+    )
 
     def __init__(self, library: Library | None = None) -> None:
         self._library = library
