@@ -229,17 +229,72 @@ def test_https_routes_tunnel_through_the_proxy_and_a_refusal_says_so(monkeypatch
 
 
 def test_each_request_is_the_one_checked_when_the_pool_was_made():
-    """Requests reuse the headers checked once (h11's `_parsed`): the same bytes on the
-    wire as a request h11 checks in full; a header that could smuggle a line is refused."""
-    from ultra.collect import http11
-
-    pool = Pool("http://127.0.0.1:9/v1/chat/completions",
-                [("authorization", "Bearer k"), ("content-type", "application/json")], 4,
+    """A request is the header block checked once when the pool was made, its length and
+    body: the same bytes on the wire as the request h11 checks and writes in full; a header
+    that could smuggle a line is refused."""
+    pool = Pool("http://127.0.0.1:9/v1/chat/completions?api-version=1",
+                [("Authorization", "Bearer k"), ("content-type", "application/json")], 4,
                 max_body=1 << 20)
-    checked = h11.Request(method="POST", target=pool._target,
-                          headers=[*pool._headers, ("content-length", "1234")])
-    assert http11._PARSED_OK
-    assert (h11.Connection(h11.CLIENT).send(pool._request(1234))
-            == h11.Connection(h11.CLIENT).send(checked))
+    body = b'{"messages": []}' * 80
+    c = h11.Connection(h11.CLIENT)
+    checked = c.send(h11.Request(method="POST", target=pool._target,
+                                 headers=[*pool._headers, ("content-length", str(len(body)))]))
+    checked += c.send(h11.Data(data=body)) + c.send(h11.EndOfMessage())
+    assert pool._request(body) == checked
     with pytest.raises(ValueError, match="not a valid request header"):
         Pool("http://127.0.0.1:9/v1", [("authorization", "Bearer k\r\nx-evil: 1")], 4, max_body=1 << 20)
+
+
+def _replying(reply: bytes, *, then_close: bool = False):
+    """A handler answering each request with the bytes `reply` (closing after, if told)."""
+
+    async def handler(stream) -> None:
+        while True:
+            if not await stream.receive_some(65536):
+                return
+            await stream.send_all(reply)
+            if then_close:
+                await stream.aclose()
+                return
+
+    return handler
+
+
+@pytest.mark.parametrize("reply, reused, body", [
+    # an informational answer first: read past it
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", True, b"ok"),
+    # HTTP/1.0 without keep-alive: its answer, then a new connection
+    (b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", False, b"ok"),
+    # a second answer no request asked for, in the same bytes: never read as the next one's
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+     b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\n\r\n", False, b"ok"),
+    # bytes past the answer that are no answer at all
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokSSH-2.0\r\n\r\n", False, b"ok"),
+    # chunked, with a chunk extension and a trailer
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+     b"2;x=y\r\nok\r\n1\r\n!\r\n0\r\nx-trailer: 1\r\n\r\n", True, b"ok!"),
+])
+def test_what_follows_an_answer_decides_whether_its_connection_is_reused(reply, reused, body):
+    async def main() -> None:
+        async with serving(_replying(reply)) as (port, accepted):
+            async with Pool(f"http://127.0.0.1:{port}/", HEADERS, 1, max_body=2**20) as pool:
+                for _ in range(2):
+                    status, headers, content = await pool.post(b"{}")
+                    assert (status, content) == (200, body)
+            assert len(accepted) == (1 if reused else 2)
+
+    trio.run(main)
+
+
+def test_a_body_delimited_by_the_close_is_read_to_the_end():
+    """No length and not chunked: the body is what comes until the server closes."""
+    async def main() -> None:
+        reply = b"HTTP/1.1 200 OK\r\nX-Thing:  padded \r\n\r\n" + b"x" * 200_000
+        async with serving(_replying(reply, then_close=True)) as (port, accepted):
+            async with Pool(f"http://127.0.0.1:{port}/", HEADERS, 1, max_body=2**20) as pool:
+                for _ in range(2):
+                    status, headers, content = await pool.post(b"{}")
+                    assert (status, len(content), headers["x-thing"]) == (200, 200_000, "padded")
+            assert len(accepted) == 2
+
+    trio.run(main)

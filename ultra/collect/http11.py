@@ -1,9 +1,12 @@
-"""A route's connections: keep-alive HTTP/1.1 on trio sockets, parsed by h11.
+"""A route's connections: keep-alive HTTP/1.1 on trio sockets, answers parsed by httptools.
 
 A shard posts one kind of request to one URL, over and over. httpx (through httpcore)
 costs ~0.9 ms of CPU a request at 128 connections, most of it machinery a chat request
-never uses; h11 over trio's streams does the same wire work for a fraction (figures in
-docs/benchmarks.md, "The client"). What this keeps of httpx's behaviour: TLS verified
+never uses. Here a request is its pool's header block (validated once by h11, written as
+h11 writes it) with its length and body, and the answer is parsed by httptools (llhttp,
+the parser of Node.js and uvicorn): ~10 µs a request, where h11's state machine took
+~150 µs to write the request and parse the same answer (figures in docs/benchmarks.md,
+"The client"). What this keeps of httpx's behaviour: TLS verified
 against the same CA bundle (`httpx.create_ssl_context`), the proxy the environment names
 (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY; CONNECT for https), gzip/deflate bodies undone, a
 stale keep-alive connection never reused, one connection per request in flight.
@@ -24,25 +27,13 @@ import zlib
 from collections.abc import Callable
 
 import h11
+import httptools
 import httpx
 import trio
 
 __all__ = ["BodyTooLarge", "Pool", "TransportError", "environment_proxy", "tls_context"]
 
 READ_BYTES = 65536
-
-
-def _takes_parsed() -> bool:
-    """Whether this h11 takes events marked as already checked (`_parsed`: every release
-    since 0.8); if not, each request's headers are checked again."""
-    try:
-        h11.Request(method=b"POST", target=b"/", headers=[(b"host", b"x")], _parsed=True)
-    except TypeError:
-        return False
-    return True
-
-
-_PARSED_OK = _takes_parsed()
 
 
 class TransportError(Exception):
@@ -70,12 +61,11 @@ def environment_proxy(url: httpx.URL) -> str | None:
 
 
 class _Connection:
-    __slots__ = ("stream", "socket", "h11")
+    __slots__ = ("stream", "socket")
 
     def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType) -> None:
         self.stream = stream
         self.socket = socket
-        self.h11 = h11.Connection(h11.CLIENT)
 
     def stale(self) -> bool:
         """An idle keep-alive connection with something to read has been closed by the
@@ -92,7 +82,7 @@ class Pool:
     """At most `connections` keep-alive connections to the host of `url`, each carrying
     one request at a time. `headers` go on every request (validated once, here)."""
 
-    __slots__ = ("_host", "_port", "_tls", "_hostname", "_target", "_headers", "_raw_headers", "_idle",
+    __slots__ = ("_host", "_port", "_tls", "_hostname", "_target", "_headers", "_head", "_idle",
                  "_slots", "_proxy", "_tunnel", "max_body")
 
     def __init__(self, url: str, headers: list[tuple[str, str]], connections: int, *,
@@ -126,14 +116,14 @@ class Pool:
             self._host, self._port = u.host, port
             self._proxy = []
         # h11 validates the names and values (no CR/LF smuggled in with a key) on this one
-        # request; each post then builds the same list with its own length.
+        # request; each post then writes the same block with its own length (`_request`).
         self._headers = [("host", authority), *headers, *extra]
         try:
             checked = h11.Request(method="POST", target=self._target, headers=self._headers)
         except h11.LocalProtocolError as exc:
             raise ValueError(f"not a valid request header: {exc}") from None
-        # as h11 checked them (bytes), for `_request`
-        self._raw_headers = checked.headers.raw_items()
+        self._head = b"POST %s HTTP/1.1\r\n" % checked.target + b"".join(
+            b"%s: %s\r\n" % (name, value) for name, value in checked.headers.raw_items())
         self._idle: list[_Connection] = []
         self._slots = trio.Semaphore(connections)
         self.max_body = max_body
@@ -151,16 +141,15 @@ class Pool:
             if conn is None:
                 conn = await self._connect()
             try:
-                answer = await self._exchange(conn, body, sent)
+                status, headers, content, reusable = await self._exchange(conn, body, sent)
             except BaseException:
                 await trio.aclose_forcefully(conn.stream)
                 raise
-            if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
-                conn.h11.start_next_cycle()
+            if reusable:
                 self._idle.append(conn)
             else:
                 await trio.aclose_forcefully(conn.stream)
-            return answer
+            return status, headers, content
         finally:
             self._slots.release()
 
@@ -192,63 +181,47 @@ class Pool:
             raise
         return _Connection(stream, tcp.socket)
 
-    def _request(self, length: int) -> h11.Request:
-        """The POST of a body of `length` bytes. Its headers were validated when the pool
-        was made: where h11 takes them as already checked (`_parsed`, what its own parser
-        passes), they are not checked again on every request (~a third of h11's work per
-        request at 128 connections)."""
-        if _PARSED_OK:
-            return h11.Request(method=b"POST", target=self._target, _parsed=True,
-                               headers=[*self._raw_headers, (b"content-length", b"%d" % length)])
-        return h11.Request(method="POST", target=self._target,
-                           headers=[*self._headers, ("content-length", str(length))])
+    def _request(self, body: bytes) -> bytes:
+        """The POST of `body` as h11 writes it: the request line and headers checked when
+        the pool was made, its length, the body."""
+        return b"%s" b"content-length: %d\r\n\r\n" b"%s" % (self._head, len(body), body)
 
     async def _exchange(self, conn: _Connection, body: bytes, sent: Callable[[], None] | None
-                        ) -> tuple[int, dict[str, str], bytes]:
-        c = conn.h11
+                        ) -> tuple[int, dict[str, str], bytes, bool]:
+        """The status, headers and body of the answer to `body`, and whether the connection
+        may carry another request."""
+        answer = _Answer()
+        parser = answer.parser = httptools.HttpResponseParser(answer)
         try:
-            data = c.send(self._request(len(body)))
-            data += c.send(h11.Data(data=body))  # type: ignore[operator]
-            data += c.send(h11.EndOfMessage())  # type: ignore[operator]
-            await conn.stream.send_all(data)  # type: ignore[arg-type]
+            await conn.stream.send_all(self._request(body))
             if sent is not None:
                 sent()
-            status = 0
-            headers: dict[str, str] = {}
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                event = c.next_event()
-                if event is h11.NEED_DATA:
-                    c.receive_data(await conn.stream.receive_some(READ_BYTES))
-                    continue
-                kind = type(event)
-                if kind is h11.Data:
-                    chunks.append(event.data)  # type: ignore[union-attr]
-                    size += len(event.data)  # type: ignore[union-attr]
-                    if size > self.max_body:  # never hold a runaway body whole
-                        raise BodyTooLarge(f"response body over {self.max_body // 2**20} MB")
-                elif kind is h11.Response:
-                    status = event.status_code  # type: ignore[union-attr]
-                    headers = {k.decode("latin-1"): v.decode("latin-1")
-                               for k, v in event.headers}  # type: ignore[union-attr]
-                elif kind is h11.EndOfMessage:
-                    break
-                elif kind is h11.ConnectionClosed:
-                    raise TransportError("the server closed the connection without an answer")
-                # InformationalResponse (100 Continue and the like): read on
-        except h11.RemoteProtocolError as exc:
-            if "closed" in str(exc).lower():  # EOF where h11 wanted more
-                raise TransportError("the server closed the connection "
-                                     + ("mid-response" if status else "without an answer")) from None
-            raise TransportError(f"not an HTTP response: {exc}") from None
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as exc:
+            while not answer.complete:
+                data = await conn.stream.receive_some(READ_BYTES)
+                if not data:  # the server closed the connection
+                    if answer.status and answer.ends_at_close():
+                        answer.complete = True  # a body delimited by the close (HTTP/1.0
+                        # style); `keep_alive` stays False
+                        break
+                    raise TransportError("the server closed the connection "
+                                         + ("mid-response" if answer.status else "without an answer"))
+                try:
+                    parser.feed_data(data)
+                except httptools.HttpParserError as exc:
+                    if not answer.complete:
+                        raise TransportError(f"not an HTTP response: {exc}") from None
+                    answer.extra = True  # bytes past the answer that are not one: unusable after
+                if answer.size > self.max_body:  # never hold a runaway body whole
+                    raise BodyTooLarge(f"response body over {self.max_body // 2**20} MB")
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise TransportError(_why(exc)) from None
-        content = b"".join(chunks)
+        content = b"".join(answer.chunks)
+        headers = answer.headers
         coding = headers.get("content-encoding", "identity").strip().lower()
         if coding not in ("identity", ""):
             content = _decoded(content, coding, self.max_body)
-        return status, headers, content
+        reusable = answer.keep_alive and not answer.extra and answer.begun == 1
+        return answer.status, headers, content, reusable
 
     async def aclose(self) -> None:
         while self._idle:
@@ -275,6 +248,57 @@ async def _open_tunnel(tcp: trio.SocketStream, authority: bytes, headers: list[t
                 raise TransportError(f"the proxy refused CONNECT {authority.decode()}: "
                                      f"HTTP {event.status_code}")  # type: ignore[union-attr]
             return  # h11 keeps any bytes past the response head; a proxy sends none first
+
+
+class _Answer:
+    """One answer as httptools' parser reports it (its callbacks). An informational answer
+    (100 Continue and the like) is read past; a second answer begun in the same bytes, or
+    bytes that are none, make the connection unusable afterwards (`begun`, `extra`)."""
+
+    __slots__ = ("parser", "status", "headers", "chunks", "size", "complete", "begun", "extra",
+                 "keep_alive")
+
+    def __init__(self) -> None:
+        self.parser: httptools.HttpResponseParser | None = None
+        self.status = 0
+        self.headers: dict[str, str] = {}  # lower-case names; a repeated header: its last value
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.complete = False
+        self.begun = 0
+        self.extra = False
+        self.keep_alive = False  # what the answer says (HTTP/1.1 without connection: close)
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+        if self.complete:  # a second answer that no request asked for
+            self.extra = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1").strip()
+
+    def on_headers_complete(self) -> None:
+        if not self.complete:
+            self.status = self.parser.get_status_code()  # type: ignore[union-attr]
+
+    def on_body(self, body: bytes) -> None:
+        if not self.complete:
+            self.chunks.append(body)
+            self.size += len(body)
+
+    def on_message_complete(self) -> None:
+        if self.complete:
+            return
+        if 100 <= self.status < 200:  # informational: the answer is still to come
+            self.status, self.headers, self.begun = 0, {}, self.begun - 1
+            return
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]  # (reset after)
+
+    def ends_at_close(self) -> bool:
+        """Whether the body is delimited by the server closing the connection."""
+        h = self.headers
+        return "content-length" not in h and "chunked" not in h.get("transfer-encoding", "").lower()
 
 
 def _decoded(content: bytes, coding: str, limit: int) -> bytes:
