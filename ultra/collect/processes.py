@@ -48,9 +48,10 @@ def assign(shards: list[Shard], processes: int,
 
 
 # What a request costs a shard process in CPU (client, executor, event: calibrated with
-# tools/bench_dispatch.py --seed-load, docs/benchmarks.md), and the share of a core one is
-# planned to use (the rest: bursts, the event writer, the parent): 500 requests/s each.
-CPU_PER_REQUEST_S = 0.0014
+# tools/bench_dispatch.py --seed-load, docs/benchmarks.md: 0.69 ms on 2026-12-04 with the
+# httptools parser, up to ~1 ms on a slow day), and the share of a core one is planned to
+# use (the rest: bursts, the event writer, the parent): 700 requests/s each.
+CPU_PER_REQUEST_S = 0.0010
 PROCESS_CPU_SHARE = 0.7
 
 
