@@ -98,15 +98,8 @@ ERRORED_COLUMNS: dict[str, type] = table(ERRORED_SPEC)
 CONDITION_COLUMNS: dict[str, type] = {"condition": str, "label": str, "fields": str}
 
 RUN_COLUMNS: dict[str, type] = {
-    "run_id": str,
-    "started_at": str,
-    "finished_at": str,
-    "planned": int,
-    "completed": int,
-    "errored": int,
-    "interrupted": int,
-    "config_digest": str,
-    "argv": str,
+    "run_id": str, "started_at": str, "finished_at": str, "planned": int, "completed": int,
+    "errored": int, "interrupted": int, "config_digest": str, "argv": str,
 }
 
 # `cells`: the tests' sums per cell of the matrix and run, kept as rows are added, so that a
@@ -137,10 +130,7 @@ CELL_SPEC: tuple[Sum, ...] = (
 CELL_SUMS: tuple[str, ...] = tuple(table(CELL_SPEC))
 CELL_COLUMNS: dict[str, type] = {
     **{k: (float if k == "tool_success_rate" else int if k in ("timeout_failure", "simulated")
-           else str)
-       for k in CELL_KEYS},
-    **table(CELL_SPEC),
-}
+           else str) for k in CELL_KEYS}, **table(CELL_SPEC)}
 add_to_cells = sums_function(
     "add_to_cells",
     key=[*(f"row[{_AT[k]}]" for k in CELL_KEYS[:-1]),

@@ -201,11 +201,12 @@ def test_request_options_are_part_of_the_test_key():
 
 def test_processes_follow_the_load():
     """A small load runs in one shard process; the presets' full load (645 requests/s its
-    workers can drive, under 1,380 qps of limits) takes two, never more processes than CPUs
-    or shards."""
+    workers can drive, under 1,380 qps of limits) takes what its CPU costs at the calibrated
+    cost per request, never more processes than CPUs or shards."""
     import os
 
-    from ultra.collect.processes import needed_processes, offered_rps
+    from ultra.collect.processes import (CPU_PER_REQUEST_S, PROCESS_CPU_SHARE, needed_processes,
+                                         offered_rps)
 
     demo, _ = load_config("demo")
     small = make_plan(demo, SUITE, selection(list(demo.models)), completed=set())
@@ -213,7 +214,8 @@ def test_processes_follow_the_load():
     config, _ = load_config("presets")
     full = make_plan(config, SUITE, selection(list(config.models)), completed=set())
     assert sum(map(offered_rps, full.shards)) == 645
-    assert needed_processes(full) == min(os.cpu_count() or 1, len(full.shards), 2)
+    want = math.ceil(645 * CPU_PER_REQUEST_S / PROCESS_CPU_SHARE)
+    assert needed_processes(full) == max(1, min(os.cpu_count() or 1, len(full.shards), want))
 
 
 def test_processes_follow_the_measured_latency_and_plan_shows_the_choice(tmp_path):
@@ -222,7 +224,8 @@ def test_processes_follow_the_measured_latency_and_plan_shows_the_choice(tmp_pat
     many processes a run starts and why."""
     import os
 
-    from ultra.collect.processes import choose_processes, needed_processes, offered_rps
+    from ultra.collect.processes import (CPU_PER_REQUEST_S, PROCESS_CPU_SHARE, choose_processes,
+                                         needed_processes, offered_rps)
 
     demo, _ = load_config("demo")
     small = make_plan(demo, SUITE, selection(list(demo.models)), completed=set())
@@ -234,15 +237,15 @@ def test_processes_follow_the_measured_latency_and_plan_shows_the_choice(tmp_pat
     assert sum(offered_rps(s, 0.002) for s in full.shards) == sum(s.qps for s in full.shards)
     choice = choose_processes(full, fast)
     assert choice.measured and choice.offered_rps == sum(s.qps for s in full.shards)
-    want = math.ceil(choice.offered_rps * 0.0014 / 0.7)
+    want = math.ceil(choice.offered_rps * CPU_PER_REQUEST_S / PROCESS_CPU_SHARE)
     assert want > needed_processes(full)  # more than at an assumed second a request
     assert choice.processes == min(os.cpu_count() or 1, len(full.shards), want)
     assert "requests/s offered at the routes' preflight latency" in choice.line()
     shown = ultra("plan", "--json", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     got = json.loads(shown.stdout)["processes"]
-    assert got == dict(processes=1, offered_rps=assumed.offered_rps, cpu_per_request_ms=1.4,
-                       measured=False)
+    assert got == dict(processes=1, offered_rps=assumed.offered_rps,
+                       cpu_per_request_ms=CPU_PER_REQUEST_S * 1000, measured=False)
     table = ultra("plan", cwd=tmp_path)
     assert "1 shard process: " in table.stdout and "an assumed 1 s per request" in table.stdout
 

@@ -378,19 +378,8 @@ class LegacyCell(_Event, tag="legacy.cell", kw_only=True, frozen=True):
         return self.full_success + self.partial_success + self.failure
 
 
-Event = Union[
-    RunStarted,
-    RunFinished,
-    ShardStarted,
-    ShardFinished,
-    TestCompleted,
-    TestErrored,
-    AliasDefined,
-    TestsRetracted,
-    RouteChecked,
-    LegacyImported,
-    LegacyCell,
-]
+Event = Union[RunStarted, RunFinished, ShardStarted, ShardFinished, TestCompleted, TestErrored,
+              AliasDefined, TestsRetracted, RouteChecked, LegacyImported, LegacyCell]
 
 EVENT_TYPES: dict[str, type] = {cls.__struct_config__.tag: cls for cls in Event.__args__}  # type: ignore[attr-defined]
 IDENTITY_FIELDS: tuple[str, ...] = ("event_id", "type", "version", "recorded_at")
