@@ -59,3 +59,10 @@ def test_projections_import_only_the_event_schema_naming_and_defaults_of_ultra()
                 found |= {a.name for a in node.names}
     ours = {m for m in found if m == "ultra" or m.startswith("ultra.")}
     assert ours and ours <= PURE_CORE_MAY_IMPORT, sorted(ours - PURE_CORE_MAY_IMPORT)
+
+
+def test_no_module_is_over_400_lines():
+    """A module that outgrows 400 lines is doing two jobs: split it by job (issue 16)."""
+    long = {name: n for name, path in _modules("ultra", "projections")
+            if (n := len(path.read_text().splitlines())) > 400}
+    assert long == {}
