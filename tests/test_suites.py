@@ -77,6 +77,7 @@ def test_a_suite_declares_its_metrics() -> None:
     ("WORKFLOWS", "metric 'final_score' is the workflow suite's, a mean"),
     ("LONG_NAME", "Expected `str` of length <= 64"),
     ("NOT_METRICS", "a metric must be ultra.suites.Metric"),
+    ("TAKEN", "metric 'errors' would be shown as 'total_errors', which the statistics already name"),
 ])
 def test_bad_metric_declarations_are_one_line_errors(tmp_path, ref, message) -> None:
     with pytest.raises(UserError, match=re.escape(message)):

@@ -94,4 +94,9 @@ class _NotMetrics(ArithSuite):
     metrics = ("accuracy",)
 
 
-TWICE, WORKFLOWS, LONG_NAME, NOT_METRICS = _Twice(), _Workflows(), _LongName(), _NotMetrics()
+class _Taken(ArithSuite):
+    metrics = (Metric(name="errors", aggregate="sum"),)  # total_errors: the error count's name
+
+
+TWICE, WORKFLOWS, LONG_NAME, NOT_METRICS, TAKEN = (_Twice(), _Workflows(), _LongName(), _NotMetrics(),
+                                                   _Taken())

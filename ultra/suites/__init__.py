@@ -22,11 +22,15 @@ aggregates over tests::
 
 Each run records the declarations in its `run.started`, so the projections (pure folds of
 the log) aggregate by them: master_database.json's stats, results.db's columns and views,
-`ultra report metrics`. A metric a result carries undeclared is a mean.
+`ultra report metrics`. A metric a result carries undeclared is a mean. A declaration is
+refused (one line, exit 2) when a name repeats, is over 64 characters, gives one of the
+workflow suite's four metrics another aggregate, or would be shown under a name the
+statistics already use (`errors` as a sum: `total_errors`).
 """
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
@@ -188,8 +192,19 @@ def check_metrics(suite: Suite) -> Suite:
         if m.name in WORKFLOW_METRICS and m.aggregate != "mean":
             raise UserError(f"suite {suite.name!r}: metric {m.name!r} is the workflow suite's,"
                             " a mean; name yours otherwise")
+        if m.stat in _builtin_stats():
+            raise UserError(f"suite {suite.name!r}: metric {m.name!r} would be shown as"
+                            f" {m.stat!r}, which the statistics already name; name it otherwise")
         seen.add(m.name)
     return suite
+
+
+@functools.cache
+def _builtin_stats() -> frozenset[str]:
+    """The names a stats block of master_database.json gives its own quantities."""
+    from projections.master_database import Acc, stats
+
+    return frozenset(stats(Acc()))
 
 
 def get_suite(name: str, tasks: str | None = None) -> Suite:
