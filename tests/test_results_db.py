@@ -235,3 +235,23 @@ def test_a_second_suites_metrics_are_columns_and_view_means_over_any_split():
                                      " WHERE task_type = 'addition'").fetchone()
                 assert arith == (1 / 3, 8 / 3)
             assert audit(Path(tmp) / "events.db", Path(tmp) / "master_database.json").findings == []
+
+
+def test_a_metrics_table_from_before_declarations_takes_them_on(tmp_path):
+    """A results.db whose `metrics` table predates declarations (no `aggregate` column)
+    gets the column when a run first declares a metric, and then says what a fresh fold
+    says."""
+    first = [_arith(0, {"late": 2.0})]
+    db, out = append_and_project(first, tmp_path)
+    results = tmp_path / "results.db"
+    with sqlite3.connect(results) as conn:
+        conn.execute("ALTER TABLE metrics DROP COLUMN aggregate")  # as an older ultra made it
+    with EventLog.open(db) as log:
+        log.append([_declares(1, ("late", "sum")), _arith(2, {"late": 3.0})])
+    project(db, out)
+    with sqlite3.connect(results) as conn, EventLog.open(db) as log:
+        fresh = fresh_results(log, log.last_seq())
+        assert dump(conn) == dump(fresh.conn)
+        assert conn.execute("SELECT name, aggregate FROM metrics").fetchall() == [("late", "sum")]
+        assert conn.execute("SELECT total_late FROM by_model").fetchone() == (5.0,)
+    assert json.loads(out.read_bytes())["summary"]["total_late"] == 5.0

@@ -116,10 +116,14 @@ def metric_columns(conn: sqlite3.Connection) -> rdb.MetricColumns:
     """The suite metrics results.db has columns for (none: no `metrics` table)."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'metrics'").fetchone() is None:
         return rdb.MetricColumns()
-    has_aggregate = any(r[1] == "aggregate" for r in conn.execute("PRAGMA table_info(metrics)"))
     return rdb.MetricColumns(conn.execute(  # a table from before declarations: all means
-        f"SELECT name, column_name, {'aggregate' if has_aggregate else 'NULL'} FROM metrics"
-        " ORDER BY position").fetchall())
+        f"SELECT name, column_name, {'aggregate' if _has_aggregates(conn) else 'NULL'}"
+        " FROM metrics ORDER BY position").fetchall())
+
+
+def _has_aggregates(conn: sqlite3.Connection) -> bool:
+    """Whether `metrics` has its `aggregate` column (a table made before declarations lacks it)."""
+    return any(r[1] == "aggregate" for r in conn.execute("PRAGMA table_info(metrics)"))
 
 
 class _Rebuild(Exception):
@@ -148,8 +152,7 @@ def _add_metric(conn: sqlite3.Connection, extra: rdb.MetricColumns, seq: int, na
 
 
 def _with_aggregates(conn: sqlite3.Connection) -> None:
-    """`metrics` with its `aggregate` column (a table made before declarations lacks it)."""
-    if not any(r[1] == "aggregate" for r in conn.execute("PRAGMA table_info(metrics)")):
+    if not _has_aggregates(conn):
         conn.execute("ALTER TABLE metrics ADD COLUMN aggregate TEXT")
 
 
