@@ -215,6 +215,8 @@ class Pool:
                     raise BodyTooLarge(f"response body over {self.max_body // 2**20} MB")
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise TransportError(_why(exc)) from None
+        finally:
+            answer.parser = None  # the parser holds the answer: freed now, not by a collection
         content = b"".join(answer.chunks)
         headers = answer.headers
         coding = headers.get("content-encoding", "identity").strip().lower()
