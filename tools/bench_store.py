@@ -116,13 +116,20 @@ class Physical:
         self.conn.execute(
             "CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, type TEXT,"
             " recorded_at TEXT, test_key TEXT, model TEXT, run_id TEXT, payload TEXT)")
+        self.conn.execute("CREATE TABLE transcripts (seq INTEGER PRIMARY KEY, digest TEXT, data BLOB)")
 
-    def append(self, batch: list[ev.TestCompleted]) -> None:
+    def append(self, batch: list[ev.TestCompleted],
+               transcripts: dict[str, tuple[str, bytes]] | None = None) -> None:
+        """One transaction; `transcripts` (event id -> digest, bytes) go in beside, by seq."""
         rows = [event_row(e) for e in batch]
         self.conn.execute("BEGIN IMMEDIATE")
         self.conn.executemany(
             "INSERT INTO events (event_id, type, recorded_at, test_key, model, run_id, payload)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        if transcripts:  # the batch's seqs end at the last row's
+            first = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(rows) + 1
+            self.conn.executemany("INSERT INTO transcripts VALUES (?, ?, ?)",
+                                  [(first + i, *transcripts[e.event_id]) for i, e in enumerate(batch)])
         self.conn.execute("COMMIT")
 
     def close(self) -> None:

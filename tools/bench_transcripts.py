@@ -12,7 +12,9 @@ line of figures and asserts nothing.
   `--runs`), and the bytes per test the "all" runs stored (median, p99).
 - `append`: events/s appending test events in batches of 500 (the group commit) to a
   fresh log, with their transcripts (taken from the demo's) and without, side by side,
-  each the best of 3; `--postgresql` adds a throwaway PostgreSQL server (tests/pg_server.py).
+  each the best of 3; beside it the same pair through bench_store's physical reference
+  (bare `executemany` of the same rows and transcripts: what the bytes alone cost);
+  `--postgresql` adds a throwaway PostgreSQL server (tests/pg_server.py).
 """
 
 from __future__ import annotations
@@ -128,20 +130,26 @@ def _events(n: int, blobs: list[tuple[str, bytes]]) -> tuple[list[ev.Event], dic
     return evs, carried
 
 
-def append_rate(location_of, n: int, blobs: list[tuple[str, bytes]], with_transcripts: bool) -> float:
+def append_rate(location_of, n: int, blobs: list[tuple[str, bytes]], with_transcripts: bool,
+                physical: bool = False) -> float:
+    """Best of 3 (events/s): ultra's append, or with `physical` bench_store's physical
+    reference (bare `executemany` of the same rows, and of the same transcripts beside)."""
+    from bench_store import Physical
+
     evs, carried = _events(n, blobs)
     if not with_transcripts:
         evs = [msgspec.structs.replace(e, transcript=None) for e in evs]
     best = 0.0
     for attempt in range(3):
         location = location_of(attempt, with_transcripts)
-        with EventLog.open(location) as log:
-            t0 = time.perf_counter()
-            for i in range(0, n, 500):
-                part = evs[i:i + 500]
-                log.append(part, transcripts={e.event_id: carried[e.event_id] for e in part}
-                           if with_transcripts else None)
-            best = max(best, n / (time.perf_counter() - t0))
+        log = Physical(location) if physical else EventLog.open(location)
+        t0 = time.perf_counter()
+        for i in range(0, n, 500):
+            part = evs[i:i + 500]
+            log.append(part, transcripts={e.event_id: carried[e.event_id] for e in part}
+                       if with_transcripts else None)
+        best = max(best, n / (time.perf_counter() - t0))
+        log.close()
     return round(best, 1)
 
 
@@ -151,13 +159,15 @@ def appends(n: int, demo_db: str, postgresql: bool) -> dict:
     conn.close()
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        def sqlite_at(i: int, on: bool) -> Path:
-            return Path(tmp) / f"{'on' if on else 'off'}{i}.db"
+        for kind in ("physical", "ultra"):  # the bytes' own cost first, then ultra's append
+            def sqlite_at(i: int, on: bool) -> Path:
+                return Path(tmp) / f"{kind}-{'on' if on else 'off'}{i}.db"
 
-        off = append_rate(sqlite_at, n, blobs, False)
-        on = append_rate(sqlite_at, n, blobs, True)
-        out["sqlite"] = dict(events=n, without_transcripts_eps=off, with_transcripts_eps=on,
-                             slowdown=round(1 - on / off, 3))
+            off = append_rate(sqlite_at, n, blobs, False, physical=kind == "physical")
+            on = append_rate(sqlite_at, n, blobs, True, physical=kind == "physical")
+            out["sqlite" if kind == "ultra" else "sqlite_physical_reference"] = dict(
+                events=n, without_transcripts_eps=off, with_transcripts_eps=on,
+                slowdown=round(1 - on / off, 3))
     if postgresql:
         from pg_server import PgServer
 
