@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import msgspec  # noqa: E402
 import trio  # noqa: E402
 
+from bench_store import Physical  # noqa: E402
 from ultra import events as ev  # noqa: E402
 from ultra.eventlog.store import EventLog  # noqa: E402
 
@@ -134,8 +135,6 @@ def append_rate(location_of, n: int, blobs: list[tuple[str, bytes]], with_transc
                 physical: bool = False) -> float:
     """Best of 3 (events/s): ultra's append, or with `physical` bench_store's physical
     reference (bare `executemany` of the same rows, and of the same transcripts beside)."""
-    from bench_store import Physical
-
     evs, carried = _events(n, blobs)
     if not with_transcripts:
         evs = [msgspec.structs.replace(e, transcript=None) for e in evs]
@@ -168,6 +167,10 @@ def appends(n: int, demo_db: str, postgresql: bool) -> dict:
             out["sqlite" if kind == "ultra" else "sqlite_physical_reference"] = dict(
                 events=n, without_transcripts_eps=off, with_transcripts_eps=on,
                 slowdown=round(1 - on / off, 3))
+        # ultra's append with transcripts against the bare rows with them: what is ours
+        out["sqlite"]["with_transcripts_vs_physical"] = round(
+            out["sqlite"]["with_transcripts_eps"]
+            / out["sqlite_physical_reference"]["with_transcripts_eps"], 3)
     if postgresql:
         from pg_server import PgServer
 
